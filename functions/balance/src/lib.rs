@@ -1,0 +1,123 @@
+//! The balance query (CONTRACT §7).
+//!
+//! Read-your-writes: a function writes a wallet's new balance to the cache before it publishes
+//! the event that reports it, and cache writes never replace a newer version; so whoever has
+//! received an event and then asks here sees that effect, from the cache or, on a miss, from
+//! PostgreSQL.
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+use wallet_runtime::cache::{WalletSnapshot, field};
+use wallet_runtime::ledger::Kind;
+use wallet_runtime::runtime::Responder;
+use wallet_runtime::{Context, StepError, ids};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Balance;
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Wallet {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    pub currency: String,
+    pub balance: String,
+}
+
+const WALLETS: &str = "
+    SELECT kind, provider, currency, balance, version FROM accounts
+    WHERE owner = $1 AND kind <> 'platform'";
+
+impl Responder for Balance {
+    const NAME: &'static str = "balance";
+    const SUBJECT: &'static str = "wallet.balance.get";
+
+    async fn respond<'a>(&'a self, ctx: &'a Context, payload: &'a [u8]) -> Vec<u8> {
+        let request: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_slice(payload);
+        let reply = match request {
+            Err(_) => error("invalid_request", "the request must be a JSON object {\"user_id\": …}"),
+            Ok(r) => match ids::from_value(r.get("user_id")) {
+                None => error("invalid_user_id", "user_id must be 1 to 128 characters from A-Z a-z 0-9 _ . : -"),
+                Some(user) => match wallets(ctx, user).await {
+                    Ok(wallets) => serde_json::json!({ "user_id": user, "wallets": wallets }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "balance unavailable");
+                        error("unavailable", "balances are unavailable right now; retry")
+                    }
+                },
+            },
+        };
+        serde_json::to_vec(&reply).unwrap_or_default()
+    }
+}
+
+fn error(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": { "code": code, "message": message } })
+}
+
+/// The user's wallets, from the cache when it holds them all, else from PostgreSQL.
+pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError> {
+    // A cache that cannot answer is a miss: PostgreSQL is the source of truth.
+    let cached = ctx.cache.read(user).await.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "cache unavailable");
+        None
+    });
+    let mut wallets: Vec<Wallet> = match cached {
+        Some(fields) => fields.into_iter().filter_map(|(f, balance)| parse_field(&f, balance)).collect(),
+        None => {
+            let rows = ctx.pool.get().await?.query(WALLETS, &[&user]).await?;
+            let mut snapshots = Vec::with_capacity(rows.len());
+            let mut wallets = Vec::with_capacity(rows.len());
+            for row in rows {
+                let (kind, provider, code): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+                let (amount, version): (Decimal, i64) = (row.get(3), row.get(4));
+                let balance = match ctx.config.currencies.get(&code) {
+                    Some(c) => c.format(amount),
+                    None => amount.to_string(),
+                };
+                snapshots.push(WalletSnapshot {
+                    owner: user.to_owned(),
+                    field: field(&kind, &provider, &code),
+                    version,
+                    balance: balance.clone(),
+                });
+                wallets.push(Wallet { kind, provider: Some(provider).filter(|p| !p.is_empty()), currency: code, balance });
+            }
+            if let Err(e) = ctx.cache.fill(user, &snapshots).await {
+                tracing::debug!(error = %e, "cache not filled");
+            }
+            wallets
+        }
+    };
+    wallets.sort_by(|a, b| {
+        let rank = |w: &Wallet| Kind::parse(&w.kind).map(|k| k as u8).unwrap_or(u8::MAX);
+        (&a.currency, rank(a), &a.provider).cmp(&(&b.currency, rank(b), &b.provider))
+    });
+    Ok(wallets)
+}
+
+/// `main:USD` or `game:alpha:USD` back into a wallet.
+fn parse_field(f: &str, balance: String) -> Option<Wallet> {
+    let parts: Vec<&str> = f.split(':').collect();
+    let (kind, provider, currency) = match parts.as_slice() {
+        [kind, currency] => (*kind, None, *currency),
+        [kind, provider, currency] => (*kind, Some((*provider).to_owned()), *currency),
+        _ => return None,
+    };
+    Some(Wallet { kind: kind.to_owned(), provider, currency: currency.to_owned(), balance })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_fields_round_trip() {
+        let w = parse_field("game:alpha:USD", "20.00".into()).expect("field");
+        assert_eq!(w.provider.as_deref(), Some("alpha"));
+        assert_eq!(field(&w.kind, w.provider.as_deref().unwrap_or(""), &w.currency), "game:alpha:USD");
+        let m = parse_field("main:USD", "1.00".into()).expect("field");
+        assert_eq!((m.kind.as_str(), m.provider, m.currency.as_str()), ("main", None, "USD"));
+        assert!(parse_field("nonsense", "1".into()).is_none());
+    }
+}

@@ -1,0 +1,276 @@
+//! One step of a function: decide a batch of delivered messages.
+//!
+//! [`process`] decodes every message, then decides all the new commands in ONE transaction: the
+//! dedup claims, the function's effect and the outbox rows commit together. If that transaction
+//! fails for a reason that is not an outage, one message is poisoning it: each command is then
+//! decided in its own transaction, so the others commit and only the culprit is retried (and
+//! dead-lettered once its deliveries are used up). The result says what to do with each message;
+//! nothing is acknowledged here, so the caller acknowledges only what has committed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Message;
+use deadpool_postgres::Transaction;
+
+use crate::context::Context;
+use crate::dedup::{self, Claim, Fingerprint};
+use crate::dlq;
+use crate::error::StepError;
+use crate::events::Event;
+use crate::function::{Command, Function, Outcome, Payload};
+use crate::outbox::{self, OutboxMessage, Row};
+
+/// The largest command the contract accepts.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// What to do with a delivered message once the batch's transaction has committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Ack,
+    DeadLetter(&'static str),
+    Nak(Duration),
+}
+
+#[derive(Debug, Default)]
+pub struct Processed {
+    /// One per message, in the order given.
+    pub dispositions: Vec<Disposition>,
+    /// Committed outbox rows, to publish.
+    pub rows: Vec<Row>,
+    pub completed: usize,
+    pub rejected: usize,
+    pub duplicates: usize,
+}
+
+/// A message as the runtime sees it before any transaction.
+enum Decoded<C> {
+    Malformed,
+    Command { id: String, print: Fingerprint, verdict: Result<C, Event> },
+}
+
+/// Decodes one payload: a JSON object of at most 64 KiB whose id field holds a valid id.
+fn decode<F: Function>(f: &F, ctx: &Context, payload: &[u8]) -> Decoded<F::Command> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return Decoded::Malformed;
+    }
+    let Ok(object) = serde_json::from_slice::<Payload>(payload) else { return Decoded::Malformed };
+    let Some(id) = object.get(F::ID_FIELD).and_then(|v| v.as_str()).filter(|id| f.accepts_id(id)) else {
+        return Decoded::Malformed;
+    };
+    let print = dedup::fingerprint(&object, F::FIELDS);
+    let verdict = f.validate(ctx, id, &object);
+    Decoded::Command { id: id.to_owned(), print, verdict }
+}
+
+/// A distinct command of the batch (the first message carrying its id).
+struct Unit<C> {
+    index: usize,
+    print: Fingerprint,
+    /// `Ok`: valid; `Err`: its rejection event.
+    command: Result<Command<C>, Event>,
+}
+
+impl<C> Unit<C> {
+    fn id(&self) -> &str {
+        match &self.command {
+            Ok(c) => &c.id,
+            Err(e) => &e.id,
+        }
+    }
+}
+
+/// Decides `messages`. `Err` only for an outage: then nothing was decided and the caller retries
+/// the whole batch later.
+pub async fn process<F: Function>(
+    f: &F,
+    ctx: &Context,
+    max_deliver: i64,
+    messages: &[Message],
+) -> Result<Processed, StepError> {
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_ref()).collect();
+    let deliveries: Vec<i64> = messages.iter().map(|m| m.info().map(|i| i.delivered).unwrap_or(1)).collect();
+    process_payloads(f, ctx, max_deliver, &payloads, &deliveries).await
+}
+
+/// [`process`] on raw payloads and their delivery counts.
+pub async fn process_payloads<F: Function>(
+    f: &F,
+    ctx: &Context,
+    max_deliver: i64,
+    payloads: &[&[u8]],
+    deliveries: &[i64],
+) -> Result<Processed, StepError> {
+    let mut out = Processed { dispositions: vec![Disposition::Ack; payloads.len()], ..Default::default() };
+    let mut units: Vec<Unit<F::Command>> = Vec::new();
+    // Later copies of an id within the batch follow the fate of its first copy.
+    let mut followers: Vec<(usize, usize)> = Vec::new();
+    let mut first: HashMap<String, usize> = HashMap::new();
+
+    for (index, payload) in payloads.iter().enumerate() {
+        match decode(f, ctx, payload) {
+            Decoded::Malformed => out.dispositions[index] = Disposition::DeadLetter(dlq::MALFORMED),
+            Decoded::Command { id, print, verdict } => {
+                let _span = tracing::debug_span!("command", function = F::NAME, id = %id).entered();
+                if let Some(&u) = first.get(&id) {
+                    if units[u].print == print {
+                        followers.push((index, u));
+                    } else {
+                        out.dispositions[index] = Disposition::DeadLetter(dlq::ID_CONFLICT);
+                    }
+                    continue;
+                }
+                first.insert(id.clone(), units.len());
+                let command = verdict.map(|body| Command { id, body });
+                units.push(Unit { index, print, command });
+            }
+        }
+    }
+
+    if !units.is_empty() {
+        let all: Vec<&Unit<F::Command>> = units.iter().collect();
+        match decide(f, ctx, &all).await {
+            Ok(decided) => absorb(&mut out, decided),
+            Err(e) if e.is_transient() || units.len() == 1 => {
+                if e.is_transient() {
+                    return Err(e);
+                }
+                tracing::warn!(function = F::NAME, error = %e, "command failed");
+                out.dispositions[units[0].index] = failed(deliveries[units[0].index], max_deliver);
+            }
+            Err(e) => {
+                tracing::warn!(function = F::NAME, error = %e, size = units.len(), "batch failed; deciding its commands one by one");
+                metrics::counter!("wallet_batch_fallbacks_total", "function" => F::NAME).increment(1);
+                for unit in &units {
+                    match decide(f, ctx, &[unit]).await {
+                        Ok(decided) => absorb(&mut out, decided),
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(function = F::NAME, id = unit.id(), error = %e, "command failed");
+                            out.dispositions[unit.index] = failed(deliveries[unit.index], max_deliver);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    for (index, leader) in followers {
+        out.dispositions[index] = match out.dispositions[units[leader].index] {
+            Disposition::Ack => {
+                out.duplicates += 1;
+                Disposition::Ack
+            }
+            other => other,
+        };
+    }
+    Ok(out)
+}
+
+/// A command that failed for a reason that is not an outage: retry it later, or dead-letter it
+/// on its last allowed delivery so that JetStream does not drop it silently.
+fn failed(delivered: i64, max_deliver: i64) -> Disposition {
+    if max_deliver > 0 && delivered >= max_deliver {
+        Disposition::DeadLetter(dlq::MAX_DELIVER)
+    } else {
+        let secs = 1u64 << delivered.clamp(0, 8) as u32;
+        Disposition::Nak(Duration::from_secs(secs.min(300)))
+    }
+}
+
+struct Decided {
+    dispositions: Vec<(usize, Disposition)>,
+    rows: Vec<Row>,
+    completed: usize,
+    rejected: usize,
+    duplicates: usize,
+}
+
+fn absorb(out: &mut Processed, d: Decided) {
+    for (index, disposition) in d.dispositions {
+        out.dispositions[index] = disposition;
+    }
+    out.rows.extend(d.rows);
+    out.completed += d.completed;
+    out.rejected += d.rejected;
+    out.duplicates += d.duplicates;
+}
+
+/// Decides `units` in one transaction.
+async fn decide<F: Function>(f: &F, ctx: &Context, units: &[&Unit<F::Command>]) -> Result<Decided, StepError> {
+    let mut client = ctx.pool.get().await?;
+    let tx = client.transaction().await?;
+    let started = Instant::now();
+    let decided = decide_in(f, ctx, &tx, units).await?;
+    metrics::histogram!("wallet_handler_seconds", "function" => F::NAME).record(started.elapsed().as_secs_f64());
+    let committing = Instant::now();
+    tx.commit().await?;
+    metrics::histogram!("wallet_commit_seconds", "function" => F::NAME).record(committing.elapsed().as_secs_f64());
+    Ok(decided)
+}
+
+async fn decide_in<F: Function>(
+    f: &F,
+    ctx: &Context,
+    tx: &Transaction<'_>,
+    units: &[&Unit<F::Command>],
+) -> Result<Decided, StepError> {
+    let keys: Vec<(&str, Fingerprint)> = units.iter().map(|u| (u.id(), u.print)).collect();
+    let claims = dedup::claim(tx, F::NAME, &keys).await?;
+    let mut d = Decided { dispositions: Vec::new(), rows: Vec::new(), completed: 0, rejected: 0, duplicates: 0 };
+    let mut messages: Vec<OutboxMessage> = Vec::new();
+    let mut fresh: Vec<&Unit<F::Command>> = Vec::new();
+    for (unit, claim) in units.iter().zip(claims) {
+        match (claim, &unit.command) {
+            (Claim::Duplicate, _) => {
+                d.duplicates += 1;
+                d.dispositions.push((unit.index, Disposition::Ack));
+            }
+            (Claim::Conflict, _) => d.dispositions.push((unit.index, Disposition::DeadLetter(dlq::ID_CONFLICT))),
+            (Claim::New, Err(rejection)) => {
+                d.rejected += 1;
+                messages.push(rejection.clone().into_outbox(Vec::new()));
+                d.dispositions.push((unit.index, Disposition::Ack));
+            }
+            (Claim::New, Ok(_)) => fresh.push(unit),
+        }
+    }
+    if !fresh.is_empty() {
+        let commands: Vec<&Command<F::Command>> = fresh.iter().filter_map(|u| u.command.as_ref().ok()).collect();
+        let outcomes = f.apply(ctx, tx, &commands).await?;
+        if outcomes.len() != fresh.len() {
+            return Err(StepError::permanent(format!(
+                "{}: apply returned {} outcomes for {} commands",
+                F::NAME,
+                outcomes.len(),
+                fresh.len()
+            )));
+        }
+        let mut undecided: Vec<&str> = Vec::new();
+        for (unit, outcome) in fresh.iter().zip(outcomes) {
+            let disposition = match outcome {
+                Outcome::Done(out) => {
+                    if out.iter().any(|m| m.subject.ends_with(".rejected")) {
+                        d.rejected += 1;
+                    } else {
+                        d.completed += 1;
+                    }
+                    messages.extend(out);
+                    Disposition::Ack
+                }
+                Outcome::DeadLetter(reason) => {
+                    undecided.push(unit.id());
+                    Disposition::DeadLetter(reason)
+                }
+                Outcome::Retry(delay) => {
+                    undecided.push(unit.id());
+                    Disposition::Nak(delay)
+                }
+            };
+            d.dispositions.push((unit.index, disposition));
+        }
+        dedup::release(tx, F::NAME, &undecided).await?;
+    }
+    d.rows = outbox::insert(tx, messages).await?;
+    Ok(d)
+}

@@ -1,0 +1,147 @@
+//! The balance cache in Redis: one hash per user, one field per wallet, each value
+//! `<version>|<balance>`.
+//!
+//! Writes are versioned: a value replaces the cached one only if its version (the wallet's count
+//! of postings) is higher, so an older snapshot never overwrites a newer one whatever order
+//! writers and readers arrive in. A hash is only answered from when it holds the `~all` field,
+//! set by a fill from PostgreSQL of all the user's wallets; a write-through after a commit updates
+//! fields but never marks the hash complete. Redis is never the source of truth: losing it costs
+//! a reload.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StepError;
+use crate::ledger::WalletKey;
+use crate::names::Names;
+
+const TTL: Duration = Duration::from_secs(24 * 3600);
+const COMPLETE: &str = "~all";
+
+/// A wallet's balance after some posting, as the cache stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletSnapshot {
+    pub owner: String,
+    /// `main:USD`, `game:alpha:USD`, …
+    pub field: String,
+    pub version: i64,
+    /// Exactly the currency's minor-unit digits.
+    pub balance: String,
+}
+
+impl WalletSnapshot {
+    pub fn new(key: &WalletKey, version: i64, balance: Decimal) -> Self {
+        Self {
+            owner: key.owner.clone(),
+            field: field(key.kind.as_str(), &key.provider, key.currency.code()),
+            version,
+            balance: key.currency.format(balance),
+        }
+    }
+}
+
+pub fn field(kind: &str, provider: &str, currency: &str) -> String {
+    if provider.is_empty() { format!("{kind}:{currency}") } else { format!("{kind}:{provider}:{currency}") }
+}
+
+/// `KEYS[1]` the user's hash; `ARGV[1]` '1' when the triples are all the user's wallets;
+/// `ARGV[2]` the TTL in seconds; then (field, version, balance) triples.
+const WRITE: &str = r"
+local key = KEYS[1]
+for i = 3, #ARGV, 3 do
+  local cur = redis.call('HGET', key, ARGV[i])
+  local v = -1
+  if cur then v = tonumber(string.match(cur, '^(%-?%d+)|')) end
+  if v < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
+  end
+end
+if ARGV[1] == '1' then redis.call('HSET', key, '~all', '1') end
+redis.call('EXPIRE', key, ARGV[2])
+return 1
+";
+
+#[derive(Clone)]
+pub struct BalanceCache {
+    conn: ConnectionManager,
+    names: Names,
+    script: redis::Script,
+}
+
+impl std::fmt::Debug for BalanceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalanceCache").field("namespace", &self.names.namespace()).finish()
+    }
+}
+
+impl BalanceCache {
+    pub fn new(conn: ConnectionManager, names: Names) -> Self {
+        Self { conn, names, script: redis::Script::new(WRITE) }
+    }
+
+    fn key(&self, user: &str) -> String {
+        self.names.redis_key(&format!("bal:{user}"))
+    }
+
+    pub async fn ping(&self) -> Result<(), StepError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Writes snapshots through after a commit (newer versions only), one script call per user,
+    /// all in one pipeline. The pipeline loads the script first, so a Redis that restarted or was
+    /// flushed needs nothing else.
+    pub async fn write_through(&self, snapshots: &[WalletSnapshot]) -> Result<(), StepError> {
+        if snapshots.is_empty() {
+            return Ok(());
+        }
+        let mut by_user: std::collections::BTreeMap<&str, Vec<&WalletSnapshot>> = Default::default();
+        for s in snapshots {
+            by_user.entry(s.owner.as_str()).or_default().push(s);
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.script).ignore();
+        for (user, snaps) in by_user {
+            let mut inv = self.script.key(self.key(user));
+            inv.arg("0").arg(TTL.as_secs());
+            for s in snaps {
+                inv.arg(&s.field).arg(s.version).arg(&s.balance);
+            }
+            pipe.invoke_script(&inv).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The user's wallets as (field, balance), when the cache holds all of them.
+    pub async fn read(&self, user: &str) -> Result<Option<Vec<(String, String)>>, StepError> {
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(self.key(user)).query_async(&mut conn).await?;
+        if !all.iter().any(|(f, _)| f == COMPLETE) {
+            return Ok(None);
+        }
+        Ok(Some(
+            all.into_iter()
+                .filter(|(f, _)| f != COMPLETE)
+                .filter_map(|(f, v)| v.split_once('|').map(|(_, b)| (f, b.to_owned())))
+                .collect(),
+        ))
+    }
+
+    /// Stores all of a user's wallets as read from PostgreSQL and marks the hash complete.
+    pub async fn fill(&self, user: &str, snapshots: &[WalletSnapshot]) -> Result<(), StepError> {
+        let mut inv = self.script.key(self.key(user));
+        inv.arg("1").arg(TTL.as_secs());
+        for s in snapshots {
+            inv.arg(&s.field).arg(s.version).arg(&s.balance);
+        }
+        let mut conn = self.conn.clone();
+        inv.invoke_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Typed configuration from the environment (CONTRACT §1 plus the runtime's tuning knobs).
+//!
+//! Every binary builds one [`Config`] at start. A bad value is a [`ConfigError`] naming the
+//! variable; binaries print it as one line and exit with code 64 (`EX_USAGE`). Secrets in URLs are
+//! never printed: [`Config`]'s `Debug` shows URLs with their passwords masked.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::money::Currencies;
+use crate::names::Names;
+
+/// The exit code of a binary started with a bad configuration (`EX_USAGE` of sysexits.h).
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub database_url: String,
+    pub redis_url: String,
+    pub names: Names,
+    pub http_addr: SocketAddr,
+    pub json_logs: bool,
+    /// How long a SIGTERM waits for in-flight work before giving up.
+    pub shutdown_grace: Duration,
+    /// Another `streams.toml` than the built-in one.
+    pub streams_file: Option<PathBuf>,
+    /// The most messages one fetch takes and one transaction applies.
+    pub batch_max: usize,
+    /// How long an idle consumer's pull request waits for the next message.
+    pub fetch_wait: Duration,
+    pub pg_pool_size: usize,
+    /// How often the outbox relay looks for events that a crash or an outage left unpublished.
+    pub outbox_relay_interval: Duration,
+    pub currencies: Currencies,
+    pub providers: Vec<String>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `lookup`, so that tests can build one without touching the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |var: &'static str, default: &str| -> String {
+            lookup(var).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+        };
+        let err = |var: &'static str, message: String| ConfigError { var, message };
+
+        let nats_url = get("NATS_URL", "nats://127.0.0.1:4222");
+        for server in nats_url.split(',') {
+            server
+                .trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| err("NATS_URL", format!("`{}`: {e}", redact(server.trim()))))?;
+        }
+        let database_url = get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/wallet");
+        database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| err("DATABASE_URL", format!("`{}`: {e}", redact(&database_url))))?;
+        let redis_url = get("REDIS_URL", "redis://127.0.0.1:6379");
+        redis::Client::open(redis_url.as_str())
+            .map_err(|e| err("REDIS_URL", format!("`{}`: {e}", redact(&redis_url))))?;
+
+        let names = Names::new(&get("WALLET_NAMESPACE", "")).map_err(|m| err("WALLET_NAMESPACE", m))?;
+        let http_addr = get("HTTP_ADDR", "0.0.0.0:8080")
+            .parse()
+            .map_err(|e| err("HTTP_ADDR", format!("{e} (expected HOST:PORT)")))?;
+        let json_logs = match get("LOG_FORMAT", "text").as_str() {
+            "json" => true,
+            "text" => false,
+            other => return Err(err("LOG_FORMAT", format!("`{other}` is neither `json` nor `text`"))),
+        };
+        let duration = |var: &'static str, default: &str| -> Result<Duration, ConfigError> {
+            humantime::parse_duration(&get(var, default))
+                .map_err(|e| err(var, format!("{e} (expected a duration like 25s or 500ms)")))
+        };
+        let number = |var: &'static str, default: &str, min: usize, max: usize| -> Result<usize, ConfigError> {
+            get(var, default)
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| err(var, format!("expected a whole number from {min} to {max}")))
+        };
+        let providers: Vec<String> =
+            get("WALLET_PROVIDERS", "alpha,beta").split(',').map(|p| p.trim().to_owned()).collect();
+        if let Some(bad) = providers.iter().find(|p| !crate::ids::is_valid_provider(p)) {
+            return Err(err("WALLET_PROVIDERS", format!("`{bad}` is not a provider name ([a-z0-9-]{{1,32}})")));
+        }
+
+        Ok(Self {
+            nats_url,
+            database_url,
+            redis_url,
+            names,
+            http_addr,
+            json_logs,
+            shutdown_grace: duration("SHUTDOWN_GRACE", "25s")?,
+            streams_file: lookup("STREAMS_FILE").filter(|v| !v.is_empty()).map(PathBuf::from),
+            batch_max: number("BATCH_MAX", "1000", 1, 10_000)?,
+            fetch_wait: duration("FETCH_WAIT", "5s")?,
+            pg_pool_size: number("PG_POOL_SIZE", "4", 1, 256)?,
+            outbox_relay_interval: duration("OUTBOX_RELAY_INTERVAL", "1s")?,
+            currencies: get("WALLET_CURRENCIES", "USD:2,EUR:2,VND:0,BTC:8")
+                .parse()
+                .map_err(|m| err("WALLET_CURRENCIES", m))?,
+            providers,
+        })
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("nats_url", &redact(&self.nats_url))
+            .field("database_url", &redact(&self.database_url))
+            .field("redis_url", &redact(&self.redis_url))
+            .field("namespace", &self.names.namespace())
+            .field("http_addr", &self.http_addr)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("batch_max", &self.batch_max)
+            .field("fetch_wait", &self.fetch_wait)
+            .field("pg_pool_size", &self.pg_pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = config(&[]).expect("defaults");
+        assert_eq!(c.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(c.database_url, "postgres://postgres@127.0.0.1:5432/wallet");
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.providers, ["alpha", "beta"]);
+        assert_eq!(c.names.subject("wallet.deposit"), "wallet.deposit");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let e = config(&[("HTTP_ADDR", "nope")]).expect_err("bad addr");
+        assert_eq!(e.var, "HTTP_ADDR");
+        let e = config(&[("SHUTDOWN_GRACE", "soon")]).expect_err("bad duration");
+        assert_eq!(e.var, "SHUTDOWN_GRACE");
+        let e = config(&[("WALLET_NAMESPACE", "a.b")]).expect_err("bad namespace");
+        assert_eq!(e.var, "WALLET_NAMESPACE");
+        let e = config(&[("BATCH_MAX", "0")]).expect_err("bad batch");
+        assert_eq!(e.var, "BATCH_MAX");
+        let e = config(&[("WALLET_PROVIDERS", "Alpha")]).expect_err("bad provider");
+        assert_eq!(e.var, "WALLET_PROVIDERS");
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let c = config(&[("DATABASE_URL", "postgres://app:hunter2@db:5432/wallet"), ("REDIS_URL", "redis://:hunter2@r:6379")])
+            .expect("config");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("app:***@db"));
+        let e = config(&[("DATABASE_URL", "postgres://app:hunter2@db:notaport/wallet")]).expect_err("bad url");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}

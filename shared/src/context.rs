@@ -1,0 +1,27 @@
+//! The connections and settings a running function shares with its handler.
+
+use async_nats::jetstream;
+use deadpool_postgres::Pool;
+
+use crate::cache::BalanceCache;
+use crate::config::Config;
+use crate::ledger::Ledger;
+use crate::names::Names;
+use crate::outbox::Publisher;
+
+#[derive(Debug)]
+pub struct Context {
+    pub config: Config,
+    pub names: Names,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub pool: Pool,
+    pub cache: BalanceCache,
+    pub ledger: Ledger,
+}
+
+impl Context {
+    pub fn publisher(&self) -> Publisher {
+        Publisher { pool: self.pool.clone(), js: self.js.clone(), cache: self.cache.clone(), names: self.names.clone() }
+    }
+}

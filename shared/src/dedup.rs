@@ -1,0 +1,85 @@
+//! Command dedup: every command id a function decided, remembered forever in PostgreSQL with a
+//! fingerprint of its payload, written in the same transaction as the command's effect.
+//!
+//! [`claim`] inserts the ids of a batch in sorted order (replicas racing on the same ids then
+//! wait for each other instead of deadlocking). An id inserted by another transaction that has
+//! not committed yet makes the insert wait for it: two replicas never both apply one command.
+
+use deadpool_postgres::Transaction;
+use sha2::{Digest, Sha256};
+
+use crate::error::StepError;
+
+pub type Fingerprint = [u8; 32];
+
+/// What the dedup table says of a command id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// First time: apply it.
+    New,
+    /// Already decided with the same payload: no new effect.
+    Duplicate,
+    /// Already decided with another payload.
+    Conflict,
+}
+
+/// The fingerprint of a payload: a hash of the values of its contract fields, in order, so that
+/// key order, white space and unknown fields do not make two copies of one command differ.
+pub fn fingerprint(payload: &serde_json::Map<String, serde_json::Value>, fields: &[&str]) -> Fingerprint {
+    let values: Vec<&serde_json::Value> =
+        fields.iter().map(|f| payload.get(*f).unwrap_or(&serde_json::Value::Null)).collect();
+    let canonical = serde_json::to_vec(&values).unwrap_or_default();
+    Sha256::digest(&canonical).into()
+}
+
+const CLAIM: &str = "
+    INSERT INTO commands (function, id, fingerprint)
+    SELECT $1, * FROM unnest($2::text[], $3::bytea[])
+    ON CONFLICT DO NOTHING
+    RETURNING id";
+
+const SEEN: &str = "SELECT id, fingerprint FROM commands WHERE function = $1 AND id = ANY($2)";
+
+const RELEASE: &str = "DELETE FROM commands WHERE function = $1 AND id = ANY($2)";
+
+/// Claims `ids` (distinct) for `function`; returns one [`Claim`] per id, in the given order.
+pub async fn claim(
+    tx: &Transaction<'_>,
+    function: &str,
+    ids: &[(&str, Fingerprint)],
+) -> Result<Vec<Claim>, StepError> {
+    let mut sorted: Vec<&(&str, Fingerprint)> = ids.iter().collect();
+    sorted.sort_by_key(|(id, _)| *id);
+    let keys: Vec<&str> = sorted.iter().map(|(id, _)| *id).collect();
+    let prints: Vec<&[u8]> = sorted.iter().map(|(_, f)| f.as_slice()).collect();
+    let inserted: std::collections::HashSet<String> =
+        tx.query(CLAIM, &[&function, &keys, &prints]).await?.iter().map(|r| r.get(0)).collect();
+    let seen: Vec<&str> = ids.iter().map(|(id, _)| *id).filter(|id| !inserted.contains(*id)).collect();
+    let stored: std::collections::HashMap<String, Vec<u8>> = if seen.is_empty() {
+        Default::default()
+    } else {
+        tx.query(SEEN, &[&function, &seen]).await?.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    ids.iter()
+        .map(|(id, print)| {
+            if inserted.contains(*id) {
+                Ok(Claim::New)
+            } else {
+                match stored.get(*id) {
+                    Some(p) if p.as_slice() == print.as_slice() => Ok(Claim::Duplicate),
+                    Some(_) => Ok(Claim::Conflict),
+                    None => Err(StepError::transient(format!("dedup: {id} neither inserted nor found"))),
+                }
+            }
+        })
+        .collect()
+}
+
+/// Forgets ids claimed in this transaction whose command ends up not decided (dead-lettered or
+/// retried), so that a later delivery is judged afresh.
+pub async fn release(tx: &Transaction<'_>, function: &str, ids: &[&str]) -> Result<(), StepError> {
+    if !ids.is_empty() {
+        tx.execute(RELEASE, &[&function, &ids]).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! What a JetStream function provides: its names, its payload's validation and its effect.
+//!
+//! Everything else — pulling, decoding, dedup, the transaction, the outbox, acknowledgements,
+//! dead letters, retries — is the runtime's. A function's [`Function::apply`] sees only commands
+//! that are valid and new, all in one transaction, and returns one [`Outcome`] per command.
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use deadpool_postgres::Transaction;
+use serde_json::{Map, Value};
+
+use crate::context::Context;
+use crate::error::StepError;
+use crate::events::Event;
+use crate::outbox::OutboxMessage;
+
+/// A command's JSON object. Unknown fields are ignored by construction: a function reads the
+/// fields it knows.
+pub type Payload = Map<String, Value>;
+
+/// A valid, new command.
+#[derive(Debug)]
+pub struct Command<C> {
+    pub id: String,
+    pub body: C,
+}
+
+/// How one command ended inside the transaction.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Decided: these messages go out through the outbox; the command id is remembered.
+    Done(Vec<OutboxMessage>),
+    /// Not for this function to decide: dead-letter it with this reason.
+    DeadLetter(&'static str),
+    /// Not decidable yet: redeliver after this delay.
+    Retry(Duration),
+}
+
+pub trait Function: Send + Sync + Sized + 'static {
+    /// The folder and binary name; the consumer in `streams.toml`; the token of `dlq.<function>`.
+    const NAME: &'static str;
+    /// The `entity` of its outcome events.
+    const ENTITY: &'static str;
+    /// The payload field that holds the command id.
+    const ID_FIELD: &'static str;
+    /// The payload's fields in the contract's order; their values are the dedup fingerprint.
+    const FIELDS: &'static [&'static str];
+
+    /// Whether `id` is taken as the command id at all; `false` makes the message `malformed`.
+    /// By default, any valid id.
+    fn accepts_id(&self, id: &str) -> bool {
+        crate::ids::is_valid(id)
+    }
+
+    type Command: Send + Sync + 'static;
+
+    /// Checks the fields in the contract's order. `Err` is the rejection event (status
+    /// `rejected`, with its `reason` and the fields that were valid).
+    fn validate(&self, ctx: &Context, id: &str, payload: &Payload) -> Result<Self::Command, Event>;
+
+    /// Applies valid new commands, in order, inside one transaction; one outcome per command.
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a Context,
+        tx: &'a Transaction<'a>,
+        commands: &'a [&'a Command<Self::Command>],
+    ) -> impl Future<Output = Result<Vec<Outcome>, StepError>> + Send + 'a;
+}

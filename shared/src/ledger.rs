@@ -1,0 +1,268 @@
+//! The double-entry ledger.
+//!
+//! A batch opens a [`Book`] on the user wallets it touches: one statement creates the missing ones
+//! and locks them all, in one fixed order (sorted keys), so that replicas never deadlock. The book
+//! applies each command's postings in memory, in batch order, refusing any that would take a user
+//! wallet below zero, and knows the running balance after every command (for its event). Then
+//! [`Book::write`] stores all postings and the final balances in two set-based statements.
+//!
+//! Guarantees: the postings of every command sum to zero per currency; every user wallet's balance
+//! equals the sum of its postings and is never negative. Platform accounts (the counterpart of
+//! deposits, grants, …) are never locked or updated: their balance is the sum of their postings.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use deadpool_postgres::{Pool, Transaction};
+use rust_decimal::Decimal;
+
+use crate::cache::WalletSnapshot;
+use crate::error::StepError;
+use crate::money::Currency;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Main,
+    Bonus,
+    Game,
+    InTransit,
+    Platform,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Main => "main",
+            Kind::Bonus => "bonus",
+            Kind::Game => "game",
+            Kind::InTransit => "in_transit",
+            Kind::Platform => "platform",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "main" => Kind::Main,
+            "bonus" => Kind::Bonus,
+            "game" => Kind::Game,
+            "in_transit" => Kind::InTransit,
+            "platform" => Kind::Platform,
+            _ => return None,
+        })
+    }
+}
+
+/// A wallet: its owner, kind, provider (game and in_transit; a platform account's purpose) and
+/// currency. The derived order is the lock order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WalletKey {
+    pub owner: String,
+    pub kind: Kind,
+    pub provider: String,
+    pub currency: Currency,
+}
+
+impl WalletKey {
+    pub fn user(owner: &str, kind: Kind, provider: &str, currency: Currency) -> Self {
+        Self { owner: owner.to_owned(), kind, provider: provider.to_owned(), currency }
+    }
+
+    pub fn main(owner: &str, currency: Currency) -> Self {
+        Self::user(owner, Kind::Main, "", currency)
+    }
+
+    /// A platform account, named by what it counts (`deposits`, `bonus:<campaign>`, …).
+    pub fn platform(purpose: &str, currency: Currency) -> Self {
+        Self { owner: String::new(), kind: Kind::Platform, provider: purpose.to_owned(), currency }
+    }
+
+    pub fn is_platform(&self) -> bool {
+        self.kind == Kind::Platform
+    }
+}
+
+/// The command could not be applied: it would take a user wallet below zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdraft;
+
+/// Resolves platform account ids once per process.
+#[derive(Debug)]
+pub struct Ledger {
+    pool: Pool,
+    // std Mutex: held only around a map lookup, never across an await.
+    platform_ids: Mutex<HashMap<WalletKey, i64>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: i64,
+    balance: Decimal,
+    version: i64,
+    dirty: bool,
+}
+
+/// The locked wallets of one transaction and the postings made to them so far.
+#[derive(Debug)]
+pub struct Book {
+    slots: HashMap<WalletKey, Slot>,
+    postings: Vec<(i64, Decimal, String)>,
+}
+
+const LOCK_WALLETS: &str = "
+    INSERT INTO accounts (owner, kind, provider, currency)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+    ON CONFLICT (owner, kind, provider, currency) DO UPDATE SET version = accounts.version
+    RETURNING id, owner, kind, provider, currency, balance, version";
+
+const PLATFORM_ACCOUNT: &str = "
+    WITH created AS (
+        INSERT INTO accounts (owner, kind, provider, currency) VALUES ('', 'platform', $1, $2)
+        ON CONFLICT DO NOTHING RETURNING id)
+    SELECT id FROM created
+    UNION ALL
+    SELECT id FROM accounts WHERE owner = '' AND kind = 'platform' AND provider = $1 AND currency = $2";
+
+const INSERT_POSTINGS: &str = "
+    INSERT INTO postings (account_id, amount, command)
+    SELECT * FROM unnest($1::bigint[], $2::numeric[], $3::text[])";
+
+const UPDATE_BALANCES: &str = "
+    UPDATE accounts a SET balance = u.balance, version = u.version
+    FROM unnest($1::bigint[], $2::numeric[], $3::bigint[]) AS u (id, balance, version)
+    WHERE a.id = u.id";
+
+impl Ledger {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool, platform_ids: Mutex::new(HashMap::new()) }
+    }
+
+    async fn platform_id(&self, key: &WalletKey) -> Result<i64, StepError> {
+        if let Some(id) = self.platform_ids.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return Ok(*id);
+        }
+        // Created outside the batch's transaction, so that a rollback cannot leave a cached id
+        // pointing at no row.
+        let client = self.pool.get().await?;
+        let row = client.query_one(PLATFORM_ACCOUNT, &[&key.provider, &key.currency.code()]).await?;
+        let id: i64 = row.get(0);
+        self.platform_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), id);
+        Ok(id)
+    }
+
+    /// Creates the missing wallets among `keys` and locks the user wallets, in key order.
+    pub async fn open(
+        &self,
+        tx: &Transaction<'_>,
+        keys: impl IntoIterator<Item = WalletKey>,
+    ) -> Result<Book, StepError> {
+        let mut keys: Vec<WalletKey> = keys.into_iter().collect();
+        keys.sort();
+        keys.dedup();
+        let mut slots = HashMap::with_capacity(keys.len());
+        let (platform, users): (Vec<_>, Vec<_>) = keys.into_iter().partition(WalletKey::is_platform);
+        for key in platform {
+            let id = self.platform_id(&key).await?;
+            slots.insert(key, Slot { id, balance: Decimal::ZERO, version: 0, dirty: false });
+        }
+        if !users.is_empty() {
+            let owners: Vec<&str> = users.iter().map(|k| k.owner.as_str()).collect();
+            let kinds: Vec<&str> = users.iter().map(|k| k.kind.as_str()).collect();
+            let providers: Vec<&str> = users.iter().map(|k| k.provider.as_str()).collect();
+            let currencies: Vec<&str> = users.iter().map(|k| k.currency.code()).collect();
+            let rows = tx.query(LOCK_WALLETS, &[&owners, &kinds, &providers, &currencies]).await?;
+            let mut by_parts: HashMap<(String, String, String, String), WalletKey> = users
+                .into_iter()
+                .map(|k| ((k.owner.clone(), k.kind.as_str().to_owned(), k.provider.clone(), k.currency.code().to_owned()), k))
+                .collect();
+            for row in rows {
+                let parts: (String, String, String, String) = (row.get(1), row.get(2), row.get(3), row.get(4));
+                let key = by_parts
+                    .remove(&parts)
+                    .ok_or_else(|| StepError::permanent(format!("ledger: unexpected wallet {parts:?}")))?;
+                slots.insert(key, Slot { id: row.get(0), balance: row.get(5), version: row.get(6), dirty: false });
+            }
+        }
+        Ok(Book { slots, postings: Vec::new() })
+    }
+}
+
+impl Book {
+    /// The balance of a user wallet as of the postings made so far.
+    pub fn balance(&self, key: &WalletKey) -> Option<Decimal> {
+        self.slots.get(key).filter(|_| !key.is_platform()).map(|s| s.balance)
+    }
+
+    /// Applies one command's postings, all or none. Every key must have been opened, and the
+    /// amounts must sum to zero per currency (a bug otherwise: `Err(Permanent)`).
+    pub fn post(&mut self, command: &str, legs: &[(&WalletKey, Decimal)]) -> Result<Result<(), Overdraft>, StepError> {
+        let mut sums: HashMap<Currency, Decimal> = HashMap::new();
+        for (key, amount) in legs {
+            let sum = sums.entry(key.currency).or_default();
+            *sum = sum
+                .checked_add(*amount)
+                .ok_or_else(|| StepError::permanent(format!("ledger: {command} overflows")))?;
+            let slot = self
+                .slots
+                .get(*key)
+                .ok_or_else(|| StepError::permanent(format!("ledger: wallet {key:?} was not opened")))?;
+            if key.is_platform() {
+                continue;
+            }
+            match slot.balance.checked_add(*amount) {
+                Some(b) if b < Decimal::ZERO => return Ok(Err(Overdraft)),
+                Some(_) => {}
+                None => return Err(StepError::permanent(format!("ledger: {command} overflows a balance"))),
+            }
+        }
+        if sums.values().any(|s| !s.is_zero()) {
+            return Err(StepError::permanent(format!("ledger: postings of {command} do not balance")));
+        }
+        for (key, amount) in legs {
+            let slot = self.slots.get_mut(*key).expect("checked above");
+            if !key.is_platform() {
+                slot.balance += *amount;
+                slot.version += 1;
+                slot.dirty = true;
+            }
+            self.postings.push((slot.id, *amount, command.to_owned()));
+        }
+        Ok(Ok(()))
+    }
+
+    /// A user wallet's balance and version as of the postings made so far, for the cache.
+    pub fn snapshot(&self, key: &WalletKey) -> Option<WalletSnapshot> {
+        let slot = self.slots.get(key).filter(|_| !key.is_platform())?;
+        Some(WalletSnapshot::new(key, slot.version, slot.balance))
+    }
+
+    /// Stores the postings and the new balances.
+    pub async fn write(self, tx: &Transaction<'_>) -> Result<(), StepError> {
+        if self.postings.is_empty() {
+            return Ok(());
+        }
+        let (ids, amounts, commands): (Vec<i64>, Vec<Decimal>, Vec<String>) = self.postings.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut a, mut b, mut c), (id, amount, command)| {
+                a.push(id);
+                b.push(amount);
+                c.push(command);
+                (a, b, c)
+            },
+        );
+        let mut dirty: Vec<&Slot> = self.slots.values().filter(|s| s.dirty).collect();
+        dirty.sort_by_key(|s| s.id);
+        let slot_ids: Vec<i64> = dirty.iter().map(|s| s.id).collect();
+        let balances: Vec<Decimal> = dirty.iter().map(|s| s.balance).collect();
+        let versions: Vec<i64> = dirty.iter().map(|s| s.version).collect();
+        // Independent statements: tokio-postgres pipelines them in one round trip.
+        let posting_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &amounts, &commands];
+        let balance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&slot_ids, &balances, &versions];
+        let (postings, balances) = futures::join!(
+            tx.execute(INSERT_POSTINGS, &posting_params),
+            tx.execute(UPDATE_BALANCES, &balance_params),
+        );
+        postings?;
+        balances?;
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! The runtime every wallet function links.
+//!
+//! A function crate holds only its payload, its rules and its SQL: it implements
+//! [`Function`] (JetStream commands) or [`Responder`] (request-reply) and its `main` calls
+//! [`run`] or [`serve`]. This crate owns the rest: configuration, connections, the
+//! fetch/decide/commit/acknowledge loop ([`batch`]), dedup, the ledger, the outbox and its relay,
+//! the balance cache, dead letters, retries, shutdown, health and metrics.
+
+pub mod batch;
+pub mod cache;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod dedup;
+pub mod dlq;
+pub mod error;
+pub mod events;
+pub mod function;
+pub mod http;
+pub mod ids;
+pub mod ledger;
+pub mod money;
+pub mod names;
+pub mod outbox;
+pub mod runtime;
+pub mod streams;
+pub mod telemetry;
+
+pub use config::Config;
+pub use context::Context;
+pub use error::StepError;
+pub use events::Event;
+pub use function::{Command, Function, Outcome, Payload};
+pub use runtime::{Responder, run, serve};

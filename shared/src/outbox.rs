@@ -1,0 +1,154 @@
+//! The transactional outbox.
+//!
+//! A function never publishes from inside its transaction: it inserts [`OutboxMessage`]s with its
+//! effect, and they are published after the commit — so a message goes out if and only if its
+//! effect committed, and at least once. Publishing a row means: write its wallet snapshots to the
+//! balance cache (so that whoever receives the event and then asks for the balance sees the
+//! effect), publish with its `Nats-Msg-Id` (JetStream drops a re-publish inside the duplicate
+//! window), then delete the row. The process that committed the rows publishes them at once; the
+//! [`Relay`] publishes whatever a crash or an outage left behind, on any replica, with
+//! `FOR UPDATE SKIP LOCKED` so replicas share the work instead of repeating it.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use deadpool_postgres::{Pool, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{BalanceCache, WalletSnapshot};
+use crate::error::StepError;
+use crate::names::Names;
+
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    /// Without the namespace prefix.
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: Vec<u8>,
+    /// Balances to put in the cache before the message is published.
+    pub wallets: Vec<WalletSnapshot>,
+}
+
+/// A row the current process committed, or the relay claimed.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: i64,
+    pub message: OutboxMessage,
+}
+
+const INSERT: &str = "
+    INSERT INTO outbox (subject, msg_id, payload, wallets)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
+    RETURNING id";
+
+const CLAIM_STALE: &str = "
+    SELECT id, subject, msg_id, payload, wallets FROM outbox
+    WHERE created_at < now() - $1::interval
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED";
+
+const DELETE: &str = "DELETE FROM outbox WHERE id = ANY($1)";
+
+/// Inserts `messages` in the caller's transaction; returns the rows to publish after the commit.
+pub async fn insert(tx: &Transaction<'_>, messages: Vec<OutboxMessage>) -> Result<Vec<Row>, StepError> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
+    let ids: Vec<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    let wallets: Vec<String> =
+        messages.iter().map(|m| serde_json::to_string(&m.wallets).unwrap_or_else(|_| "[]".into())).collect();
+    let rows = tx.query(INSERT, &[&subjects, &ids, &payloads, &wallets]).await?;
+    // RETURNING follows the order of the inserted rows, which follows unnest's.
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).zip(messages).map(|(id, message)| Row { id, message }).collect())
+}
+
+/// Publishes outbox rows: cache first, then JetStream, then the rows are deleted.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    pub pool: Pool,
+    pub js: jetstream::Context,
+    pub cache: BalanceCache,
+    pub names: Names,
+}
+
+impl Publisher {
+    /// Publishes `rows`; on error nothing is deleted and the relay tries again later.
+    pub async fn publish(&self, rows: &[Row]) -> Result<(), StepError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let wallets: Vec<WalletSnapshot> = rows.iter().flat_map(|r| r.message.wallets.iter().cloned()).collect();
+        self.cache.write_through(&wallets).await?;
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", row.message.msg_id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(self.names.subject(&row.message.subject), headers, row.message.payload.clone().into())
+                .await
+                .map_err(StepError::transient)?;
+            acks.push(ack);
+        }
+        for ack in futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+            ack.map_err(StepError::transient)?;
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        self.pool.get().await?.execute(DELETE, &[&ids]).await?;
+        metrics::counter!("wallet_outbox_published_total").increment(rows.len() as u64);
+        Ok(())
+    }
+
+    /// Publishes rows older than `age` that nobody else is publishing; returns how many.
+    pub async fn sweep(&self, age: Duration, limit: i64) -> Result<usize, StepError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let interval = format!("{} milliseconds", age.as_millis());
+        let rows: Vec<Row> = tx
+            .query(CLAIM_STALE, &[&interval, &limit])
+            .await?
+            .iter()
+            .map(|r| Row {
+                id: r.get(0),
+                message: OutboxMessage {
+                    subject: r.get(1),
+                    msg_id: r.get(2),
+                    payload: r.get(3),
+                    wallets: serde_json::from_str(r.get(4)).unwrap_or_default(),
+                },
+            })
+            .collect();
+        // Publishing under the row locks: another replica's relay skips these rows meanwhile.
+        self.publish(&rows).await?;
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+}
+
+/// Runs [`Publisher::sweep`] every `interval` until `shutdown`.
+pub async fn relay(publisher: Publisher, interval: Duration, shutdown: CancellationToken) {
+    // Rows younger than this are still being published by the process that committed them.
+    let age = Duration::from_secs(2).max(interval * 2);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        loop {
+            match publisher.sweep(age, 500).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(published = n, "outbox relay published events left behind");
+                    continue;
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay: will retry");
+                    break;
+                }
+            }
+        }
+    }
+}

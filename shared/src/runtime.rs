@@ -1,0 +1,413 @@
+//! Running a function: start-up, the consume loop, request-reply serving and shutdown.
+//!
+//! A binary's `main` is one call: [`run`] for a JetStream function, [`serve`] for a request-reply
+//! one. Start-up reads the configuration (a bad value: one line on stderr, exit 64), starts
+//! `/healthz`, `/readyz` and `/metrics`, connects (waiting out dependencies that are down), and
+//! runs until SIGTERM or SIGINT. Then it stops fetching, finishes and acknowledges what it holds,
+//! and exits 0 within `SHUTDOWN_GRACE`; a second signal ends it at once (exit 128 + signal).
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, Message};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::batch::{self, Disposition};
+use crate::cache::BalanceCache;
+use crate::config::{Config, EXIT_CONFIG};
+use crate::context::Context;
+use crate::dlq;
+use crate::error::StepError;
+use crate::function::Function;
+use crate::ledger::Ledger;
+use crate::outbox::{self, Publisher, Row};
+use crate::streams::{ConsumerDef, Topology};
+use crate::{db, http, telemetry};
+
+/// A request-reply function (core NATS, queue group `<ns>_<NAME>`).
+pub trait Responder: Send + Sync + 'static {
+    const NAME: &'static str;
+    /// The subject it answers, without the namespace prefix.
+    const SUBJECT: &'static str;
+
+    fn respond<'a>(&'a self, ctx: &'a Context, payload: &'a [u8]) -> impl Future<Output = Vec<u8>> + Send + 'a;
+}
+
+/// Runs the JetStream function `f` until a signal; the whole `main` of its binary.
+pub fn run<F: Function>(f: F) -> ExitCode {
+    start(F::NAME, move |ctx, topology, shutdown| async move {
+        let Some(def) = topology.consumer(F::NAME).cloned() else {
+            return Err(format!("no consumer for function `{}` in the streams file", F::NAME));
+        };
+        consume(Arc::new(f), ctx, def, shutdown).await;
+        Ok(())
+    })
+}
+
+/// Runs the request-reply function `r` until a signal; the whole `main` of its binary.
+pub fn serve<R: Responder>(r: R) -> ExitCode {
+    start(R::NAME, move |ctx, _, shutdown| async move {
+        respond_loop(Arc::new(r), ctx, shutdown).await;
+        Ok(())
+    })
+}
+
+fn start<M, Fut>(name: &'static str, main: M) -> ExitCode
+where
+    M: FnOnce(Arc<Context>, Topology, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let setup = || -> Result<_, String> {
+        let config = Config::from_env().map_err(|e| e.to_string())?;
+        let topology = Topology::load(config.streams_file.as_deref()).map_err(|e| format!("invalid STREAMS_FILE: {e}"))?;
+        let filter = telemetry::filter().map_err(|e| e.to_string())?;
+        Ok((config, topology, filter))
+    };
+    let (config, topology, filter) = match setup() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init_logs(filter, config.json_logs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        watch_signals(name, shutdown.clone());
+        let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{name}: cannot listen on HTTP_ADDR {}: {e}", config.http_addr);
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let grace = config.shutdown_grace;
+        let slot = Arc::new(OnceLock::new());
+        let http = tokio::spawn(http::serve(listener, slot.clone(), telemetry::init_metrics(), shutdown.clone()));
+        tracing::info!(function = name, config = ?config, "starting");
+        let ctx = match connect(name, config, &shutdown).await {
+            Ok(Some(ctx)) => ctx,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let _ = slot.set(ctx.clone());
+        let relay = tokio::spawn(outbox::relay(ctx.publisher(), ctx.config.outbox_relay_interval, shutdown.clone()));
+        let work = main(ctx.clone(), topology, shutdown.clone());
+        tokio::pin!(work);
+        let result = tokio::select! {
+            r = &mut work => r,
+            () = shutdown.cancelled() => match tokio::time::timeout(grace, &mut work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(function = name, ?grace, "shutdown grace elapsed with work in flight; it will be redelivered");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        shutdown.cancel();
+        let _ = ctx.nats.flush().await;
+        let _ = tokio::join!(relay, http);
+        match result {
+            Ok(()) => {
+                tracing::info!(function = name, "stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        }
+    })
+}
+
+/// First SIGTERM/SIGINT: cancel `shutdown`. Second: exit at once with 128 + signal.
+fn watch_signals(name: &'static str, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!(function = name, "signal received: finishing in-flight work");
+        shutdown.cancel();
+        let code = tokio::select! { _ = term.recv() => 15, _ = int.recv() => 2 };
+        tracing::warn!(function = name, "second signal: exiting now");
+        std::process::exit(128 + code);
+    });
+}
+
+/// Connects to NATS, PostgreSQL and Redis. NATS and PostgreSQL connect lazily and reconnect by
+/// themselves; Redis is awaited here. `Ok(None)`: shut down while waiting.
+async fn connect(name: &str, config: Config, shutdown: &CancellationToken) -> Result<Option<Arc<Context>>, String> {
+    let nats = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(config.nats_url.split(',').map(str::trim).collect::<Vec<_>>().as_slice())
+        .await
+        .map_err(|e| format!("NATS_URL: {e}"))?;
+    let js = jetstream::new(nats.clone());
+    let pool = db::pool(&config.database_url, config.pg_pool_size).map_err(|e| format!("DATABASE_URL: {e}"))?;
+    let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    let mut backoff = Backoff::default();
+    let redis = loop {
+        match redis::aio::ConnectionManager::new_with_config(client.clone(), manager_config.clone()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable; retrying");
+                if !pause(backoff.next(), shutdown).await {
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    let names = config.names.clone();
+    Ok(Some(Arc::new(Context {
+        cache: BalanceCache::new(redis, names.clone()),
+        ledger: Ledger::new(pool.clone()),
+        names,
+        nats,
+        js,
+        pool,
+        config,
+    })))
+}
+
+/// Exponential backoff from 100 ms to 5 s: short enough to keep held messages alive (progress
+/// acks go out at every step), long enough not to hammer a dependency that is down.
+#[derive(Debug, Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = Duration::from_millis(100 << self.0.min(6)).min(Duration::from_secs(5));
+        self.0 += 1;
+        d
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// Sleeps `d`; false when `shutdown` came first.
+async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}
+
+async fn bind(ctx: &Context, def: &ConsumerDef, shutdown: &CancellationToken) -> Option<PullConsumer> {
+    let (stream, name) = (ctx.names.name(&def.stream), ctx.names.name(&def.function));
+    let mut backoff = Backoff::default();
+    loop {
+        let found = async { ctx.js.get_stream_no_info(&stream).await?.get_consumer::<pull::Config>(&name).await };
+        match found.await {
+            Ok(c) => return Some(c),
+            Err(e) => tracing::warn!(stream, consumer = name, error = %e, "consumer unavailable (has `walletctl setup` run?); retrying"),
+        }
+        if !pause(backoff.next(), shutdown).await {
+            return None;
+        }
+    }
+}
+
+/// Takes what is ready, up to `max`; when nothing is, waits up to `wait` for one message and
+/// then takes what else is ready. No request is left waiting on the server after this returns
+/// but the one-message wait, so a shutdown strands at most one delivery.
+async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Vec<Message>, StepError> {
+    async fn drain(mut s: impl futures::Stream<Item = Result<Message, impl std::fmt::Display>> + Unpin) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            match m {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    tracing::debug!(error = %e, "fetch ended early");
+                    break;
+                }
+            }
+        }
+        out
+    }
+    let mut msgs = drain(consumer.fetch().max_messages(max).messages().await.map_err(StepError::transient)?).await;
+    if msgs.is_empty() {
+        msgs = drain(consumer.batch().max_messages(1).expires(wait).messages().await.map_err(StepError::transient)?).await;
+        if !msgs.is_empty() && max > 1 {
+            let more = consumer.fetch().max_messages(max - 1).messages().await.map_err(StepError::transient)?;
+            msgs.extend(drain(more).await);
+        }
+    }
+    Ok(msgs)
+}
+
+/// The consume loop: fetch, decide, acknowledge, hand committed events to the publisher.
+async fn consume<F: Function>(f: Arc<F>, ctx: Arc<Context>, def: ConsumerDef, shutdown: CancellationToken) {
+    let Some(consumer) = bind(&ctx, &def, &shutdown).await else { return };
+    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), "consuming");
+    tokio::spawn(watch_lag(F::NAME, consumer.clone(), shutdown.clone()));
+    // Publishing runs beside the next batch's transaction; a small bound keeps memory flat.
+    let (events, pending) = mpsc::channel::<Vec<Row>>(4);
+    let publisher = tokio::spawn(publish_committed(ctx.publisher(), pending));
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        let fetched = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            r = fetch(&consumer, ctx.config.batch_max, ctx.config.fetch_wait) => r,
+        };
+        let msgs = match fetched {
+            Ok(m) if m.is_empty() => continue,
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetch failed; retrying");
+                pause(backoff.next(), &shutdown).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        let redelivered = msgs.iter().filter(|m| m.info().is_ok_and(|i| i.delivered > 1)).count();
+        metrics::counter!("wallet_redeliveries_total", "function" => F::NAME).increment(redelivered as u64);
+        metrics::histogram!("wallet_batch_size", "function" => F::NAME).record(msgs.len() as f64);
+        let span = tracing::info_span!("batch", function = F::NAME, size = msgs.len());
+        let processed = loop {
+            let attempt = async {
+                // Redis first: no effect is committed while its events could not be published.
+                ctx.cache.ping().await?;
+                batch::process(&*f, &ctx, def.max_deliver, &msgs).await
+            };
+            match attempt.instrument(span.clone()).await {
+                Ok(p) => break Some(p),
+                Err(e) => {
+                    metrics::counter!("wallet_transient_errors_total", "function" => F::NAME).increment(1);
+                    tracing::warn!(function = F::NAME, error = %e, held = msgs.len(), "dependency unavailable; holding the batch and retrying");
+                    // Keep the held deliveries from expiring while we wait.
+                    for m in &msgs {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                    if !pause(backoff.next(), &shutdown).await {
+                        break None;
+                    }
+                }
+            }
+        };
+        // Shut down during an outage: what we hold is redelivered after its ack wait.
+        let Some(processed) = processed else { break };
+        backoff.reset();
+        settle(&ctx, F::NAME, &msgs, &processed.dispositions).instrument(span).await;
+        metrics::counter!("wallet_commands_processed_total", "function" => F::NAME).increment(processed.completed as u64);
+        metrics::counter!("wallet_commands_rejected_total", "function" => F::NAME).increment(processed.rejected as u64);
+        metrics::counter!("wallet_commands_duplicate_total", "function" => F::NAME).increment(processed.duplicates as u64);
+        if events.send(processed.rows).await.is_err() {
+            break;
+        }
+    }
+    drop(events);
+    let _ = publisher.await;
+}
+
+/// Acknowledges each message as decided; everything here runs after the commit.
+async fn settle(ctx: &Context, function: &str, msgs: &[Message], dispositions: &[Disposition]) {
+    for (m, d) in msgs.iter().zip(dispositions) {
+        let result = match *d {
+            Disposition::Ack => m.ack().await,
+            Disposition::Nak(delay) => m.ack_with(AckKind::Nak(Some(delay))).await,
+            Disposition::DeadLetter(reason) => match dlq::publish(&ctx.js, &ctx.names, function, m, reason).await {
+                Ok(()) => m.ack_with(AckKind::Term).await,
+                // Not stored: leave it unacknowledged; it comes back and is dead-lettered then.
+                Err(e) => {
+                    tracing::warn!(error = %e, "dead letter not stored; the message will be redelivered");
+                    Ok(())
+                }
+            },
+        };
+        if let Err(e) = result {
+            // The effect is committed; a lost ack only means a redelivery that dedup absorbs.
+            tracing::debug!(error = %e, "acknowledgement not sent");
+        }
+    }
+}
+
+async fn publish_committed(publisher: Publisher, mut pending: mpsc::Receiver<Vec<Row>>) {
+    while let Some(rows) = pending.recv().await {
+        if let Err(e) = publisher.publish(&rows).await {
+            tracing::warn!(error = %e, rows = rows.len(), "events not published yet; the outbox relay will retry");
+        }
+    }
+}
+
+/// Exports the consumer's backlog (what KEDA scales on) every few seconds.
+async fn watch_lag(function: &'static str, consumer: PullConsumer, shutdown: CancellationToken) {
+    loop {
+        if let Ok(info) = consumer.get_info().await {
+            metrics::gauge!("wallet_consumer_pending", "function" => function).set(info.num_pending as f64);
+            metrics::gauge!("wallet_consumer_ack_pending", "function" => function).set(info.num_ack_pending as f64);
+            metrics::gauge!("wallet_consumer_redelivered", "function" => function).set(info.num_redelivered as f64);
+        }
+        if !pause(Duration::from_secs(5), &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Answers requests on `<ns>.<SUBJECT>` in the queue group `<ns>_<NAME>` until `shutdown`, then
+/// finishes the requests in flight.
+async fn respond_loop<R: Responder>(r: Arc<R>, ctx: Arc<Context>, shutdown: CancellationToken) {
+    const IN_FLIGHT: u32 = 256;
+    let subject = ctx.names.subject(R::SUBJECT);
+    let mut backoff = Backoff::default();
+    let mut sub = loop {
+        match ctx.nats.queue_subscribe(subject.clone(), ctx.names.name(R::NAME)).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe; retrying");
+                if !pause(backoff.next(), &shutdown).await {
+                    return;
+                }
+            }
+        }
+    };
+    tracing::info!(function = R::NAME, subject, "serving");
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT as usize));
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => break,
+            m = sub.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply) = msg.reply.clone() else { continue };
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let (r, ctx) = (r.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let answer = r.respond(&ctx, &msg.payload).await;
+            if let Err(e) = ctx.nats.publish(reply, answer.into()).await {
+                tracing::debug!(error = %e, "reply not sent");
+            }
+            drop(permit);
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    // Every permit back: every request in flight answered.
+    let _ = slots.acquire_many(IN_FLIGHT).await;
+}

@@ -1,0 +1,312 @@
+//! The JetStream topology: every stream and consumer, as `streams.toml` describes them.
+//!
+//! The file is built into every binary (`STREAMS_FILE` may point at another). [`Topology::apply`]
+//! is what `walletctl setup` runs: it creates what is missing, updates in place what JetStream
+//! lets change, and reports — never forces — a change that would need a stream or consumer to be
+//! deleted and recreated, since that would drop the messages it holds.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::{self, consumer, stream};
+use serde::Deserialize;
+
+use crate::names::Names;
+
+/// The `streams.toml` at the repository root, compiled in.
+pub const BUILT_IN: &str = include_str!("../../streams.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid streams file: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid streams file: {0}")]
+    Invalid(String),
+    #[error("JetStream: {0}")]
+    Nats(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(rename = "stream")]
+    pub streams: Vec<StreamDef>,
+    #[serde(rename = "consumer", default)]
+    pub consumers: Vec<ConsumerDef>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamDef {
+    pub name: String,
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default)]
+    pub discard: Discard,
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub max_msg_size: i32,
+    #[serde(default = "one")]
+    pub replicas: usize,
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts.iter().map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom)).collect()
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    #[default]
+    Limits,
+    Workqueue,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    #[default]
+    Old,
+    New,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerDef {
+    /// The function (folder and binary name) that reads this consumer; also its durable name.
+    pub function: String,
+    pub stream: String,
+    pub filter_subject: String,
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    #[serde(default, deserialize_with = "durations")]
+    pub backoff: Vec<Duration>,
+    pub max_ack_pending: i64,
+}
+
+impl Topology {
+    pub fn parse(text: &str) -> Result<Self, TopologyError> {
+        let t: Topology = toml::from_str(text)?;
+        for c in &t.consumers {
+            if !t.streams.iter().any(|s| s.name == c.stream) {
+                return Err(TopologyError::Invalid(format!("consumer `{}` names unknown stream `{}`", c.function, c.stream)));
+            }
+            if !c.backoff.is_empty() && c.max_deliver <= c.backoff.len() as i64 {
+                return Err(TopologyError::Invalid(format!(
+                    "consumer `{}`: max_deliver must exceed the number of backoff steps",
+                    c.function
+                )));
+            }
+        }
+        Ok(t)
+    }
+
+    /// The built-in topology, or the file `STREAMS_FILE` names.
+    pub fn load(file: Option<&Path>) -> Result<Self, TopologyError> {
+        match file {
+            None => Self::parse(BUILT_IN),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| TopologyError::Read { path: path.display().to_string(), source })?;
+                Self::parse(&text)
+            }
+        }
+    }
+
+    pub fn consumer(&self, function: &str) -> Option<&ConsumerDef> {
+        self.consumers.iter().find(|c| c.function == function)
+    }
+
+    /// Creates or updates every stream and consumer; returns one line per object saying what
+    /// happened. Objects that would need recreation are reported with `NOT APPLIED`.
+    pub async fn apply(&self, js: &jetstream::Context, names: &Names) -> Result<Vec<String>, TopologyError> {
+        let mut report = Vec::new();
+        for def in &self.streams {
+            report.push(apply_stream(js, names, def).await?);
+        }
+        for def in &self.consumers {
+            report.push(apply_consumer(js, names, def).await?);
+        }
+        Ok(report)
+    }
+}
+
+impl StreamDef {
+    pub fn config(&self, names: &Names) -> stream::Config {
+        stream::Config {
+            name: names.name(&self.name),
+            subjects: self.subjects.iter().map(|s| names.subject(s)).collect(),
+            retention: match self.retention {
+                Retention::Limits => stream::RetentionPolicy::Limits,
+                Retention::Workqueue => stream::RetentionPolicy::WorkQueue,
+            },
+            discard: match self.discard {
+                Discard::Old => stream::DiscardPolicy::Old,
+                Discard::New => stream::DiscardPolicy::New,
+            },
+            storage: stream::StorageType::File,
+            duplicate_window: self.duplicate_window,
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            max_message_size: self.max_msg_size,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
+
+impl ConsumerDef {
+    pub fn config(&self, names: &Names) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(names.name(&self.function)),
+            filter_subject: names.subject(&self.filter_subject),
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            backoff: self.backoff.clone(),
+            max_ack_pending: self.max_ack_pending,
+            ..Default::default()
+        }
+    }
+}
+
+fn nats_err(e: impl std::fmt::Display) -> TopologyError {
+    TopologyError::Nats(e.to_string())
+}
+
+async fn apply_stream(js: &jetstream::Context, names: &Names, def: &StreamDef) -> Result<String, TopologyError> {
+    let want = def.config(names);
+    let name = want.name.clone();
+    let mut existing = match js.get_stream(&name).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
+            js.create_stream(want).await.map_err(nats_err)?;
+            return Ok(format!("stream {name}: created"));
+        }
+        Err(e) => return Err(nats_err(e)),
+    };
+    let have = existing.info().await.map_err(nats_err)?.config.clone();
+    if have.retention != want.retention || have.storage != want.storage {
+        return Ok(format!(
+            "stream {name}: NOT APPLIED: retention or storage differs ({:?}/{:?} on the server, {:?}/{:?} wanted); \
+             that needs the stream recreated, which setup never does to a stream that may hold messages",
+            have.retention, have.storage, want.retention, want.storage
+        ));
+    }
+    let mut changed = Vec::new();
+    if have.subjects != want.subjects {
+        changed.push("subjects");
+    }
+    if have.discard != want.discard {
+        changed.push("discard");
+    }
+    if have.duplicate_window != want.duplicate_window {
+        changed.push("duplicate_window");
+    }
+    if have.max_age != want.max_age {
+        changed.push("max_age");
+    }
+    if have.max_bytes != want.max_bytes {
+        changed.push("max_bytes");
+    }
+    if have.max_message_size != want.max_message_size {
+        changed.push("max_msg_size");
+    }
+    if have.num_replicas != want.num_replicas {
+        changed.push("replicas");
+    }
+    if changed.is_empty() {
+        return Ok(format!("stream {name}: unchanged"));
+    }
+    // Update from the server's own config so that fields this file does not manage survive.
+    let update = stream::Config {
+        subjects: want.subjects,
+        discard: want.discard,
+        duplicate_window: want.duplicate_window,
+        max_age: want.max_age,
+        max_bytes: want.max_bytes,
+        max_message_size: want.max_message_size,
+        num_replicas: want.num_replicas,
+        ..have
+    };
+    match js.update_stream(update).await {
+        Ok(_) => Ok(format!("stream {name}: updated ({})", changed.join(", "))),
+        Err(e) => Ok(format!("stream {name}: NOT APPLIED: the server refused to change {} in place: {e}", changed.join(", "))),
+    }
+}
+
+async fn apply_consumer(js: &jetstream::Context, names: &Names, def: &ConsumerDef) -> Result<String, TopologyError> {
+    let want = def.config(names);
+    let name = names.name(&def.function);
+    let stream = js.get_stream_no_info(names.name(&def.stream)).await.map_err(nats_err)?;
+    let have = match stream.consumer_info(&name).await {
+        Ok(info) => Some(info.config),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
+        Err(e) => return Err(nats_err(e)),
+    };
+    let Some(have) = have else {
+        stream.create_consumer(want).await.map_err(nats_err)?;
+        return Ok(format!("consumer {name}: created"));
+    };
+    let mut changed = Vec::new();
+    if have.filter_subject != want.filter_subject {
+        changed.push("filter_subject");
+    }
+    if have.ack_wait != want.ack_wait {
+        changed.push("ack_wait");
+    }
+    if have.max_deliver != want.max_deliver {
+        changed.push("max_deliver");
+    }
+    if have.backoff != want.backoff {
+        changed.push("backoff");
+    }
+    if have.max_ack_pending != want.max_ack_pending {
+        changed.push("max_ack_pending");
+    }
+    if changed.is_empty() {
+        return Ok(format!("consumer {name}: unchanged"));
+    }
+    match stream.create_consumer(want).await {
+        Ok(_) => Ok(format!("consumer {name}: updated ({})", changed.join(", "))),
+        Err(e) => Ok(format!("consumer {name}: NOT APPLIED: the server refused to change {} in place: {e}", changed.join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_file_describes_every_stream_of_the_contract() {
+        let t = Topology::parse(BUILT_IN).expect("built-in streams.toml");
+        let names: Vec<_> = t.streams.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["DEPOSITS", "TRANSFERS", "PROVIDER_ACKS", "BONUS", "PROVIDER_REQUESTS", "WALLET_EVENTS", "DLQ"]);
+        let deposit = t.consumer("deposit").expect("deposit consumer");
+        assert_eq!(deposit.stream, "DEPOSITS");
+        let c = deposit.config(&Names::new("t").expect("ns"));
+        assert_eq!(c.durable_name.as_deref(), Some("t_deposit"));
+        assert_eq!(c.filter_subject, "t.wallet.deposit");
+    }
+
+    #[test]
+    fn a_consumer_on_an_unknown_stream_is_refused() {
+        let text = BUILT_IN.replace("stream = \"DEPOSITS\"", "stream = \"NOPE\"");
+        assert!(Topology::parse(&text).is_err());
+    }
+}

@@ -1,0 +1,370 @@
+//! The one helper every integration test uses, in the way of zero2prod's `spawn_app`.
+//!
+//! [`TestEnv::new`] gives a test its own `WALLET_NAMESPACE`, its own PostgreSQL database (set up
+//! by `walletctl setup`'s code, so migrations and streams are the real ones) on the shared
+//! NATS, PostgreSQL and Redis. [`TestEnv::spawn`] starts a real function binary against it.
+//! Dropping the env kills what it started and removes the streams, the database and the Redis
+//! keys. Waits are bounded polls ([`eventually`]); nothing sleeps and hopes.
+
+#![allow(clippy::unwrap_used)] // A test helper: a failure here is a failed test.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use wallet_runtime::Config;
+use wallet_runtime::streams::Topology;
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+/// The server tests create their databases on (its path is replaced by each test's database).
+pub fn postgres_server() -> String {
+    std::env::var("TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A binary of this workspace, built by `cargo build` next to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap(); // target/<profile>/deps/.. 
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", path.display());
+    path
+}
+
+/// A function process; killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub http: u16,
+}
+
+impl Proc {
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `sig` and waits up to `limit` for the exit status.
+    pub async fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal, limit: Duration) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+        eventually(limit, "the process to exit", || {
+            let status = self.child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.http, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
+    }
+
+    /// The value of a counter or gauge summed over its label sets (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// An event as a test sees it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub subject: String,
+    pub msg_id: String,
+    pub body: Value,
+}
+
+#[derive(Debug)]
+pub struct TestEnv {
+    pub config: Config,
+    pub ns: String,
+    pub db_name: String,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    procs: Mutex<Vec<u32>>,
+}
+
+impl TestEnv {
+    /// A fresh namespace and database, set up with the built-in streams.toml.
+    pub async fn new() -> Self {
+        Self::with_env(&[]).await
+    }
+
+    /// Like [`TestEnv::new`], with extra configuration for the env and the binaries it spawns.
+    pub async fn with_env(extra: &[(&str, &str)]) -> Self {
+        let ns = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let db_name = format!("wallet_test_{ns}");
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("NATS_URL".into(), nats_url()),
+            ("REDIS_URL".into(), redis_url()),
+            ("DATABASE_URL".into(), format!("{}/{db_name}", postgres_server())),
+            ("WALLET_NAMESPACE".into(), ns.clone()),
+        ]);
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+        let mut topology = Topology::load(None).unwrap();
+        // JetStream reserves max_bytes up front; many test namespaces at once need small ones.
+        for s in &mut topology.streams {
+            s.max_bytes = 64 << 20;
+        }
+        walletctl::setup::setup(&config, &topology).await.unwrap();
+        let nats = async_nats::connect(nats_url()).await.unwrap();
+        let js = jetstream::new(nats.clone());
+        Self { config, ns, db_name, nats, js, procs: Mutex::new(Vec::new()) }
+    }
+
+    /// The environment a binary of this test runs with.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("NATS_URL".into(), self.config.nats_url.clone()),
+            ("DATABASE_URL".into(), self.config.database_url.clone()),
+            ("REDIS_URL".into(), self.config.redis_url.clone()),
+            ("WALLET_NAMESPACE".into(), self.ns.clone()),
+            ("RUST_LOG".into(), std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())),
+            ("SHUTDOWN_GRACE".into(), "10s".into()),
+        ]
+    }
+
+    /// Starts the workspace binary `name` with this env (plus `extra`), on a free HTTP port.
+    pub fn spawn(&self, name: &str, extra: &[(&str, &str)]) -> Proc {
+        let http = free_port();
+        let mut cmd = Command::new(binary(name));
+        cmd.envs(self.env()).env("HTTP_ADDR", format!("127.0.0.1:{http}"));
+        cmd.envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        cmd.stdin(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        self.procs.lock().unwrap().push(child.id());
+        Proc { child, http }
+    }
+
+    /// Waits until the process answers `/readyz` with 200.
+    pub async fn ready(&self, p: &Proc) {
+        eventually(Duration::from_secs(30), "/readyz", || async {
+            matches!(http_get(p.http, "/readyz").await, Some((200, _))).then_some(())
+        })
+        .await;
+    }
+
+    pub fn subject(&self, s: &str) -> String {
+        self.config.names.subject(s)
+    }
+
+    /// Publishes a command with `Nats-Msg-Id: msg_id`; returns once JetStream stored it.
+    pub async fn publish(&self, subject: &str, msg_id: &str, payload: impl Into<Bytes>) {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", msg_id);
+        self.js.publish_with_headers(self.subject(subject), h, payload.into()).await.unwrap().await.unwrap();
+    }
+
+    /// Publishes many commands with up to 2,000 acks in flight: (subject, msg id, payload).
+    pub async fn publish_many(&self, msgs: Vec<(String, String, Vec<u8>)>) {
+        let js = self.js.clone();
+        let this = &*self;
+        futures::stream::iter(msgs)
+            .map(|(subject, id, payload)| {
+                let js = js.clone();
+                async move {
+                    let mut h = HeaderMap::new();
+                    h.insert("Nats-Msg-Id", id.as_str());
+                    js.publish_with_headers(this.subject(&subject), h, payload.into()).await.unwrap().await.unwrap();
+                }
+            })
+            .buffer_unordered(2000)
+            .collect::<()>()
+            .await;
+    }
+
+    /// A reader of this namespace's outcome events, from the first.
+    pub async fn events(&self) -> Reader {
+        self.reader("WALLET_EVENTS", "wallet.events.>").await
+    }
+
+    /// A reader of this namespace's dead letters, from the first.
+    pub async fn dead_letters(&self) -> Reader {
+        self.reader("DLQ", "dlq.>").await
+    }
+
+    async fn reader(&self, stream: &str, filter: &str) -> Reader {
+        let stream = self.js.get_stream(self.config.names.name(stream)).await.unwrap();
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subject(filter),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        Reader { messages: consumer.messages().await.unwrap(), seen: Vec::new(), headers: Vec::new() }
+    }
+
+    /// Asks the balance function for `user`'s wallets.
+    pub async fn balance(&self, user: &str) -> Value {
+        let req = serde_json::to_vec(&serde_json::json!({ "user_id": user })).unwrap();
+        let reply = self.nats.request(self.subject("wallet.balance.get"), req.into()).await.unwrap();
+        serde_json::from_slice(&reply.payload).unwrap()
+    }
+
+    /// A connection to this test's database.
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.config.database_url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    /// The balance PostgreSQL holds for a user's wallet ("0" when it has none).
+    pub async fn stored_balance(&self, user: &str, kind: &str, currency: &str) -> rust_decimal::Decimal {
+        self.pg()
+            .await
+            .query_opt(
+                "SELECT balance FROM accounts WHERE owner = $1 AND kind = $2 AND currency = $3",
+                &[&user, &kind, &currency],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+            .unwrap_or_default()
+    }
+
+    /// `walletctl audit` on this namespace.
+    pub async fn audit(&self) -> walletctl::audit::Report {
+        walletctl::audit::audit(&self.config).await.unwrap()
+    }
+}
+
+/// Reads a stream in order and keeps everything it read.
+pub struct Reader {
+    messages: consumer::pull::Ordered,
+    pub seen: Vec<Received>,
+    pub headers: Vec<HeaderMap>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("seen", &self.seen.len()).finish()
+    }
+}
+
+impl Reader {
+    /// Reads until `done(seen)` holds, or panics after `limit`.
+    pub async fn until(&mut self, limit: Duration, what: &str, done: impl Fn(&[Received]) -> bool) -> &[Received] {
+        let deadline = Instant::now() + limit;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out after {limit:?} waiting for {what}; read {} message(s)", self.seen.len());
+            if let Ok(Some(m)) = tokio::time::timeout(left.min(Duration::from_millis(500)), self.messages.next()).await {
+                let m = m.unwrap();
+                let headers = m.headers.clone().unwrap_or_default();
+                let msg_id = headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()).unwrap_or_default();
+                let body = serde_json::from_slice(&m.payload).unwrap_or(Value::String(String::from_utf8_lossy(&m.payload).into()));
+                self.seen.push(Received { subject: m.subject.to_string(), msg_id, body });
+                self.headers.push(headers);
+            }
+        }
+        &self.seen
+    }
+
+    /// Reads until `n` messages are in.
+    pub async fn count(&mut self, n: usize, limit: Duration) -> &[Received] {
+        self.until(limit, &format!("{n} messages"), |s| s.len() >= n).await
+    }
+
+    /// The message with this `Nats-Msg-Id`, reading until it comes.
+    pub async fn by_id(&mut self, msg_id: &str, limit: Duration) -> Received {
+        self.until(limit, msg_id, |s| s.iter().any(|r| r.msg_id == msg_id)).await;
+        self.seen.iter().find(|r| r.msg_id == msg_id).cloned().unwrap()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for pid in self.procs.lock().unwrap().drain(..) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+        let (config, db) = (self.config.clone(), self.db_name.clone());
+        // Drop cannot await: clean up on a thread of its own with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(nats) = async_nats::connect(&config.nats_url).await {
+                    let js = jetstream::new(nats);
+                    for s in Topology::load(None).unwrap().streams {
+                        let _ = js.delete_stream(config.names.name(&s.name)).await;
+                    }
+                }
+                if let Ok((pg, conn)) =
+                    tokio_postgres::connect(&format!("{}/postgres", postgres_server()), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = pg.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
+                }
+                if let Ok(client) = redis::Client::open(config.redis_url.as_str())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(config.names.redis_key("*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

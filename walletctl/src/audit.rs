@@ -1,0 +1,155 @@
+//! `walletctl audit`: checks the invariants of CONTRACT §5 against PostgreSQL, and the balance
+//! cache against PostgreSQL. Read-only.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use rust_decimal::Decimal;
+use wallet_runtime::Config;
+
+/// One invariant and what was found.
+#[derive(Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub breaches: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.breaches.is_empty())
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for note in &self.notes {
+            writeln!(f, "      {note}")?;
+        }
+        for c in &self.checks {
+            if c.breaches.is_empty() {
+                writeln!(f, "ok    {}", c.name)?;
+            } else {
+                writeln!(f, "FAIL  {} ({} breach(es))", c.name, c.breaches.len())?;
+                for b in c.breaches.iter().take(20) {
+                    writeln!(f, "        {b}")?;
+                }
+            }
+        }
+        writeln!(f, "{}", if self.ok() { "audit: clean" } else { "audit: BREACHED" })
+    }
+}
+
+/// Each check is one query returning one row per breach, described as text.
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "the ledger sums to zero in every currency",
+        "SELECT a.currency || ': postings sum to ' || sum(p.amount)
+         FROM postings p JOIN accounts a ON a.id = p.account_id
+         GROUP BY a.currency HAVING sum(p.amount) <> 0",
+    ),
+    (
+        "every command's postings sum to zero per currency",
+        "SELECT p.command || ' ' || a.currency || ': ' || sum(p.amount)
+         FROM postings p JOIN accounts a ON a.id = p.account_id
+         GROUP BY p.command, a.currency HAVING sum(p.amount) <> 0",
+    ),
+    (
+        "every wallet's balance equals the sum of its postings",
+        "SELECT a.owner || ' ' || a.kind || ' ' || a.provider || ' ' || a.currency
+                || ': balance ' || a.balance || ', postings ' || coalesce(s.total, 0)
+         FROM accounts a
+         LEFT JOIN (SELECT account_id, sum(amount) AS total, count(*) AS n FROM postings GROUP BY account_id) s
+                ON s.account_id = a.id
+         WHERE a.kind <> 'platform' AND (a.balance <> coalesce(s.total, 0) OR a.version <> coalesce(s.n, 0))",
+    ),
+    (
+        "no user wallet is below zero",
+        "SELECT owner || ' ' || kind || ' ' || provider || ' ' || currency || ': ' || balance
+         FROM accounts WHERE kind <> 'platform' AND balance < 0",
+    ),
+    (
+        "every posting belongs to a command remembered by dedup",
+        "SELECT DISTINCT p.command FROM postings p
+         WHERE NOT EXISTS (SELECT 1 FROM commands c WHERE c.function || ':' || c.id = p.command)",
+    ),
+    (
+        "no event has waited over 5 minutes in the outbox",
+        "SELECT count(*) || ' unpublished, oldest ' || min(created_at) FROM outbox
+         WHERE created_at < now() - interval '5 minutes' HAVING count(*) > 0",
+    ),
+];
+
+pub async fn audit(config: &Config) -> anyhow::Result<Report> {
+    let pg = crate::postgres(config).await?;
+    let mut report = Report::default();
+    // One snapshot for every check: they see the same ledger.
+    pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let counts = pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM accounts WHERE kind <> 'platform'), (SELECT count(*) FROM postings),
+                    (SELECT count(*) FROM commands), (SELECT count(*) FROM outbox)",
+            &[],
+        )
+        .await?;
+    let (wallets, postings, commands, outbox): (i64, i64, i64, i64) = (counts.get(0), counts.get(1), counts.get(2), counts.get(3));
+    report.notes.push(format!(
+        "checked {wallets} wallets, {postings} postings, {commands} commands; {outbox} event(s) waiting in the outbox"
+    ));
+    for (name, sql) in CHECKS {
+        let breaches = pg.query(*sql, &[]).await?.iter().map(|r| r.get::<_, String>(0)).collect();
+        report.checks.push(Check { name, breaches });
+    }
+    report.checks.push(cache_check(config, &pg, outbox).await?);
+    pg.batch_execute("COMMIT").await?;
+    Ok(report)
+}
+
+/// Every cached wallet matches PostgreSQL (skipped while events wait in the outbox: their
+/// balances are on their way to the cache).
+async fn cache_check(config: &Config, pg: &tokio_postgres::Client, outbox: i64) -> anyhow::Result<Check> {
+    let name = "the balance cache agrees with PostgreSQL";
+    if outbox > 0 {
+        return Ok(Check { name, breaches: Vec::new() });
+    }
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let prefix = config.names.redis_key("bal:");
+    let keys: Vec<String> = {
+        let mut iter: redis::AsyncIter<String> = redis::AsyncCommands::scan_match(&mut conn, format!("{prefix}*")).await?;
+        let mut keys = Vec::new();
+        while let Some(k) = futures::StreamExt::next(&mut iter).await {
+            keys.push(k?);
+        }
+        keys
+    };
+    let rows = pg
+        .query("SELECT owner, kind, provider, currency, balance FROM accounts WHERE kind <> 'platform' AND owner = ANY($1)",
+            &[&keys.iter().map(|k| k[prefix.len()..].to_owned()).collect::<Vec<_>>()])
+        .await?;
+    let truth: HashMap<(String, String), Decimal> = rows
+        .iter()
+        .map(|r| {
+            let (owner, kind, provider, currency): (String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            ((owner, wallet_runtime::cache::field(&kind, &provider, &currency)), r.get(4))
+        })
+        .collect();
+    let mut breaches = Vec::new();
+    for key in &keys {
+        let owner = &key[prefix.len()..];
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query_async(&mut conn).await?;
+        for (field, value) in fields.into_iter().filter(|(f, _)| !f.starts_with('~')) {
+            let cached = value.split_once('|').and_then(|(_, b)| b.parse::<Decimal>().ok());
+            let stored = truth.get(&(owner.to_owned(), field.clone()));
+            if cached.is_none() || cached.as_ref() != stored {
+                breaches.push(format!("{owner} {field}: cache {value}, postgres {stored:?}"));
+            }
+        }
+    }
+    Ok(Check { name, breaches })
+}

@@ -1,0 +1,122 @@
+//! `walletctl dlq list|replay`: reading and replaying dead letters (CONTRACT §8).
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use wallet_runtime::Config;
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Its sequence in the DLQ stream.
+    pub seq: u64,
+    pub function: String,
+    pub reason: String,
+    pub deliveries: String,
+    /// The subject the command arrived on, namespace included.
+    pub subject: String,
+    /// The command's own Nats-Msg-Id.
+    pub msg_id: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+fn header(h: &HeaderMap, k: &str) -> String {
+    h.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default()
+}
+
+/// Every dead letter, or those of `function`, oldest first.
+pub async fn list(config: &Config, function: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+    let js = jetstream::new(crate::nats(config).await?);
+    list_with(&js, config, function).await
+}
+
+async fn list_with(js: &jetstream::Context, config: &Config, function: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+    let stream = js.get_stream(config.names.name("DLQ")).await?;
+    let filter = config.names.subject(&format!("dlq.{}", function.unwrap_or(">")));
+    // An ephemeral reader that acknowledges nothing: listing never changes the DLQ.
+    let reader = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await?;
+    let mut letters = Vec::new();
+    loop {
+        let mut batch = reader.fetch().max_messages(500).messages().await?;
+        let before = letters.len();
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("reading the DLQ: {e}"))?;
+            let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            let headers = m.headers.clone().unwrap_or_default();
+            letters.push(DeadLetter {
+                seq,
+                function: header(&headers, "Wallet-Dlq-Function"),
+                reason: header(&headers, "Wallet-Dlq-Reason"),
+                deliveries: header(&headers, "Wallet-Dlq-Deliveries"),
+                subject: header(&headers, "Wallet-Dlq-Subject"),
+                msg_id: header(&headers, "Wallet-Dlq-Msg-Id"),
+                payload: m.payload.clone(),
+                headers,
+            });
+        }
+        if letters.len() == before {
+            break;
+        }
+    }
+    let _ = stream.delete_consumer(&reader.cached_info().name).await;
+    Ok(letters)
+}
+
+pub fn render(letters: &[DeadLetter]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>8} {:<14} {:<16} {:>4} {:<28} {:<30} PAYLOAD", "SEQ", "FUNCTION", "REASON", "DLV", "MSG_ID", "SUBJECT");
+    for l in letters {
+        let mut payload: String = String::from_utf8_lossy(&l.payload).chars().take(60).collect();
+        payload = payload.replace(['\n', '\r', '\t'], " ");
+        if l.payload.len() > 60 {
+            payload.push('…');
+        }
+        let _ = writeln!(
+            out,
+            "{:>8} {:<14} {:<16} {:>4} {:<28} {:<30} {}",
+            l.seq, l.function, l.reason, l.deliveries, l.msg_id, l.subject, payload
+        );
+    }
+    let _ = writeln!(out, "{} dead letter(s)", letters.len());
+    out
+}
+
+/// Publishes `function`'s dead letters (or the one whose command id is `id`) to their original
+/// subject with their original headers and a new `Nats-Msg-Id`, then removes them from the DLQ.
+/// The command's own id still guarantees a single effect.
+pub async fn replay(config: &Config, function: &str, id: Option<&str>) -> anyhow::Result<usize> {
+    let js = jetstream::new(crate::nats(config).await?);
+    let stream = js.get_stream(config.names.name("DLQ")).await?;
+    let letters = list_with(&js, config, Some(function)).await?;
+    let mut replayed = 0;
+    for l in letters.into_iter().filter(|l| id.is_none_or(|id| l.msg_id == id)) {
+        let mut headers = HeaderMap::new();
+        for (name, values) in l.headers.iter() {
+            let name: &str = name.as_ref();
+            if name.starts_with("Wallet-Dlq-") || name == "Nats-Msg-Id" {
+                continue;
+            }
+            for v in values {
+                headers.append(name, v.as_str());
+            }
+        }
+        // Unique per dead letter: a replay that fails again is a new dead letter with a new
+        // sequence, and replaying that one is not swallowed by the duplicate window.
+        headers.insert("Nats-Msg-Id", format!("replay:{function}:{}", l.seq).as_str());
+        js.publish_with_headers(l.subject.clone(), headers, l.payload.clone()).await?.await?;
+        stream.delete_message(l.seq).await?;
+        replayed += 1;
+    }
+    Ok(replayed)
+}

@@ -1,0 +1,103 @@
+//! The operator CLI's commands, as a library so that tests drive them in-process.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use wallet_runtime::Config;
+use wallet_runtime::streams::Topology;
+
+pub mod audit;
+pub mod dlq;
+pub mod setup;
+pub mod status;
+
+#[derive(Debug, Parser)]
+#[command(name = "walletctl", version, about = "Operate wallet functions: setup, status, audit, dead letters.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Create the database if missing, run migrations, apply streams.toml (idempotent).
+    Setup,
+    /// Per consumer: pending, ack-pending, redelivered; dead letters per function.
+    Status,
+    /// Check every ledger invariant against PostgreSQL (and the cache against it); exit 1 on a breach.
+    Audit,
+    /// Dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCmd {
+    /// List dead letters.
+    List {
+        #[arg(long)]
+        function: Option<String>,
+    },
+    /// Publish dead letters again to their original subject, under a new Nats-Msg-Id, and remove them.
+    Replay {
+        #[arg(long)]
+        function: String,
+        /// Only the dead letter whose original Nats-Msg-Id (the command id) is this.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
+    let topology = Topology::load(config.streams_file.as_deref())?;
+    match cli.command {
+        Cmd::Setup => {
+            for line in setup::setup(&config, &topology).await? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status => {
+            print!("{}", status::status(&config, &topology).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit => {
+            let report = audit::audit(&config).await?;
+            print!("{report}");
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Dlq { command: DlqCmd::List { function } } => {
+            let letters = dlq::list(&config, function.as_deref()).await?;
+            print!("{}", dlq::render(&letters));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dlq { command: DlqCmd::Replay { function, id } } => {
+            let n = dlq::replay(&config, &function, id.as_deref()).await?;
+            println!("replayed {n} dead letter(s) of {function}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A NATS connection for one command: fails fast when NATS is down.
+pub async fn nats(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let servers: Vec<&str> = config.nats_url.split(',').map(str::trim).collect();
+    async_nats::ConnectOptions::new()
+        .name("walletctl")
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connect(servers.as_slice())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", wallet_runtime::config::redact(&config.nats_url)))
+}
+
+/// One PostgreSQL connection for one command.
+pub async fn postgres(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(&config.database_url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", wallet_runtime::config::redact(&config.database_url)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
