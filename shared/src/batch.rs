@@ -46,7 +46,11 @@ pub struct Processed {
 /// A message as the runtime sees it before any transaction.
 enum Decoded<C> {
     Malformed,
-    Command { id: String, print: Fingerprint, verdict: Result<C, Event> },
+    Command {
+        id: String,
+        print: Fingerprint,
+        verdict: Result<C, Event>,
+    },
 }
 
 /// Decodes one payload: a JSON object of at most 64 KiB whose id field holds a valid id.
@@ -54,13 +58,23 @@ fn decode<F: Function>(f: &F, ctx: &Context, payload: &[u8]) -> Decoded<F::Comma
     if payload.len() > MAX_COMMAND_BYTES {
         return Decoded::Malformed;
     }
-    let Ok(object) = serde_json::from_slice::<Payload>(payload) else { return Decoded::Malformed };
-    let Some(id) = object.get(F::ID_FIELD).and_then(|v| v.as_str()).filter(|id| f.accepts_id(id)) else {
+    let Ok(object) = serde_json::from_slice::<Payload>(payload) else {
+        return Decoded::Malformed;
+    };
+    let Some(id) = object
+        .get(F::ID_FIELD)
+        .and_then(|v| v.as_str())
+        .filter(|id| f.accepts_id(id))
+    else {
         return Decoded::Malformed;
     };
     let print = dedup::fingerprint(&object, F::FIELDS);
     let verdict = f.validate(ctx, id, &object);
-    Decoded::Command { id: id.to_owned(), print, verdict }
+    Decoded::Command {
+        id: id.to_owned(),
+        print,
+        verdict,
+    }
 }
 
 /// A distinct command of the batch (the first message carrying its id).
@@ -89,7 +103,10 @@ pub async fn process<F: Function>(
     messages: &[Message],
 ) -> Result<Processed, StepError> {
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_ref()).collect();
-    let deliveries: Vec<i64> = messages.iter().map(|m| m.info().map(|i| i.delivered).unwrap_or(1)).collect();
+    let deliveries: Vec<i64> = messages
+        .iter()
+        .map(|m| m.info().map(|i| i.delivered).unwrap_or(1))
+        .collect();
     process_payloads(f, ctx, max_deliver, &payloads, &deliveries).await
 }
 
@@ -101,7 +118,10 @@ pub async fn process_payloads<F: Function>(
     payloads: &[&[u8]],
     deliveries: &[i64],
 ) -> Result<Processed, StepError> {
-    let mut out = Processed { dispositions: vec![Disposition::Ack; payloads.len()], ..Default::default() };
+    let mut out = Processed {
+        dispositions: vec![Disposition::Ack; payloads.len()],
+        ..Default::default()
+    };
     let mut units: Vec<Unit<F::Command>> = Vec::new();
     // Later copies of an id within the batch follow the fate of its first copy.
     let mut followers: Vec<(usize, usize)> = Vec::new();
@@ -122,7 +142,11 @@ pub async fn process_payloads<F: Function>(
                 }
                 first.insert(id.clone(), units.len());
                 let command = verdict.map(|body| Command { id, body });
-                units.push(Unit { index, print, command });
+                units.push(Unit {
+                    index,
+                    print,
+                    command,
+                });
             }
         }
     }
@@ -140,14 +164,16 @@ pub async fn process_payloads<F: Function>(
             }
             Err(e) => {
                 tracing::warn!(function = F::NAME, error = %e, size = units.len(), "batch failed; deciding its commands one by one");
-                metrics::counter!("wallet_batch_fallbacks_total", "function" => F::NAME).increment(1);
+                metrics::counter!("wallet_batch_fallbacks_total", "function" => F::NAME)
+                    .increment(1);
                 for unit in &units {
                     match decide(f, ctx, &[unit]).await {
                         Ok(decided) => absorb(&mut out, decided),
                         Err(e) if e.is_transient() => return Err(e),
                         Err(e) => {
                             tracing::warn!(function = F::NAME, id = unit.id(), error = %e, "command failed");
-                            out.dispositions[unit.index] = failed(deliveries[unit.index], max_deliver);
+                            out.dispositions[unit.index] =
+                                failed(deliveries[unit.index], max_deliver);
                         }
                     }
                 }
@@ -197,15 +223,21 @@ fn absorb(out: &mut Processed, d: Decided) {
 }
 
 /// Decides `units` in one transaction.
-async fn decide<F: Function>(f: &F, ctx: &Context, units: &[&Unit<F::Command>]) -> Result<Decided, StepError> {
+async fn decide<F: Function>(
+    f: &F,
+    ctx: &Context,
+    units: &[&Unit<F::Command>],
+) -> Result<Decided, StepError> {
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
     let started = Instant::now();
     let decided = decide_in(f, ctx, &tx, units).await?;
-    metrics::histogram!("wallet_handler_seconds", "function" => F::NAME).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("wallet_handler_seconds", "function" => F::NAME)
+        .record(started.elapsed().as_secs_f64());
     let committing = Instant::now();
     tx.commit().await?;
-    metrics::histogram!("wallet_commit_seconds", "function" => F::NAME).record(committing.elapsed().as_secs_f64());
+    metrics::histogram!("wallet_commit_seconds", "function" => F::NAME)
+        .record(committing.elapsed().as_secs_f64());
     Ok(decided)
 }
 
@@ -217,7 +249,13 @@ async fn decide_in<F: Function>(
 ) -> Result<Decided, StepError> {
     let keys: Vec<(&str, Fingerprint)> = units.iter().map(|u| (u.id(), u.print)).collect();
     let claims = dedup::claim(tx, F::NAME, &keys).await?;
-    let mut d = Decided { dispositions: Vec::new(), rows: Vec::new(), completed: 0, rejected: 0, duplicates: 0 };
+    let mut d = Decided {
+        dispositions: Vec::new(),
+        rows: Vec::new(),
+        completed: 0,
+        rejected: 0,
+        duplicates: 0,
+    };
     let mut messages: Vec<OutboxMessage> = Vec::new();
     let mut fresh: Vec<&Unit<F::Command>> = Vec::new();
     for (unit, claim) in units.iter().zip(claims) {
@@ -226,7 +264,9 @@ async fn decide_in<F: Function>(
                 d.duplicates += 1;
                 d.dispositions.push((unit.index, Disposition::Ack));
             }
-            (Claim::Conflict, _) => d.dispositions.push((unit.index, Disposition::DeadLetter(dlq::ID_CONFLICT))),
+            (Claim::Conflict, _) => d
+                .dispositions
+                .push((unit.index, Disposition::DeadLetter(dlq::ID_CONFLICT))),
             (Claim::New, Err(rejection)) => {
                 d.rejected += 1;
                 messages.push(rejection.clone().into_outbox(Vec::new()));
@@ -236,7 +276,10 @@ async fn decide_in<F: Function>(
         }
     }
     if !fresh.is_empty() {
-        let commands: Vec<&Command<F::Command>> = fresh.iter().filter_map(|u| u.command.as_ref().ok()).collect();
+        let commands: Vec<&Command<F::Command>> = fresh
+            .iter()
+            .filter_map(|u| u.command.as_ref().ok())
+            .collect();
         let outcomes = f.apply(ctx, tx, &commands).await?;
         if outcomes.len() != fresh.len() {
             return Err(StepError::permanent(format!(

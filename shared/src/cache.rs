@@ -44,7 +44,11 @@ impl WalletSnapshot {
 }
 
 pub fn field(kind: &str, provider: &str, currency: &str) -> String {
-    if provider.is_empty() { format!("{kind}:{currency}") } else { format!("{kind}:{provider}:{currency}") }
+    if provider.is_empty() {
+        format!("{kind}:{currency}")
+    } else {
+        format!("{kind}:{provider}:{currency}")
+    }
 }
 
 /// `KEYS[1]` the user's hash; `ARGV[1]` '1' when the triples are all the user's wallets;
@@ -73,13 +77,19 @@ pub struct BalanceCache {
 
 impl std::fmt::Debug for BalanceCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BalanceCache").field("namespace", &self.names.namespace()).finish()
+        f.debug_struct("BalanceCache")
+            .field("namespace", &self.names.namespace())
+            .finish()
     }
 }
 
 impl BalanceCache {
     pub fn new(conn: ConnectionManager, names: Names) -> Self {
-        Self { conn, names, script: redis::Script::new(WRITE) }
+        Self {
+            conn,
+            names,
+            script: redis::Script::new(WRITE),
+        }
     }
 
     fn key(&self, user: &str) -> String {
@@ -99,7 +109,8 @@ impl BalanceCache {
         if snapshots.is_empty() {
             return Ok(());
         }
-        let mut by_user: std::collections::BTreeMap<&str, Vec<&WalletSnapshot>> = Default::default();
+        let mut by_user: std::collections::BTreeMap<&str, Vec<&WalletSnapshot>> =
+            Default::default();
         for s in snapshots {
             by_user.entry(s.owner.as_str()).or_default().push(s);
         }
@@ -121,7 +132,10 @@ impl BalanceCache {
     /// The user's wallets as (field, balance), when the cache holds all of them.
     pub async fn read(&self, user: &str) -> Result<Option<Vec<(String, String)>>, StepError> {
         let mut conn = self.conn.clone();
-        let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(self.key(user)).query_async(&mut conn).await?;
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.key(user))
+            .query_async(&mut conn)
+            .await?;
         if !all.iter().any(|(f, _)| f == COMPLETE) {
             return Ok(None);
         }

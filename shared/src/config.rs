@@ -55,7 +55,9 @@ impl Config {
     /// process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |var: &'static str, default: &str| -> String {
-            lookup(var).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+            lookup(var)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
         };
         let err = |var: &'static str, message: String| ConfigError { var, message };
 
@@ -74,30 +76,45 @@ impl Config {
         redis::Client::open(redis_url.as_str())
             .map_err(|e| err("REDIS_URL", format!("`{}`: {e}", redact(&redis_url))))?;
 
-        let names = Names::new(&get("WALLET_NAMESPACE", "")).map_err(|m| err("WALLET_NAMESPACE", m))?;
+        let names =
+            Names::new(&get("WALLET_NAMESPACE", "")).map_err(|m| err("WALLET_NAMESPACE", m))?;
         let http_addr = get("HTTP_ADDR", "0.0.0.0:8080")
             .parse()
             .map_err(|e| err("HTTP_ADDR", format!("{e} (expected HOST:PORT)")))?;
         let json_logs = match get("LOG_FORMAT", "text").as_str() {
             "json" => true,
             "text" => false,
-            other => return Err(err("LOG_FORMAT", format!("`{other}` is neither `json` nor `text`"))),
+            other => {
+                return Err(err(
+                    "LOG_FORMAT",
+                    format!("`{other}` is neither `json` nor `text`"),
+                ));
+            }
         };
         let duration = |var: &'static str, default: &str| -> Result<Duration, ConfigError> {
             humantime::parse_duration(&get(var, default))
                 .map_err(|e| err(var, format!("{e} (expected a duration like 25s or 500ms)")))
         };
-        let number = |var: &'static str, default: &str, min: usize, max: usize| -> Result<usize, ConfigError> {
+        let number = |var: &'static str,
+                      default: &str,
+                      min: usize,
+                      max: usize|
+         -> Result<usize, ConfigError> {
             get(var, default)
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (min..=max).contains(n))
                 .ok_or_else(|| err(var, format!("expected a whole number from {min} to {max}")))
         };
-        let providers: Vec<String> =
-            get("WALLET_PROVIDERS", "alpha,beta").split(',').map(|p| p.trim().to_owned()).collect();
+        let providers: Vec<String> = get("WALLET_PROVIDERS", "alpha,beta")
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect();
         if let Some(bad) = providers.iter().find(|p| !crate::ids::is_valid_provider(p)) {
-            return Err(err("WALLET_PROVIDERS", format!("`{bad}` is not a provider name ([a-z0-9-]{{1,32}})")));
+            return Err(err(
+                "WALLET_PROVIDERS",
+                format!("`{bad}` is not a provider name ([a-z0-9-]{{1,32}})"),
+            ));
         }
 
         Ok(Self {
@@ -108,7 +125,9 @@ impl Config {
             http_addr,
             json_logs,
             shutdown_grace: duration("SHUTDOWN_GRACE", "25s")?,
-            streams_file: lookup("STREAMS_FILE").filter(|v| !v.is_empty()).map(PathBuf::from),
+            streams_file: lookup("STREAMS_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             batch_max: number("BATCH_MAX", "1000", 1, 10_000)?,
             fetch_wait: duration("FETCH_WAIT", "5s")?,
             pg_pool_size: number("PG_POOL_SIZE", "4", 1, 256)?,
@@ -139,8 +158,12 @@ impl fmt::Debug for Config {
 
 /// `scheme://user:secret@host` → `scheme://user:***@host`, for logs and error messages.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => format!("{scheme}://***@{host}"),
@@ -153,7 +176,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -185,12 +211,16 @@ mod tests {
 
     #[test]
     fn secrets_are_never_printed() {
-        let c = config(&[("DATABASE_URL", "postgres://app:hunter2@db:5432/wallet"), ("REDIS_URL", "redis://:hunter2@r:6379")])
-            .expect("config");
+        let c = config(&[
+            ("DATABASE_URL", "postgres://app:hunter2@db:5432/wallet"),
+            ("REDIS_URL", "redis://:hunter2@r:6379"),
+        ])
+        .expect("config");
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("app:***@db"));
-        let e = config(&[("DATABASE_URL", "postgres://app:hunter2@db:notaport/wallet")]).expect_err("bad url");
+        let e = config(&[("DATABASE_URL", "postgres://app:hunter2@db:notaport/wallet")])
+            .expect_err("bad url");
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

@@ -22,6 +22,11 @@ pub struct Context {
 
 impl Context {
     pub fn publisher(&self) -> Publisher {
-        Publisher { pool: self.pool.clone(), js: self.js.clone(), cache: self.cache.clone(), names: self.names.clone() }
+        Publisher {
+            pool: self.pool.clone(),
+            js: self.js.clone(),
+            cache: self.cache.clone(),
+            names: self.names.clone(),
+        }
     }
 }

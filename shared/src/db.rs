@@ -41,7 +41,9 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
     let manager = Manager::from_config(
         pg_config(url)?,
         NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
     );
     Pool::builder(manager)
         .max_size(size)
@@ -83,10 +85,15 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
     }
     // CREATE DATABASE takes no parameters: quote the identifier.
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
         Ok(()) => Ok(true),
         // Another setup created it meanwhile.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => Ok(false),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -96,11 +103,19 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
 pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
     let mut client = connect(&pg_config(url)?).await?;
     // Any constant: it only has to be the same for every setup.
-    client.execute("SELECT pg_advisory_lock(7301550003)", &[]).await?;
+    client
+        .execute("SELECT pg_advisory_lock(7301550003)", &[])
+        .await?;
     let report = embedded::migrations::runner()
         .run_async(&mut client)
         .await
         .map_err(|e| DbError::Migration(e.to_string()))?;
-    client.execute("SELECT pg_advisory_unlock(7301550003)", &[]).await?;
-    Ok(report.applied_migrations().iter().map(|m| m.to_string()).collect())
+    client
+        .execute("SELECT pg_advisory_unlock(7301550003)", &[])
+        .await?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
 }

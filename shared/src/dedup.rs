@@ -25,9 +25,14 @@ pub enum Claim {
 
 /// The fingerprint of a payload: a hash of the values of its contract fields, in order, so that
 /// key order, white space and unknown fields do not make two copies of one command differ.
-pub fn fingerprint(payload: &serde_json::Map<String, serde_json::Value>, fields: &[&str]) -> Fingerprint {
-    let values: Vec<&serde_json::Value> =
-        fields.iter().map(|f| payload.get(*f).unwrap_or(&serde_json::Value::Null)).collect();
+pub fn fingerprint(
+    payload: &serde_json::Map<String, serde_json::Value>,
+    fields: &[&str],
+) -> Fingerprint {
+    let values: Vec<&serde_json::Value> = fields
+        .iter()
+        .map(|f| payload.get(*f).unwrap_or(&serde_json::Value::Null))
+        .collect();
     let canonical = serde_json::to_vec(&values).unwrap_or_default();
     Sha256::digest(&canonical).into()
 }
@@ -52,13 +57,25 @@ pub async fn claim(
     sorted.sort_by_key(|(id, _)| *id);
     let keys: Vec<&str> = sorted.iter().map(|(id, _)| *id).collect();
     let prints: Vec<&[u8]> = sorted.iter().map(|(_, f)| f.as_slice()).collect();
-    let inserted: std::collections::HashSet<String> =
-        tx.query(CLAIM, &[&function, &keys, &prints]).await?.iter().map(|r| r.get(0)).collect();
-    let seen: Vec<&str> = ids.iter().map(|(id, _)| *id).filter(|id| !inserted.contains(*id)).collect();
+    let inserted: std::collections::HashSet<String> = tx
+        .query(CLAIM, &[&function, &keys, &prints])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let seen: Vec<&str> = ids
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !inserted.contains(*id))
+        .collect();
     let stored: std::collections::HashMap<String, Vec<u8>> = if seen.is_empty() {
         Default::default()
     } else {
-        tx.query(SEEN, &[&function, &seen]).await?.iter().map(|r| (r.get(0), r.get(1))).collect()
+        tx.query(SEEN, &[&function, &seen])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
     };
     ids.iter()
         .map(|(id, print)| {
@@ -68,7 +85,9 @@ pub async fn claim(
                 match stored.get(*id) {
                     Some(p) if p.as_slice() == print.as_slice() => Ok(Claim::Duplicate),
                     Some(_) => Ok(Claim::Conflict),
-                    None => Err(StepError::transient(format!("dedup: {id} neither inserted nor found"))),
+                    None => Err(StepError::transient(format!(
+                        "dedup: {id} neither inserted nor found"
+                    ))),
                 }
             }
         })

@@ -38,7 +38,10 @@ impl From<tokio_postgres::Error> for StepError {
         let code = state.code();
         // 08: connection exception, 40: transaction rollback (serialisation, deadlock),
         // 53: insufficient resources, 57: operator intervention (shutdown), 58: system error.
-        if ["08", "40", "53", "57", "58"].iter().any(|class| code.starts_with(class)) {
+        if ["08", "40", "53", "57", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
+        {
             Self::Transient(message)
         } else {
             Self::Permanent(message)

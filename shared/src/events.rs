@@ -40,7 +40,10 @@ impl Event {
     }
 
     pub fn rejected(entity: &'static str, id: &str, reason: &'static str) -> Self {
-        Self { reason: Some(reason), ..Self::new(entity, id, "rejected") }
+        Self {
+            reason: Some(reason),
+            ..Self::new(entity, id, "rejected")
+        }
     }
 
     pub fn subject(&self) -> String {

@@ -30,19 +30,34 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(|State(s): State<Shared>| async move { s.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<Shared>| async move { s.metrics.render() }),
+        )
         .with_state(Shared { ctx, metrics });
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
         tracing::error!(error = %e, "http server failed");
     }
 }
 
 async fn ready(State(s): State<Shared>) -> (StatusCode, String) {
-    let Some(ctx) = s.ctx.get() else { return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()) };
+    let Some(ctx) = s.ctx.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into());
+    };
     let (nats, pg, redis) = check(ctx).await;
     let body = format!("nats: {nats}\npostgres: {pg}\nredis: {redis}\n");
     let ok = [nats, pg, redis].iter().all(|s| *s == "ok");
-    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
 }
 
 /// The state of each dependency: `ok` or why not.
@@ -54,10 +69,16 @@ pub async fn check(ctx: &Context) -> (String, String, String) {
     };
     let pg = async {
         let client = ctx.pool.get().await.map_err(|e| e.to_string())?;
-        client.simple_query("SELECT 1").await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     };
-    let (pg, redis) = tokio::join!(tokio::time::timeout(limit, pg), tokio::time::timeout(limit, ctx.cache.ping()));
+    let (pg, redis) = tokio::join!(
+        tokio::time::timeout(limit, pg),
+        tokio::time::timeout(limit, ctx.cache.ping())
+    );
     let pg = match pg {
         Ok(Ok(())) => "ok".to_owned(),
         Ok(Err(e)) => e,

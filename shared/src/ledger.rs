@@ -64,7 +64,12 @@ pub struct WalletKey {
 
 impl WalletKey {
     pub fn user(owner: &str, kind: Kind, provider: &str, currency: Currency) -> Self {
-        Self { owner: owner.to_owned(), kind, provider: provider.to_owned(), currency }
+        Self {
+            owner: owner.to_owned(),
+            kind,
+            provider: provider.to_owned(),
+            currency,
+        }
     }
 
     pub fn main(owner: &str, currency: Currency) -> Self {
@@ -73,7 +78,12 @@ impl WalletKey {
 
     /// A platform account, named by what it counts (`deposits`, `bonus:<campaign>`, …).
     pub fn platform(purpose: &str, currency: Currency) -> Self {
-        Self { owner: String::new(), kind: Kind::Platform, provider: purpose.to_owned(), currency }
+        Self {
+            owner: String::new(),
+            kind: Kind::Platform,
+            provider: purpose.to_owned(),
+            currency,
+        }
     }
 
     pub fn is_platform(&self) -> bool {
@@ -133,19 +143,32 @@ const UPDATE_BALANCES: &str = "
 
 impl Ledger {
     pub fn new(pool: Pool) -> Self {
-        Self { pool, platform_ids: Mutex::new(HashMap::new()) }
+        Self {
+            pool,
+            platform_ids: Mutex::new(HashMap::new()),
+        }
     }
 
     async fn platform_id(&self, key: &WalletKey) -> Result<i64, StepError> {
-        if let Some(id) = self.platform_ids.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+        if let Some(id) = self
+            .platform_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
             return Ok(*id);
         }
         // Created outside the batch's transaction, so that a rollback cannot leave a cached id
         // pointing at no row.
         let client = self.pool.get().await?;
-        let row = client.query_one(PLATFORM_ACCOUNT, &[&key.provider, &key.currency.code()]).await?;
+        let row = client
+            .query_one(PLATFORM_ACCOUNT, &[&key.provider, &key.currency.code()])
+            .await?;
         let id: i64 = row.get(0);
-        self.platform_ids.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), id);
+        self.platform_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), id);
         Ok(id)
     }
 
@@ -159,63 +182,108 @@ impl Ledger {
         keys.sort();
         keys.dedup();
         let mut slots = HashMap::with_capacity(keys.len());
-        let (platform, users): (Vec<_>, Vec<_>) = keys.into_iter().partition(WalletKey::is_platform);
+        let (platform, users): (Vec<_>, Vec<_>) =
+            keys.into_iter().partition(WalletKey::is_platform);
         for key in platform {
             let id = self.platform_id(&key).await?;
-            slots.insert(key, Slot { id, balance: Decimal::ZERO, version: 0, dirty: false });
+            slots.insert(
+                key,
+                Slot {
+                    id,
+                    balance: Decimal::ZERO,
+                    version: 0,
+                    dirty: false,
+                },
+            );
         }
         if !users.is_empty() {
             let owners: Vec<&str> = users.iter().map(|k| k.owner.as_str()).collect();
             let kinds: Vec<&str> = users.iter().map(|k| k.kind.as_str()).collect();
             let providers: Vec<&str> = users.iter().map(|k| k.provider.as_str()).collect();
             let currencies: Vec<&str> = users.iter().map(|k| k.currency.code()).collect();
-            let rows = tx.query(LOCK_WALLETS, &[&owners, &kinds, &providers, &currencies]).await?;
+            let rows = tx
+                .query(LOCK_WALLETS, &[&owners, &kinds, &providers, &currencies])
+                .await?;
             let mut by_parts: HashMap<(String, String, String, String), WalletKey> = users
                 .into_iter()
-                .map(|k| ((k.owner.clone(), k.kind.as_str().to_owned(), k.provider.clone(), k.currency.code().to_owned()), k))
+                .map(|k| {
+                    (
+                        (
+                            k.owner.clone(),
+                            k.kind.as_str().to_owned(),
+                            k.provider.clone(),
+                            k.currency.code().to_owned(),
+                        ),
+                        k,
+                    )
+                })
                 .collect();
             for row in rows {
-                let parts: (String, String, String, String) = (row.get(1), row.get(2), row.get(3), row.get(4));
-                let key = by_parts
-                    .remove(&parts)
-                    .ok_or_else(|| StepError::permanent(format!("ledger: unexpected wallet {parts:?}")))?;
-                slots.insert(key, Slot { id: row.get(0), balance: row.get(5), version: row.get(6), dirty: false });
+                let parts: (String, String, String, String) =
+                    (row.get(1), row.get(2), row.get(3), row.get(4));
+                let key = by_parts.remove(&parts).ok_or_else(|| {
+                    StepError::permanent(format!("ledger: unexpected wallet {parts:?}"))
+                })?;
+                slots.insert(
+                    key,
+                    Slot {
+                        id: row.get(0),
+                        balance: row.get(5),
+                        version: row.get(6),
+                        dirty: false,
+                    },
+                );
             }
         }
-        Ok(Book { slots, postings: Vec::new() })
+        Ok(Book {
+            slots,
+            postings: Vec::new(),
+        })
     }
 }
 
 impl Book {
     /// The balance of a user wallet as of the postings made so far.
     pub fn balance(&self, key: &WalletKey) -> Option<Decimal> {
-        self.slots.get(key).filter(|_| !key.is_platform()).map(|s| s.balance)
+        self.slots
+            .get(key)
+            .filter(|_| !key.is_platform())
+            .map(|s| s.balance)
     }
 
     /// Applies one command's postings, all or none. Every key must have been opened, and the
     /// amounts must sum to zero per currency (a bug otherwise: `Err(Permanent)`).
-    pub fn post(&mut self, command: &str, legs: &[(&WalletKey, Decimal)]) -> Result<Result<(), Overdraft>, StepError> {
+    pub fn post(
+        &mut self,
+        command: &str,
+        legs: &[(&WalletKey, Decimal)],
+    ) -> Result<Result<(), Overdraft>, StepError> {
         let mut sums: HashMap<Currency, Decimal> = HashMap::new();
         for (key, amount) in legs {
             let sum = sums.entry(key.currency).or_default();
             *sum = sum
                 .checked_add(*amount)
                 .ok_or_else(|| StepError::permanent(format!("ledger: {command} overflows")))?;
-            let slot = self
-                .slots
-                .get(*key)
-                .ok_or_else(|| StepError::permanent(format!("ledger: wallet {key:?} was not opened")))?;
+            let slot = self.slots.get(*key).ok_or_else(|| {
+                StepError::permanent(format!("ledger: wallet {key:?} was not opened"))
+            })?;
             if key.is_platform() {
                 continue;
             }
             match slot.balance.checked_add(*amount) {
                 Some(b) if b < Decimal::ZERO => return Ok(Err(Overdraft)),
                 Some(_) => {}
-                None => return Err(StepError::permanent(format!("ledger: {command} overflows a balance"))),
+                None => {
+                    return Err(StepError::permanent(format!(
+                        "ledger: {command} overflows a balance"
+                    )));
+                }
             }
         }
         if sums.values().any(|s| !s.is_zero()) {
-            return Err(StepError::permanent(format!("ledger: postings of {command} do not balance")));
+            return Err(StepError::permanent(format!(
+                "ledger: postings of {command} do not balance"
+            )));
         }
         for (key, amount) in legs {
             let slot = self.slots.get_mut(*key).expect("checked above");
@@ -240,23 +308,26 @@ impl Book {
         if self.postings.is_empty() {
             return Ok(());
         }
-        let (ids, amounts, commands): (Vec<i64>, Vec<Decimal>, Vec<String>) = self.postings.into_iter().fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |(mut a, mut b, mut c), (id, amount, command)| {
-                a.push(id);
-                b.push(amount);
-                c.push(command);
-                (a, b, c)
-            },
-        );
+        let (ids, amounts, commands): (Vec<i64>, Vec<Decimal>, Vec<String>) =
+            self.postings.into_iter().fold(
+                (Vec::new(), Vec::new(), Vec::new()),
+                |(mut a, mut b, mut c), (id, amount, command)| {
+                    a.push(id);
+                    b.push(amount);
+                    c.push(command);
+                    (a, b, c)
+                },
+            );
         let mut dirty: Vec<&Slot> = self.slots.values().filter(|s| s.dirty).collect();
         dirty.sort_by_key(|s| s.id);
         let slot_ids: Vec<i64> = dirty.iter().map(|s| s.id).collect();
         let balances: Vec<Decimal> = dirty.iter().map(|s| s.balance).collect();
         let versions: Vec<i64> = dirty.iter().map(|s| s.version).collect();
         // Independent statements: tokio-postgres pipelines them in one round trip.
-        let posting_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &amounts, &commands];
-        let balance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&slot_ids, &balances, &versions];
+        let posting_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&ids, &amounts, &commands];
+        let balance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&slot_ids, &balances, &versions];
         let (postings, balances) = futures::join!(
             tx.execute(INSERT_POSTINGS, &posting_params),
             tx.execute(UPDATE_BALANCES, &balance_params),

@@ -73,7 +73,13 @@ impl FromStr for Currencies {
                 .ok()
                 .filter(|m| *m <= 18)
                 .ok_or_else(|| format!("`{minor}` is not a minor unit from 0 to 18"))?;
-            map.insert(code.to_owned(), Currency { code: bytes, minor_unit });
+            map.insert(
+                code.to_owned(),
+                Currency {
+                    code: bytes,
+                    minor_unit,
+                },
+            );
         }
         if map.is_empty() {
             return Err("no currency configured".into());
@@ -111,7 +117,9 @@ pub enum AmountError {
 /// positive, at most 15 integer digits and at most the currency's minor-unit fraction digits.
 /// No sign, no exponent, no whitespace, nothing rounded.
 pub fn parse_amount(value: Option<&Value>, currency: Currency) -> Result<Decimal, AmountError> {
-    let s = value.and_then(Value::as_str).ok_or(AmountError::NotAString)?;
+    let s = value
+        .and_then(Value::as_str)
+        .ok_or(AmountError::NotAString)?;
     let (int, frac) = match s.split_once('.') {
         Some((i, f)) => (i, Some(f)),
         None => (s, None),
@@ -158,7 +166,10 @@ mod tests {
     #[test]
     fn the_largest_amount_has_fifteen_integer_digits() {
         assert!(parse_amount(Some(&json!("999999999999999.99")), usd()).is_ok());
-        assert_eq!(parse_amount(Some(&json!("1000000000000000")), usd()), Err(AmountError::TooLarge));
+        assert_eq!(
+            parse_amount(Some(&json!("1000000000000000")), usd()),
+            Err(AmountError::TooLarge)
+        );
         // Leading zeros are not digits of magnitude.
         assert!(parse_amount(Some(&json!("0000000000000001")), usd()).is_ok());
     }
@@ -188,7 +199,10 @@ mod tests {
             json!(["10"]),
         ];
         for case in cases {
-            assert!(parse_amount(Some(&case), usd()).is_err(), "{case} must be invalid");
+            assert!(
+                parse_amount(Some(&case), usd()).is_err(),
+                "{case} must be invalid"
+            );
         }
     }
 

@@ -11,11 +11,16 @@ impl Names {
     /// A namespace is empty or 1 to 32 characters from `A-Z a-z 0-9 _ -` (it becomes a subject
     /// token and part of stream names, which allow no `.`, `*`, `>` or spaces).
     pub fn new(ns: &str) -> Result<Self, String> {
-        let ok = ns.len() <= 32 && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = ns.len() <= 32
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
             Ok(Self { ns: ns.to_owned() })
         } else {
-            Err(format!("`{ns}` must be at most 32 characters from A-Z a-z 0-9 _ -"))
+            Err(format!(
+                "`{ns}` must be at most 32 characters from A-Z a-z 0-9 _ -"
+            ))
         }
     }
 
@@ -48,7 +53,11 @@ impl Names {
     }
 
     fn join(&self, s: &str, sep: char) -> String {
-        if self.ns.is_empty() { s.to_owned() } else { format!("{}{sep}{s}", self.ns) }
+        if self.ns.is_empty() {
+            s.to_owned()
+        } else {
+            format!("{}{sep}{s}", self.ns)
+        }
     }
 }
 

@@ -44,25 +44,37 @@ const INSERT: &str = "
 
 const CLAIM_STALE: &str = "
     SELECT id, subject, msg_id, payload, wallets FROM outbox
-    WHERE created_at < now() - $1::interval
+    WHERE created_at < now() - $1::bigint * interval '1 millisecond'
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED";
 
 const DELETE: &str = "DELETE FROM outbox WHERE id = ANY($1)";
 
 /// Inserts `messages` in the caller's transaction; returns the rows to publish after the commit.
-pub async fn insert(tx: &Transaction<'_>, messages: Vec<OutboxMessage>) -> Result<Vec<Row>, StepError> {
+pub async fn insert(
+    tx: &Transaction<'_>,
+    messages: Vec<OutboxMessage>,
+) -> Result<Vec<Row>, StepError> {
     if messages.is_empty() {
         return Ok(Vec::new());
     }
     let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
     let ids: Vec<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-    let wallets: Vec<String> =
-        messages.iter().map(|m| serde_json::to_string(&m.wallets).unwrap_or_else(|_| "[]".into())).collect();
-    let rows = tx.query(INSERT, &[&subjects, &ids, &payloads, &wallets]).await?;
+    let wallets: Vec<String> = messages
+        .iter()
+        .map(|m| serde_json::to_string(&m.wallets).unwrap_or_else(|_| "[]".into()))
+        .collect();
+    let rows = tx
+        .query(INSERT, &[&subjects, &ids, &payloads, &wallets])
+        .await?;
     // RETURNING follows the order of the inserted rows, which follows unnest's.
-    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).zip(messages).map(|(id, message)| Row { id, message }).collect())
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .zip(messages)
+        .map(|(id, message)| Row { id, message })
+        .collect())
 }
 
 /// Publishes outbox rows: cache first, then JetStream, then the rows are deleted.
@@ -80,7 +92,10 @@ impl Publisher {
         if rows.is_empty() {
             return Ok(());
         }
-        let wallets: Vec<WalletSnapshot> = rows.iter().flat_map(|r| r.message.wallets.iter().cloned()).collect();
+        let wallets: Vec<WalletSnapshot> = rows
+            .iter()
+            .flat_map(|r| r.message.wallets.iter().cloned())
+            .collect();
         self.cache.write_through(&wallets).await?;
         let mut acks = Vec::with_capacity(rows.len());
         for row in rows {
@@ -88,12 +103,19 @@ impl Publisher {
             headers.insert("Nats-Msg-Id", row.message.msg_id.as_str());
             let ack = self
                 .js
-                .publish_with_headers(self.names.subject(&row.message.subject), headers, row.message.payload.clone().into())
+                .publish_with_headers(
+                    self.names.subject(&row.message.subject),
+                    headers,
+                    row.message.payload.clone().into(),
+                )
                 .await
                 .map_err(StepError::transient)?;
             acks.push(ack);
         }
-        for ack in futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+        for ack in
+            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                .await
+        {
             ack.map_err(StepError::transient)?;
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
@@ -106,9 +128,9 @@ impl Publisher {
     pub async fn sweep(&self, age: Duration, limit: i64) -> Result<usize, StepError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let interval = format!("{} milliseconds", age.as_millis());
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let rows: Vec<Row> = tx
-            .query(CLAIM_STALE, &[&interval, &limit])
+            .query(CLAIM_STALE, &[&age_ms, &limit])
             .await?
             .iter()
             .map(|r| Row {

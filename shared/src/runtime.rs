@@ -36,14 +36,21 @@ pub trait Responder: Send + Sync + 'static {
     /// The subject it answers, without the namespace prefix.
     const SUBJECT: &'static str;
 
-    fn respond<'a>(&'a self, ctx: &'a Context, payload: &'a [u8]) -> impl Future<Output = Vec<u8>> + Send + 'a;
+    fn respond<'a>(
+        &'a self,
+        ctx: &'a Context,
+        payload: &'a [u8],
+    ) -> impl Future<Output = Vec<u8>> + Send + 'a;
 }
 
 /// Runs the JetStream function `f` until a signal; the whole `main` of its binary.
 pub fn run<F: Function>(f: F) -> ExitCode {
     start(F::NAME, move |ctx, topology, shutdown| async move {
         let Some(def) = topology.consumer(F::NAME).cloned() else {
-            return Err(format!("no consumer for function `{}` in the streams file", F::NAME));
+            return Err(format!(
+                "no consumer for function `{}` in the streams file",
+                F::NAME
+            ));
         };
         consume(Arc::new(f), ctx, def, shutdown).await;
         Ok(())
@@ -65,7 +72,8 @@ where
 {
     let setup = || -> Result<_, String> {
         let config = Config::from_env().map_err(|e| e.to_string())?;
-        let topology = Topology::load(config.streams_file.as_deref()).map_err(|e| format!("invalid STREAMS_FILE: {e}"))?;
+        let topology = Topology::load(config.streams_file.as_deref())
+            .map_err(|e| format!("invalid STREAMS_FILE: {e}"))?;
         let filter = telemetry::filter().map_err(|e| e.to_string())?;
         Ok((config, topology, filter))
     };
@@ -77,7 +85,10 @@ where
         }
     };
     telemetry::init_logs(filter, config.json_logs);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{name}: cannot start the async runtime: {e}");
@@ -140,7 +151,10 @@ where
 fn watch_signals(name: &'static str, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -155,17 +169,30 @@ fn watch_signals(name: &'static str, shutdown: CancellationToken) {
 
 /// Connects to NATS, PostgreSQL and Redis. NATS and PostgreSQL connect lazily and reconnect by
 /// themselves; Redis is awaited here. `Ok(None)`: shut down while waiting.
-async fn connect(name: &str, config: Config, shutdown: &CancellationToken) -> Result<Option<Arc<Context>>, String> {
+async fn connect(
+    name: &str,
+    config: Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<Context>>, String> {
     let nats = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(config.nats_url.split(',').map(str::trim).collect::<Vec<_>>().as_slice())
+        .connect(
+            config
+                .nats_url
+                .split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        )
         .await
         .map_err(|e| format!("NATS_URL: {e}"))?;
     let js = jetstream::new(nats.clone());
-    let pool = db::pool(&config.database_url, config.pg_pool_size).map_err(|e| format!("DATABASE_URL: {e}"))?;
-    let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?;
+    let pool = db::pool(&config.database_url, config.pg_pool_size)
+        .map_err(|e| format!("DATABASE_URL: {e}"))?;
+    let client =
+        redis::Client::open(config.redis_url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))
@@ -173,7 +200,9 @@ async fn connect(name: &str, config: Config, shutdown: &CancellationToken) -> Re
         .set_max_delay(Duration::from_secs(2));
     let mut backoff = Backoff::default();
     let redis = loop {
-        match redis::aio::ConnectionManager::new_with_config(client.clone(), manager_config.clone()).await {
+        match redis::aio::ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+            .await
+        {
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(error = %e, "redis unavailable; retrying");
@@ -220,14 +249,26 @@ async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-async fn bind(ctx: &Context, def: &ConsumerDef, shutdown: &CancellationToken) -> Option<PullConsumer> {
+async fn bind(
+    ctx: &Context,
+    def: &ConsumerDef,
+    shutdown: &CancellationToken,
+) -> Option<PullConsumer> {
     let (stream, name) = (ctx.names.name(&def.stream), ctx.names.name(&def.function));
     let mut backoff = Backoff::default();
     loop {
-        let found = async { ctx.js.get_stream_no_info(&stream).await?.get_consumer::<pull::Config>(&name).await };
+        let found = async {
+            ctx.js
+                .get_stream_no_info(&stream)
+                .await?
+                .get_consumer::<pull::Config>(&name)
+                .await
+        };
         match found.await {
             Ok(c) => return Some(c),
-            Err(e) => tracing::warn!(stream, consumer = name, error = %e, "consumer unavailable (has `walletctl setup` run?); retrying"),
+            Err(e) => {
+                tracing::warn!(stream, consumer = name, error = %e, "consumer unavailable (has `walletctl setup` run?); retrying")
+            }
         }
         if !pause(backoff.next(), shutdown).await {
             return None;
@@ -238,8 +279,14 @@ async fn bind(ctx: &Context, def: &ConsumerDef, shutdown: &CancellationToken) ->
 /// Takes what is ready, up to `max`; when nothing is, waits up to `wait` for one message and
 /// then takes what else is ready. No request is left waiting on the server after this returns
 /// but the one-message wait, so a shutdown strands at most one delivery.
-async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Vec<Message>, StepError> {
-    async fn drain(mut s: impl futures::Stream<Item = Result<Message, impl std::fmt::Display>> + Unpin) -> Vec<Message> {
+async fn fetch(
+    consumer: &PullConsumer,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Message>, StepError> {
+    async fn drain(
+        mut s: impl futures::Stream<Item = Result<Message, impl std::fmt::Display>> + Unpin,
+    ) -> Vec<Message> {
         let mut out = Vec::new();
         while let Some(m) = s.next().await {
             match m {
@@ -252,11 +299,33 @@ async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Ve
         }
         out
     }
-    let mut msgs = drain(consumer.fetch().max_messages(max).messages().await.map_err(StepError::transient)?).await;
+    let mut msgs = drain(
+        consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(StepError::transient)?,
+    )
+    .await;
     if msgs.is_empty() {
-        msgs = drain(consumer.batch().max_messages(1).expires(wait).messages().await.map_err(StepError::transient)?).await;
+        msgs = drain(
+            consumer
+                .batch()
+                .max_messages(1)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(StepError::transient)?,
+        )
+        .await;
         if !msgs.is_empty() && max > 1 {
-            let more = consumer.fetch().max_messages(max - 1).messages().await.map_err(StepError::transient)?;
+            let more = consumer
+                .fetch()
+                .max_messages(max - 1)
+                .messages()
+                .await
+                .map_err(StepError::transient)?;
             msgs.extend(drain(more).await);
         }
     }
@@ -264,8 +333,15 @@ async fn fetch(consumer: &PullConsumer, max: usize, wait: Duration) -> Result<Ve
 }
 
 /// The consume loop: fetch, decide, acknowledge, hand committed events to the publisher.
-async fn consume<F: Function>(f: Arc<F>, ctx: Arc<Context>, def: ConsumerDef, shutdown: CancellationToken) {
-    let Some(consumer) = bind(&ctx, &def, &shutdown).await else { return };
+async fn consume<F: Function>(
+    f: Arc<F>,
+    ctx: Arc<Context>,
+    def: ConsumerDef,
+    shutdown: CancellationToken,
+) {
+    let Some(consumer) = bind(&ctx, &def, &shutdown).await else {
+        return;
+    };
     tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), "consuming");
     tokio::spawn(watch_lag(F::NAME, consumer.clone(), shutdown.clone()));
     // Publishing runs beside the next batch's transaction; a small bound keeps memory flat.
@@ -288,8 +364,12 @@ async fn consume<F: Function>(f: Arc<F>, ctx: Arc<Context>, def: ConsumerDef, sh
             }
         };
         backoff.reset();
-        let redelivered = msgs.iter().filter(|m| m.info().is_ok_and(|i| i.delivered > 1)).count();
-        metrics::counter!("wallet_redeliveries_total", "function" => F::NAME).increment(redelivered as u64);
+        let redelivered = msgs
+            .iter()
+            .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))
+            .count();
+        metrics::counter!("wallet_redeliveries_total", "function" => F::NAME)
+            .increment(redelivered as u64);
         metrics::histogram!("wallet_batch_size", "function" => F::NAME).record(msgs.len() as f64);
         let span = tracing::info_span!("batch", function = F::NAME, size = msgs.len());
         let processed = loop {
@@ -301,7 +381,8 @@ async fn consume<F: Function>(f: Arc<F>, ctx: Arc<Context>, def: ConsumerDef, sh
             match attempt.instrument(span.clone()).await {
                 Ok(p) => break Some(p),
                 Err(e) => {
-                    metrics::counter!("wallet_transient_errors_total", "function" => F::NAME).increment(1);
+                    metrics::counter!("wallet_transient_errors_total", "function" => F::NAME)
+                        .increment(1);
                     tracing::warn!(function = F::NAME, error = %e, held = msgs.len(), "dependency unavailable; holding the batch and retrying");
                     // Keep the held deliveries from expiring while we wait.
                     for m in &msgs {
@@ -316,10 +397,15 @@ async fn consume<F: Function>(f: Arc<F>, ctx: Arc<Context>, def: ConsumerDef, sh
         // Shut down during an outage: what we hold is redelivered after its ack wait.
         let Some(processed) = processed else { break };
         backoff.reset();
-        settle(&ctx, F::NAME, &msgs, &processed.dispositions).instrument(span).await;
-        metrics::counter!("wallet_commands_processed_total", "function" => F::NAME).increment(processed.completed as u64);
-        metrics::counter!("wallet_commands_rejected_total", "function" => F::NAME).increment(processed.rejected as u64);
-        metrics::counter!("wallet_commands_duplicate_total", "function" => F::NAME).increment(processed.duplicates as u64);
+        settle(&ctx, F::NAME, &msgs, &processed.dispositions)
+            .instrument(span)
+            .await;
+        metrics::counter!("wallet_commands_processed_total", "function" => F::NAME)
+            .increment(processed.completed as u64);
+        metrics::counter!("wallet_commands_rejected_total", "function" => F::NAME)
+            .increment(processed.rejected as u64);
+        metrics::counter!("wallet_commands_duplicate_total", "function" => F::NAME)
+            .increment(processed.duplicates as u64);
         if events.send(processed.rows).await.is_err() {
             break;
         }
@@ -334,14 +420,16 @@ async fn settle(ctx: &Context, function: &str, msgs: &[Message], dispositions: &
         let result = match *d {
             Disposition::Ack => m.ack().await,
             Disposition::Nak(delay) => m.ack_with(AckKind::Nak(Some(delay))).await,
-            Disposition::DeadLetter(reason) => match dlq::publish(&ctx.js, &ctx.names, function, m, reason).await {
-                Ok(()) => m.ack_with(AckKind::Term).await,
-                // Not stored: leave it unacknowledged; it comes back and is dead-lettered then.
-                Err(e) => {
-                    tracing::warn!(error = %e, "dead letter not stored; the message will be redelivered");
-                    Ok(())
+            Disposition::DeadLetter(reason) => {
+                match dlq::publish(&ctx.js, &ctx.names, function, m, reason).await {
+                    Ok(()) => m.ack_with(AckKind::Term).await,
+                    // Not stored: leave it unacknowledged; it comes back and is dead-lettered then.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dead letter not stored; the message will be redelivered");
+                        Ok(())
+                    }
                 }
-            },
+            }
         };
         if let Err(e) = result {
             // The effect is committed; a lost ack only means a redelivery that dedup absorbs.
@@ -362,9 +450,12 @@ async fn publish_committed(publisher: Publisher, mut pending: mpsc::Receiver<Vec
 async fn watch_lag(function: &'static str, consumer: PullConsumer, shutdown: CancellationToken) {
     loop {
         if let Ok(info) = consumer.get_info().await {
-            metrics::gauge!("wallet_consumer_pending", "function" => function).set(info.num_pending as f64);
-            metrics::gauge!("wallet_consumer_ack_pending", "function" => function).set(info.num_ack_pending as f64);
-            metrics::gauge!("wallet_consumer_redelivered", "function" => function).set(info.num_redelivered as f64);
+            metrics::gauge!("wallet_consumer_pending", "function" => function)
+                .set(info.num_pending as f64);
+            metrics::gauge!("wallet_consumer_ack_pending", "function" => function)
+                .set(info.num_ack_pending as f64);
+            metrics::gauge!("wallet_consumer_redelivered", "function" => function)
+                .set(info.num_redelivered as f64);
         }
         if !pause(Duration::from_secs(5), &shutdown).await {
             return;
@@ -379,7 +470,11 @@ async fn respond_loop<R: Responder>(r: Arc<R>, ctx: Arc<Context>, shutdown: Canc
     let subject = ctx.names.subject(R::SUBJECT);
     let mut backoff = Backoff::default();
     let mut sub = loop {
-        match ctx.nats.queue_subscribe(subject.clone(), ctx.names.name(R::NAME)).await {
+        match ctx
+            .nats
+            .queue_subscribe(subject.clone(), ctx.names.name(R::NAME))
+            .await
+        {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe; retrying");
@@ -396,8 +491,12 @@ async fn respond_loop<R: Responder>(r: Arc<R>, ctx: Arc<Context>, shutdown: Canc
             () = shutdown.cancelled() => break,
             m = sub.next() => match m { Some(m) => m, None => break },
         };
-        let Some(reply) = msg.reply.clone() else { continue };
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let (r, ctx) = (r.clone(), ctx.clone());
         tokio::spawn(async move {
             let answer = r.respond(&ctx, &msg.payload).await;

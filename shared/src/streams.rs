@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::{self, consumer, stream};
 use serde::Deserialize;
 
@@ -21,7 +21,10 @@ pub const BUILT_IN: &str = include_str!("../../streams.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid streams file: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("invalid streams file: {0}")]
@@ -60,7 +63,10 @@ pub struct StreamDef {
 
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let texts = Vec::<String>::deserialize(d)?;
-    texts.iter().map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom)).collect()
+    texts
+        .iter()
+        .map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 fn one() -> usize {
@@ -103,7 +109,10 @@ impl Topology {
         let t: Topology = toml::from_str(text)?;
         for c in &t.consumers {
             if !t.streams.iter().any(|s| s.name == c.stream) {
-                return Err(TopologyError::Invalid(format!("consumer `{}` names unknown stream `{}`", c.function, c.stream)));
+                return Err(TopologyError::Invalid(format!(
+                    "consumer `{}` names unknown stream `{}`",
+                    c.function, c.stream
+                )));
             }
             if !c.backoff.is_empty() && c.max_deliver <= c.backoff.len() as i64 {
                 return Err(TopologyError::Invalid(format!(
@@ -120,8 +129,10 @@ impl Topology {
         match file {
             None => Self::parse(BUILT_IN),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| TopologyError::Read { path: path.display().to_string(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
                 Self::parse(&text)
             }
         }
@@ -133,7 +144,11 @@ impl Topology {
 
     /// Creates or updates every stream and consumer; returns one line per object saying what
     /// happened. Objects that would need recreation are reported with `NOT APPLIED`.
-    pub async fn apply(&self, js: &jetstream::Context, names: &Names) -> Result<Vec<String>, TopologyError> {
+    pub async fn apply(
+        &self,
+        js: &jetstream::Context,
+        names: &Names,
+    ) -> Result<Vec<String>, TopologyError> {
         let mut report = Vec::new();
         for def in &self.streams {
             report.push(apply_stream(js, names, def).await?);
@@ -189,12 +204,17 @@ fn nats_err(e: impl std::fmt::Display) -> TopologyError {
     TopologyError::Nats(e.to_string())
 }
 
-async fn apply_stream(js: &jetstream::Context, names: &Names, def: &StreamDef) -> Result<String, TopologyError> {
+async fn apply_stream(
+    js: &jetstream::Context,
+    names: &Names,
+    def: &StreamDef,
+) -> Result<String, TopologyError> {
     let want = def.config(names);
     let name = want.name.clone();
     let mut existing = match js.get_stream(&name).await {
         Ok(s) => s,
-        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
             js.create_stream(want).await.map_err(nats_err)?;
             return Ok(format!("stream {name}: created"));
         }
@@ -246,14 +266,24 @@ async fn apply_stream(js: &jetstream::Context, names: &Names, def: &StreamDef) -
     };
     match js.update_stream(update).await {
         Ok(_) => Ok(format!("stream {name}: updated ({})", changed.join(", "))),
-        Err(e) => Ok(format!("stream {name}: NOT APPLIED: the server refused to change {} in place: {e}", changed.join(", "))),
+        Err(e) => Ok(format!(
+            "stream {name}: NOT APPLIED: the server refused to change {} in place: {e}",
+            changed.join(", ")
+        )),
     }
 }
 
-async fn apply_consumer(js: &jetstream::Context, names: &Names, def: &ConsumerDef) -> Result<String, TopologyError> {
+async fn apply_consumer(
+    js: &jetstream::Context,
+    names: &Names,
+    def: &ConsumerDef,
+) -> Result<String, TopologyError> {
     let want = def.config(names);
     let name = names.name(&def.function);
-    let stream = js.get_stream_no_info(names.name(&def.stream)).await.map_err(nats_err)?;
+    let stream = js
+        .get_stream_no_info(names.name(&def.stream))
+        .await
+        .map_err(nats_err)?;
     let have = match stream.consumer_info(&name).await {
         Ok(info) => Some(info.config),
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
@@ -284,7 +314,10 @@ async fn apply_consumer(js: &jetstream::Context, names: &Names, def: &ConsumerDe
     }
     match stream.create_consumer(want).await {
         Ok(_) => Ok(format!("consumer {name}: updated ({})", changed.join(", "))),
-        Err(e) => Ok(format!("consumer {name}: NOT APPLIED: the server refused to change {} in place: {e}", changed.join(", "))),
+        Err(e) => Ok(format!(
+            "consumer {name}: NOT APPLIED: the server refused to change {} in place: {e}",
+            changed.join(", ")
+        )),
     }
 }
 
@@ -296,7 +329,18 @@ mod tests {
     fn the_built_in_file_describes_every_stream_of_the_contract() {
         let t = Topology::parse(BUILT_IN).expect("built-in streams.toml");
         let names: Vec<_> = t.streams.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["DEPOSITS", "TRANSFERS", "PROVIDER_ACKS", "BONUS", "PROVIDER_REQUESTS", "WALLET_EVENTS", "DLQ"]);
+        assert_eq!(
+            names,
+            [
+                "DEPOSITS",
+                "TRANSFERS",
+                "PROVIDER_ACKS",
+                "BONUS",
+                "PROVIDER_REQUESTS",
+                "WALLET_EVENTS",
+                "DLQ"
+            ]
+        );
         let deposit = t.consumer("deposit").expect("deposit consumer");
         assert_eq!(deposit.stream, "DEPOSITS");
         let c = deposit.config(&Names::new("t").expect("ns"));

@@ -44,14 +44,21 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A binary of this workspace, built by `cargo build` next to the test executable.
@@ -59,7 +66,11 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap(); // target/<profile>/deps/.. 
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first (make test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
     path
 }
 
@@ -78,7 +89,11 @@ impl Proc {
     }
 
     /// Sends `sig` and waits up to `limit` for the exit status.
-    pub async fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal, limit: Duration) -> std::process::ExitStatus {
+    pub async fn signal_and_wait(
+        &mut self,
+        sig: nix::sys::signal::Signal,
+        limit: Duration,
+    ) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, sig).unwrap();
         eventually(limit, "the process to exit", || {
@@ -89,7 +104,10 @@ impl Proc {
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(self.http, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
+        http_get(self.http, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 
     /// The value of a counter or gauge summed over its label sets (0 when absent).
@@ -112,13 +130,80 @@ impl Drop for Proc {
 /// A minimal HTTP/1.0 GET: (status, body).
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
+}
+
+/// A Redis server of the test's own, on a free port, for tests that must stop one.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let r = Self {
+            port: free_port(),
+            child: Mutex::new(None),
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts it empty on the same port and waits until it accepts connections.
+    pub fn restart(&self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        *self.child.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it (SIGKILL): connections drop, data is gone.
+    pub fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// An event as a test sees it.
@@ -152,7 +237,10 @@ impl TestEnv {
         let mut vars: HashMap<String, String> = HashMap::from([
             ("NATS_URL".into(), nats_url()),
             ("REDIS_URL".into(), redis_url()),
-            ("DATABASE_URL".into(), format!("{}/{db_name}", postgres_server())),
+            (
+                "DATABASE_URL".into(),
+                format!("{}/{db_name}", postgres_server()),
+            ),
             ("WALLET_NAMESPACE".into(), ns.clone()),
         ]);
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -165,7 +253,14 @@ impl TestEnv {
         walletctl::setup::setup(&config, &topology).await.unwrap();
         let nats = async_nats::connect(nats_url()).await.unwrap();
         let js = jetstream::new(nats.clone());
-        Self { config, ns, db_name, nats, js, procs: Mutex::new(Vec::new()) }
+        Self {
+            config,
+            ns,
+            db_name,
+            nats,
+            js,
+            procs: Mutex::new(Vec::new()),
+        }
     }
 
     /// The environment a binary of this test runs with.
@@ -175,7 +270,10 @@ impl TestEnv {
             ("DATABASE_URL".into(), self.config.database_url.clone()),
             ("REDIS_URL".into(), self.config.redis_url.clone()),
             ("WALLET_NAMESPACE".into(), self.ns.clone()),
-            ("RUST_LOG".into(), std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())),
+            (
+                "RUST_LOG".into(),
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
             ("SHUTDOWN_GRACE".into(), "10s".into()),
         ]
     }
@@ -184,7 +282,8 @@ impl TestEnv {
     pub fn spawn(&self, name: &str, extra: &[(&str, &str)]) -> Proc {
         let http = free_port();
         let mut cmd = Command::new(binary(name));
-        cmd.envs(self.env()).env("HTTP_ADDR", format!("127.0.0.1:{http}"));
+        cmd.envs(self.env())
+            .env("HTTP_ADDR", format!("127.0.0.1:{http}"));
         cmd.envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         cmd.stdin(Stdio::null());
         let child = cmd.spawn().unwrap();
@@ -208,7 +307,12 @@ impl TestEnv {
     pub async fn publish(&self, subject: &str, msg_id: &str, payload: impl Into<Bytes>) {
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", msg_id);
-        self.js.publish_with_headers(self.subject(subject), h, payload.into()).await.unwrap().await.unwrap();
+        self.js
+            .publish_with_headers(self.subject(subject), h, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
 
     /// Publishes many commands with up to 2,000 acks in flight: (subject, msg id, payload).
@@ -221,7 +325,11 @@ impl TestEnv {
                 async move {
                     let mut h = HeaderMap::new();
                     h.insert("Nats-Msg-Id", id.as_str());
-                    js.publish_with_headers(this.subject(&subject), h, payload.into()).await.unwrap().await.unwrap();
+                    js.publish_with_headers(this.subject(&subject), h, payload.into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
                 }
             })
             .buffer_unordered(2000)
@@ -240,7 +348,11 @@ impl TestEnv {
     }
 
     async fn reader(&self, stream: &str, filter: &str) -> Reader {
-        let stream = self.js.get_stream(self.config.names.name(stream)).await.unwrap();
+        let stream = self
+            .js
+            .get_stream(self.config.names.name(stream))
+            .await
+            .unwrap();
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: self.subject(filter),
@@ -248,25 +360,41 @@ impl TestEnv {
             })
             .await
             .unwrap();
-        Reader { messages: consumer.messages().await.unwrap(), seen: Vec::new(), headers: Vec::new() }
+        Reader {
+            messages: consumer.messages().await.unwrap(),
+            seen: Vec::new(),
+            headers: Vec::new(),
+        }
     }
 
     /// Asks the balance function for `user`'s wallets.
     pub async fn balance(&self, user: &str) -> Value {
         let req = serde_json::to_vec(&serde_json::json!({ "user_id": user })).unwrap();
-        let reply = self.nats.request(self.subject("wallet.balance.get"), req.into()).await.unwrap();
+        let reply = self
+            .nats
+            .request(self.subject("wallet.balance.get"), req.into())
+            .await
+            .unwrap();
         serde_json::from_slice(&reply.payload).unwrap()
     }
 
     /// A connection to this test's database.
     pub async fn pg(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.config.database_url, tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) =
+            tokio_postgres::connect(&self.config.database_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
         tokio::spawn(conn);
         client
     }
 
     /// The balance PostgreSQL holds for a user's wallet ("0" when it has none).
-    pub async fn stored_balance(&self, user: &str, kind: &str, currency: &str) -> rust_decimal::Decimal {
+    pub async fn stored_balance(
+        &self,
+        user: &str,
+        kind: &str,
+        currency: &str,
+    ) -> rust_decimal::Decimal {
         self.pg()
             .await
             .query_opt(
@@ -294,23 +422,45 @@ pub struct Reader {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("seen", &self.seen.len()).finish()
+        f.debug_struct("Reader")
+            .field("seen", &self.seen.len())
+            .finish()
     }
 }
 
 impl Reader {
     /// Reads until `done(seen)` holds, or panics after `limit`.
-    pub async fn until(&mut self, limit: Duration, what: &str, done: impl Fn(&[Received]) -> bool) -> &[Received] {
+    pub async fn until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> &[Received] {
         let deadline = Instant::now() + limit;
         while !done(&self.seen) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "timed out after {limit:?} waiting for {what}; read {} message(s)", self.seen.len());
-            if let Ok(Some(m)) = tokio::time::timeout(left.min(Duration::from_millis(500)), self.messages.next()).await {
+            assert!(
+                !left.is_zero(),
+                "timed out after {limit:?} waiting for {what}; read {} message(s)",
+                self.seen.len()
+            );
+            if let Ok(Some(m)) =
+                tokio::time::timeout(left.min(Duration::from_millis(500)), self.messages.next())
+                    .await
+            {
                 let m = m.unwrap();
                 let headers = m.headers.clone().unwrap_or_default();
-                let msg_id = headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()).unwrap_or_default();
-                let body = serde_json::from_slice(&m.payload).unwrap_or(Value::String(String::from_utf8_lossy(&m.payload).into()));
-                self.seen.push(Received { subject: m.subject.to_string(), msg_id, body });
+                let msg_id = headers
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                let body = serde_json::from_slice(&m.payload)
+                    .unwrap_or(Value::String(String::from_utf8_lossy(&m.payload).into()));
+                self.seen.push(Received {
+                    subject: m.subject.to_string(),
+                    msg_id,
+                    body,
+                });
                 self.headers.push(headers);
             }
         }
@@ -319,25 +469,37 @@ impl Reader {
 
     /// Reads until `n` messages are in.
     pub async fn count(&mut self, n: usize, limit: Duration) -> &[Received] {
-        self.until(limit, &format!("{n} messages"), |s| s.len() >= n).await
+        self.until(limit, &format!("{n} messages"), |s| s.len() >= n)
+            .await
     }
 
     /// The message with this `Nats-Msg-Id`, reading until it comes.
     pub async fn by_id(&mut self, msg_id: &str, limit: Duration) -> Received {
-        self.until(limit, msg_id, |s| s.iter().any(|r| r.msg_id == msg_id)).await;
-        self.seen.iter().find(|r| r.msg_id == msg_id).cloned().unwrap()
+        self.until(limit, msg_id, |s| s.iter().any(|r| r.msg_id == msg_id))
+            .await;
+        self.seen
+            .iter()
+            .find(|r| r.msg_id == msg_id)
+            .cloned()
+            .unwrap()
     }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
         for pid in self.procs.lock().unwrap().drain(..) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let (config, db) = (self.config.clone(), self.db_name.clone());
         // Drop cannot await: clean up on a thread of its own with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 if let Ok(nats) = async_nats::connect(&config.nats_url).await {
                     let js = jetstream::new(nats);
@@ -345,11 +507,16 @@ impl Drop for TestEnv {
                         let _ = js.delete_stream(config.names.name(&s.name)).await;
                     }
                 }
-                if let Ok((pg, conn)) =
-                    tokio_postgres::connect(&format!("{}/postgres", postgres_server()), tokio_postgres::NoTls).await
+                if let Ok((pg, conn)) = tokio_postgres::connect(
+                    &format!("{}/postgres", postgres_server()),
+                    tokio_postgres::NoTls,
+                )
+                .await
                 {
                     tokio::spawn(conn);
-                    let _ = pg.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
+                    let _ = pg
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                        .await;
                 }
                 if let Ok(client) = redis::Client::open(config.redis_url.as_str())
                     && let Ok(mut conn) = client.get_multiplexed_async_connection().await
@@ -360,7 +527,8 @@ impl Drop for TestEnv {
                         .await
                         .unwrap_or_default();
                     if !keys.is_empty() {
-                        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                     }
                 }
             });

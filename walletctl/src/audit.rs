@@ -41,7 +41,15 @@ impl fmt::Display for Report {
                 }
             }
         }
-        writeln!(f, "{}", if self.ok() { "audit: clean" } else { "audit: BREACHED" })
+        writeln!(
+            f,
+            "{}",
+            if self.ok() {
+                "audit: clean"
+            } else {
+                "audit: BREACHED"
+            }
+        )
     }
 }
 
@@ -89,7 +97,8 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
     let pg = crate::postgres(config).await?;
     let mut report = Report::default();
     // One snapshot for every check: they see the same ledger.
-    pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    pg.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
     let counts = pg
         .query_one(
             "SELECT (SELECT count(*) FROM accounts WHERE kind <> 'platform'), (SELECT count(*) FROM postings),
@@ -97,12 +106,18 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
             &[],
         )
         .await?;
-    let (wallets, postings, commands, outbox): (i64, i64, i64, i64) = (counts.get(0), counts.get(1), counts.get(2), counts.get(3));
+    let (wallets, postings, commands, outbox): (i64, i64, i64, i64) =
+        (counts.get(0), counts.get(1), counts.get(2), counts.get(3));
     report.notes.push(format!(
         "checked {wallets} wallets, {postings} postings, {commands} commands; {outbox} event(s) waiting in the outbox"
     ));
     for (name, sql) in CHECKS {
-        let breaches = pg.query(*sql, &[]).await?.iter().map(|r| r.get::<_, String>(0)).collect();
+        let breaches = pg
+            .query(*sql, &[])
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
         report.checks.push(Check { name, breaches });
     }
     report.checks.push(cache_check(config, &pg, outbox).await?);
@@ -112,16 +127,24 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
 
 /// Every cached wallet matches PostgreSQL (skipped while events wait in the outbox: their
 /// balances are on their way to the cache).
-async fn cache_check(config: &Config, pg: &tokio_postgres::Client, outbox: i64) -> anyhow::Result<Check> {
+async fn cache_check(
+    config: &Config,
+    pg: &tokio_postgres::Client,
+    outbox: i64,
+) -> anyhow::Result<Check> {
     let name = "the balance cache agrees with PostgreSQL";
     if outbox > 0 {
-        return Ok(Check { name, breaches: Vec::new() });
+        return Ok(Check {
+            name,
+            breaches: Vec::new(),
+        });
     }
     let client = redis::Client::open(config.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let prefix = config.names.redis_key("bal:");
     let keys: Vec<String> = {
-        let mut iter: redis::AsyncIter<String> = redis::AsyncCommands::scan_match(&mut conn, format!("{prefix}*")).await?;
+        let mut iter: redis::AsyncIter<String> =
+            redis::AsyncCommands::scan_match(&mut conn, format!("{prefix}*")).await?;
         let mut keys = Vec::new();
         while let Some(k) = futures::StreamExt::next(&mut iter).await {
             keys.push(k?);
@@ -135,19 +158,33 @@ async fn cache_check(config: &Config, pg: &tokio_postgres::Client, outbox: i64) 
     let truth: HashMap<(String, String), Decimal> = rows
         .iter()
         .map(|r| {
-            let (owner, kind, provider, currency): (String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
-            ((owner, wallet_runtime::cache::field(&kind, &provider, &currency)), r.get(4))
+            let (owner, kind, provider, currency): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            (
+                (
+                    owner,
+                    wallet_runtime::cache::field(&kind, &provider, &currency),
+                ),
+                r.get(4),
+            )
         })
         .collect();
     let mut breaches = Vec::new();
     for key in &keys {
         let owner = &key[prefix.len()..];
-        let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query_async(&mut conn).await?;
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await?;
         for (field, value) in fields.into_iter().filter(|(f, _)| !f.starts_with('~')) {
-            let cached = value.split_once('|').and_then(|(_, b)| b.parse::<Decimal>().ok());
+            let cached = value
+                .split_once('|')
+                .and_then(|(_, b)| b.parse::<Decimal>().ok());
             let stored = truth.get(&(owner.to_owned(), field.clone()));
             if cached.is_none() || cached.as_ref() != stored {
-                breaches.push(format!("{owner} {field}: cache {value}, postgres {stored:?}"));
+                breaches.push(format!(
+                    "{owner} {field}: cache {value}, postgres {stored:?}"
+                ));
             }
         }
     }

@@ -34,9 +34,15 @@ pub async fn list(config: &Config, function: Option<&str>) -> anyhow::Result<Vec
     list_with(&js, config, function).await
 }
 
-async fn list_with(js: &jetstream::Context, config: &Config, function: Option<&str>) -> anyhow::Result<Vec<DeadLetter>> {
+async fn list_with(
+    js: &jetstream::Context,
+    config: &Config,
+    function: Option<&str>,
+) -> anyhow::Result<Vec<DeadLetter>> {
     let stream = js.get_stream(config.names.name("DLQ")).await?;
-    let filter = config.names.subject(&format!("dlq.{}", function.unwrap_or(">")));
+    let filter = config
+        .names
+        .subject(&format!("dlq.{}", function.unwrap_or(">")));
     // An ephemeral reader that acknowledges nothing: listing never changes the DLQ.
     let reader = stream
         .create_consumer(consumer::pull::Config {
@@ -52,7 +58,10 @@ async fn list_with(js: &jetstream::Context, config: &Config, function: Option<&s
         let before = letters.len();
         while let Some(m) = batch.next().await {
             let m = m.map_err(|e| anyhow::anyhow!("reading the DLQ: {e}"))?;
-            let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            let seq = m
+                .info()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .stream_sequence;
             let headers = m.headers.clone().unwrap_or_default();
             letters.push(DeadLetter {
                 seq,
@@ -75,9 +84,16 @@ async fn list_with(js: &jetstream::Context, config: &Config, function: Option<&s
 
 pub fn render(letters: &[DeadLetter]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>8} {:<14} {:<16} {:>4} {:<28} {:<30} PAYLOAD", "SEQ", "FUNCTION", "REASON", "DLV", "MSG_ID", "SUBJECT");
+    let _ = writeln!(
+        out,
+        "{:>8} {:<14} {:<16} {:>4} {:<28} {:<30} PAYLOAD",
+        "SEQ", "FUNCTION", "REASON", "DLV", "MSG_ID", "SUBJECT"
+    );
     for l in letters {
-        let mut payload: String = String::from_utf8_lossy(&l.payload).chars().take(60).collect();
+        let mut payload: String = String::from_utf8_lossy(&l.payload)
+            .chars()
+            .take(60)
+            .collect();
         payload = payload.replace(['\n', '\r', '\t'], " ");
         if l.payload.len() > 60 {
             payload.push('…');
@@ -100,7 +116,10 @@ pub async fn replay(config: &Config, function: &str, id: Option<&str>) -> anyhow
     let stream = js.get_stream(config.names.name("DLQ")).await?;
     let letters = list_with(&js, config, Some(function)).await?;
     let mut replayed = 0;
-    for l in letters.into_iter().filter(|l| id.is_none_or(|id| l.msg_id == id)) {
+    for l in letters
+        .into_iter()
+        .filter(|l| id.is_none_or(|id| l.msg_id == id))
+    {
         let mut headers = HeaderMap::new();
         for (name, values) in l.headers.iter() {
             let name: &str = name.as_ref();
@@ -113,8 +132,13 @@ pub async fn replay(config: &Config, function: &str, id: Option<&str>) -> anyhow
         }
         // Unique per dead letter: a replay that fails again is a new dead letter with a new
         // sequence, and replaying that one is not swallowed by the duplicate window.
-        headers.insert("Nats-Msg-Id", format!("replay:{function}:{}", l.seq).as_str());
-        js.publish_with_headers(l.subject.clone(), headers, l.payload.clone()).await?.await?;
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("replay:{function}:{}", l.seq).as_str(),
+        );
+        js.publish_with_headers(l.subject.clone(), headers, l.payload.clone())
+            .await?
+            .await?;
         stream.delete_message(l.seq).await?;
         replayed += 1;
     }

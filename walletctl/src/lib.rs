@@ -13,7 +13,11 @@ pub mod setup;
 pub mod status;
 
 #[derive(Debug, Parser)]
-#[command(name = "walletctl", version, about = "Operate wallet functions: setup, status, audit, dead letters.")]
+#[command(
+    name = "walletctl",
+    version,
+    about = "Operate wallet functions: setup, status, audit, dead letters."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -67,14 +71,22 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Cmd::Audit => {
             let report = audit::audit(&config).await?;
             print!("{report}");
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Cmd::Dlq { command: DlqCmd::List { function } } => {
+        Cmd::Dlq {
+            command: DlqCmd::List { function },
+        } => {
             let letters = dlq::list(&config, function.as_deref()).await?;
             print!("{}", dlq::render(&letters));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Dlq { command: DlqCmd::Replay { function, id } } => {
+        Cmd::Dlq {
+            command: DlqCmd::Replay { function, id },
+        } => {
             let n = dlq::replay(&config, &function, id.as_deref()).await?;
             println!("replayed {n} dead letter(s) of {function}");
             Ok(ExitCode::SUCCESS)
@@ -90,14 +102,24 @@ pub async fn nats(config: &Config) -> anyhow::Result<async_nats::Client> {
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(servers.as_slice())
         .await
-        .with_context(|| format!("cannot connect to NATS at {}", wallet_runtime::config::redact(&config.nats_url)))
+        .with_context(|| {
+            format!(
+                "cannot connect to NATS at {}",
+                wallet_runtime::config::redact(&config.nats_url)
+            )
+        })
 }
 
 /// One PostgreSQL connection for one command.
 pub async fn postgres(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(&config.database_url, tokio_postgres::NoTls)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", wallet_runtime::config::redact(&config.database_url)))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}",
+                wallet_runtime::config::redact(&config.database_url)
+            )
+        })?;
     tokio::spawn(connection);
     Ok(client)
 }

@@ -14,7 +14,10 @@ fn main() -> ExitCode {
             return ExitCode::from(wallet_runtime::config::EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("walletctl: {e}");

@@ -33,11 +33,18 @@ impl Responder for Balance {
     const SUBJECT: &'static str = "wallet.balance.get";
 
     async fn respond<'a>(&'a self, ctx: &'a Context, payload: &'a [u8]) -> Vec<u8> {
-        let request: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_slice(payload);
+        let request: Result<serde_json::Map<String, serde_json::Value>, _> =
+            serde_json::from_slice(payload);
         let reply = match request {
-            Err(_) => error("invalid_request", "the request must be a JSON object {\"user_id\": …}"),
+            Err(_) => error(
+                "invalid_request",
+                "the request must be a JSON object {\"user_id\": …}",
+            ),
             Ok(r) => match ids::from_value(r.get("user_id")) {
-                None => error("invalid_user_id", "user_id must be 1 to 128 characters from A-Z a-z 0-9 _ . : -"),
+                None => error(
+                    "invalid_user_id",
+                    "user_id must be 1 to 128 characters from A-Z a-z 0-9 _ . : -",
+                ),
                 Some(user) => match wallets(ctx, user).await {
                     Ok(wallets) => serde_json::json!({ "user_id": user, "wallets": wallets }),
                     Err(e) => {
@@ -63,13 +70,17 @@ pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError
         None
     });
     let mut wallets: Vec<Wallet> = match cached {
-        Some(fields) => fields.into_iter().filter_map(|(f, balance)| parse_field(&f, balance)).collect(),
+        Some(fields) => fields
+            .into_iter()
+            .filter_map(|(f, balance)| parse_field(&f, balance))
+            .collect(),
         None => {
             let rows = ctx.pool.get().await?.query(WALLETS, &[&user]).await?;
             let mut snapshots = Vec::with_capacity(rows.len());
             let mut wallets = Vec::with_capacity(rows.len());
             for row in rows {
-                let (kind, provider, code): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+                let (kind, provider, code): (String, String, String) =
+                    (row.get(0), row.get(1), row.get(2));
                 let (amount, version): (Decimal, i64) = (row.get(3), row.get(4));
                 let balance = match ctx.config.currencies.get(&code) {
                     Some(c) => c.format(amount),
@@ -81,7 +92,12 @@ pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError
                     version,
                     balance: balance.clone(),
                 });
-                wallets.push(Wallet { kind, provider: Some(provider).filter(|p| !p.is_empty()), currency: code, balance });
+                wallets.push(Wallet {
+                    kind,
+                    provider: Some(provider).filter(|p| !p.is_empty()),
+                    currency: code,
+                    balance,
+                });
             }
             if let Err(e) = ctx.cache.fill(user, &snapshots).await {
                 tracing::debug!(error = %e, "cache not filled");
@@ -104,7 +120,12 @@ fn parse_field(f: &str, balance: String) -> Option<Wallet> {
         [kind, provider, currency] => (*kind, Some((*provider).to_owned()), *currency),
         _ => return None,
     };
-    Some(Wallet { kind: kind.to_owned(), provider, currency: currency.to_owned(), balance })
+    Some(Wallet {
+        kind: kind.to_owned(),
+        provider,
+        currency: currency.to_owned(),
+        balance,
+    })
 }
 
 #[cfg(test)]
@@ -115,9 +136,15 @@ mod tests {
     fn cache_fields_round_trip() {
         let w = parse_field("game:alpha:USD", "20.00".into()).expect("field");
         assert_eq!(w.provider.as_deref(), Some("alpha"));
-        assert_eq!(field(&w.kind, w.provider.as_deref().unwrap_or(""), &w.currency), "game:alpha:USD");
+        assert_eq!(
+            field(&w.kind, w.provider.as_deref().unwrap_or(""), &w.currency),
+            "game:alpha:USD"
+        );
         let m = parse_field("main:USD", "1.00".into()).expect("field");
-        assert_eq!((m.kind.as_str(), m.provider, m.currency.as_str()), ("main", None, "USD"));
+        assert_eq!(
+            (m.kind.as_str(), m.provider, m.currency.as_str()),
+            ("main", None, "USD")
+        );
         assert!(parse_field("nonsense", "1".into()).is_none());
     }
 }

@@ -33,15 +33,28 @@ impl Function for Deposit {
         let Some(user_id) = ids::from_value(p.get("user_id")) else {
             return Err(rejection("invalid_user_id"));
         };
-        let known = |reason| Event { user_id: Some(user_id.to_owned()), ..rejection(reason) };
-        let Some(currency) = p.get("currency").and_then(|c| c.as_str()).and_then(|c| ctx.config.currencies.get(c))
+        let known = |reason| Event {
+            user_id: Some(user_id.to_owned()),
+            ..rejection(reason)
+        };
+        let Some(currency) = p
+            .get("currency")
+            .and_then(|c| c.as_str())
+            .and_then(|c| ctx.config.currencies.get(c))
         else {
             return Err(known("unknown_currency"));
         };
         let Ok(amount) = parse_amount(p.get("amount"), currency) else {
-            return Err(Event { currency: Some(currency.code().to_owned()), ..known("invalid_amount") });
+            return Err(Event {
+                currency: Some(currency.code().to_owned()),
+                ..known("invalid_amount")
+            });
         };
-        Ok(DepositCommand { user_id: user_id.to_owned(), currency, amount })
+        Ok(DepositCommand {
+            user_id: user_id.to_owned(),
+            currency,
+            amount,
+        })
     }
 
     async fn apply<'a>(
@@ -50,7 +63,12 @@ impl Function for Deposit {
         tx: &'a wallet_runtime::function::Transaction<'a>,
         commands: &'a [&'a Command<DepositCommand>],
     ) -> Result<Vec<Outcome>, StepError> {
-        let wallets = |c: &DepositCommand| (WalletKey::main(&c.user_id, c.currency), WalletKey::platform("deposits", c.currency));
+        let wallets = |c: &DepositCommand| {
+            (
+                WalletKey::main(&c.user_id, c.currency),
+                WalletKey::platform("deposits", c.currency),
+            )
+        };
         let keys = commands.iter().flat_map(|c| {
             let (main, platform) = wallets(&c.body);
             [main, platform]
@@ -60,9 +78,14 @@ impl Function for Deposit {
         for command in commands {
             let c = &command.body;
             let (main, platform) = wallets(c);
-            book.post(&format!("{ENTITY}:{}", command.id), &[(&main, c.amount), (&platform, -c.amount)])?
-                .map_err(|_| StepError::permanent("a deposit cannot overdraw"))?;
-            let snapshot = book.snapshot(&main).ok_or_else(|| StepError::permanent("main wallet not opened"))?;
+            book.post(
+                &format!("{ENTITY}:{}", command.id),
+                &[(&main, c.amount), (&platform, -c.amount)],
+            )?
+            .map_err(|_| StepError::permanent("a deposit cannot overdraw"))?;
+            let snapshot = book
+                .snapshot(&main)
+                .ok_or_else(|| StepError::permanent("main wallet not opened"))?;
             let event = Event {
                 user_id: Some(c.user_id.clone()),
                 currency: Some(c.currency.code().to_owned()),

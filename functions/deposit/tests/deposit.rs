@@ -1,0 +1,543 @@
+//! `deposit` against the real NATS, PostgreSQL and Redis: every row of the CONTRACT §2 outcome
+//! table, the event fields, read-your-writes, replicas and a crash.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testkit::{Received, TestEnv, eventually};
+
+const T: Duration = Duration::from_secs(60);
+
+fn deposit(id: &str, user: &str, amount: &str, currency: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({ "deposit_id": id, "user_id": user, "amount": amount, "currency": currency }),
+    )
+    .unwrap()
+}
+
+fn completed(seen: &[Received]) -> std::collections::HashSet<String> {
+    seen.iter()
+        .filter(|r| r.msg_id.ends_with(":completed"))
+        .map(|r| r.msg_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposit_completes_with_the_contract_event_and_reads_back() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let balance = env.spawn("balance", &[]);
+    let mut events = env.events().await;
+
+    env.publish(
+        "wallet.deposit",
+        "d-1",
+        deposit("d-1", "u-7", "10.5", "USD"),
+    )
+    .await;
+    let e = events.by_id("deposit:d-1:completed", T).await;
+    assert_eq!(e.subject, env.subject("wallet.events.deposit.completed"));
+    let mut body = e.body.clone();
+    let at = body.as_object_mut().unwrap().remove("at").unwrap();
+    assert_eq!(
+        body,
+        json!({"id": "d-1", "entity": "deposit", "status": "completed", "user_id": "u-7",
+               "currency": "USD", "amount": "10.50", "balance": "10.50", "reason": null})
+    );
+    let at = at.as_str().unwrap();
+    assert!(
+        at.ends_with('Z') && at.len() == "2026-11-22T10:00:00.123Z".len(),
+        "{at}"
+    );
+
+    env.ready(&balance).await;
+    assert_eq!(
+        env.balance("u-7").await,
+        json!({"user_id": "u-7", "wallets": [{"kind": "main", "currency": "USD", "balance": "10.50"}]})
+    );
+
+    // Read-your-writes: the cache now holds u-7; the next event's balance must be what we read.
+    env.publish("wallet.deposit", "d-2", deposit("d-2", "u-7", "0.5", "USD"))
+        .await;
+    env.publish(
+        "wallet.deposit",
+        "d-3",
+        deposit("d-3", "u-7", "1000", "VND"),
+    )
+    .await;
+    let e = events.by_id("deposit:d-2:completed", T).await;
+    assert_eq!(e.body["balance"], "11.00");
+    let e = events.by_id("deposit:d-3:completed", T).await;
+    assert_eq!(e.body["balance"], "1000");
+    assert_eq!(
+        env.balance("u-7").await["wallets"],
+        json!([{"kind": "main", "currency": "USD", "balance": "11.00"}, {"kind": "main", "currency": "VND", "balance": "1000"}])
+    );
+
+    assert_eq!(
+        env.balance("nobody").await,
+        json!({"user_id": "nobody", "wallets": []})
+    );
+    let bad = env
+        .nats
+        .request(
+            env.subject("wallet.balance.get"),
+            "{\"user_id\": \"a b\"}".into(),
+        )
+        .await
+        .unwrap();
+    let bad: Value = serde_json::from_slice(&bad.payload).unwrap();
+    assert_eq!(bad["error"]["code"], "invalid_user_id");
+    let bad = env
+        .nats
+        .request(env.subject("wallet.balance.get"), "nope".into())
+        .await
+        .unwrap();
+    let bad: Value = serde_json::from_slice(&bad.payload).unwrap();
+    assert_eq!(bad["error"]["code"], "invalid_request");
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_fields_are_rejected_in_contract_order_and_change_nothing() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    // (id, payload, reason, the fields the rejection reports)
+    let cases: Vec<(&str, Value, &str, Value)> = vec![
+        (
+            "r-1",
+            json!({"deposit_id": "r-1", "amount": "1", "currency": "USD"}),
+            "invalid_user_id",
+            json!([null, null, null]),
+        ),
+        (
+            "r-2",
+            json!({"deposit_id": "r-2", "user_id": "a b", "amount": "x", "currency": "GBP"}),
+            "invalid_user_id",
+            json!([null, null, null]),
+        ),
+        (
+            "r-3",
+            json!({"deposit_id": "r-3", "user_id": 7, "amount": "1", "currency": "USD"}),
+            "invalid_user_id",
+            json!([null, null, null]),
+        ),
+        (
+            "r-4",
+            json!({"deposit_id": "r-4", "user_id": "u-1", "amount": "x", "currency": "GBP"}),
+            "unknown_currency",
+            json!(["u-1", null, null]),
+        ),
+        (
+            "r-5",
+            json!({"deposit_id": "r-5", "user_id": "u-1", "amount": "1"}),
+            "unknown_currency",
+            json!(["u-1", null, null]),
+        ),
+        (
+            "r-6",
+            json!({"deposit_id": "r-6", "user_id": "u-1", "amount": 10, "currency": "USD"}),
+            "invalid_amount",
+            json!(["u-1", "USD", null]),
+        ),
+        (
+            "r-7",
+            json!({"deposit_id": "r-7", "user_id": "u-1", "amount": "-1", "currency": "USD"}),
+            "invalid_amount",
+            json!(["u-1", "USD", null]),
+        ),
+        (
+            "r-8",
+            json!({"deposit_id": "r-8", "user_id": "u-1", "amount": "0", "currency": "USD"}),
+            "invalid_amount",
+            json!(["u-1", "USD", null]),
+        ),
+        (
+            "r-9",
+            json!({"deposit_id": "r-9", "user_id": "u-1", "amount": "1e3", "currency": "USD"}),
+            "invalid_amount",
+            json!(["u-1", "USD", null]),
+        ),
+        (
+            "r-10",
+            json!({"deposit_id": "r-10", "user_id": "u-1", "amount": "10.505", "currency": "USD"}),
+            "invalid_amount",
+            json!(["u-1", "USD", null]),
+        ),
+        (
+            "r-11",
+            json!({"deposit_id": "r-11", "user_id": "u-1", "amount": "1000000000000000", "currency": "USD"}),
+            "invalid_amount",
+            json!(["u-1", "USD", null]),
+        ),
+        (
+            "r-12",
+            json!({"deposit_id": "r-12", "user_id": "u-1", "amount": "1.5", "currency": "VND"}),
+            "invalid_amount",
+            json!(["u-1", "VND", null]),
+        ),
+        (
+            "r-13",
+            json!({"deposit_id": "r-13", "user_id": "u-1", "currency": "USD"}),
+            "invalid_amount",
+            json!(["u-1", "USD", null]),
+        ),
+    ];
+    for (id, payload, _, _) in &cases {
+        env.publish("wallet.deposit", id, serde_json::to_vec(payload).unwrap())
+            .await;
+    }
+    for (id, _, reason, fields) in &cases {
+        let e = events.by_id(&format!("deposit:{id}:rejected"), T).await;
+        assert_eq!(e.subject, env.subject("wallet.events.deposit.rejected"));
+        assert_eq!(e.body["reason"], *reason, "{id}");
+        assert_eq!(
+            json!([e.body["user_id"], e.body["currency"], e.body["amount"]]),
+            *fields,
+            "{id}"
+        );
+        assert_eq!(e.body["balance"], Value::Null);
+    }
+    let wallets: i64 = env
+        .pg()
+        .await
+        .query_one("SELECT count(*) FROM accounts WHERE owner <> ''", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wallets, 0, "a rejection created a wallet");
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_commands_are_dead_lettered_with_their_headers_and_can_be_replayed() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let big = serde_json::to_vec(
+        &json!({"deposit_id": "big", "user_id": "u", "amount": "1", "currency": "USD",
+                                         "pad": "x".repeat(70 * 1024)}),
+    )
+    .unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("m-1", b"not json".to_vec()),
+        ("m-2", b"[1, 2]".to_vec()),
+        (
+            "m-3",
+            br#"{"user_id": "u", "amount": "1", "currency": "USD"}"#.to_vec(),
+        ),
+        (
+            "m-4",
+            br#"{"deposit_id": "a b", "user_id": "u", "amount": "1", "currency": "USD"}"#.to_vec(),
+        ),
+        (
+            "m-5",
+            br#"{"deposit_id": 42, "user_id": "u", "amount": "1", "currency": "USD"}"#.to_vec(),
+        ),
+        ("m-6", big),
+    ];
+    for (id, payload) in &cases {
+        env.publish("wallet.deposit", id, payload.clone()).await;
+    }
+    let mut dlq = env.dead_letters().await;
+    dlq.count(cases.len(), T).await;
+    for (i, (id, payload)) in cases.iter().enumerate() {
+        let h = &dlq.headers[i];
+        let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned()).unwrap();
+        assert_eq!(get("Wallet-Dlq-Reason"), "malformed", "{id}");
+        assert_eq!(get("Wallet-Dlq-Function"), "deposit");
+        assert_eq!(get("Wallet-Dlq-Subject"), env.subject("wallet.deposit"));
+        assert_eq!(get("Wallet-Dlq-Msg-Id"), *id);
+        assert_eq!(get("Wallet-Dlq-Deliveries"), "1");
+        let seq: u64 = get("Wallet-Dlq-Stream-Seq").parse().unwrap();
+        assert_eq!(get("Nats-Msg-Id"), format!("dlq:deposit:{seq}"));
+        assert_eq!(dlq.seen[i].subject, env.subject("dlq.deposit"));
+        let raw = match &dlq.seen[i].body {
+            Value::String(s) => s.as_bytes().to_vec(),
+            v => serde_json::to_vec(v).unwrap(),
+        };
+        if !matches!(dlq.seen[i].body, Value::String(_)) {
+            // Parsed JSON: compare as JSON.
+            let original: Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(dlq.seen[i].body, original);
+        } else {
+            assert_eq!(raw, *payload);
+        }
+    }
+    let listed = walletctl::dlq::list(&env.config, Some("deposit"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), cases.len());
+    assert_eq!(env.audit().await.checks.len(), 7);
+
+    // Replay: published again under a new Nats-Msg-Id, dead-lettered again (still malformed),
+    // stored again with the new stream sequence; the replayed letter leaves the DLQ.
+    assert_eq!(
+        walletctl::dlq::replay(&env.config, "deposit", Some("m-1"))
+            .await
+            .unwrap(),
+        1
+    );
+    dlq.count(cases.len() + 1, T).await;
+    let again = &dlq.headers[cases.len()];
+    assert!(
+        again
+            .get("Wallet-Dlq-Msg-Id")
+            .unwrap()
+            .as_str()
+            .starts_with("replay:deposit:")
+    );
+    let listed = walletctl::dlq::list(&env.config, Some("deposit"))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        cases.len(),
+        "the replayed letter is gone and its new failure is stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_effect_per_id_whatever_the_msg_id_and_conflicts_are_dead_lettered() {
+    let env = TestEnv::new().await;
+    let deposit_proc = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    env.publish("wallet.deposit", "a", deposit("d-1", "u-1", "10", "USD"))
+        .await;
+    events.by_id("deposit:d-1:completed", T).await;
+    // The same command under other Nats-Msg-Ids (beyond JetStream's own dedup), once with its
+    // fields reordered and an unknown one: no new effect.
+    env.publish("wallet.deposit", "b", deposit("d-1", "u-1", "10", "USD"))
+        .await;
+    env.publish(
+        "wallet.deposit",
+        "c",
+        br#"{"currency":"USD","extra":1,"amount":"10","user_id":"u-1","deposit_id":"d-1"}"#
+            .to_vec(),
+    )
+    .await;
+    // Same id, another payload.
+    env.publish("wallet.deposit", "d", deposit("d-1", "u-1", "99", "USD"))
+        .await;
+    // A rejected id is remembered too.
+    env.publish("wallet.deposit", "e", deposit("d-2", "u-1", "0", "USD"))
+        .await;
+    env.publish("wallet.deposit", "f", deposit("d-2", "u-1", "5", "USD"))
+        .await;
+    // A marker behind them all in the stream: once it is done, so are they.
+    env.publish("wallet.deposit", "g", deposit("d-3", "u-1", "1", "USD"))
+        .await;
+    events.by_id("deposit:d-3:completed", T).await;
+
+    let mut dlq = env.dead_letters().await;
+    dlq.count(2, T).await;
+    let reasons: Vec<(String, String)> = dlq
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.get("Wallet-Dlq-Msg-Id").unwrap().to_string(),
+                h.get("Wallet-Dlq-Reason").unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("d".into(), "id_conflict".into()),
+            ("f".into(), "id_conflict".into())
+        ]
+    );
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(11)
+    );
+    let d1 = events.seen.iter().filter(|r| r.body["id"] == "d-1").count();
+    assert_eq!(d1, 1, "no second event for d-1");
+    assert!(deposit_proc.metric("wallet_commands_duplicate_total").await >= 2.0);
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_5000_deposits_for_50_users_exactly() {
+    let env = TestEnv::new().await;
+    let a = env.spawn("deposit", &[("BATCH_MAX", "200")]);
+    let b = env.spawn("deposit", &[("BATCH_MAX", "200")]);
+    env.ready(&a).await;
+    env.ready(&b).await;
+    let mut events = env.events().await;
+    let mut expected: std::collections::HashMap<String, rust_decimal::Decimal> = Default::default();
+    let msgs: Vec<_> = (0..5000)
+        .map(|i| {
+            let (id, user) = (format!("d-{i}"), format!("u-{}", i % 50));
+            // Amounts 0.01 … 1.00: sums are exact only if nothing is rounded.
+            let amount = rust_decimal::Decimal::new(i % 100 + 1, 2);
+            *expected.entry(user.clone()).or_default() += amount;
+            (
+                "wallet.deposit".to_owned(),
+                id.clone(),
+                deposit(&id, &user, &amount.to_string(), "USD"),
+            )
+        })
+        .collect();
+    env.publish_many(msgs).await;
+    events
+        .until(T * 2, "5000 completed deposits", |s| {
+            completed(s).len() >= 5000
+        })
+        .await;
+    assert_eq!(expected.len(), 50);
+    for (user, total) in &expected {
+        assert_eq!(
+            env.stored_balance(user, "main", "USD").await,
+            *total,
+            "{user}"
+        );
+    }
+    assert!(
+        a.metric("wallet_commands_processed_total").await > 0.0,
+        "replica a did nothing"
+    );
+    assert!(
+        b.metric("wallet_commands_processed_total").await > 0.0,
+        "replica b did nothing"
+    );
+    let report = env.audit().await;
+    assert!(report.ok(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_2000_deposits_in_flight_then_restart_applies_each_exactly_once() {
+    let env = TestEnv::new().await;
+    let mut first = env.spawn("deposit", &[("BATCH_MAX", "100")]);
+    let mut events = env.events().await;
+    let msgs: Vec<_> = (0..2000)
+        .map(|i| {
+            let id = format!("k-{i}");
+            (
+                "wallet.deposit".to_owned(),
+                id.clone(),
+                deposit(&id, &format!("u-{}", i % 20), "1.25", "USD"),
+            )
+        })
+        .collect();
+    env.publish_many(msgs).await;
+    events
+        .until(T, "some deposits done", |s| completed(s).len() >= 200)
+        .await;
+    first.kill9();
+    let done_before = completed(&events.seen).len();
+    assert!(
+        done_before < 2000,
+        "the crash came too late to prove anything"
+    );
+    let _second = env.spawn("deposit", &[("BATCH_MAX", "100")]);
+    events
+        .until(T * 2, "2000 completed deposits", |s| {
+            completed(s).len() >= 2000
+        })
+        .await;
+    for u in 0..20 {
+        // 100 deposits of 1.25 each.
+        assert_eq!(
+            env.stored_balance(&format!("u-{u}"), "main", "USD")
+                .await
+                .to_string(),
+            "125.00",
+            "u-{u}"
+        );
+    }
+    let pg = env.pg().await;
+    let postings: i64 = pg
+        .query_one("SELECT count(*) FROM postings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(postings, 4000, "two postings per deposit, no more");
+    let report = env.audit().await;
+    assert!(report.ok(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_holds_commands_without_effect_or_dead_letter_until_it_is_back() {
+    let redis = testkit::PrivateRedis::start();
+    let url = redis.url();
+    let env = TestEnv::with_env(&[("REDIS_URL", &url)]).await;
+    let deposit_proc = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    env.publish("wallet.deposit", "o-1", deposit("o-1", "u-1", "10", "USD"))
+        .await;
+    events.by_id("deposit:o-1:completed", T).await;
+
+    redis.stop();
+    env.publish("wallet.deposit", "o-2", deposit("o-2", "u-1", "5", "USD"))
+        .await;
+    // The function has met the outage (a positive signal, not a hopeful sleep)…
+    eventually(T, "the function to see Redis down", || async {
+        (deposit_proc.metric("wallet_transient_errors_total").await >= 2.0).then_some(())
+    })
+    .await;
+    // …and applied nothing, dead-lettered nothing.
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(10)
+    );
+    redis.restart();
+    let e = events.by_id("deposit:o-2:completed", T).await;
+    assert_eq!(e.body["balance"], "15.00");
+    let dlq = walletctl::dlq::list(&env.config, None).await.unwrap();
+    assert!(
+        dlq.is_empty(),
+        "a transient failure was dead-lettered: {dlq:?}"
+    );
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_fails_on_a_tampered_balance() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    env.publish("wallet.deposit", "x-1", deposit("x-1", "u-1", "10", "USD"))
+        .await;
+    events.by_id("deposit:x-1:completed", T).await;
+    assert!(env.audit().await.ok());
+    env.pg()
+        .await
+        .execute(
+            "UPDATE accounts SET balance = balance + 1 WHERE owner = 'u-1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = env.audit().await;
+    assert!(!report.ok());
+    assert!(
+        report
+            .to_string()
+            .contains("FAIL  every wallet's balance equals the sum of its postings"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_0_and_bad_config_exits_64_with_one_line() {
+    let env = TestEnv::new().await;
+    let mut p = env.spawn("deposit", &[]);
+    env.ready(&p).await;
+    let status = p
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20))
+        .await;
+    assert_eq!(status.code(), Some(0));
+
+    let out = std::process::Command::new(testkit::binary("deposit"))
+        .env("BATCH_MAX", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("BATCH_MAX"), "{stderr}");
+}
