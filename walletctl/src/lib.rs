@@ -9,6 +9,7 @@ use wallet_runtime::streams::Topology;
 
 pub mod audit;
 pub mod dlq;
+pub mod load;
 pub mod setup;
 pub mod status;
 
@@ -31,6 +32,16 @@ pub enum Cmd {
     Status,
     /// Check every ledger invariant against PostgreSQL (and the cache against it); exit 1 on a breach.
     Audit,
+    /// Flood `deposit` with deposits at full speed and report commands/s, publish to last event.
+    Load {
+        #[arg(long, default_value_t = 50_000)]
+        count: usize,
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        /// Give up waiting for events after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Dead letters.
     Dlq {
         #[command(subcommand)]
@@ -76,6 +87,13 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Load { count, users, timeout } => {
+            let s = load::deposits(&config, count, users, std::time::Duration::from_secs(timeout)).await?;
+            println!("| deposits sent | completed | publish s | total s | commands/s |");
+            println!("|---:|---:|---:|---:|---:|");
+            println!("| {} | {} | {:.2} | {:.2} | {:.0} |", s.sent, s.completed, s.publish_seconds, s.seconds, s.rate());
+            Ok(if s.completed == s.sent { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Dlq {
             command: DlqCmd::List { function },

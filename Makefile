@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` runs the system, `make test` runs every test.
+
+CARGO ?= cargo
+
+.PHONY: build release test run bench lint fmt clean-dev
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+# Integration tests start the real binaries: build them first, then run every test.
+test: build
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+# NATS, PostgreSQL and Redis (private ones under .dev/ when the usual ones are not up),
+# `walletctl setup`, then every function with prefixed logs. Ctrl-C stops everything.
+run: release
+	bash scripts/run.sh
+
+# Floods one `deposit` process with deposits against a running stack and prints the rate.
+bench: release
+	./target/release/walletctl load --count $${COUNT:-50000} --users $${USERS:-1000}
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean-dev:
+	rm -rf .dev
