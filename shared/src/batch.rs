@@ -44,6 +44,7 @@ pub struct Processed {
 }
 
 /// A message as the runtime sees it before any transaction.
+#[allow(clippy::large_enum_variant)] // Short-lived, one per message of a batch.
 enum Decoded<C> {
     Malformed,
     Command {

@@ -55,6 +55,8 @@ pub trait Function: Send + Sync + Sized + 'static {
 
     type Command: Send + Sync + 'static;
 
+    // A rejection is an event that moves once into the outbox; boxing it buys nothing.
+    #[allow(clippy::result_large_err)]
     /// Checks the fields in the contract's order. `Err` is the rejection event (status
     /// `rejected`, with its `reason` and the fields that were valid).
     fn validate(&self, ctx: &Context, id: &str, payload: &Payload) -> Result<Self::Command, Event>;

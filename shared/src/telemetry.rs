@@ -48,7 +48,7 @@ pub fn init_metrics() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full("wallet_batch_size".into()), &sizes)
                 });
-            match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+            match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => handle,
                 // Another recorder is installed (a test binary): render an empty, private one.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),

@@ -318,7 +318,7 @@ impl TestEnv {
     /// Publishes many commands with up to 2,000 acks in flight: (subject, msg id, payload).
     pub async fn publish_many(&self, msgs: Vec<(String, String, Vec<u8>)>) {
         let js = self.js.clone();
-        let this = &*self;
+        let this = self;
         futures::stream::iter(msgs)
             .map(|(subject, id, payload)| {
                 let js = js.clone();

@@ -88,12 +88,33 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Cmd::Load { count, users, timeout } => {
-            let s = load::deposits(&config, count, users, std::time::Duration::from_secs(timeout)).await?;
+        Cmd::Load {
+            count,
+            users,
+            timeout,
+        } => {
+            let s = load::deposits(
+                &config,
+                count,
+                users,
+                std::time::Duration::from_secs(timeout),
+            )
+            .await?;
             println!("| deposits sent | completed | publish s | total s | commands/s |");
             println!("|---:|---:|---:|---:|---:|");
-            println!("| {} | {} | {:.2} | {:.2} | {:.0} |", s.sent, s.completed, s.publish_seconds, s.seconds, s.rate());
-            Ok(if s.completed == s.sent { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            println!(
+                "| {} | {} | {:.2} | {:.2} | {:.0} |",
+                s.sent,
+                s.completed,
+                s.publish_seconds,
+                s.seconds,
+                s.rate()
+            );
+            Ok(if s.completed == s.sent {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Dlq {
             command: DlqCmd::List { function },

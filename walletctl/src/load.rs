@@ -26,7 +26,12 @@ impl Summary {
     }
 }
 
-pub async fn deposits(config: &Config, count: usize, users: usize, timeout: Duration) -> anyhow::Result<Summary> {
+pub async fn deposits(
+    config: &Config,
+    count: usize,
+    users: usize,
+    timeout: Duration,
+) -> anyhow::Result<Summary> {
     let nats = crate::nats(config).await?;
     let js = jetstream::new(nats);
     let run = format!("load{}", std::process::id());
@@ -73,7 +78,9 @@ pub async fn deposits(config: &Config, count: usize, users: usize, timeout: Dura
     let mut last_report = Instant::now();
     let deadline = Instant::now() + timeout;
     while done.len() < count && Instant::now() < deadline {
-        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), events.next()).await else { continue };
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), events.next()).await else {
+            continue;
+        };
         let m = m.map_err(|e| anyhow::anyhow!("reading events: {e}"))?;
         let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
         let id = v["id"].as_str().unwrap_or_default();
@@ -86,12 +93,24 @@ pub async fn deposits(config: &Config, count: usize, users: usize, timeout: Dura
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             let secs = started.elapsed().as_secs_f64();
-            eprintln!("  {:>8} / {count} completed  {:>8.0}/s", done.len(), done.len() as f64 / secs);
+            eprintln!(
+                "  {:>8} / {count} completed  {:>8.0}/s",
+                done.len(),
+                done.len() as f64 / secs
+            );
             last_report = Instant::now();
         }
     }
     let seconds = started.elapsed().as_secs_f64();
     let publish_seconds = publisher.await??;
-    anyhow::ensure!(other == 0, "{other} deposits of this run were not completed");
-    Ok(Summary { sent: count, completed: done.len(), publish_seconds, seconds })
+    anyhow::ensure!(
+        other == 0,
+        "{other} deposits of this run were not completed"
+    );
+    Ok(Summary {
+        sent: count,
+        completed: done.len(),
+        publish_seconds,
+        seconds,
+    })
 }
