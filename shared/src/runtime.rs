@@ -342,7 +342,9 @@ async fn consume<F: Function>(
     let Some(consumer) = bind(&ctx, &def, &shutdown).await else {
         return;
     };
-    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), "consuming");
+    // The server's setting is the one JetStream enforces, whatever the local file says.
+    let max_deliver = consumer.cached_info().config.max_deliver;
+    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), max_deliver, "consuming");
     tokio::spawn(watch_lag(F::NAME, consumer.clone(), shutdown.clone()));
     // Publishing runs beside the next batch's transaction; a small bound keeps memory flat.
     let (events, pending) = mpsc::channel::<Vec<Row>>(4);
@@ -376,7 +378,7 @@ async fn consume<F: Function>(
             let attempt = async {
                 // Redis first: no effect is committed while its events could not be published.
                 ctx.cache.ping().await?;
-                batch::process(&*f, &ctx, def.max_deliver, &msgs).await
+                batch::process(&*f, &ctx, max_deliver, &msgs).await
             };
             match attempt.instrument(span.clone()).await {
                 Ok(p) => break Some(p),

@@ -541,3 +541,62 @@ async fn sigterm_exits_0_and_bad_config_exits_64_with_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("BATCH_MAX"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_message_is_isolated_then_dead_lettered_on_its_last_delivery() {
+    let env = TestEnv::new().await;
+    // A command that fails inside the transaction for a reason that is not an outage.
+    env.pg()
+        .await
+        .batch_execute(
+            "ALTER TABLE postings ADD CONSTRAINT poison CHECK (command <> 'deposit:poison')",
+        )
+        .await
+        .unwrap();
+    let stream = env
+        .js
+        .get_stream(env.config.names.name("DEPOSITS"))
+        .await
+        .unwrap();
+    let mut consumer = wallet_runtime::streams::Topology::load(None)
+        .unwrap()
+        .consumer("deposit")
+        .unwrap()
+        .config(&env.config.names);
+    consumer.max_deliver = 3;
+    consumer.backoff = Vec::new();
+    stream.create_consumer(consumer).await.unwrap();
+    // Published before the function starts, so that they arrive in one batch.
+    for id in ["p-1", "p-2", "poison", "p-3", "p-4"] {
+        env.publish("wallet.deposit", id, deposit(id, "u-1", "1", "USD"))
+            .await;
+    }
+    let deposit_proc = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    for id in ["p-1", "p-2", "p-3", "p-4"] {
+        events.by_id(&format!("deposit:{id}:completed"), T).await;
+    }
+    let mut dlq = env.dead_letters().await;
+    dlq.count(1, T).await;
+    let h = &dlq.headers[0];
+    assert_eq!(h.get("Wallet-Dlq-Msg-Id").unwrap().as_str(), "poison");
+    assert_eq!(h.get("Wallet-Dlq-Reason").unwrap().as_str(), "max_deliver");
+    assert_eq!(h.get("Wallet-Dlq-Deliveries").unwrap().as_str(), "3");
+    assert!(deposit_proc.metric("wallet_batch_fallbacks_total").await >= 1.0);
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(4)
+    );
+    let remembered: i64 = env
+        .pg()
+        .await
+        .query_one("SELECT count(*) FROM commands WHERE id = 'poison'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        remembered, 0,
+        "a command that never took effect must not be remembered"
+    );
+    assert!(env.audit().await.ok());
+}
