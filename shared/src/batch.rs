@@ -38,9 +38,23 @@ pub struct Processed {
     pub dispositions: Vec<Disposition>,
     /// Committed outbox rows, to publish.
     pub rows: Vec<Row>,
+    pub tally: Tally,
+}
+
+/// How the batch's commands ended, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
     pub completed: usize,
     pub rejected: usize,
     pub duplicates: usize,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, o: Self) {
+        self.completed += o.completed;
+        self.rejected += o.rejected;
+        self.duplicates += o.duplicates;
+    }
 }
 
 /// A message as the runtime sees it before any transaction.
@@ -65,7 +79,7 @@ fn decode<F: Function>(f: &F, ctx: &Context, payload: &[u8]) -> Decoded<F::Comma
     let Some(id) = object
         .get(F::ID_FIELD)
         .and_then(|v| v.as_str())
-        .filter(|id| f.accepts_id(id))
+        .filter(|id| crate::ids::is_valid(id))
     else {
         return Decoded::Malformed;
     };
@@ -103,24 +117,9 @@ pub async fn process<F: Function>(
     max_deliver: i64,
     messages: &[Message],
 ) -> Result<Processed, StepError> {
-    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_ref()).collect();
-    let deliveries: Vec<i64> = messages
-        .iter()
-        .map(|m| m.info().map(|i| i.delivered).unwrap_or(1))
-        .collect();
-    process_payloads(f, ctx, max_deliver, &payloads, &deliveries).await
-}
-
-/// [`process`] on raw payloads and their delivery counts.
-pub async fn process_payloads<F: Function>(
-    f: &F,
-    ctx: &Context,
-    max_deliver: i64,
-    payloads: &[&[u8]],
-    deliveries: &[i64],
-) -> Result<Processed, StepError> {
+    let delivered = |index: usize| messages[index].info().map(|i| i.delivered).unwrap_or(1);
     let mut out = Processed {
-        dispositions: vec![Disposition::Ack; payloads.len()],
+        dispositions: vec![Disposition::Ack; messages.len()],
         ..Default::default()
     };
     let mut units: Vec<Unit<F::Command>> = Vec::new();
@@ -128,8 +127,8 @@ pub async fn process_payloads<F: Function>(
     let mut followers: Vec<(usize, usize)> = Vec::new();
     let mut first: HashMap<String, usize> = HashMap::new();
 
-    for (index, payload) in payloads.iter().enumerate() {
-        match decode(f, ctx, payload) {
+    for (index, message) in messages.iter().enumerate() {
+        match decode(f, ctx, &message.payload) {
             Decoded::Malformed => out.dispositions[index] = Disposition::DeadLetter(dlq::MALFORMED),
             Decoded::Command { id, print, verdict } => {
                 let _span = tracing::debug_span!("command", function = F::NAME, id = %id).entered();
@@ -161,7 +160,7 @@ pub async fn process_payloads<F: Function>(
                     return Err(e);
                 }
                 tracing::warn!(function = F::NAME, error = %e, "command failed");
-                out.dispositions[units[0].index] = failed(deliveries[units[0].index], max_deliver);
+                out.dispositions[units[0].index] = failed(delivered(units[0].index), max_deliver);
             }
             Err(e) => {
                 tracing::warn!(function = F::NAME, error = %e, size = units.len(), "batch failed; deciding its commands one by one");
@@ -174,7 +173,7 @@ pub async fn process_payloads<F: Function>(
                         Err(e) => {
                             tracing::warn!(function = F::NAME, id = unit.id(), error = %e, "command failed");
                             out.dispositions[unit.index] =
-                                failed(deliveries[unit.index], max_deliver);
+                                failed(delivered(unit.index), max_deliver);
                         }
                     }
                 }
@@ -185,7 +184,7 @@ pub async fn process_payloads<F: Function>(
     for (index, leader) in followers {
         out.dispositions[index] = match out.dispositions[units[leader].index] {
             Disposition::Ack => {
-                out.duplicates += 1;
+                out.tally.duplicates += 1;
                 Disposition::Ack
             }
             other => other,
@@ -205,12 +204,12 @@ fn failed(delivered: i64, max_deliver: i64) -> Disposition {
     }
 }
 
+/// What one transaction decided; merged into the batch's [`Processed`] only once it committed.
+#[derive(Default)]
 struct Decided {
     dispositions: Vec<(usize, Disposition)>,
     rows: Vec<Row>,
-    completed: usize,
-    rejected: usize,
-    duplicates: usize,
+    tally: Tally,
 }
 
 fn absorb(out: &mut Processed, d: Decided) {
@@ -218,9 +217,7 @@ fn absorb(out: &mut Processed, d: Decided) {
         out.dispositions[index] = disposition;
     }
     out.rows.extend(d.rows);
-    out.completed += d.completed;
-    out.rejected += d.rejected;
-    out.duplicates += d.duplicates;
+    out.tally += d.tally;
 }
 
 /// Decides `units` in one transaction.
@@ -250,26 +247,20 @@ async fn decide_in<F: Function>(
 ) -> Result<Decided, StepError> {
     let keys: Vec<(&str, Fingerprint)> = units.iter().map(|u| (u.id(), u.print)).collect();
     let claims = dedup::claim(tx, F::NAME, &keys).await?;
-    let mut d = Decided {
-        dispositions: Vec::new(),
-        rows: Vec::new(),
-        completed: 0,
-        rejected: 0,
-        duplicates: 0,
-    };
+    let mut d = Decided::default();
     let mut messages: Vec<OutboxMessage> = Vec::new();
     let mut fresh: Vec<&Unit<F::Command>> = Vec::new();
     for (unit, claim) in units.iter().zip(claims) {
         match (claim, &unit.command) {
             (Claim::Duplicate, _) => {
-                d.duplicates += 1;
+                d.tally.duplicates += 1;
                 d.dispositions.push((unit.index, Disposition::Ack));
             }
             (Claim::Conflict, _) => d
                 .dispositions
                 .push((unit.index, Disposition::DeadLetter(dlq::ID_CONFLICT))),
             (Claim::New, Err(rejection)) => {
-                d.rejected += 1;
+                d.tally.rejected += 1;
                 messages.push(rejection.clone().into_outbox(Vec::new()));
                 d.dispositions.push((unit.index, Disposition::Ack));
             }
@@ -295,9 +286,9 @@ async fn decide_in<F: Function>(
             let disposition = match outcome {
                 Outcome::Done(out) => {
                     if out.iter().any(|m| m.subject.ends_with(".rejected")) {
-                        d.rejected += 1;
+                        d.tally.rejected += 1;
                     } else {
-                        d.completed += 1;
+                        d.tally.completed += 1;
                     }
                     messages.extend(out);
                     Disposition::Ack

@@ -66,12 +66,6 @@ impl From<redis::RedisError> for StepError {
     }
 }
 
-impl From<async_nats::Error> for StepError {
-    fn from(e: async_nats::Error) -> Self {
-        Self::Transient(format!("nats: {e}"))
-    }
-}
-
 /// `e: cause: cause`, since tokio-postgres' `Display` hides the server's message.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

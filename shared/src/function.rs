@@ -47,12 +47,6 @@ pub trait Function: Send + Sync + Sized + 'static {
     /// The payload's fields in the contract's order; their values are the dedup fingerprint.
     const FIELDS: &'static [&'static str];
 
-    /// Whether `id` is taken as the command id at all; `false` makes the message `malformed`.
-    /// By default, any valid id.
-    fn accepts_id(&self, id: &str) -> bool {
-        crate::ids::is_valid(id)
-    }
-
     type Command: Send + Sync + 'static;
 
     // A rejection is an event that moves once into the outbox; boxing it buys nothing.

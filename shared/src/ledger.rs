@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Transaction;
 use rust_decimal::Decimal;
 
 use crate::cache::WalletSnapshot;
@@ -95,10 +95,9 @@ impl WalletKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Overdraft;
 
-/// Resolves platform account ids once per process.
-#[derive(Debug)]
+/// Opens books; remembers platform account ids, which never change once committed.
+#[derive(Debug, Default)]
 pub struct Ledger {
-    pool: Pool,
     // std Mutex: held only around a map lookup, never across an await.
     platform_ids: Mutex<HashMap<WalletKey, i64>>,
 }
@@ -124,13 +123,15 @@ const LOCK_WALLETS: &str = "
     ON CONFLICT (owner, kind, provider, currency) DO UPDATE SET version = accounts.version
     RETURNING id, owner, kind, provider, currency, balance, version";
 
+/// The platform account's id, and whether this transaction created it. `ON CONFLICT DO NOTHING`
+/// takes no lock on an existing row, so replicas never wait for each other here.
 const PLATFORM_ACCOUNT: &str = "
     WITH created AS (
         INSERT INTO accounts (owner, kind, provider, currency) VALUES ('', 'platform', $1, $2)
         ON CONFLICT DO NOTHING RETURNING id)
-    SELECT id FROM created
+    SELECT id, true FROM created
     UNION ALL
-    SELECT id FROM accounts WHERE owner = '' AND kind = 'platform' AND provider = $1 AND currency = $2";
+    SELECT id, false FROM accounts WHERE owner = '' AND kind = 'platform' AND provider = $1 AND currency = $2";
 
 const INSERT_POSTINGS: &str = "
     INSERT INTO postings (account_id, amount, command)
@@ -142,14 +143,10 @@ const UPDATE_BALANCES: &str = "
     WHERE a.id = u.id";
 
 impl Ledger {
-    pub fn new(pool: Pool) -> Self {
-        Self {
-            pool,
-            platform_ids: Mutex::new(HashMap::new()),
-        }
-    }
-
-    async fn platform_id(&self, key: &WalletKey) -> Result<i64, StepError> {
+    /// Resolved in the caller's transaction (a second connection could wait on a pool the
+    /// transaction itself exhausts). Only an id that was already committed is remembered: one
+    /// this transaction created vanishes if it rolls back.
+    async fn platform_id(&self, tx: &Transaction<'_>, key: &WalletKey) -> Result<i64, StepError> {
         if let Some(id) = self
             .platform_ids
             .lock()
@@ -158,17 +155,16 @@ impl Ledger {
         {
             return Ok(*id);
         }
-        // Created outside the batch's transaction, so that a rollback cannot leave a cached id
-        // pointing at no row.
-        let client = self.pool.get().await?;
-        let row = client
+        let row = tx
             .query_one(PLATFORM_ACCOUNT, &[&key.provider, &key.currency.code()])
             .await?;
-        let id: i64 = row.get(0);
-        self.platform_ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), id);
+        let (id, created): (i64, bool) = (row.get(0), row.get(1));
+        if !created {
+            self.platform_ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), id);
+        }
         Ok(id)
     }
 
@@ -185,7 +181,7 @@ impl Ledger {
         let (platform, users): (Vec<_>, Vec<_>) =
             keys.into_iter().partition(WalletKey::is_platform);
         for key in platform {
-            let id = self.platform_id(&key).await?;
+            let id = self.platform_id(tx, &key).await?;
             slots.insert(
                 key,
                 Slot {
@@ -243,14 +239,6 @@ impl Ledger {
 }
 
 impl Book {
-    /// The balance of a user wallet as of the postings made so far.
-    pub fn balance(&self, key: &WalletKey) -> Option<Decimal> {
-        self.slots
-            .get(key)
-            .filter(|_| !key.is_platform())
-            .map(|s| s.balance)
-    }
-
     /// Applies one command's postings, all or none. Every key must have been opened, and the
     /// amounts must sum to zero per currency (a bug otherwise: `Err(Permanent)`).
     pub fn post(

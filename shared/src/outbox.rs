@@ -9,6 +9,7 @@
 //! [`Relay`] publishes whatever a crash or an outage left behind, on any replica, with
 //! `FOR UPDATE SKIP LOCKED` so replicas share the work instead of repeating it.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -87,41 +88,45 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes `rows`; on error nothing is deleted and the relay tries again later.
-    pub async fn publish(&self, rows: &[Row]) -> Result<(), StepError> {
+    /// Publishes rows this process committed, then deletes them. On error nothing is deleted
+    /// and the relay publishes them later.
+    pub async fn publish(&self, rows: Vec<Row>) -> Result<(), StepError> {
+        let ids = self.send(rows).await?;
+        if !ids.is_empty() {
+            self.pool.get().await?.execute(DELETE, &[&ids]).await?;
+        }
+        Ok(())
+    }
+
+    /// Cache, then JetStream; returns the ids of the rows sent. Holds no database connection, so
+    /// a caller inside a transaction never waits on the pool for a second one.
+    async fn send(&self, rows: Vec<Row>) -> Result<Vec<i64>, StepError> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let wallets: Vec<WalletSnapshot> = rows
             .iter()
             .flat_map(|r| r.message.wallets.iter().cloned())
             .collect();
         self.cache.write_through(&wallets).await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut acks = Vec::with_capacity(rows.len());
         for row in rows {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", row.message.msg_id.as_str());
+            let subject = self.names.subject(&row.message.subject);
             let ack = self
                 .js
-                .publish_with_headers(
-                    self.names.subject(&row.message.subject),
-                    headers,
-                    row.message.payload.clone().into(),
-                )
+                .publish_with_headers(subject, headers, row.message.payload.into())
                 .await
                 .map_err(StepError::transient)?;
-            acks.push(ack);
+            acks.push(ack.into_future());
         }
-        for ack in
-            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
-                .await
-        {
+        for ack in futures::future::join_all(acks).await {
             ack.map_err(StepError::transient)?;
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        self.pool.get().await?.execute(DELETE, &[&ids]).await?;
-        metrics::counter!("wallet_outbox_published_total").increment(rows.len() as u64);
-        Ok(())
+        metrics::counter!("wallet_outbox_published_total").increment(ids.len() as u64);
+        Ok(ids)
     }
 
     /// Publishes rows older than `age` that nobody else is publishing; returns how many.
@@ -144,9 +149,12 @@ impl Publisher {
             })
             .collect();
         // Publishing under the row locks: another replica's relay skips these rows meanwhile.
-        self.publish(&rows).await?;
+        let ids = self.send(rows).await?;
+        if !ids.is_empty() {
+            tx.execute(DELETE, &[&ids]).await?;
+        }
         tx.commit().await?;
-        Ok(rows.len())
+        Ok(ids.len())
     }
 }
 

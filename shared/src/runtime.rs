@@ -215,7 +215,7 @@ async fn connect(
     let names = config.names.clone();
     Ok(Some(Arc::new(Context {
         cache: BalanceCache::new(redis, names.clone()),
-        ledger: Ledger::new(pool.clone()),
+        ledger: Ledger::default(),
         names,
         nats,
         js,
@@ -403,11 +403,11 @@ async fn consume<F: Function>(
             .instrument(span)
             .await;
         metrics::counter!("wallet_commands_processed_total", "function" => F::NAME)
-            .increment(processed.completed as u64);
+            .increment(processed.tally.completed as u64);
         metrics::counter!("wallet_commands_rejected_total", "function" => F::NAME)
-            .increment(processed.rejected as u64);
+            .increment(processed.tally.rejected as u64);
         metrics::counter!("wallet_commands_duplicate_total", "function" => F::NAME)
-            .increment(processed.duplicates as u64);
+            .increment(processed.tally.duplicates as u64);
         if events.send(processed.rows).await.is_err() {
             break;
         }
@@ -442,8 +442,9 @@ async fn settle(ctx: &Context, function: &str, msgs: &[Message], dispositions: &
 
 async fn publish_committed(publisher: Publisher, mut pending: mpsc::Receiver<Vec<Row>>) {
     while let Some(rows) = pending.recv().await {
-        if let Err(e) = publisher.publish(&rows).await {
-            tracing::warn!(error = %e, rows = rows.len(), "events not published yet; the outbox relay will retry");
+        let count = rows.len();
+        if let Err(e) = publisher.publish(rows).await {
+            tracing::warn!(error = %e, rows = count, "events not published yet; the outbox relay will retry");
         }
     }
 }

@@ -211,7 +211,21 @@ impl Drop for PrivateRedis {
 pub struct Received {
     pub subject: String,
     pub msg_id: String,
+    pub headers: HeaderMap,
+    /// The payload as published.
+    pub payload: Bytes,
+    /// The payload parsed as JSON, or as a string when it is not JSON.
     pub body: Value,
+}
+
+impl Received {
+    /// A header's value; panics when it is missing.
+    pub fn header(&self, name: &str) -> String {
+        match self.headers.get(name) {
+            Some(v) => v.as_str().to_owned(),
+            None => panic!("no {name} header on {}", self.msg_id),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -315,26 +329,14 @@ impl TestEnv {
             .unwrap();
     }
 
-    /// Publishes many commands with up to 2,000 acks in flight: (subject, msg id, payload).
+    /// Publishes many commands as `walletctl load` does: (subject, msg id, payload).
     pub async fn publish_many(&self, msgs: Vec<(String, String, Vec<u8>)>) {
-        let js = self.js.clone();
-        let this = self;
-        futures::stream::iter(msgs)
-            .map(|(subject, id, payload)| {
-                let js = js.clone();
-                async move {
-                    let mut h = HeaderMap::new();
-                    h.insert("Nats-Msg-Id", id.as_str());
-                    js.publish_with_headers(this.subject(&subject), h, payload.into())
-                        .await
-                        .unwrap()
-                        .await
-                        .unwrap();
-                }
-            })
-            .buffer_unordered(2000)
-            .collect::<()>()
-            .await;
+        let namespaced = msgs
+            .into_iter()
+            .map(|(subject, id, payload)| (self.subject(&subject), id, payload));
+        walletctl::load::publish_all(&self.js, namespaced)
+            .await
+            .unwrap();
     }
 
     /// A reader of this namespace's outcome events, from the first.
@@ -363,7 +365,6 @@ impl TestEnv {
         Reader {
             messages: consumer.messages().await.unwrap(),
             seen: Vec::new(),
-            headers: Vec::new(),
         }
     }
 
@@ -417,7 +418,6 @@ impl TestEnv {
 pub struct Reader {
     messages: consumer::pull::Ordered,
     pub seen: Vec<Received>,
-    pub headers: Vec<HeaderMap>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -459,9 +459,10 @@ impl Reader {
                 self.seen.push(Received {
                     subject: m.subject.to_string(),
                     msg_id,
+                    headers,
+                    payload: m.payload.clone(),
                     body,
                 });
-                self.headers.push(headers);
             }
         }
         &self.seen

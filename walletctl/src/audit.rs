@@ -120,25 +120,21 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
             .collect();
         report.checks.push(Check { name, breaches });
     }
-    report.checks.push(cache_check(config, &pg, outbox).await?);
+    if outbox == 0 {
+        report.checks.push(cache_check(config, &pg).await?);
+    } else {
+        report.notes.push(format!(
+            "skipped: the balance cache check ({outbox} event(s) still carry balances to the cache); run audit again once they are published"
+        ));
+    }
     pg.batch_execute("COMMIT").await?;
     Ok(report)
 }
 
-/// Every cached wallet matches PostgreSQL (skipped while events wait in the outbox: their
-/// balances are on their way to the cache).
-async fn cache_check(
-    config: &Config,
-    pg: &tokio_postgres::Client,
-    outbox: i64,
-) -> anyhow::Result<Check> {
+/// Every cached wallet matches PostgreSQL. Only meaningful with the outbox empty: an event
+/// waiting there still carries its balances to the cache.
+async fn cache_check(config: &Config, pg: &tokio_postgres::Client) -> anyhow::Result<Check> {
     let name = "the balance cache agrees with PostgreSQL";
-    if outbox > 0 {
-        return Ok(Check {
-            name,
-            breaches: Vec::new(),
-        });
-    }
     let client = redis::Client::open(config.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let prefix = config.names.redis_key("bal:");

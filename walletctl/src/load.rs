@@ -1,6 +1,6 @@
 //! `walletctl load`: floods the deposit function and measures it end to end.
 //!
-//! Publishes `count` deposits at full speed (up to 2,000 publish acks in flight) for `users`
+//! Publishes `count` deposits at full speed (up to [`IN_FLIGHT`] publish acks in flight) for `users`
 //! users, reads the outcome events, and reports commands per second from the first publish to
 //! the last event, with a check that every command had exactly one completed event.
 
@@ -9,8 +9,32 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use wallet_runtime::Config;
+
+/// In-flight publish acks: enough to keep JetStream busy on this machine, bounded so that a
+/// slow server pushes back on the publisher.
+pub const IN_FLIGHT: usize = 2_000;
+
+/// Publishes `(subject, Nats-Msg-Id, payload)` messages with up to [`IN_FLIGHT`] acks awaited
+/// at once; returns when JetStream has stored every one, or at the first error.
+pub async fn publish_all(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = (String, String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    futures::stream::iter(messages)
+        .map(|(subject, id, payload)| async move {
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Msg-Id", id.as_str());
+            js.publish_with_headers(subject, h, payload.into())
+                .await?
+                .await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<()>()
+        .await
+}
 
 #[derive(Debug)]
 pub struct Summary {
@@ -46,31 +70,22 @@ pub async fn deposits(
         .await?;
     let mut events = events.messages().await?;
     let subject = config.names.subject("wallet.deposit");
+    let run_id = run.clone();
     let started = Instant::now();
+    let commands = (0..count).map(move |i| {
+        let id = format!("{run_id}-{i}");
+        let body = format!(
+            r#"{{"deposit_id":"{id}","user_id":"{run_id}-u{}","amount":"1.25","currency":"USD"}}"#,
+            i % users.max(1)
+        );
+        (subject.clone(), id, body.into_bytes())
+    });
     let publisher = {
-        let (js, run) = (js.clone(), run.clone());
+        let js = js.clone();
         tokio::spawn(async move {
-            futures::stream::iter(0..count)
-                .map(|i| {
-                    let (js, subject, run) = (js.clone(), subject.clone(), run.clone());
-                    async move {
-                        let id = format!("{run}-{i}");
-                        let body = format!(
-                            r#"{{"deposit_id":"{id}","user_id":"{run}-u{}","amount":"1.25","currency":"USD"}}"#,
-                            i % users.max(1)
-                        );
-                        let mut h = HeaderMap::new();
-                        h.insert("Nats-Msg-Id", id.as_str());
-                        js.publish_with_headers(subject, h, body.into()).await?.await?;
-                        anyhow::Ok(())
-                    }
-                })
-                .buffer_unordered(2000)
-                .collect::<Vec<_>>()
+            publish_all(&js, commands)
                 .await
-                .into_iter()
-                .collect::<anyhow::Result<Vec<()>>>()
-                .map(|_| started.elapsed().as_secs_f64())
+                .map(|()| started.elapsed().as_secs_f64())
         })
     };
     let mut done: HashSet<String> = HashSet::with_capacity(count);
