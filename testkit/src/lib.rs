@@ -52,6 +52,16 @@ where
     }
 }
 
+/// The built-in topology with small streams: JetStream reserves `max_bytes` up front, and many
+/// test namespaces live at once.
+pub fn topology() -> Topology {
+    let mut topology = Topology::load(None).unwrap();
+    for s in &mut topology.streams {
+        s.max_bytes = 64 << 20;
+    }
+    topology
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -259,12 +269,7 @@ impl TestEnv {
         ]);
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
-        let mut topology = Topology::load(None).unwrap();
-        // JetStream reserves max_bytes up front; many test namespaces at once need small ones.
-        for s in &mut topology.streams {
-            s.max_bytes = 64 << 20;
-        }
-        walletctl::setup::setup(&config, &topology).await.unwrap();
+        walletctl::setup::setup(&config, &topology()).await.unwrap();
         let nats = async_nats::connect(nats_url()).await.unwrap();
         let js = jetstream::new(nats.clone());
         Self {
@@ -406,6 +411,18 @@ impl TestEnv {
             .unwrap()
             .map(|r| r.get(0))
             .unwrap_or_default()
+    }
+
+    /// The raw cache entry (`<version>|<balance>`) of a user's wallet field (`main:USD`).
+    pub async fn cached(&self, user: &str, field: &str) -> Option<String> {
+        let client = redis::Client::open(self.config.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("HGET")
+            .arg(self.config.names.redis_key(&format!("bal:{user}")))
+            .arg(field)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
     }
 
     /// `walletctl audit` on this namespace.

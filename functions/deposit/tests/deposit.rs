@@ -588,3 +588,109 @@ async fn a_poison_message_is_isolated_then_dead_lettered_on_its_last_delivery() 
     );
     assert!(env.audit().await.ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_pooled_connection_is_enough() {
+    // A task that held one connection and asked the pool for another would wait on itself.
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[("PG_POOL_SIZE", "1")]);
+    let mut events = env.events().await;
+    // A currency nobody deposited yet: its platform account is created in the batch.
+    env.publish("wallet.deposit", "c-1", deposit("c-1", "u-1", "0.5", "EUR"))
+        .await;
+    env.publish(
+        "wallet.deposit",
+        "c-2",
+        deposit("c-2", "u-1", "0.25", "EUR"),
+    )
+    .await;
+    let e = events
+        .by_id("deposit:c-2:completed", Duration::from_secs(20))
+        .await;
+    assert_eq!(e.body["balance"], "0.75");
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_of_one_id_inside_one_batch_have_one_effect() {
+    let env = TestEnv::new().await;
+    // Published before the function starts, so that one fetch takes them all.
+    env.publish("wallet.deposit", "a", deposit("d-1", "u-1", "10", "USD"))
+        .await;
+    env.publish("wallet.deposit", "b", deposit("d-1", "u-1", "10", "USD"))
+        .await;
+    env.publish("wallet.deposit", "c", deposit("d-1", "u-1", "99", "USD"))
+        .await;
+    env.publish("wallet.deposit", "d", deposit("d-2", "u-1", "1", "USD"))
+        .await;
+    let deposit_proc = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    events.by_id("deposit:d-2:completed", T).await;
+    let mut dlq = env.dead_letters().await;
+    let letters = dlq.count(1, T).await;
+    assert_eq!(letters[0].header("Wallet-Dlq-Msg-Id"), "c");
+    assert_eq!(letters[0].header("Wallet-Dlq-Reason"), "id_conflict");
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(11)
+    );
+    assert_eq!(
+        events.seen.iter().filter(|r| r.body["id"] == "d-1").count(),
+        1
+    );
+    assert_eq!(
+        deposit_proc.metric("wallet_commands_duplicate_total").await,
+        1.0
+    );
+    assert_eq!(
+        deposit_proc.metric("wallet_batch_size_count").await,
+        1.0,
+        "not one batch: the test proves less than it says"
+    );
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an_older_balance() {
+    let env = TestEnv::new().await;
+    // Two rows as a crash between commit and publish leaves them, the newer balance first.
+    let row = |id: &str, version: i64, balance: &str| {
+        let wallets =
+            json!([{"owner": "u-9", "field": "main:USD", "version": version, "balance": balance}]);
+        let event =
+            json!({"id": id, "entity": "deposit", "status": "completed", "balance": balance});
+        (
+            format!("deposit:{id}:completed"),
+            serde_json::to_vec(&event).unwrap(),
+            wallets.to_string(),
+        )
+    };
+    let pg = env.pg().await;
+    for (msg_id, payload, wallets) in [row("late-5", 5, "50.00"), row("late-3", 3, "30.00")] {
+        pg.execute(
+            "INSERT INTO outbox (subject, msg_id, payload, wallets, created_at)
+             VALUES ('wallet.events.deposit.completed', $1, $2, $3, now() - interval '1 minute')",
+            &[&msg_id, &payload, &wallets],
+        )
+        .await
+        .unwrap();
+    }
+    let _deposit = env.spawn("deposit", &[("OUTBOX_RELAY_INTERVAL", "100ms")]);
+    let mut events = env.events().await;
+    events.by_id("deposit:late-5:completed", T).await;
+    events.by_id("deposit:late-3:completed", T).await;
+    eventually(T, "the outbox to empty", || async {
+        let left: i64 = pg
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.cached("u-9", "main:USD").await.as_deref(),
+        Some("5|50.00"),
+        "an older version overwrote a newer one"
+    );
+}

@@ -1,0 +1,80 @@
+//! `walletctl` against the real NATS, PostgreSQL and Redis.
+
+#![allow(clippy::unwrap_used)]
+
+use async_nats::jetstream::stream::RetentionPolicy;
+use testkit::TestEnv;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
+    let env = TestEnv::new().await;
+    let mut topology = testkit::topology();
+    let again = walletctl::setup::setup(&env.config, &topology)
+        .await
+        .unwrap();
+    assert_eq!(again[..2], ["database: exists", "migrations: up to date"]);
+    assert!(
+        again[2..].iter().all(|l| l.ends_with(": unchanged")),
+        "{again:#?}"
+    );
+    assert_eq!(
+        again.len(),
+        2 + topology.streams.len() + topology.consumers.len()
+    );
+
+    // A change JetStream makes in place is applied and named.
+    topology.consumers[0].max_ack_pending += 1;
+    let changed = walletctl::setup::setup(&env.config, &topology)
+        .await
+        .unwrap();
+    let consumer = env.config.names.name(&topology.consumers[0].function);
+    assert!(
+        changed.contains(&format!("consumer {consumer}: updated (max_ack_pending)")),
+        "{changed:#?}"
+    );
+
+    // One that needs the stream recreated is reported, and the stream is left alone.
+    let deposits = topology
+        .streams
+        .iter_mut()
+        .find(|s| s.name == "DEPOSITS")
+        .unwrap();
+    deposits.retention = wallet_runtime::streams::Retention::Limits;
+    env.publish("wallet.deposit", "kept", b"{}".to_vec()).await;
+    let refused = walletctl::setup::setup(&env.config, &topology)
+        .await
+        .unwrap();
+    let line = refused.iter().find(|l| l.contains("_DEPOSITS:")).unwrap();
+    assert!(line.contains("NOT APPLIED"), "{line}");
+    let mut stream = env
+        .js
+        .get_stream(env.config.names.name("DEPOSITS"))
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.retention, RetentionPolicy::WorkQueue);
+    assert_eq!(info.state.messages, 1, "the stream's message was lost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_pending_commands_and_dead_letters_per_function() {
+    let env = TestEnv::new().await;
+    for id in ["s-1", "s-2", "s-3"] {
+        env.publish("wallet.deposit", id, b"{}".to_vec()).await;
+    }
+    env.publish("dlq.deposit", "dlq:deposit:1", b"{}".to_vec())
+        .await;
+    let out = walletctl::status::status(&env.config, &testkit::topology())
+        .await
+        .unwrap();
+    let deposit = out.lines().find(|l| l.starts_with("deposit ")).unwrap();
+    let columns: Vec<&str> = deposit.split_whitespace().collect();
+    // FUNCTION CONSUMER PENDING ACK_PENDING REDELIVERED DEAD_LETTERS
+    assert_eq!(columns[2..], ["3", "0", "0", "1"], "{out}");
+    let bonus = out.lines().find(|l| l.starts_with("bonus-grant ")).unwrap();
+    assert_eq!(
+        bonus.split_whitespace().collect::<Vec<_>>()[2..],
+        ["0", "0", "0", "0"],
+        "{out}"
+    );
+}
