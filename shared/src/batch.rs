@@ -8,7 +8,7 @@
 //! nothing is acknowledged here, so the caller acknowledges only what has committed.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::Message;
 use deadpool_postgres::Transaction;
@@ -18,7 +18,7 @@ use crate::dedup::{self, Claim, Fingerprint};
 use crate::dlq;
 use crate::error::StepError;
 use crate::events::Event;
-use crate::function::{Command, Function, Outcome, Payload};
+use crate::function::{Command, Function, Invalid, Outcome, Payload};
 use crate::outbox::{self, OutboxMessage, Row};
 
 /// The largest command the contract accepts.
@@ -62,18 +62,20 @@ impl std::ops::AddAssign for Tally {
 enum Decoded<C> {
     Malformed,
     Command {
-        id: String,
+        key: String,
         print: Fingerprint,
-        verdict: Result<C, Event>,
+        /// `Ok`: valid; `Err`: its rejection event.
+        command: Result<Command<C>, Event>,
     },
 }
 
-/// Decodes one payload: a JSON object of at most 64 KiB whose id field holds a valid id.
-fn decode<F: Function>(f: &F, ctx: &Context, payload: &[u8]) -> Decoded<F::Command> {
-    if payload.len() > MAX_COMMAND_BYTES {
+/// Decodes one message: a JSON object of at most 64 KiB whose id field holds a valid id, then
+/// the function's validation.
+fn decode<F: Function>(f: &F, ctx: &Context, message: &Message) -> Decoded<F::Command> {
+    if message.payload.len() > MAX_COMMAND_BYTES {
         return Decoded::Malformed;
     }
-    let Ok(object) = serde_json::from_slice::<Payload>(payload) else {
+    let Ok(object) = serde_json::from_slice::<Payload>(&message.payload) else {
         return Decoded::Malformed;
     };
     let Some(id) = object
@@ -83,30 +85,37 @@ fn decode<F: Function>(f: &F, ctx: &Context, payload: &[u8]) -> Decoded<F::Comma
     else {
         return Decoded::Malformed;
     };
-    let print = dedup::fingerprint(&object, F::FIELDS);
-    let verdict = f.validate(ctx, id, &object);
-    Decoded::Command {
-        id: id.to_owned(),
-        print,
-        verdict,
+    let subject = ctx.names.strip(&message.subject);
+    let stored_at = message
+        .info()
+        .map(|i| SystemTime::from(i.published))
+        .unwrap_or_else(|_| SystemTime::now());
+    match f.validate(ctx, subject, id, &object) {
+        Err(Invalid::Malformed) => Decoded::Malformed,
+        Err(Invalid::Rejected(event)) => Decoded::Command {
+            key: id.to_owned(),
+            print: dedup::fingerprint(&object, F::FIELDS),
+            command: Err(event),
+        },
+        Ok(body) => Decoded::Command {
+            key: F::key(id, &body),
+            print: dedup::fingerprint(&object, F::FIELDS),
+            command: Ok(Command {
+                id: id.to_owned(),
+                key: F::key(id, &body),
+                body,
+                stored_at,
+            }),
+        },
     }
 }
 
-/// A distinct command of the batch (the first message carrying its id).
+/// A distinct command of the batch (the first message carrying its key).
 struct Unit<C> {
     index: usize,
+    key: String,
     print: Fingerprint,
-    /// `Ok`: valid; `Err`: its rejection event.
     command: Result<Command<C>, Event>,
-}
-
-impl<C> Unit<C> {
-    fn id(&self) -> &str {
-        match &self.command {
-            Ok(c) => &c.id,
-            Err(e) => &e.id,
-        }
-    }
 }
 
 /// Decides `messages`. `Err` only for an outage: then nothing was decided and the caller retries
@@ -128,11 +137,14 @@ pub async fn process<F: Function>(
     let mut first: HashMap<String, usize> = HashMap::new();
 
     for (index, message) in messages.iter().enumerate() {
-        match decode(f, ctx, &message.payload) {
+        match decode(f, ctx, message) {
             Decoded::Malformed => out.dispositions[index] = Disposition::DeadLetter(dlq::MALFORMED),
-            Decoded::Command { id, print, verdict } => {
-                let _span = tracing::debug_span!("command", function = F::NAME, id = %id).entered();
-                if let Some(&u) = first.get(&id) {
+            Decoded::Command {
+                key,
+                print,
+                command,
+            } => {
+                if let Some(&u) = first.get(&key) {
                     if units[u].print == print {
                         followers.push((index, u));
                     } else {
@@ -140,10 +152,10 @@ pub async fn process<F: Function>(
                     }
                     continue;
                 }
-                first.insert(id.clone(), units.len());
-                let command = verdict.map(|body| Command { id, body });
+                first.insert(key.clone(), units.len());
                 units.push(Unit {
                     index,
+                    key,
                     print,
                     command,
                 });
@@ -171,7 +183,7 @@ pub async fn process<F: Function>(
                         Ok(decided) => absorb(&mut out, decided),
                         Err(e) if e.is_transient() => return Err(e),
                         Err(e) => {
-                            tracing::warn!(function = F::NAME, id = unit.id(), error = %e, "command failed");
+                            tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "command failed");
                             out.dispositions[unit.index] =
                                 failed(delivered(unit.index), max_deliver);
                         }
@@ -245,7 +257,7 @@ async fn decide_in<F: Function>(
     tx: &Transaction<'_>,
     units: &[&Unit<F::Command>],
 ) -> Result<Decided, StepError> {
-    let keys: Vec<(&str, Fingerprint)> = units.iter().map(|u| (u.id(), u.print)).collect();
+    let keys: Vec<(&str, Fingerprint)> = units.iter().map(|u| (u.key.as_str(), u.print)).collect();
     let claims = dedup::claim(tx, F::NAME, &keys).await?;
     let mut d = Decided::default();
     let mut messages: Vec<OutboxMessage> = Vec::new();
@@ -294,11 +306,11 @@ async fn decide_in<F: Function>(
                     Disposition::Ack
                 }
                 Outcome::DeadLetter(reason) => {
-                    undecided.push(unit.id());
+                    undecided.push(unit.key.as_str());
                     Disposition::DeadLetter(reason)
                 }
                 Outcome::Retry(delay) => {
-                    undecided.push(unit.id());
+                    undecided.push(unit.key.as_str());
                     Disposition::Nak(delay)
                 }
             };

@@ -43,6 +43,19 @@ pub struct Config {
     pub outbox_relay_interval: Duration,
     pub currencies: Currencies,
     pub providers: Vec<String>,
+    pub transfers: TransferTimings,
+}
+
+/// How long transfers wait on their provider (CONTRACT §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferTimings {
+    /// A pending transfer's first status query goes out this long after it was debited.
+    pub ack_timeout: Duration,
+    /// A pending transfer this old gets its one `stuck` event.
+    pub stuck_after: Duration,
+    /// An ack for a transfer nobody knows is retried this long from its first delivery, then
+    /// dead-lettered `unknown_transfer`.
+    pub unknown_retry: Duration,
 }
 
 impl Config {
@@ -136,6 +149,13 @@ impl Config {
                 .parse()
                 .map_err(|m| err("WALLET_CURRENCIES", m))?,
             providers,
+            transfers: TransferTimings {
+                ack_timeout: Some(duration("TRANSFER_ACK_TIMEOUT", "30s")?)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| err("TRANSFER_ACK_TIMEOUT", "must be above zero".into()))?,
+                stuck_after: duration("TRANSFER_STUCK_AFTER", "15m")?,
+                unknown_retry: duration("UNKNOWN_TRANSFER_RETRY", "2m")?,
+            },
         })
     }
 }
@@ -152,6 +172,7 @@ impl fmt::Debug for Config {
             .field("batch_max", &self.batch_max)
             .field("fetch_wait", &self.fetch_wait)
             .field("pg_pool_size", &self.pg_pool_size)
+            .field("transfers", &self.transfers)
             .finish_non_exhaustive()
     }
 }
@@ -192,6 +213,8 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(c.shutdown_grace, Duration::from_secs(25));
         assert_eq!(c.providers, ["alpha", "beta"]);
+        assert_eq!(c.transfers.ack_timeout, Duration::from_secs(30));
+        assert_eq!(c.transfers.stuck_after, Duration::from_secs(15 * 60));
         assert_eq!(c.names.subject("wallet.deposit"), "wallet.deposit");
     }
 

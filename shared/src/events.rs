@@ -46,6 +46,12 @@ impl Event {
         }
     }
 
+    /// Adds an entity-specific field (`provider`, `campaign_id`); `None` is `null`.
+    pub fn with(mut self, field: &str, value: Option<&str>) -> Self {
+        self.extra.insert(field.to_owned(), value.map_or(Value::Null, Value::from));
+        self
+    }
+
     pub fn subject(&self) -> String {
         format!("wallet.events.{}.{}", self.entity, self.status)
     }

@@ -5,10 +5,12 @@
 //! that are valid and new, all in one transaction, and returns one [`Outcome`] per command.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 pub use deadpool_postgres::Transaction;
 use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::error::StepError;
@@ -23,7 +25,26 @@ pub type Payload = Map<String, Value>;
 #[derive(Debug)]
 pub struct Command<C> {
     pub id: String,
+    /// What dedup remembers it by ([`Function::key`]).
+    pub key: String,
     pub body: C,
+    /// When JetStream stored it: the time of its first delivery, whatever the redeliveries.
+    pub stored_at: SystemTime,
+}
+
+/// Why a payload is not a valid command.
+#[derive(Debug)]
+pub enum Invalid {
+    /// A field is invalid: this rejection event is the command's outcome, remembered by dedup.
+    Rejected(Event),
+    /// Not a command at all: dead-lettered `malformed`, not remembered.
+    Malformed,
+}
+
+impl From<Event> for Invalid {
+    fn from(e: Event) -> Self {
+        Invalid::Rejected(e)
+    }
 }
 
 /// How one command ended inside the transaction.
@@ -51,9 +72,22 @@ pub trait Function: Send + Sync + Sized + 'static {
 
     // A rejection is an event that moves once into the outbox; boxing it buys nothing.
     #[allow(clippy::result_large_err)]
-    /// Checks the fields in the contract's order. `Err` is the rejection event (status
-    /// `rejected`, with its `reason` and the fields that were valid).
-    fn validate(&self, ctx: &Context, id: &str, payload: &Payload) -> Result<Self::Command, Event>;
+    /// Checks the fields in the contract's order; `subject` is the one the command arrived on,
+    /// without the namespace. A rejection is an event with status `rejected`, its `reason` and
+    /// the fields that were valid.
+    fn validate(
+        &self,
+        ctx: &Context,
+        subject: &str,
+        id: &str,
+        payload: &Payload,
+    ) -> Result<Self::Command, Invalid>;
+
+    /// What dedup remembers a valid command by; its id unless one id can name several commands
+    /// (a provider's ack is `<provider>:<transfer_id>:<status>`). A rejection is remembered by id.
+    fn key(id: &str, _command: &Self::Command) -> String {
+        id.to_owned()
+    }
 
     /// Applies valid new commands, in order, inside one transaction; one outcome per command.
     fn apply<'a>(
@@ -62,4 +96,14 @@ pub trait Function: Send + Sync + Sized + 'static {
         tx: &'a Transaction<'a>,
         commands: &'a [&'a Command<Self::Command>],
     ) -> impl Future<Output = Result<Vec<Outcome>, StepError>> + Send + 'a;
+
+    /// Work that runs beside the consumer on every replica until `shutdown` (a sweeper); it must
+    /// be safe with any number of replicas. None by default.
+    fn background(
+        &self,
+        _ctx: Arc<Context>,
+        _shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async {}
+    }
 }

@@ -52,7 +52,9 @@ pub fn run<F: Function>(f: F) -> ExitCode {
                 F::NAME
             ));
         };
+        let background = tokio::spawn(f.background(ctx.clone(), shutdown.clone()));
         consume(Arc::new(f), ctx, def, shutdown).await;
+        let _ = background.await;
         Ok(())
     })
 }

@@ -299,8 +299,14 @@ impl TestEnv {
 
     /// Starts the workspace binary `name` with this env (plus `extra`), on a free HTTP port.
     pub fn spawn(&self, name: &str, extra: &[(&str, &str)]) -> Proc {
+        self.spawn_args(name, &[], extra)
+    }
+
+    /// [`TestEnv::spawn`] with command-line arguments (`walletctl provider-sim …`).
+    pub fn spawn_args(&self, name: &str, args: &[&str], extra: &[(&str, &str)]) -> Proc {
         let http = free_port();
         let mut cmd = Command::new(binary(name));
+        cmd.args(args);
         cmd.envs(self.env())
             .env("HTTP_ADDR", format!("127.0.0.1:{http}"));
         cmd.envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -352,6 +358,30 @@ impl TestEnv {
     /// A reader of this namespace's dead letters, from the first.
     pub async fn dead_letters(&self) -> Reader {
         self.reader("DLQ", "dlq.>").await
+    }
+
+    /// A reader of what the platform asks providers (transfer requests and status queries).
+    pub async fn provider_requests(&self) -> Reader {
+        self.reader("PROVIDER_REQUESTS", "provider.>").await
+    }
+
+    /// Publishes `msgs` and waits for an outcome event of each (`Nats-Msg-Id` `<entity>:<id>:…`).
+    pub async fn run_commands(&self, events: &mut Reader, entity: &str, msgs: Vec<commands::Msg>) {
+        let ids: std::collections::HashSet<String> = msgs
+            .iter()
+            .map(|(_, id, _)| format!("{entity}:{id}"))
+            .collect();
+        self.publish_many(msgs).await;
+        events
+            .until(Duration::from_secs(120), "the commands' outcome events", |seen| {
+                let done: std::collections::HashSet<&str> = seen
+                    .iter()
+                    .filter_map(|r| ids.get(r.msg_id.rsplit_once(':')?.0))
+                    .map(String::as_str)
+                    .collect();
+                done.len() == ids.len()
+            })
+            .await;
     }
 
     async fn reader(&self, stream: &str, filter: &str) -> Reader {
@@ -428,6 +458,43 @@ impl TestEnv {
     /// `walletctl audit` on this namespace.
     pub async fn audit(&self) -> walletctl::audit::Report {
         walletctl::audit::audit(&self.config).await.unwrap()
+    }
+}
+
+/// Commands as (subject, `Nats-Msg-Id`, payload), for [`TestEnv::publish_many`].
+pub mod commands {
+    use serde_json::json;
+
+    pub type Msg = (String, String, Vec<u8>);
+
+    fn msg(subject: &str, id: &str, body: serde_json::Value) -> Msg {
+        (subject.into(), id.into(), serde_json::to_vec(&body).unwrap())
+    }
+
+    pub fn deposit(id: &str, user: &str, amount: &str, currency: &str) -> Msg {
+        msg(
+            "wallet.deposit",
+            id,
+            json!({"deposit_id": id, "user_id": user, "amount": amount, "currency": currency}),
+        )
+    }
+
+    pub fn transfer(id: &str, user: &str, provider: &str, amount: &str, currency: &str) -> Msg {
+        msg(
+            "wallet.transfer-out",
+            id,
+            json!({"transfer_id": id, "user_id": user, "provider": provider,
+                   "amount": amount, "currency": currency}),
+        )
+    }
+
+    /// A provider's ack, with the adapters' `Nats-Msg-Id` (`<provider>:<transfer>:<status>`).
+    pub fn ack(provider: &str, transfer: &str, status: &str) -> Msg {
+        msg(
+            &format!("provider.{provider}.ack"),
+            &format!("{provider}:{transfer}:{status}"),
+            json!({"transfer_id": transfer, "status": status, "provider_ref": format!("ref-{transfer}")}),
+        )
     }
 }
 

@@ -1,5 +1,5 @@
-//! `walletctl audit`: checks the invariants of CONTRACT §5 against PostgreSQL, and the balance
-//! cache against PostgreSQL. Read-only.
+//! `walletctl audit`: checks the invariants of CONTRACT §5 (the ledger, wallets, transfers)
+//! against PostgreSQL, and the balance cache against PostgreSQL. Read-only.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -87,6 +87,43 @@ const CHECKS: &[(&str, &str)] = &[
          WHERE NOT EXISTS (SELECT 1 FROM commands c WHERE c.function || ':' || c.id = p.command)",
     ),
     (
+        "every in_transit amount equals the sum of its pending transfers",
+        "WITH pending AS (
+             SELECT user_id, provider, currency, sum(amount) AS total FROM transfers
+             WHERE status = 'pending' GROUP BY 1, 2, 3),
+         wallets AS (SELECT owner, provider, currency, balance FROM accounts WHERE kind = 'in_transit')
+         SELECT coalesce(w.owner, p.user_id) || ' ' || coalesce(w.provider, p.provider) || ' '
+                || coalesce(w.currency, p.currency) || ': in_transit ' || coalesce(w.balance, 0)
+                || ', pending transfers ' || coalesce(p.total, 0)
+         FROM wallets w FULL JOIN pending p
+           ON (w.owner, w.provider, w.currency) = (p.user_id, p.provider, p.currency)
+         WHERE coalesce(w.balance, 0) <> coalesce(p.total, 0)",
+    ),
+    (
+        "every transfer has one debit of its amount",
+        "SELECT t.id || ': ' || count(p.id) || ' debit leg(s), ' || coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0)
+                || ' moved for ' || t.amount
+         FROM transfers t LEFT JOIN postings p ON p.command = 'transfer-out:' || t.id
+         GROUP BY t.id, t.amount
+         HAVING count(p.id) <> 2 OR coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0) <> t.amount",
+    ),
+    (
+        "every finished transfer has exactly one final posting, matching its status; a pending one none",
+        // provider-ack posts under `provider-ack:<provider>:<transfer id>:<ack status>`.
+        "WITH finals AS (
+             SELECT substring(command from '^provider-ack:[a-z0-9-]+:(.*):[a-z]+$') AS id,
+                    substring(command from ':([a-z]+)$') AS ack, count(*) AS legs,
+                    sum(amount) FILTER (WHERE amount > 0) AS moved
+             FROM postings WHERE command LIKE 'provider-ack:%' GROUP BY 1, 2)
+         SELECT t.id || ' ' || t.status || ': '
+                || coalesce(string_agg(f.ack || ' (' || f.legs || ' legs, ' || f.moved || ')', ', '), 'no final posting')
+         FROM transfers t LEFT JOIN finals f ON f.id = t.id
+         GROUP BY t.id, t.status, t.amount
+         HAVING count(f.id) <> CASE WHEN t.status = 'pending' THEN 0 ELSE 1 END
+             OR bool_or(f.legs <> 2 OR f.moved <> t.amount
+                        OR f.ack <> CASE t.status WHEN 'completed' THEN 'accepted' ELSE 'rejected' END)",
+    ),
+    (
         "no event has waited over 5 minutes in the outbox",
         "SELECT count(*) || ' unpublished, oldest ' || min(created_at) FROM outbox
          WHERE created_at < now() - interval '5 minutes' HAVING count(*) > 0",
@@ -102,14 +139,21 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
     let counts = pg
         .query_one(
             "SELECT (SELECT count(*) FROM accounts WHERE kind <> 'platform'), (SELECT count(*) FROM postings),
-                    (SELECT count(*) FROM commands), (SELECT count(*) FROM outbox)",
+                    (SELECT count(*) FROM commands), (SELECT count(*) FROM outbox),
+                    (SELECT count(*) FROM transfers), (SELECT count(*) FROM transfers WHERE status = 'pending')",
             &[],
         )
         .await?;
-    let (wallets, postings, commands, outbox): (i64, i64, i64, i64) =
-        (counts.get(0), counts.get(1), counts.get(2), counts.get(3));
+    let (wallets, postings, commands, outbox, transfers, pending): (i64, i64, i64, i64, i64, i64) = (
+        counts.get(0),
+        counts.get(1),
+        counts.get(2),
+        counts.get(3),
+        counts.get(4),
+        counts.get(5),
+    );
     report.notes.push(format!(
-        "checked {wallets} wallets, {postings} postings, {commands} commands; {outbox} event(s) waiting in the outbox"
+        "checked {wallets} wallets, {postings} postings, {commands} commands, {transfers} transfers ({pending} pending); {outbox} message(s) waiting in the outbox"
     ));
     for (name, sql) in CHECKS {
         let breaches = pg

@@ -10,14 +10,16 @@ use wallet_runtime::streams::Topology;
 pub mod audit;
 pub mod dlq;
 pub mod load;
+pub mod provider_sim;
 pub mod setup;
 pub mod status;
+pub mod transfer;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "walletctl",
     version,
-    about = "Operate wallet functions: setup, status, audit, dead letters."
+    about = "Operate wallet functions: setup, status, audit, dead letters, transfers; simulate providers."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -47,6 +49,20 @@ pub enum Cmd {
         #[command(subcommand)]
         command: DlqCmd,
     },
+    /// Transfers to game providers.
+    Transfer {
+        #[command(subcommand)]
+        command: TransferCmd,
+    },
+    /// Play the game providers: answer transfer requests and status queries with acks (a dev
+    /// and test tool; runs until Ctrl-C).
+    ProviderSim(provider_sim::SimOptions),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransferCmd {
+    /// A transfer, its state and its history (postings, status queries, stuck event).
+    Show { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +144,32 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         } => {
             let n = dlq::replay(&config, &function, id.as_deref()).await?;
             println!("replayed {n} dead letter(s) of {function}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Transfer {
+            command: TransferCmd::Show { id },
+        } => {
+            print!("{}", transfer::show(&config, &id).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ProviderSim(opts) => {
+            let filter = wallet_runtime::telemetry::filter()?;
+            wallet_runtime::telemetry::init_logs(filter, config.json_logs);
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                if let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) {
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                }
+                on_signal.cancel();
+            });
+            tracing::info!(?opts, "provider-sim: answering provider requests");
+            let stats = provider_sim::run(&config, opts, shutdown).await?;
+            println!("provider-sim: {stats}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -26,7 +26,7 @@ pub struct Wallet {
 
 const WALLETS: &str = "
     SELECT kind, provider, currency, balance, version FROM accounts
-    WHERE owner = $1 AND kind <> 'platform'";
+    WHERE owner = $1 AND kind <> 'platform' AND version > 0";
 
 impl Responder for Balance {
     const NAME: &'static str = "balance";

@@ -7,7 +7,9 @@
 use rust_decimal::Decimal;
 use wallet_runtime::ledger::WalletKey;
 use wallet_runtime::money::{Currency, parse_amount};
-use wallet_runtime::{Command, Context, Event, Function, Outcome, Payload, StepError, ids};
+use wallet_runtime::{
+    Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids,
+};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Deposit;
@@ -28,10 +30,16 @@ impl Function for Deposit {
     const FIELDS: &'static [&'static str] = &["deposit_id", "user_id", "amount", "currency"];
     type Command = DepositCommand;
 
-    fn validate(&self, ctx: &Context, id: &str, p: &Payload) -> Result<DepositCommand, Event> {
+    fn validate(
+        &self,
+        ctx: &Context,
+        _subject: &str,
+        id: &str,
+        p: &Payload,
+    ) -> Result<DepositCommand, Invalid> {
         let rejection = |reason| Event::rejected(ENTITY, id, reason);
         let Some(user_id) = ids::from_value(p.get("user_id")) else {
-            return Err(rejection("invalid_user_id"));
+            return Err(rejection("invalid_user_id").into());
         };
         let known = |reason| Event {
             user_id: Some(user_id.to_owned()),
@@ -42,13 +50,14 @@ impl Function for Deposit {
             .and_then(|c| c.as_str())
             .and_then(|c| ctx.config.currencies.get(c))
         else {
-            return Err(known("unknown_currency"));
+            return Err(known("unknown_currency").into());
         };
         let Ok(amount) = parse_amount(p.get("amount"), currency) else {
             return Err(Event {
                 currency: Some(currency.code().to_owned()),
                 ..known("invalid_amount")
-            });
+            }
+            .into());
         };
         Ok(DepositCommand {
             user_id: user_id.to_owned(),
@@ -79,7 +88,7 @@ impl Function for Deposit {
             let c = &command.body;
             let (main, platform) = wallets(c);
             book.post(
-                &format!("{ENTITY}:{}", command.id),
+                &format!("{}:{}", Self::NAME, command.key),
                 &[(&main, c.amount), (&platform, -c.amount)],
             )?
             .map_err(|_| StepError::permanent("a deposit cannot overdraw"))?;

@@ -1,0 +1,267 @@
+//! Provider acks: `{transfer_id, status, provider_ref?, reason?}` on `provider.<provider>.ack`
+//! finishes a pending transfer. `accepted` moves its amount from `in_transit` to the provider's
+//! `game` wallet (`completed`); `rejected` returns it to `main` (`failed`).
+//!
+//! An ack is remembered by `<provider>:<transfer_id>:<status>`, so a repeat (same transfer, same
+//! status, whatever its `provider_ref`) has no effect. The transfer's row, locked for the
+//! transaction, decides the rest: an ack contradicting a finished transfer is dead-lettered
+//! `ack_conflict`, one from another provider `provider_mismatch`, and one for a transfer nobody
+//! knows is retried with growing delays until `UNKNOWN_TRANSFER_RETRY` after its first delivery,
+//! then dead-lettered `unknown_transfer`.
+
+pub mod sweeper;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rust_decimal::Decimal;
+use wallet_runtime::function::Transaction;
+use wallet_runtime::ledger::{Kind, WalletKey};
+use wallet_runtime::money::Currency;
+use wallet_runtime::{
+    CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, StepError,
+};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProviderAck;
+
+#[derive(Debug)]
+pub struct Ack {
+    /// The `<provider>` token of the subject.
+    pub provider: String,
+    pub accepted: bool,
+    pub provider_ref: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl Ack {
+    fn status(&self) -> &'static str {
+        if self.accepted { "accepted" } else { "rejected" }
+    }
+}
+
+pub const ACK_CONFLICT: &str = "ack_conflict";
+pub const PROVIDER_MISMATCH: &str = "provider_mismatch";
+pub const UNKNOWN_TRANSFER: &str = "unknown_transfer";
+
+/// A transfer as an ack finds it.
+#[derive(Debug)]
+struct Transfer {
+    user_id: String,
+    provider: String,
+    currency: String,
+    amount: Decimal,
+    status: String,
+}
+
+/// Locked in id order: replicas finishing overlapping transfers never deadlock.
+const LOCK: &str = "
+    SELECT id, user_id, provider, currency, amount, status FROM transfers
+    WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+const FINISH: &str = "
+    UPDATE transfers t SET status = f.status, provider_ref = f.provider_ref, reason = f.reason,
+           finished_at = now(), next_check_at = NULL
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS f (id, status, provider_ref, reason)
+    WHERE t.id = f.id";
+
+/// An ack that finishes its transfer.
+struct Finish<'a> {
+    index: usize,
+    command: &'a Command<Ack>,
+    transfer: &'a Transfer,
+    currency: Currency,
+}
+
+impl Finish<'_> {
+    fn in_transit(&self) -> WalletKey {
+        let t = self.transfer;
+        WalletKey::user(&t.user_id, Kind::InTransit, &t.provider, self.currency)
+    }
+
+    /// Where the money goes: the game wallet, or back to main.
+    fn destination(&self) -> WalletKey {
+        let t = self.transfer;
+        if self.command.body.accepted {
+            WalletKey::user(&t.user_id, Kind::Game, &t.provider, self.currency)
+        } else {
+            WalletKey::main(&t.user_id, self.currency)
+        }
+    }
+}
+
+impl Function for ProviderAck {
+    const NAME: &'static str = "provider-ack";
+    const ENTITY: &'static str = "transfer";
+    const ID_FIELD: &'static str = "transfer_id";
+    const FIELDS: &'static [&'static str] = &["transfer_id", "status"];
+    type Command = Ack;
+
+    fn validate(
+        &self,
+        _ctx: &Context,
+        subject: &str,
+        _id: &str,
+        p: &Payload,
+    ) -> Result<Ack, Invalid> {
+        let provider = match subject.split('.').collect::<Vec<_>>()[..] {
+            ["provider", provider, "ack"] => provider,
+            _ => return Err(Invalid::Malformed),
+        };
+        let accepted = match p.get("status").and_then(|s| s.as_str()) {
+            Some("accepted") => true,
+            Some("rejected") => false,
+            _ => return Err(Invalid::Malformed),
+        };
+        // Kept as the provider sent them; a value that is not a string is kept as JSON text.
+        let text = |field: &str| {
+            p.get(field).filter(|v| !v.is_null()).map(|v| match v.as_str() {
+                Some(s) => s.to_owned(),
+                None => v.to_string(),
+            })
+        };
+        Ok(Ack {
+            provider: provider.to_owned(),
+            accepted,
+            provider_ref: text("provider_ref"),
+            reason: text("reason"),
+        })
+    }
+
+    fn key(id: &str, ack: &Ack) -> String {
+        format!("{}:{id}:{}", ack.provider, ack.status())
+    }
+
+    async fn apply<'a>(
+        &'a self,
+        ctx: &'a Context,
+        tx: &'a Transaction<'a>,
+        commands: &'a [&'a Command<Ack>],
+    ) -> Result<Vec<Outcome>, StepError> {
+        let ids: Vec<&str> = commands.iter().map(|c| c.id.as_str()).collect();
+        let transfers: HashMap<String, Transfer> = tx
+            .query(LOCK, &[&ids])
+            .await?
+            .iter()
+            .map(|r| {
+                let transfer = Transfer {
+                    user_id: r.get(1),
+                    provider: r.get(2),
+                    currency: r.get(3),
+                    amount: r.get(4),
+                    status: r.get(5),
+                };
+                (r.get(0), transfer)
+            })
+            .collect();
+
+        // Decide every ack in order first, so that only wallets that get a posting are opened.
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
+        let mut finishes: Vec<Finish> = Vec::new();
+        let mut finished_here: HashMap<&str, bool> = HashMap::new();
+        for (index, command) in commands.iter().enumerate() {
+            let ack = &command.body;
+            let Some(transfer) = transfers.get(&command.id) else {
+                outcomes.push(Some(unknown(command, ctx.config.transfers.unknown_retry)));
+                continue;
+            };
+            if transfer.provider != ack.provider {
+                outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
+                continue;
+            }
+            let finished = match (transfer.status.as_str(), finished_here.get(command.id.as_str())) {
+                (_, Some(accepted)) => Some(*accepted),
+                ("pending", None) => None,
+                (status, None) => Some(status == "completed"),
+            };
+            match finished {
+                // A repeat that dedup could not see (it was finished under this very key).
+                Some(accepted) if accepted == ack.accepted => {
+                    outcomes.push(Some(Outcome::Done(Vec::new())))
+                }
+                Some(_) => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
+                None => {
+                    let currency = ctx.config.currencies.get(&transfer.currency).ok_or_else(|| {
+                        StepError::permanent(format!(
+                            "transfer {}: currency {} is no longer configured",
+                            command.id, transfer.currency
+                        ))
+                    })?;
+                    finished_here.insert(&command.id, ack.accepted);
+                    finishes.push(Finish {
+                        index,
+                        command,
+                        transfer,
+                        currency,
+                    });
+                    outcomes.push(None);
+                }
+            }
+        }
+
+        let keys = finishes
+            .iter()
+            .flat_map(|f| [f.in_transit(), f.destination()]);
+        let mut book = ctx.ledger.open(tx, keys).await?;
+        let (mut ids, mut statuses, mut refs, mut reasons) = (vec![], vec![], vec![], vec![]);
+        for f in &finishes {
+            let (from, to) = (f.in_transit(), f.destination());
+            let amount = f.transfer.amount;
+            book.post(
+                &format!("{}:{}", Self::NAME, f.command.key),
+                &[(&from, -amount), (&to, amount)],
+            )?
+            .map_err(|_| StepError::permanent("in_transit below its transfer's amount"))?;
+            let (Some(from), Some(to)) = (book.snapshot(&from), book.snapshot(&to)) else {
+                return Err(StepError::permanent("transfer wallets not opened"));
+            };
+            let status = if f.command.body.accepted {
+                "completed"
+            } else {
+                "failed"
+            };
+            let event = Event {
+                user_id: Some(f.transfer.user_id.clone()),
+                currency: Some(f.currency.code().to_owned()),
+                amount: Some(f.currency.format(amount)),
+                balance: Some(to.balance.clone()),
+                ..Event::new("transfer", &f.command.id, status)
+            }
+            .with("provider", Some(&f.transfer.provider));
+            outcomes[f.index] = Some(Outcome::Done(vec![event.into_outbox(vec![from, to])]));
+            ids.push(f.command.id.as_str());
+            statuses.push(status);
+            refs.push(f.command.body.provider_ref.as_deref());
+            reasons.push(f.command.body.reason.as_deref());
+        }
+        book.write(tx).await?;
+        if !ids.is_empty() {
+            tx.execute(FINISH, &[&ids, &statuses, &refs, &reasons])
+                .await?;
+        }
+        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Done(Vec::new()))).collect())
+    }
+
+    fn background(
+        &self,
+        ctx: Arc<Context>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        sweeper::run(ctx, shutdown)
+    }
+}
+
+/// An ack for a transfer nobody knows: retried with delays that double with its age (1 s to
+/// 30 s), until `window` after its first delivery; then dead-lettered.
+fn unknown(command: &Command<Ack>, window: Duration) -> Outcome {
+    let age = SystemTime::now()
+        .duration_since(command.stored_at)
+        .unwrap_or_default();
+    let left = window.saturating_sub(age);
+    if left < Duration::from_millis(100) {
+        return Outcome::DeadLetter(UNKNOWN_TRANSFER);
+    }
+    let delay = age.clamp(Duration::from_secs(1), Duration::from_secs(30));
+    Outcome::Retry(delay.min(left))
+}

@@ -1,0 +1,183 @@
+//! Transfers out: `{transfer_id, user_id, provider, amount, currency}` moves the amount from the
+//! user's `main` wallet to its `in_transit` amount for the provider, records the transfer as
+//! `pending`, and asks the provider to credit its game wallet.
+//!
+//! Guarantee: the provider's request (`provider.<provider>.transfer`, `Nats-Msg-Id` = the
+//! transfer id) goes into the outbox in the transaction that debits `main`, so it is published
+//! if and only if the debit committed. Without the funds nothing moves and the transfer is
+//! `rejected` with `insufficient_funds`. `provider-ack` finishes what this starts.
+
+use rust_decimal::Decimal;
+use wallet_runtime::function::Transaction;
+use wallet_runtime::ledger::{Kind, WalletKey};
+use wallet_runtime::money::{Currency, parse_amount};
+use wallet_runtime::outbox::OutboxMessage;
+use wallet_runtime::{
+    Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids,
+};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransferOut;
+
+#[derive(Debug)]
+pub struct TransferCommand {
+    pub user_id: String,
+    pub provider: String,
+    pub currency: Currency,
+    pub amount: Decimal,
+}
+
+impl TransferCommand {
+    fn main(&self) -> WalletKey {
+        WalletKey::main(&self.user_id, self.currency)
+    }
+
+    fn in_transit(&self) -> WalletKey {
+        WalletKey::user(&self.user_id, Kind::InTransit, &self.provider, self.currency)
+    }
+
+    /// A transfer event with the command's fields.
+    fn event(&self, id: &str, status: &'static str) -> Event {
+        Event {
+            user_id: Some(self.user_id.clone()),
+            currency: Some(self.currency.code().to_owned()),
+            amount: Some(self.currency.format(self.amount)),
+            ..Event::new(ENTITY, id, status)
+        }
+        .with("provider", Some(&self.provider))
+    }
+}
+
+const ENTITY: &str = "transfer";
+
+/// The transfer, pending; the sweeper's first status query is due after the ack timeout.
+const RECORD: &str = "
+    INSERT INTO transfers (id, user_id, provider, currency, amount, next_check_at)
+    SELECT t.*, now() + $6::float8 * interval '1 millisecond'
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[]) AS t";
+
+impl Function for TransferOut {
+    const NAME: &'static str = "transfer-out";
+    const ENTITY: &'static str = ENTITY;
+    const ID_FIELD: &'static str = "transfer_id";
+    const FIELDS: &'static [&'static str] =
+        &["transfer_id", "user_id", "provider", "amount", "currency"];
+    type Command = TransferCommand;
+
+    fn validate(
+        &self,
+        ctx: &Context,
+        _subject: &str,
+        id: &str,
+        p: &Payload,
+    ) -> Result<TransferCommand, Invalid> {
+        // Each rejection reports the fields checked before the one that failed.
+        let mut event = Event::rejected(ENTITY, id, "invalid_user_id").with("provider", None);
+        let Some(user_id) = ids::from_value(p.get("user_id")) else {
+            return Err(event.into());
+        };
+        event.user_id = Some(user_id.to_owned());
+        let Some(provider) = p
+            .get("provider")
+            .and_then(|v| v.as_str())
+            .filter(|p| ctx.config.providers.iter().any(|known| known == p))
+        else {
+            event.reason = Some("unknown_provider");
+            return Err(event.into());
+        };
+        event = event.with("provider", Some(provider));
+        let Some(currency) = p
+            .get("currency")
+            .and_then(|c| c.as_str())
+            .and_then(|c| ctx.config.currencies.get(c))
+        else {
+            event.reason = Some("unknown_currency");
+            return Err(event.into());
+        };
+        event.currency = Some(currency.code().to_owned());
+        let Ok(amount) = parse_amount(p.get("amount"), currency) else {
+            event.reason = Some("invalid_amount");
+            return Err(event.into());
+        };
+        Ok(TransferCommand {
+            user_id: user_id.to_owned(),
+            provider: provider.to_owned(),
+            currency,
+            amount,
+        })
+    }
+
+    async fn apply<'a>(
+        &'a self,
+        ctx: &'a Context,
+        tx: &'a Transaction<'a>,
+        commands: &'a [&'a Command<TransferCommand>],
+    ) -> Result<Vec<Outcome>, StepError> {
+        let keys = commands
+            .iter()
+            .flat_map(|c| [c.body.main(), c.body.in_transit()]);
+        let mut book = ctx.ledger.open(tx, keys).await?;
+        let mut outcomes = Vec::with_capacity(commands.len());
+        let mut pending: Vec<&Command<TransferCommand>> = Vec::new();
+        for command in commands {
+            let c = &command.body;
+            let (main, in_transit) = (c.main(), c.in_transit());
+            let posted = book.post(
+                &format!("{}:{}", Self::NAME, command.key),
+                &[(&main, -c.amount), (&in_transit, c.amount)],
+            )?;
+            if posted.is_err() {
+                let event = Event {
+                    reason: Some("insufficient_funds"),
+                    ..c.event(&command.id, "rejected")
+                };
+                outcomes.push(Outcome::Done(vec![event.into_outbox(Vec::new())]));
+                continue;
+            }
+            let (Some(main), Some(in_transit)) = (book.snapshot(&main), book.snapshot(&in_transit))
+            else {
+                return Err(StepError::permanent("transfer wallets not opened"));
+            };
+            let event = Event {
+                balance: Some(main.balance.clone()),
+                ..c.event(&command.id, "pending")
+            };
+            outcomes.push(Outcome::Done(vec![
+                event.into_outbox(vec![main, in_transit]),
+                request(&command.id, c),
+            ]));
+            pending.push(command);
+        }
+        book.write(tx).await?;
+        if !pending.is_empty() {
+            let ids: Vec<&str> = pending.iter().map(|c| c.id.as_str()).collect();
+            let users: Vec<&str> = pending.iter().map(|c| c.body.user_id.as_str()).collect();
+            let providers: Vec<&str> = pending.iter().map(|c| c.body.provider.as_str()).collect();
+            let currencies: Vec<&str> = pending.iter().map(|c| c.body.currency.code()).collect();
+            let amounts: Vec<Decimal> = pending.iter().map(|c| c.body.amount).collect();
+            let timeout_ms = ctx.config.transfers.ack_timeout.as_secs_f64() * 1000.0;
+            tx.execute(
+                RECORD,
+                &[&ids, &users, &providers, &currencies, &amounts, &timeout_ms],
+            )
+            .await?;
+        }
+        Ok(outcomes)
+    }
+}
+
+/// `provider.<provider>.transfer`: what the provider's adapter needs to credit its game wallet.
+fn request(id: &str, c: &TransferCommand) -> OutboxMessage {
+    let payload = serde_json::json!({
+        "transfer_id": id,
+        "user_id": c.user_id,
+        "amount": c.currency.format(c.amount),
+        "currency": c.currency.code(),
+    });
+    OutboxMessage {
+        subject: format!("provider.{}.transfer", c.provider),
+        msg_id: id.to_owned(),
+        payload: serde_json::to_vec(&payload).unwrap_or_default(),
+        wallets: Vec::new(),
+    }
+}
