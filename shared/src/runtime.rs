@@ -368,6 +368,7 @@ async fn consume<F: Function>(
             }
         };
         backoff.reset();
+        tracing::debug!(function = F::NAME, size = msgs.len(), "fetched");
         let redelivered = msgs
             .iter()
             .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))

@@ -61,14 +61,6 @@ pub struct StreamDef {
     pub replicas: usize,
 }
 
-fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    let texts = Vec::<String>::deserialize(d)?;
-    texts
-        .iter()
-        .map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom))
-        .collect()
-}
-
 fn one() -> usize {
     1
 }
@@ -99,8 +91,6 @@ pub struct ConsumerDef {
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     pub max_deliver: i64,
-    #[serde(default, deserialize_with = "durations")]
-    pub backoff: Vec<Duration>,
     pub max_ack_pending: i64,
 }
 
@@ -112,12 +102,6 @@ impl Topology {
                 return Err(TopologyError::Invalid(format!(
                     "consumer `{}` names unknown stream `{}`",
                     c.function, c.stream
-                )));
-            }
-            if !c.backoff.is_empty() && c.max_deliver <= c.backoff.len() as i64 {
-                return Err(TopologyError::Invalid(format!(
-                    "consumer `{}`: max_deliver must exceed the number of backoff steps",
-                    c.function
                 )));
             }
         }
@@ -193,7 +177,7 @@ impl ConsumerDef {
             deliver_policy: consumer::DeliverPolicy::All,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
-            backoff: self.backoff.clone(),
+            // Never a backoff: see streams.toml.
             max_ack_pending: self.max_ack_pending,
             ..Default::default()
         }

@@ -50,7 +50,8 @@ const ADVANCE: &str = "
                         ELSE now() + least(ack_timeout * power(2, least(t.checks + 1, 30)), cap) END
     FROM due, timing
     WHERE t.id = due.id
-    RETURNING t.id, t.user_id, t.provider, t.currency, t.amount, t.checks, t.stuck_at = now()";
+    RETURNING t.id, t.user_id, t.provider, t.currency, t.amount, t.checks,
+              coalesce(t.stuck_at = now(), false)";
 
 /// Sweeps until `shutdown`, often enough for short test timeouts, at most every second.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -102,13 +103,13 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
             i32,
             bool,
         ) = (
-            row.get(0),
-            row.get(1),
-            row.get(2),
-            row.get(3),
-            row.get(4),
-            row.get(5),
-            row.get(6),
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            row.try_get(5)?,
+            row.try_get(6)?,
         );
         messages.push(OutboxMessage {
             subject: format!("provider.{provider}.status"),
