@@ -19,9 +19,10 @@ test: build
 run: release
 	bash scripts/run.sh
 
-# Floods one `deposit` process with deposits against a running stack and prints the rate.
+# Floods a running stack (`make run`) with deposits, then transfers, and prints the rates.
 bench: release
-	./target/release/walletctl load --count $${COUNT:-50000} --users $${USERS:-1000}
+	./target/release/walletctl load --kind deposit --count $${COUNT:-50000} --users $${USERS:-1000}
+	./target/release/walletctl load --kind transfer --count $${TRANSFERS:-20000} --users $${USERS:-1000}
 
 lint:
 	$(CARGO) fmt --all -- --check

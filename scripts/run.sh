@@ -4,8 +4,8 @@
 # Uses NATS, PostgreSQL and Redis where NATS_URL, DATABASE_URL and REDIS_URL point (defaults:
 # the usual local ports); any of them that is not reachable is started privately from the
 # installed binaries, with its data under .dev/. Then `walletctl setup`, then every function
-# (one process each, logs prefixed with its name). Ctrl-C stops the functions gracefully and
-# then the private servers.
+# (one process each, logs prefixed with its name) and `walletctl provider-sim` playing the game
+# providers. Ctrl-C stops the functions gracefully and then the private servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV="$PWD/.dev"
@@ -85,5 +85,9 @@ for f in functions/*/; do
   echo "run: $name started (health and metrics on http://127.0.0.1:$port)"
   port=$((port + 1))
 done
+# The game providers, simulated: transfers complete (90 %) or fail (10 %) end to end.
+"$BIN/walletctl" provider-sim ${PROVIDER_SIM_ARGS:-} > >(sed -u "s/^/[provider-sim] /") 2>&1 &
+pids+=($!)
+echo "run: provider-sim started (answers provider.*.transfer and provider.*.status; flags in PROVIDER_SIM_ARGS)"
 echo "run: all functions up; Ctrl-C stops everything"
 wait

@@ -48,7 +48,8 @@ impl Event {
 
     /// Adds an entity-specific field (`provider`, `campaign_id`); `None` is `null`.
     pub fn with(mut self, field: &str, value: Option<&str>) -> Self {
-        self.extra.insert(field.to_owned(), value.map_or(Value::Null, Value::from));
+        self.extra
+            .insert(field.to_owned(), value.map_or(Value::Null, Value::from));
         self
     }
 

@@ -34,6 +34,7 @@ pub struct Command<C> {
 
 /// Why a payload is not a valid command.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Built once per invalid command and moved once.
 pub enum Invalid {
     /// A field is invalid: this rejection event is the command's outcome, remembered by dedup.
     Rejected(Event),

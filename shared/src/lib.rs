@@ -31,5 +31,5 @@ pub use context::Context;
 pub use error::StepError;
 pub use events::Event;
 pub use function::{Command, Function, Invalid, Outcome, Payload};
-pub use tokio_util::sync::CancellationToken;
 pub use runtime::{Responder, run, serve};
+pub use tokio_util::sync::CancellationToken;

@@ -373,14 +373,18 @@ impl TestEnv {
             .collect();
         self.publish_many(msgs).await;
         events
-            .until(Duration::from_secs(120), "the commands' outcome events", |seen| {
-                let done: std::collections::HashSet<&str> = seen
-                    .iter()
-                    .filter_map(|r| ids.get(r.msg_id.rsplit_once(':')?.0))
-                    .map(String::as_str)
-                    .collect();
-                done.len() == ids.len()
-            })
+            .until(
+                Duration::from_secs(120),
+                "the commands' outcome events",
+                |seen| {
+                    let done: std::collections::HashSet<&str> = seen
+                        .iter()
+                        .filter_map(|r| ids.get(r.msg_id.rsplit_once(':')?.0))
+                        .map(String::as_str)
+                        .collect();
+                    done.len() == ids.len()
+                },
+            )
             .await;
     }
 
@@ -468,7 +472,11 @@ pub mod commands {
     pub type Msg = (String, String, Vec<u8>);
 
     fn msg(subject: &str, id: &str, body: serde_json::Value) -> Msg {
-        (subject.into(), id.into(), serde_json::to_vec(&body).unwrap())
+        (
+            subject.into(),
+            id.into(),
+            serde_json::to_vec(&body).unwrap(),
+        )
     }
 
     pub fn deposit(id: &str, user: &str, amount: &str, currency: &str) -> Msg {

@@ -34,8 +34,10 @@ pub enum Cmd {
     Status,
     /// Check every ledger invariant against PostgreSQL (and the cache against it); exit 1 on a breach.
     Audit,
-    /// Flood `deposit` with deposits at full speed and report commands/s, publish to last event.
+    /// Flood a function with commands at full speed and report commands/s, publish to last event.
     Load {
+        #[arg(long, value_enum, default_value_t = load::Kind::Deposit)]
+        kind: load::Kind,
         #[arg(long, default_value_t = 50_000)]
         count: usize,
         #[arg(long, default_value_t = 1_000)]
@@ -105,28 +107,31 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             })
         }
         Cmd::Load {
+            kind,
             count,
             users,
             timeout,
         } => {
-            let s = load::deposits(
+            let s = load::run(
                 &config,
+                kind,
                 count,
                 users,
                 std::time::Duration::from_secs(timeout),
             )
             .await?;
-            println!("| deposits sent | completed | publish s | total s | commands/s |");
-            println!("|---:|---:|---:|---:|---:|");
+            println!("| commands | sent | finished | publish s | total s | finished/s |");
+            println!("|---|---:|---:|---:|---:|---:|");
             println!(
-                "| {} | {} | {:.2} | {:.2} | {:.0} |",
+                "| {:?} | {} | {} | {:.2} | {:.2} | {:.0} |",
+                s.kind,
                 s.sent,
-                s.completed,
+                s.finished,
                 s.publish_seconds,
                 s.seconds,
                 s.rate()
             );
-            Ok(if s.completed == s.sent {
+            Ok(if s.finished == s.sent {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -1,8 +1,8 @@
-//! `walletctl load`: floods the deposit function and measures it end to end.
+//! `walletctl load`: floods a function with commands and measures it end to end.
 //!
-//! Publishes `count` deposits at full speed (up to [`IN_FLIGHT`] publish acks in flight) for `users`
-//! users, reads the outcome events, and reports commands per second from the first publish to
-//! the last event, with a check that every command had exactly one completed event.
+//! Publishes `count` deposits or transfers at full speed (up to [`IN_FLIGHT`] publish acks in
+//! flight) for `users` users, reads the outcome events, and reports commands per second from the
+//! first publish to the last final event, with a check that every command reached one.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -36,50 +36,109 @@ pub async fn publish_all(
         .await
 }
 
+/// What `load` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Deposits of 1.25 USD; each ends `completed`.
+    Deposit,
+    /// Users are funded first; then transfers of 1.25 USD to `alpha` and `beta`, each ending
+    /// `completed` or `failed` (needs `provider-ack` and a provider, e.g. `walletctl provider-sim`).
+    Transfer,
+}
+
 #[derive(Debug)]
 pub struct Summary {
+    pub kind: Kind,
     pub sent: usize,
-    pub completed: usize,
+    /// Commands that reached their final event.
+    pub finished: usize,
     pub publish_seconds: f64,
     pub seconds: f64,
 }
 
 impl Summary {
     pub fn rate(&self) -> f64 {
-        self.completed as f64 / self.seconds
+        self.finished as f64 / self.seconds
     }
 }
 
-pub async fn deposits(
+/// Sends `count` commands of `kind` for `users` users at full speed and waits for their final
+/// events; the time runs from the first publish to the last final event.
+pub async fn run(
     config: &Config,
+    kind: Kind,
     count: usize,
     users: usize,
     timeout: Duration,
 ) -> anyhow::Result<Summary> {
-    let nats = crate::nats(config).await?;
-    let js = jetstream::new(nats);
+    let js = jetstream::new(crate::nats(config).await?);
     let run = format!("load{}", std::process::id());
+    let users = users.max(1);
+    let user = |i: usize| format!("{run}-u{}", i % users);
+    let command = |entity: &str, i: usize| format!("{run}-{entity}-{i}");
+    let deposit = |i: usize, amount: &str| {
+        let id = command("deposit", i);
+        let body = format!(
+            r#"{{"deposit_id":"{id}","user_id":"{}","amount":"{amount}","currency":"USD"}}"#,
+            user(i)
+        );
+        (
+            config.names.subject("wallet.deposit"),
+            id,
+            body.into_bytes(),
+        )
+    };
+    match kind {
+        Kind::Deposit => {
+            let commands = (0..count).map(|i| deposit(i, "1.25")).collect();
+            drive(&js, config, "deposit", commands, timeout).await
+        }
+        Kind::Transfer => {
+            // Enough for every transfer of every user.
+            let funds = format!("{}.00", 2 * count.div_ceil(users));
+            let funding: Vec<_> = (0..users).map(|i| deposit(i, &funds)).collect();
+            eprintln!("  funding {users} users with {funds} USD each");
+            drive(&js, config, "deposit", funding, timeout).await?;
+            let commands = (0..count)
+                .map(|i| {
+                let id = command("transfer", i);
+                let provider = if i % 2 == 0 { "alpha" } else { "beta" };
+                let body = format!(
+                    r#"{{"transfer_id":"{id}","user_id":"{}","provider":"{provider}","amount":"1.25","currency":"USD"}}"#,
+                    user(i)
+                );
+                (config.names.subject("wallet.transfer-out"), id, body.into_bytes())
+            })
+                .collect();
+            let mut s = drive(&js, config, "transfer", commands, timeout).await?;
+            s.kind = Kind::Transfer;
+            Ok(s)
+        }
+    }
+}
+
+/// Publishes `commands` (`count` of them, of `entity`) and reads their events until each has
+/// its final one: `completed` for a deposit, `completed` or `failed` for a transfer.
+async fn drive(
+    js: &jetstream::Context,
+    config: &Config,
+    entity: &str,
+    commands: Vec<(String, String, Vec<u8>)>,
+    timeout: Duration,
+) -> anyhow::Result<Summary> {
+    let count = commands.len();
     let events = js
         .get_stream(config.names.name("WALLET_EVENTS"))
         .await?
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: config.names.subject("wallet.events.deposit.>"),
+            filter_subject: config.names.subject(&format!("wallet.events.{entity}.>")),
             deliver_policy: consumer::DeliverPolicy::New,
             ..Default::default()
         })
         .await?;
     let mut events = events.messages().await?;
-    let subject = config.names.subject("wallet.deposit");
-    let run_id = run.clone();
+    let ids: HashSet<String> = commands.iter().map(|(_, id, _)| id.clone()).collect();
     let started = Instant::now();
-    let commands = (0..count).map(move |i| {
-        let id = format!("{run_id}-{i}");
-        let body = format!(
-            r#"{{"deposit_id":"{id}","user_id":"{run_id}-u{}","amount":"1.25","currency":"USD"}}"#,
-            i % users.max(1)
-        );
-        (subject.clone(), id, body.into_bytes())
-    });
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
@@ -89,7 +148,7 @@ pub async fn deposits(
         })
     };
     let mut done: HashSet<String> = HashSet::with_capacity(count);
-    let mut other = 0usize;
+    let mut unexpected: Vec<String> = Vec::new();
     let mut last_report = Instant::now();
     let deadline = Instant::now() + timeout;
     while done.len() < count && Instant::now() < deadline {
@@ -99,17 +158,19 @@ pub async fn deposits(
         let m = m.map_err(|e| anyhow::anyhow!("reading events: {e}"))?;
         let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
         let id = v["id"].as_str().unwrap_or_default();
-        if id.starts_with(&run) {
-            if v["status"] == "completed" {
-                done.insert(id.to_owned());
-            } else {
-                other += 1;
+        if ids.contains(id) {
+            match v["status"].as_str().unwrap_or_default() {
+                "completed" | "failed" => {
+                    done.insert(id.to_owned());
+                }
+                "pending" => {}
+                other => unexpected.push(format!("{id}: {other} {}", v["reason"])),
             }
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
-                "  {:>8} / {count} completed  {:>8.0}/s",
+                "  {:>8} / {count} {entity}s finished  {:>8.0}/s",
                 done.len(),
                 done.len() as f64 / secs
             );
@@ -119,12 +180,15 @@ pub async fn deposits(
     let seconds = started.elapsed().as_secs_f64();
     let publish_seconds = publisher.await??;
     anyhow::ensure!(
-        other == 0,
-        "{other} deposits of this run were not completed"
+        unexpected.is_empty(),
+        "{} {entity}(s) of this run did not finish as expected, e.g. {}",
+        unexpected.len(),
+        unexpected[0]
     );
     Ok(Summary {
+        kind: Kind::Deposit,
         sent: count,
-        completed: done.len(),
+        finished: done.len(),
         publish_seconds,
         seconds,
     })

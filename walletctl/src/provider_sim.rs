@@ -154,11 +154,16 @@ pub async fn run(
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut report = tokio::time::interval(Duration::from_secs(5));
+    let mut reported = String::new();
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             _ = report.tick() => {
-                tracing::info!(stats = %sim.stats, "provider-sim");
+                let now = sim.stats.to_string();
+                if now != reported {
+                    tracing::info!(stats = %now, "provider-sim");
+                    reported = now;
+                }
                 continue;
             }
             m = messages.next() => match m {
@@ -205,7 +210,9 @@ impl Sim {
             Ok(()) => message.ack().await,
             Err(e) => {
                 tracing::warn!(error = %e, "provider-sim: ack not stored; the request comes back");
-                message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
             }
         };
     }

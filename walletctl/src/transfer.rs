@@ -28,12 +28,9 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
         (t.get(0), t.get(1), t.get(2), t.get(3), t.get(4));
     let (provider_ref, reason): (Option<String>, Option<String>) = (t.get(5), t.get(6));
     let (created, finished): (DateTime<Utc>, Option<DateTime<Utc>>) = (t.get(7), t.get(8));
-    let (checks, last_check, next_check, stuck): (
-        i32,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-    ) = (t.get(9), t.get(10), t.get(11), t.get(12));
+    let checks: i32 = t.get(9);
+    let [last_check, next_check, stuck]: [Option<DateTime<Utc>>; 3] =
+        [t.get(10), t.get(11), t.get(12)];
     let money = |d: Decimal| match config.currencies.get(&currency) {
         Some(c) => c.format(d),
         None => d.to_string(),
@@ -70,13 +67,20 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
                 } else {
                     format!("{kind}:{wallet_provider}")
                 };
-                format!("{wallet} {}{}", if amount > Decimal::ZERO { "+" } else { "" }, money(amount))
+                format!(
+                    "{wallet} {}{}",
+                    if amount > Decimal::ZERO { "+" } else { "" },
+                    money(amount)
+                )
             })
             .collect();
         history.push((first.get(4), format!("{what}  {}", legs.join(", "))));
     }
     if let Some(at) = last_check {
-        history.push((at, format!("status query #{checks} published (the last so far)")));
+        history.push((
+            at,
+            format!("status query #{checks} published (the last so far)"),
+        ));
     }
     if let Some(at) = stuck {
         history.push((at, "stuck event published".to_owned()));

@@ -37,7 +37,11 @@ pub struct Ack {
 
 impl Ack {
     fn status(&self) -> &'static str {
-        if self.accepted { "accepted" } else { "rejected" }
+        if self.accepted {
+            "accepted"
+        } else {
+            "rejected"
+        }
     }
 }
 
@@ -116,10 +120,12 @@ impl Function for ProviderAck {
         };
         // Kept as the provider sent them; a value that is not a string is kept as JSON text.
         let text = |field: &str| {
-            p.get(field).filter(|v| !v.is_null()).map(|v| match v.as_str() {
-                Some(s) => s.to_owned(),
-                None => v.to_string(),
-            })
+            p.get(field)
+                .filter(|v| !v.is_null())
+                .map(|v| match v.as_str() {
+                    Some(s) => s.to_owned(),
+                    None => v.to_string(),
+                })
         };
         Ok(Ack {
             provider: provider.to_owned(),
@@ -170,7 +176,10 @@ impl Function for ProviderAck {
                 outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
                 continue;
             }
-            let finished = match (transfer.status.as_str(), finished_here.get(command.id.as_str())) {
+            let finished = match (
+                transfer.status.as_str(),
+                finished_here.get(command.id.as_str()),
+            ) {
                 (_, Some(accepted)) => Some(*accepted),
                 ("pending", None) => None,
                 (status, None) => Some(status == "completed"),
@@ -182,12 +191,16 @@ impl Function for ProviderAck {
                 }
                 Some(_) => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
                 None => {
-                    let currency = ctx.config.currencies.get(&transfer.currency).ok_or_else(|| {
-                        StepError::permanent(format!(
-                            "transfer {}: currency {} is no longer configured",
-                            command.id, transfer.currency
-                        ))
-                    })?;
+                    let currency =
+                        ctx.config
+                            .currencies
+                            .get(&transfer.currency)
+                            .ok_or_else(|| {
+                                StepError::permanent(format!(
+                                    "transfer {}: currency {} is no longer configured",
+                                    command.id, transfer.currency
+                                ))
+                            })?;
                     finished_here.insert(&command.id, ack.accepted);
                     finishes.push(Finish {
                         index,
@@ -240,7 +253,10 @@ impl Function for ProviderAck {
             tx.execute(FINISH, &[&ids, &statuses, &refs, &reasons])
                 .await?;
         }
-        Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Done(Vec::new()))).collect())
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Done(Vec::new())))
+            .collect())
     }
 
     fn background(

@@ -23,7 +23,10 @@ fn without_at(r: &Received) -> serde_json::Value {
 /// An env with `deposit` and `transfer-out` running, `users` funded with `funds` USD each.
 async fn funded(extra: &[(&str, &str)], users: usize, funds: &str) -> (TestEnv, Reader, Vec<Proc>) {
     let env = TestEnv::with_env(extra).await;
-    let procs = vec![env.spawn("deposit", extra), env.spawn("transfer-out", extra)];
+    let procs = vec![
+        env.spawn("deposit", extra),
+        env.spawn("transfer-out", extra),
+    ];
     let mut events = env.events().await;
     let deposits = (0..users)
         .map(|u| deposit(&format!("d-{u}"), &format!("u-{u}"), funds, "USD"))
@@ -95,10 +98,16 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
     )
     .await;
 
-    env.publish_many(vec![ack("alpha", "t-1", "accepted"), ack("alpha", "t-2", "rejected")])
-        .await;
+    env.publish_many(vec![
+        ack("alpha", "t-1", "accepted"),
+        ack("alpha", "t-2", "rejected"),
+    ])
+    .await;
     let done = events.by_id("transfer:t-1:completed", T).await;
-    assert_eq!(done.subject, env.subject("wallet.events.transfer.completed"));
+    assert_eq!(
+        done.subject,
+        env.subject("wallet.events.transfer.completed")
+    );
     assert_eq!(
         without_at(&done),
         json!({"id": "t-1", "entity": "transfer", "status": "completed", "user_id": "u-0",
@@ -143,7 +152,10 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
         vec![
             ("alpha:t-1:rejected".to_owned(), "ack_conflict".to_owned()),
             ("alpha:t-2:accepted".to_owned(), "ack_conflict".to_owned()),
-            ("beta:t-1:accepted".to_owned(), "provider_mismatch".to_owned()),
+            (
+                "beta:t-1:accepted".to_owned(),
+                "provider_mismatch".to_owned()
+            ),
         ]
     );
     // Malformed: an unknown status, no transfer id.
@@ -153,20 +165,34 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
             "m-1".into(),
             br#"{"transfer_id": "t-1", "status": "maybe"}"#.to_vec(),
         ),
-        ("provider.alpha.ack".into(), "m-2".into(), br#"{"status": "accepted"}"#.to_vec()),
+        (
+            "provider.alpha.ack".into(),
+            "m-2".into(),
+            br#"{"status": "accepted"}"#.to_vec(),
+        ),
     ])
     .await;
     let reasons = dlq_reasons(&env, 5).await;
     assert_eq!(reasons.iter().filter(|(_, r)| r == "malformed").count(), 2);
     assert_eq!(
-        events.seen.iter().filter(|r| r.msg_id.starts_with("transfer:t-1:")).count(),
+        events
+            .seen
+            .iter()
+            .filter(|r| r.msg_id.starts_with("transfer:t-1:"))
+            .count(),
         2,
         "pending and completed only"
     );
-    assert_eq!(env.stored_balance("u-0", "main", "USD").await, Decimal::from(70));
+    assert_eq!(
+        env.stored_balance("u-0", "main", "USD").await,
+        Decimal::from(70)
+    );
     let pg = env.pg().await;
     let row = pg
-        .query_one("SELECT status, provider_ref FROM transfers WHERE id = 't-1'", &[])
+        .query_one(
+            "SELECT status, provider_ref FROM transfers WHERE id = 't-1'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -176,7 +202,10 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
     let show = walletctl::transfer::show(&env.config, "t-1").await.unwrap();
-    assert!(show.contains("completed  in_transit:alpha -30.00, game:alpha +30.00"), "{show}");
+    assert!(
+        show.contains("completed  in_transit:alpha -30.00, game:alpha +30.00"),
+        "{show}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -186,19 +215,36 @@ async fn an_ack_before_its_transfer_is_retried_and_an_unknown_one_dead_lettered_
     let (env, mut events, _procs) = funded(&extra, 1, "10").await;
     let _ack = env.spawn("provider-ack", &extra);
     let started = Instant::now();
-    env.publish_many(vec![ack("alpha", "t-early", "accepted"), ack("alpha", "t-never", "accepted")])
-        .await;
+    env.publish_many(vec![
+        ack("alpha", "t-early", "accepted"),
+        ack("alpha", "t-never", "accepted"),
+    ])
+    .await;
     // The first ack waits for its transfer, which comes a little later.
     tokio::time::sleep(Duration::from_millis(1500)).await; // lets the ack be refused at least once
-    env.run_commands(&mut events, "transfer", vec![transfer("t-early", "u-0", "alpha", "4", "USD")])
-        .await;
+    env.run_commands(
+        &mut events,
+        "transfer",
+        vec![transfer("t-early", "u-0", "alpha", "4", "USD")],
+    )
+    .await;
     events.by_id("transfer:t-early:completed", T).await;
 
     let mut dlq = env.dead_letters().await;
     let letter = dlq.by_id("dlq:provider-ack:2", T).await;
-    assert!(started.elapsed() >= window, "dead-lettered after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= window,
+        "dead-lettered after {:?}",
+        started.elapsed()
+    );
     assert_eq!(letter.header("Wallet-Dlq-Reason"), "unknown_transfer");
-    assert!(letter.header("Wallet-Dlq-Deliveries").parse::<u32>().unwrap() > 2);
+    assert!(
+        letter
+            .header("Wallet-Dlq-Deliveries")
+            .parse::<u32>()
+            .unwrap()
+            > 2
+    );
     assert_eq!(dlq.seen.len(), 1);
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
@@ -211,12 +257,24 @@ async fn a_dropped_ack_is_recovered_through_the_status_query() {
     let _ack = env.spawn("provider-ack", &extra);
     let _sim = env.spawn_args(
         "walletctl",
-        &["provider-sim", "--drop", "1", "--accept", "1", "--latency", "1ms"],
+        &[
+            "provider-sim",
+            "--drop",
+            "1",
+            "--accept",
+            "1",
+            "--latency",
+            "1ms",
+        ],
         &[],
     );
     let mut requests = env.provider_requests().await;
-    env.run_commands(&mut events, "transfer", vec![transfer("t-1", "u-0", "beta", "4", "USD")])
-        .await;
+    env.run_commands(
+        &mut events,
+        "transfer",
+        vec![transfer("t-1", "u-0", "beta", "4", "USD")],
+    )
+    .await;
     let done = events.by_id("transfer:t-1:completed", T).await;
     assert_eq!(done.body["balance"], "4.00");
     let query = requests.by_id("t-1:status:1", T).await;
@@ -224,7 +282,10 @@ async fn a_dropped_ack_is_recovered_through_the_status_query() {
     assert_eq!(query.body, json!({"transfer_id": "t-1"}));
     let pg = env.pg().await;
     let row = pg
-        .query_one("SELECT status, checks, next_check_at IS NULL FROM transfers WHERE id = 't-1'", &[])
+        .query_one(
+            "SELECT status, checks, next_check_at IS NULL FROM transfers WHERE id = 't-1'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "completed");
@@ -236,18 +297,32 @@ async fn a_dropped_ack_is_recovered_through_the_status_query() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_once() {
-    let extra = [("TRANSFER_ACK_TIMEOUT", "200ms"), ("TRANSFER_STUCK_AFTER", "1500ms")];
+    let extra = [
+        ("TRANSFER_ACK_TIMEOUT", "200ms"),
+        ("TRANSFER_STUCK_AFTER", "1500ms"),
+    ];
     let (env, mut events, _procs) = funded(&extra, 1, "10").await;
     // Two sweepers: each due transfer is claimed by one of them.
-    let _acks = [env.spawn("provider-ack", &extra), env.spawn("provider-ack", &extra)];
+    let _acks = [
+        env.spawn("provider-ack", &extra),
+        env.spawn("provider-ack", &extra),
+    ];
     let mut requests = env.provider_requests().await;
-    env.run_commands(&mut events, "transfer", vec![transfer("t-1", "u-0", "alpha", "4", "USD")])
-        .await;
+    env.run_commands(
+        &mut events,
+        "transfer",
+        vec![transfer("t-1", "u-0", "alpha", "4", "USD")],
+    )
+    .await;
     events.by_id("transfer:t-1:stuck", T).await;
     // Queries 1..5 at 0.2, 0.6, 1.4 (then capped by the stuck time 1.5), 1.5, 3.1 s: wait for
     // the fifth, well after the stuck event, then count.
     requests.by_id("t-1:status:5", T).await;
-    let stuck: Vec<&Received> = events.seen.iter().filter(|r| r.msg_id.ends_with(":stuck")).collect();
+    let stuck: Vec<&Received> = events
+        .seen
+        .iter()
+        .filter(|r| r.msg_id.ends_with(":stuck"))
+        .collect();
     assert_eq!(stuck.len(), 1);
     assert_eq!(
         without_at(stuck[0]),
@@ -255,8 +330,15 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
                "currency": "USD", "amount": "4.00", "balance": null, "reason": null,
                "provider": "alpha"})
     );
-    let queries: Vec<&Received> = requests.seen.iter().filter(|r| r.msg_id.contains(":status:")).collect();
-    let numbers: Vec<&str> = queries.iter().map(|r| r.msg_id.rsplit(':').next().unwrap()).collect();
+    let queries: Vec<&Received> = requests
+        .seen
+        .iter()
+        .filter(|r| r.msg_id.contains(":status:"))
+        .collect();
+    let numbers: Vec<&str> = queries
+        .iter()
+        .map(|r| r.msg_id.rsplit(':').next().unwrap())
+        .collect();
     assert_eq!(numbers, ["1", "2", "3", "4", "5"]);
     let pg = env.pg().await;
     let checks: i32 = pg
@@ -264,10 +346,17 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
         .await
         .unwrap()
         .get(0);
-    assert!((5..=6).contains(&checks), "{checks} status queries recorded");
+    assert!(
+        (5..=6).contains(&checks),
+        "{checks} status queries recorded"
+    );
     // The money waits in transit for the provider's word, which settles it.
-    assert_eq!(env.stored_balance("u-0", "in_transit", "USD").await, Decimal::from(4));
-    env.publish_many(vec![ack("alpha", "t-1", "rejected")]).await;
+    assert_eq!(
+        env.stored_balance("u-0", "in_transit", "USD").await,
+        Decimal::from(4)
+    );
+    env.publish_many(vec![ack("alpha", "t-1", "rejected")])
+        .await;
     let failed = events.by_id("transfer:t-1:failed", T).await;
     assert_eq!(failed.body["balance"], "10.00");
     let audit = env.audit().await;
@@ -280,14 +369,32 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
 async fn kill_9_with_2000_acks_in_flight_then_restart_finishes_each_transfer_once() {
     let (env, mut events, _procs) = funded(&[], 20, "1000").await;
     let transfers = (0..2000)
-        .map(|i| transfer(&format!("t-{i}"), &format!("u-{}", i % 20), "alpha", "1.25", "USD"))
+        .map(|i| {
+            transfer(
+                &format!("t-{i}"),
+                &format!("u-{}", i % 20),
+                "alpha",
+                "1.25",
+                "USD",
+            )
+        })
         .collect();
     env.run_commands(&mut events, "transfer", transfers).await;
     assert_eq!(pending_ids(&events).len(), 2000);
 
     let mut ack_fn = env.spawn("provider-ack", &[("BATCH_MAX", "100")]);
     let acks = (0..2000)
-        .map(|i| ack("alpha", &format!("t-{i}"), if (i / 20) % 4 == 0 { "rejected" } else { "accepted" }))
+        .map(|i| {
+            ack(
+                "alpha",
+                &format!("t-{i}"),
+                if (i / 20) % 4 == 0 {
+                    "rejected"
+                } else {
+                    "accepted"
+                },
+            )
+        })
         .collect();
     env.publish_many(acks).await;
     events
@@ -304,7 +411,10 @@ async fn kill_9_with_2000_acks_in_flight_then_restart_finishes_each_transfer_onc
         async move {
             let n: i64 = pg
                 .await
-                .query_one("SELECT count(*) FROM transfers WHERE status <> 'pending'", &[])
+                .query_one(
+                    "SELECT count(*) FROM transfers WHERE status <> 'pending'",
+                    &[],
+                )
                 .await
                 .unwrap()
                 .get(0);
@@ -314,8 +424,7 @@ async fn kill_9_with_2000_acks_in_flight_then_restart_finishes_each_transfer_onc
     .await;
     events
         .until(Duration::from_secs(60), "2000 final events", |seen| {
-            final_count(seen)
-                == 2000
+            final_count(seen) == 2000
         })
         .await;
     let finals = finals(&events);
@@ -323,9 +432,18 @@ async fn kill_9_with_2000_acks_in_flight_then_restart_finishes_each_transfer_onc
     // Per user: 100 transfers of 1.25, 25 of them refunded.
     for u in 0..20 {
         let user = format!("u-{u}");
-        assert_eq!(env.stored_balance(&user, "main", "USD").await, Decimal::new(90625, 2));
-        assert_eq!(env.stored_balance(&user, "game", "USD").await, Decimal::new(9375, 2));
-        assert_eq!(env.stored_balance(&user, "in_transit", "USD").await, Decimal::ZERO);
+        assert_eq!(
+            env.stored_balance(&user, "main", "USD").await,
+            Decimal::new(90625, 2)
+        );
+        assert_eq!(
+            env.stored_balance(&user, "game", "USD").await,
+            Decimal::new(9375, 2)
+        );
+        assert_eq!(
+            env.stored_balance(&user, "in_transit", "USD").await,
+            Decimal::ZERO
+        );
     }
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
@@ -335,25 +453,44 @@ async fn kill_9_with_2000_acks_in_flight_then_restart_finishes_each_transfer_onc
 async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact_balances() {
     let extra = [("TRANSFER_ACK_TIMEOUT", "2s")];
     let (env, mut events, _procs) = funded(&extra, 50, "500").await;
-    let _acks = [env.spawn("provider-ack", &extra), env.spawn("provider-ack", &extra)];
+    let _acks = [
+        env.spawn("provider-ack", &extra),
+        env.spawn("provider-ack", &extra),
+    ];
     let sim_args = [
-        "provider-sim", "--accept", "0.8", "--duplicate", "0.1", "--reorder", "0.1",
-        "--latency", "2ms", "--seed", "7",
+        "provider-sim",
+        "--accept",
+        "0.8",
+        "--duplicate",
+        "0.1",
+        "--reorder",
+        "0.1",
+        "--latency",
+        "2ms",
+        "--seed",
+        "7",
     ];
     let _sim = env.spawn_args("walletctl", &sim_args, &[]);
     let amount = |i: usize| Decimal::new(100 + (i % 7) as i64 * 25, 2); // 1.00 to 2.50
     let transfers = (0..5000)
         .map(|i| {
             let provider = if i % 3 == 0 { "beta" } else { "alpha" };
-            transfer(&format!("t-{i}"), &format!("u-{}", i % 50), provider, &amount(i).to_string(), "USD")
+            transfer(
+                &format!("t-{i}"),
+                &format!("u-{}", i % 50),
+                provider,
+                &amount(i).to_string(),
+                "USD",
+            )
         })
         .collect();
     env.publish_many(transfers).await;
     events
-        .until(Duration::from_secs(180), "5000 finished transfers", |seen| {
-            final_count(seen)
-                == 5000
-        })
+        .until(
+            Duration::from_secs(180),
+            "5000 finished transfers",
+            |seen| final_count(seen) == 5000,
+        )
         .await;
     let finals = finals(&events);
     let cli = <walletctl::Cli as clap::Parser>::try_parse_from(
@@ -366,7 +503,11 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
     for i in 0..5000 {
         let id = format!("t-{i}");
         let accepted = walletctl::provider_sim::accepts(&opts, &id);
-        assert_eq!(finals[&id], if accepted { "completed" } else { "failed" }, "{id}");
+        assert_eq!(
+            finals[&id],
+            if accepted { "completed" } else { "failed" },
+            "{id}"
+        );
         let user = format!("u-{}", i % 50);
         *expected.entry((user.clone(), "main", "")).or_default() -= amount(i);
         if accepted {
@@ -386,11 +527,18 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
             .await
             .unwrap()
             .get(0);
-        let start = if *kind == "main" { Decimal::from(500) } else { Decimal::ZERO };
+        let start = if *kind == "main" {
+            Decimal::from(500)
+        } else {
+            Decimal::ZERO
+        };
         assert_eq!(stored, start + delta, "{user} {kind} {provider}");
     }
     let in_transit: Decimal = pg
-        .query_one("SELECT coalesce(sum(balance), 0) FROM accounts WHERE kind = 'in_transit'", &[])
+        .query_one(
+            "SELECT coalesce(sum(balance), 0) FROM accounts WHERE kind = 'in_transit'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

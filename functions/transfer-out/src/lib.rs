@@ -33,7 +33,12 @@ impl TransferCommand {
     }
 
     fn in_transit(&self) -> WalletKey {
-        WalletKey::user(&self.user_id, Kind::InTransit, &self.provider, self.currency)
+        WalletKey::user(
+            &self.user_id,
+            Kind::InTransit,
+            &self.provider,
+            self.currency,
+        )
     }
 
     /// A transfer event with the command's fields.

@@ -26,8 +26,12 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     let balance = env.spawn("balance", &[]);
     let mut events = env.events().await;
     let mut requests = env.provider_requests().await;
-    env.run_commands(&mut events, "deposit", vec![deposit("d-1", "u-1", "100", "USD")])
-        .await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![deposit("d-1", "u-1", "100", "USD")],
+    )
+    .await;
 
     env.publish_many(vec![transfer("t-1", "u-1", "alpha", "30.5", "USD")])
         .await;
@@ -50,8 +54,12 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     let mut again = transfer("t-1", "u-1", "alpha", "30.50", "USD");
     again.1 = "t-1-again".into();
     env.publish_many(vec![again]).await;
-    env.run_commands(&mut events, "deposit", vec![deposit("d-2", "u-1", "1", "USD")])
-        .await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![deposit("d-2", "u-1", "1", "USD")],
+    )
+    .await;
     env.ready(&balance).await;
     testkit::eventually(T, "main after the second deposit", || async {
         let b = env.balance("u-1").await;
@@ -81,7 +89,10 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
 
     let show = walletctl::transfer::show(&env.config, "t-1").await.unwrap();
     assert!(show.contains("status    pending"), "{show}");
-    assert!(show.contains("main -30.50, in_transit:alpha +30.50"), "{show}");
+    assert!(
+        show.contains("main -30.50, in_transit:alpha +30.50"),
+        "{show}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,8 +101,12 @@ async fn every_rejection_reason_in_the_contracts_order_moves_nothing() {
     let _deposit = env.spawn("deposit", &[]);
     let _transfer = env.spawn("transfer-out", &[]);
     let mut events = env.events().await;
-    env.run_commands(&mut events, "deposit", vec![deposit("d-1", "u-1", "10", "USD")])
-        .await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![deposit("d-1", "u-1", "10", "USD")],
+    )
+    .await;
 
     let cases: Vec<(&str, serde_json::Value, serde_json::Value)> = vec![
         (
@@ -193,8 +208,12 @@ async fn a_thousand_concurrent_transfers_over_two_replicas_spend_exactly_the_bal
     let env = TestEnv::new().await;
     let _deposit = env.spawn("deposit", &[]);
     let mut events = env.events().await;
-    env.run_commands(&mut events, "deposit", vec![deposit("d-1", "u-1", "300", "USD")])
-        .await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![deposit("d-1", "u-1", "300", "USD")],
+    )
+    .await;
     // Both replicas up and bound before the burst, so that they race for the same wallet.
     let replicas = [
         env.spawn("transfer-out", &[("BATCH_MAX", "100")]),
@@ -211,7 +230,11 @@ async fn a_thousand_concurrent_transfers_over_two_replicas_spend_exactly_the_bal
         .collect();
     env.run_commands(&mut events, "transfer", msgs).await;
 
-    let pending = events.seen.iter().filter(|r| r.msg_id.ends_with(":pending")).count();
+    let pending = events
+        .seen
+        .iter()
+        .filter(|r| r.msg_id.ends_with(":pending"))
+        .count();
     let rejected: Vec<&Received> = events
         .seen
         .iter()
@@ -219,7 +242,11 @@ async fn a_thousand_concurrent_transfers_over_two_replicas_spend_exactly_the_bal
         .collect();
     assert_eq!(pending, 300);
     assert_eq!(rejected.len(), 700);
-    assert!(rejected.iter().all(|r| r.body["reason"] == "insufficient_funds"));
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r.body["reason"] == "insufficient_funds")
+    );
     // Each pending event's balance is a distinct step from 299.00 down to 0.00.
     let mut balances: Vec<String> = events
         .seen
@@ -231,7 +258,10 @@ async fn a_thousand_concurrent_transfers_over_two_replicas_spend_exactly_the_bal
     balances.dedup();
     assert_eq!(balances.len(), 300);
     assert_eq!(balances[0], "0.00");
-    assert_eq!(env.stored_balance("u-1", "main", "USD").await, rust_decimal::Decimal::ZERO);
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::ZERO
+    );
     let in_transit: rust_decimal::Decimal = env
         .pg()
         .await
