@@ -113,6 +113,11 @@ pub fn accepts(opts: &SimOptions, transfer: &str) -> bool {
     draw(opts.seed, "accept", transfer) < opts.accept
 }
 
+/// Whether the simulated provider follows its ack to `transfer` with a contradicting one.
+pub fn contradicts(opts: &SimOptions, transfer: &str) -> bool {
+    opts.contradict > 0.0 && draw(opts.seed, "contradict", transfer) < opts.contradict
+}
+
 struct Sim {
     opts: SimOptions,
     js: jetstream::Context,
@@ -243,7 +248,7 @@ impl Sim {
             stats.duplicated.fetch_add(1, Ordering::Relaxed);
             self.ack(provider, transfer, accepted, ":copy").await?;
         }
-        if chance("contradict", o.contradict) {
+        if contradicts(o, transfer) {
             stats.contradicted.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(o.latency).await;
             self.ack(provider, transfer, !accepted, "").await?;

@@ -465,20 +465,29 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
         "0.1",
         "--reorder",
         "0.1",
+        "--contradict",
+        "0.02",
         "--latency",
         "2ms",
         "--seed",
         "7",
     ];
     let _sim = env.spawn_args("walletctl", &sim_args, &[]);
+    let cli = <walletctl::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("walletctl").chain(sim_args.iter().copied()),
+    );
+    let walletctl::Cmd::ProviderSim(opts) = cli.unwrap().command else {
+        unreachable!("parsed as provider-sim")
+    };
     let amount = |i: usize| Decimal::new(100 + (i % 7) as i64 * 25, 2); // 1.00 to 2.50
+    let provider = |i: usize| if i % 3 == 0 { "beta" } else { "alpha" };
     let transfers = (0..5000)
         .map(|i| {
-            let provider = if i % 3 == 0 { "beta" } else { "alpha" };
+            let user = format!("u-{}", i % 50);
             transfer(
                 &format!("t-{i}"),
-                &format!("u-{}", i % 50),
-                provider,
+                &user,
+                provider(i),
                 &amount(i).to_string(),
                 "USD",
             )
@@ -493,35 +502,38 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
         )
         .await;
     let finals = finals(&events);
-    let cli = <walletctl::Cli as clap::Parser>::try_parse_from(
-        std::iter::once("walletctl").chain(sim_args.iter().copied()),
-    );
-    let walletctl::Cmd::ProviderSim(opts) = cli.unwrap().command else {
-        unreachable!("parsed as provider-sim")
-    };
+
+    // Each transfer ends as its provider said; one that got a contradicting ack ends as whichever
+    // of the two acks was decided first, and the other one is dead-lettered.
     let mut expected: HashMap<(String, &str, &str), Decimal> = HashMap::new();
+    let mut contradicted = 0;
     for i in 0..5000 {
         let id = format!("t-{i}");
-        let accepted = walletctl::provider_sim::accepts(&opts, &id);
-        assert_eq!(
-            finals[&id],
-            if accepted { "completed" } else { "failed" },
-            "{id}"
-        );
-        let user = format!("u-{}", i % 50);
-        *expected.entry((user.clone(), "main", "")).or_default() -= amount(i);
-        if accepted {
-            let provider = if i % 3 == 0 { "beta" } else { "alpha" };
-            *expected.entry((user, "game", provider)).or_default() += amount(i);
+        let completed = finals[&id] == "completed";
+        if walletctl::provider_sim::contradicts(&opts, &id) {
+            contradicted += 1;
         } else {
-            *expected.entry((user, "main", "")).or_default() += amount(i);
+            assert_eq!(
+                completed,
+                walletctl::provider_sim::accepts(&opts, &id),
+                "{id}"
+            );
+        }
+        let user = format!("u-{}", i % 50);
+        if completed {
+            *expected.entry((user.clone(), "main", "")).or_default() -= amount(i);
+            *expected.entry((user, "game", provider(i))).or_default() += amount(i);
         }
     }
+    assert!(
+        contradicted > 50,
+        "{contradicted} contradictions: too few to test anything"
+    );
     let pg = env.pg().await;
     for ((user, kind, provider), delta) in &expected {
         let stored: Decimal = pg
             .query_one(
-                "SELECT coalesce(sum(balance), 0) FROM accounts WHERE owner = $1 AND kind = $2 AND provider = $3",
+                "SELECT balance FROM accounts WHERE owner = $1 AND kind = $2 AND provider = $3",
                 &[user, kind, provider],
             )
             .await
@@ -543,18 +555,13 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
         .unwrap()
         .get(0);
     assert_eq!(in_transit, Decimal::ZERO);
+    // Duplicates and reordering end as nothing; each contradiction as one `ack_conflict`.
+    let reasons = dlq_reasons(&env, contradicted).await;
+    assert_eq!(reasons.len(), contradicted);
+    assert!(
+        reasons.iter().all(|(_, r)| r == "ack_conflict"),
+        "{reasons:?}"
+    );
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
-    // Duplicates and reordering end as nothing: no dead letter at all.
-    let dlq = env
-        .js
-        .get_stream(env.config.names.name("DLQ"))
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
-    assert_eq!(dlq, 0);
 }

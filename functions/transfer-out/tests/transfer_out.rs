@@ -160,6 +160,30 @@ async fn every_rejection_reason_in_the_contracts_order_moves_nothing() {
         assert_eq!(body["balance"], json!(null), "{id}");
         assert_eq!(body["status"], json!("rejected"), "{id}");
     }
+    // Not a command: dead-lettered `malformed`. The id of a remembered rejection with another
+    // payload: `id_conflict`.
+    env.publish_many(vec![
+        (
+            "wallet.transfer-out".into(),
+            "m-1".into(),
+            br#"{"user_id": "u-1"}"#.to_vec(),
+        ),
+        {
+            let mut other = transfer("t-funds", "u-1", "beta", "1", "USD");
+            other.1 = "t-funds-other".into(); // past JetStream's duplicate window
+            other
+        },
+    ])
+    .await;
+    let mut dlq = env.dead_letters().await;
+    dlq.count(2, T).await;
+    let mut reasons: Vec<String> = dlq
+        .seen
+        .iter()
+        .map(|r| r.header("Wallet-Dlq-Reason"))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["id_conflict", "malformed"]);
     // No transfer recorded, no request published, no wallet but the funded main one.
     let pg = env.pg().await;
     let n: i64 = pg
