@@ -480,7 +480,7 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
         unreachable!("parsed as provider-sim")
     };
     let amount = |i: usize| Decimal::new(100 + (i % 7) as i64 * 25, 2); // 1.00 to 2.50
-    let provider = |i: usize| if i % 3 == 0 { "beta" } else { "alpha" };
+    let provider = |i: usize| if i.is_multiple_of(3) { "beta" } else { "alpha" };
     let transfers = (0..5000)
         .map(|i| {
             let user = format!("u-{}", i % 50);
