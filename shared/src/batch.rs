@@ -18,7 +18,7 @@ use crate::dedup::{self, Claim, Fingerprint};
 use crate::dlq;
 use crate::error::StepError;
 use crate::events::Event;
-use crate::function::{Command, Function, Invalid, Outcome, Payload};
+use crate::function::{Command, Function, Invalid, Outcome, Payload, Screened};
 use crate::outbox::{self, OutboxMessage, Row};
 
 /// The largest command the contract accepts.
@@ -38,6 +38,9 @@ pub struct Processed {
     pub dispositions: Vec<Disposition>,
     /// Committed outbox rows, to publish.
     pub rows: Vec<Row>,
+    /// Events of commands answered before any transaction ([`Function::screen`]): published
+    /// before their messages are acknowledged.
+    pub direct: Vec<OutboxMessage>,
     pub tally: Tally,
 }
 
@@ -163,22 +166,55 @@ pub async fn process<F: Function>(
         }
     }
 
-    if !units.is_empty() {
-        let all: Vec<&Unit<F::Command>> = units.iter().collect();
-        match decide(f, ctx, &all).await {
+    let valid: Vec<&Command<F::Command>> = units
+        .iter()
+        .filter_map(|u| u.command.as_ref().ok())
+        .collect();
+    let mut screened = f.screen(ctx, &valid).await?.into_iter();
+    let mut pending: Vec<&Unit<F::Command>> = Vec::with_capacity(units.len());
+    for unit in &units {
+        if unit.command.is_err() {
+            pending.push(unit);
+            continue;
+        }
+        match screened.next() {
+            Some(Screened::Answered(event)) => {
+                if event.status == "rejected" {
+                    out.tally.rejected += 1;
+                } else {
+                    out.tally.completed += 1;
+                }
+                out.direct.push(event.into_outbox(Vec::new()));
+            }
+            Some(Screened::Proceed) => pending.push(unit),
+            Some(Screened::DeadLetter(reason)) => {
+                out.dispositions[unit.index] = Disposition::DeadLetter(reason)
+            }
+            None => {
+                return Err(StepError::permanent(format!(
+                    "{}: screen answered fewer commands than it was given",
+                    F::NAME
+                )));
+            }
+        }
+    }
+
+    if !pending.is_empty() {
+        match decide(f, ctx, &pending).await {
             Ok(decided) => absorb(&mut out, decided),
-            Err(e) if e.is_transient() || units.len() == 1 => {
+            Err(e) if e.is_transient() || pending.len() == 1 => {
                 if e.is_transient() {
                     return Err(e);
                 }
                 tracing::warn!(function = F::NAME, error = %e, "command failed");
-                out.dispositions[units[0].index] = failed(delivered(units[0].index), max_deliver);
+                out.dispositions[pending[0].index] =
+                    failed(delivered(pending[0].index), max_deliver);
             }
             Err(e) => {
-                tracing::warn!(function = F::NAME, error = %e, size = units.len(), "batch failed; deciding its commands one by one");
+                tracing::warn!(function = F::NAME, error = %e, size = pending.len(), "batch failed; deciding its commands one by one");
                 metrics::counter!("wallet_batch_fallbacks_total", "function" => F::NAME)
                     .increment(1);
-                for unit in &units {
+                for unit in &pending {
                     match decide(f, ctx, &[unit]).await {
                         Ok(decided) => absorb(&mut out, decided),
                         Err(e) if e.is_transient() => return Err(e),
@@ -248,6 +284,7 @@ async fn decide<F: Function>(
     tx.commit().await?;
     metrics::histogram!("wallet_commit_seconds", "function" => F::NAME)
         .record(committing.elapsed().as_secs_f64());
+    metrics::counter!("wallet_transactions_total", "function" => F::NAME).increment(1);
     Ok(decided)
 }
 

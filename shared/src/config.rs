@@ -44,6 +44,8 @@ pub struct Config {
     pub currencies: Currencies,
     pub providers: Vec<String>,
     pub transfers: TransferTimings,
+    /// A bonus reservation not committed this long after it was made is given back.
+    pub bonus_reservation_timeout: Duration,
 }
 
 /// How long transfers wait on their provider (CONTRACT §5).
@@ -156,6 +158,7 @@ impl Config {
                 stuck_after: duration("TRANSFER_STUCK_AFTER", "15m")?,
                 unknown_retry: duration("UNKNOWN_TRANSFER_RETRY", "2m")?,
             },
+            bonus_reservation_timeout: duration("BONUS_RESERVATION_TIMEOUT", "30s")?,
         })
     }
 }

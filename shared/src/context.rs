@@ -17,6 +17,8 @@ pub struct Context {
     pub js: jetstream::Context,
     pub pool: Pool,
     pub cache: BalanceCache,
+    /// The Redis connection the cache uses, for functions that keep state of their own there.
+    pub redis: redis::aio::ConnectionManager,
     pub ledger: Ledger,
 }
 

@@ -42,6 +42,19 @@ pub enum Invalid {
     Malformed,
 }
 
+/// What [`Function::screen`] decided for a command, before any transaction.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // One per command of a batch, moved once.
+pub enum Screened {
+    /// On to the transaction.
+    Proceed,
+    /// Answered without PostgreSQL: this event is published, the command acknowledged, and
+    /// nothing is stored in PostgreSQL (the function remembers the answer where it decided it).
+    Answered(Event),
+    /// Dead-letter it with this reason (an id the screen remembers with another payload).
+    DeadLetter(&'static str),
+}
+
 impl From<Event> for Invalid {
     fn from(e: Event) -> Self {
         Invalid::Rejected(e)
@@ -88,6 +101,16 @@ pub trait Function: Send + Sync + Sized + 'static {
     /// (a provider's ack is `<provider>:<transfer_id>:<status>`). A rejection is remembered by id.
     fn key(id: &str, _command: &Self::Command) -> String {
         id.to_owned()
+    }
+
+    /// Decides what it can from state faster than PostgreSQL, before the transaction (the bonus
+    /// campaigns' Redis reservations); one answer per command. Everything proceeds by default.
+    fn screen<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        commands: &'a [&'a Command<Self::Command>],
+    ) -> impl Future<Output = Result<Vec<Screened>, StepError>> + Send + 'a {
+        async move { Ok(commands.iter().map(|_| Screened::Proceed).collect()) }
     }
 
     /// Applies valid new commands, in order, inside one transaction; one outcome per command.

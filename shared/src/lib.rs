@@ -30,6 +30,6 @@ pub use config::Config;
 pub use context::Context;
 pub use error::StepError;
 pub use events::Event;
-pub use function::{Command, Function, Invalid, Outcome, Payload};
+pub use function::{Command, Function, Invalid, Outcome, Payload, Screened};
 pub use runtime::{Responder, run, serve};
 pub use tokio_util::sync::CancellationToken;

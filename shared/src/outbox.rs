@@ -98,26 +98,40 @@ impl Publisher {
         Ok(())
     }
 
+    /// Publishes messages that are in no outbox (answers decided without PostgreSQL) and waits
+    /// until JetStream stored them all.
+    pub async fn publish_direct(&self, messages: &[OutboxMessage]) -> Result<(), StepError> {
+        self.send_messages(messages.iter()).await
+    }
+
     /// Cache, then JetStream; returns the ids of the rows sent. Holds no database connection, so
     /// a caller inside a transaction never waits on the pool for a second one.
     async fn send(&self, rows: Vec<Row>) -> Result<Vec<i64>, StepError> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
+        self.send_messages(rows.iter().map(|r| &r.message)).await?;
+        metrics::counter!("wallet_outbox_published_total").increment(rows.len() as u64);
+        Ok(rows.iter().map(|r| r.id).collect())
+    }
+
+    async fn send_messages(
+        &self,
+        messages: impl ExactSizeIterator<Item = &OutboxMessage> + Clone,
+    ) -> Result<(), StepError> {
+        if messages.len() == 0 {
+            return Ok(());
         }
-        let wallets: Vec<WalletSnapshot> = rows
-            .iter()
-            .flat_map(|r| r.message.wallets.iter().cloned())
+        let wallets: Vec<WalletSnapshot> = messages
+            .clone()
+            .flat_map(|m| m.wallets.iter().cloned())
             .collect();
         self.cache.write_through(&wallets).await?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let mut acks = Vec::with_capacity(rows.len());
-        for row in rows {
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in messages {
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", row.message.msg_id.as_str());
-            let subject = self.names.subject(&row.message.subject);
+            headers.insert("Nats-Msg-Id", message.msg_id.as_str());
+            let subject = self.names.subject(&message.subject);
             let ack = self
                 .js
-                .publish_with_headers(subject, headers, row.message.payload.into())
+                .publish_with_headers(subject, headers, message.payload.clone().into())
                 .await
                 .map_err(StepError::transient)?;
             acks.push(ack.into_future());
@@ -125,8 +139,7 @@ impl Publisher {
         for ack in futures::future::join_all(acks).await {
             ack.map_err(StepError::transient)?;
         }
-        metrics::counter!("wallet_outbox_published_total").increment(ids.len() as u64);
-        Ok(ids)
+        Ok(())
     }
 
     /// Publishes rows older than `age` that nobody else is publishing; returns how many.

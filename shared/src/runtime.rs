@@ -216,7 +216,8 @@ async fn connect(
     };
     let names = config.names.clone();
     Ok(Some(Arc::new(Context {
-        cache: BalanceCache::new(redis, names.clone()),
+        cache: BalanceCache::new(redis.clone(), names.clone()),
+        redis,
         ledger: Ledger::default(),
         names,
         nats,
@@ -381,7 +382,10 @@ async fn consume<F: Function>(
             let attempt = async {
                 // Redis first: no effect is committed while its events could not be published.
                 ctx.cache.ping().await?;
-                batch::process(&*f, &ctx, max_deliver, &msgs).await
+                let processed = batch::process(&*f, &ctx, max_deliver, &msgs).await?;
+                // Answers without a transaction have no outbox: out before their acks.
+                ctx.publisher().publish_direct(&processed.direct).await?;
+                Ok::<_, StepError>(processed)
             };
             match attempt.instrument(span.clone()).await {
                 Ok(p) => break Some(p),

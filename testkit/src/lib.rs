@@ -496,6 +496,14 @@ pub mod commands {
         )
     }
 
+    pub fn grant(id: &str, campaign: &str, user: &str) -> Msg {
+        msg(
+            "bonus.grant",
+            id,
+            json!({"grant_id": id, "campaign_id": campaign, "user_id": user}),
+        )
+    }
+
     /// A provider's ack, with the adapters' `Nats-Msg-Id` (`<provider>:<transfer>:<status>`).
     pub fn ack(provider: &str, transfer: &str, status: &str) -> Msg {
         msg(

@@ -1,5 +1,6 @@
-//! `walletctl audit`: checks the invariants of CONTRACT §5 (the ledger, wallets, transfers)
-//! against PostgreSQL, and the balance cache against PostgreSQL. Read-only.
+//! `walletctl audit`: checks the invariants of CONTRACT §5 and §6 (the ledger, wallets,
+//! transfers, campaigns) against PostgreSQL, and the balance cache and the campaign counters in
+//! Redis against PostgreSQL. Read-only.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -124,6 +125,29 @@ const CHECKS: &[(&str, &str)] = &[
                         OR f.ack <> CASE t.status WHEN 'completed' THEN 'accepted' ELSE 'rejected' END)",
     ),
     (
+        "every campaign's totals equal its grants and stay within its budget",
+        "SELECT c.id || ': granted ' || c.granted || ' in ' || c.grants || ' grant(s); grants sum to '
+                || coalesce(g.total, 0) || ' in ' || coalesce(g.n, 0) || '; budget ' || c.budget
+         FROM campaigns c
+         LEFT JOIN (SELECT campaign_id, sum(amount) AS total, count(*) AS n FROM grants GROUP BY 1) g
+                ON g.campaign_id = c.id
+         WHERE c.granted <> coalesce(g.total, 0) OR c.grants <> coalesce(g.n, 0) OR c.granted > c.budget",
+    ),
+    (
+        "no user has more grants of a campaign than its per-user limit",
+        "SELECT g.campaign_id || ' ' || g.user_id || ': ' || count(*) || ' grants, limit ' || c.per_user
+         FROM grants g JOIN campaigns c ON c.id = g.campaign_id
+         GROUP BY g.campaign_id, g.user_id, c.per_user HAVING count(*) > c.per_user",
+    ),
+    (
+        "every grant credited exactly its amount",
+        "SELECT g.id || ': ' || count(p.id) || ' leg(s), ' || coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0)
+                || ' credited for ' || g.amount
+         FROM grants g LEFT JOIN postings p ON p.command = 'bonus-grant:' || g.id
+         GROUP BY g.id, g.amount
+         HAVING count(p.id) <> 2 OR coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0) <> g.amount",
+    ),
+    (
         "no event has waited over 5 minutes in the outbox",
         "SELECT count(*) || ' unpublished, oldest ' || min(created_at) FROM outbox
          WHERE created_at < now() - interval '5 minutes' HAVING count(*) > 0",
@@ -164,6 +188,9 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
             .collect();
         report.checks.push(Check { name, breaches });
     }
+    report
+        .checks
+        .push(campaign_check(config, &pg, &mut report.notes).await?);
     if outbox == 0 {
         report.checks.push(cache_check(config, &pg).await?);
     } else {
@@ -224,6 +251,94 @@ async fn cache_check(config: &Config, pg: &tokio_postgres::Client) -> anyhow::Re
             if cached.is_none() || cached.as_ref() != stored {
                 breaches.push(format!(
                     "{owner} {field}: cache {value}, postgres {stored:?}"
+                ));
+            }
+        }
+    }
+    Ok(Check { name, breaches })
+}
+
+/// Redis's counters of every loaded campaign equal PostgreSQL's committed grants plus the live
+/// reservations. Meaningful when no grant is in flight.
+async fn campaign_check(
+    config: &Config,
+    pg: &tokio_postgres::Client,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Check> {
+    use bonus_grant::campaign::minor;
+    use bonus_grant::reservations::{Record, Reservations};
+    let name = "Redis campaign counters equal PostgreSQL's committed grants plus live reservations";
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    let reservations = Reservations::new(
+        redis::aio::ConnectionManager::new(client).await?,
+        config.names.clone(),
+    );
+    let mut breaches = Vec::new();
+    for row in pg
+        .query(
+            "SELECT id, currency, granted FROM campaigns ORDER BY id",
+            &[],
+        )
+        .await?
+    {
+        let (id, currency, granted): (String, String, Decimal) =
+            (row.get(0), row.get(1), row.get(2));
+        let Some(currency) = config.currencies.get(&currency) else {
+            continue;
+        };
+        let Some((epoch, reserved, users)) = reservations.counters(&id).await? else {
+            notes.push(format!(
+                "campaign {id}: not loaded in Redis (its next grant loads it)"
+            ));
+            continue;
+        };
+        let mut want_users: HashMap<String, i64> = pg
+            .query(
+                "SELECT user_id, count(*) FROM grants WHERE campaign_id = $1 GROUP BY user_id",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut want = minor(granted, currency);
+        let pending = reservations.pending(&id, isize::MAX).await?;
+        // A reservation whose grant PostgreSQL holds is counted there already.
+        let ids: Vec<&str> = pending.iter().map(|(g, _, _)| g.as_str()).collect();
+        let committed: std::collections::HashSet<String> = pg
+            .query("SELECT id FROM grants WHERE id = ANY($1)", &[&ids])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (grant, _, record) in pending {
+            if let Some(Record::Reserved(r)) = record
+                && r.epoch == epoch
+                && !committed.contains(&grant)
+            {
+                want += r.amount_minor;
+                *want_users.entry(r.user).or_default() += 1;
+            }
+        }
+        if reserved != want {
+            breaches.push(format!(
+                "{id}: Redis reserved {reserved} minor units, expected {want}"
+            ));
+        }
+        let have_users: HashMap<String, i64> = users.into_iter().filter(|(_, n)| *n != 0).collect();
+        want_users.retain(|_, n| *n != 0);
+        for (user, n) in &want_users {
+            if have_users.get(user) != Some(n) {
+                breaches.push(format!(
+                    "{id} {user}: Redis counts {:?} grant(s), expected {n}",
+                    have_users.get(user)
+                ));
+            }
+        }
+        for (user, n) in &have_users {
+            if !want_users.contains_key(user) {
+                breaches.push(format!(
+                    "{id} {user}: Redis counts {n} grant(s), expected none"
                 ));
             }
         }

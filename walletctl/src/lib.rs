@@ -8,6 +8,7 @@ use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
 
 pub mod audit;
+pub mod campaign;
 pub mod dlq;
 pub mod load;
 pub mod provider_sim;
@@ -51,6 +52,11 @@ pub enum Cmd {
         #[command(subcommand)]
         command: DlqCmd,
     },
+    /// Bonus campaigns (red envelopes).
+    Campaign {
+        #[command(subcommand)]
+        command: CampaignCmd,
+    },
     /// Transfers to game providers.
     Transfer {
         #[command(subcommand)]
@@ -59,6 +65,17 @@ pub enum Cmd {
     /// Play the game providers: answer transfer requests and status queries with acks (a dev
     /// and test tool; runs until Ctrl-C).
     ProviderSim(provider_sim::SimOptions),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCmd {
+    /// Create a campaign in PostgreSQL and load it into Redis; the same parameters again change
+    /// nothing, other ones are refused.
+    Create(campaign::CreateArgs),
+    /// A campaign: parameters, granted so far, what Redis holds.
+    Show { id: String },
+    /// Every campaign.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +166,16 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         } => {
             let n = dlq::replay(&config, &function, id.as_deref()).await?;
             println!("replayed {n} dead letter(s) of {function}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Campaign { command } => {
+            match command {
+                CampaignCmd::Create(args) => {
+                    println!("{}", campaign::create(&config, &args).await?)
+                }
+                CampaignCmd::Show { id } => print!("{}", campaign::show(&config, &id).await?),
+                CampaignCmd::List => print!("{}", campaign::list(&config).await?),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Transfer {

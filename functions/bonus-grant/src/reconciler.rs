@@ -1,0 +1,148 @@
+//! The reservation reconciler: every live reservation ends committed or given back.
+//!
+//! A reservation lives in Redis from the moment a grant is reserved until the reconciler sees
+//! its fate in PostgreSQL: committed with this reservation's token (it becomes committed in
+//! Redis), committed under another reservation (a copy made after Redis lost the grant's record:
+//! given back), or not committed `BONUS_RESERVATION_TIMEOUT` after it was made (a crash between
+//! Redis and PostgreSQL, a grant PostgreSQL refused: given back). A give-back is first recorded
+//! in `grant_releases` under the campaign's row lock, so a grant transaction that still holds
+//! that reservation sees it gone and reserves again; Redis is updated after that commit, and a
+//! give-back recorded but not yet applied is applied on the next pass.
+//!
+//! Safe with any number of replicas: a campaign whose row is locked (by a grant transaction or
+//! another reconciler) is skipped this pass (`FOR UPDATE SKIP LOCKED`), and the Redis script acts
+//! only on reservations whose token it was given.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wallet_runtime::{CancellationToken, Context, StepError};
+
+use crate::loader;
+use crate::reservations::{Action, Record, Reservations};
+
+/// Reservations looked at per campaign and pass.
+const LIMIT: isize = 1000;
+
+const CAMPAIGNS: &str = "SELECT id, redis_epoch FROM campaigns";
+const LOCK: &str = "SELECT redis_epoch FROM campaigns WHERE id = $1 FOR UPDATE SKIP LOCKED";
+const COMMITTED: &str = "SELECT id, token FROM grants WHERE id = ANY($1)";
+const RELEASED: &str = "SELECT grant_id, token FROM grant_releases WHERE grant_id = ANY($1)";
+const RELEASE: &str = "
+    INSERT INTO grant_releases (grant_id, token)
+    SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING";
+
+pub async fn run(ctx: Arc<Context>, reservations: Reservations, shutdown: CancellationToken) {
+    let interval = (ctx.config.bonus_reservation_timeout / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if let Err(e) = pass(&ctx, &reservations).await {
+            tracing::warn!(error = %e, "bonus reconciler: will retry");
+        }
+    }
+}
+
+/// One pass over every campaign.
+pub async fn pass(ctx: &Context, reservations: &Reservations) -> Result<(), StepError> {
+    let campaigns: Vec<(String, i64)> = ctx
+        .pool
+        .get()
+        .await?
+        .query(CAMPAIGNS, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (campaign, pg_epoch) in campaigns {
+        // A loader that died between PostgreSQL and Redis leaves Redis on an older epoch (every
+        // grant would be retried forever): load again. A campaign Redis does not hold at all is
+        // loaded by its next grant.
+        if let Some((epoch, _, _)) = reservations.counters(&campaign).await?
+            && epoch < pg_epoch
+        {
+            let mut client = ctx.pool.get().await?;
+            loader::load(&mut client, &ctx.config.currencies, reservations, &campaign).await?;
+        }
+        reconcile(ctx, reservations, &campaign).await?;
+    }
+    Ok(())
+}
+
+async fn reconcile(
+    ctx: &Context,
+    reservations: &Reservations,
+    campaign: &str,
+) -> Result<(), StepError> {
+    let pending = reservations.pending(campaign, LIMIT).await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut client = ctx.pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(row) = tx.query_opt(LOCK, &[&campaign]).await? else {
+        return Ok(()); // Busy (a grant batch or another reconciler): next pass.
+    };
+    let epoch: i64 = row.get(0);
+    let ids: Vec<&str> = pending.iter().map(|(g, _, _)| g.as_str()).collect();
+    let committed: HashMap<String, String> = tx
+        .query(COMMITTED, &[&ids])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let released: HashSet<(String, String)> = tx
+        .query(RELEASED, &[&ids])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let now = chrono::Utc::now().timestamp_millis();
+    let timeout =
+        i64::try_from(ctx.config.bonus_reservation_timeout.as_millis()).unwrap_or(i64::MAX);
+    let mut decisions = Vec::new();
+    let mut to_release: (Vec<&str>, Vec<&str>) = Default::default();
+    for (grant, at, record) in &pending {
+        let Some(Record::Reserved(r)) = record else {
+            // Committed or gone: only its place in the pending set is left.
+            decisions.push((grant.clone(), String::new(), Action::Forget, String::new()));
+            continue;
+        };
+        let action = if r.epoch != epoch {
+            Action::Forget
+        } else if let Some(token) = committed.get(grant) {
+            if *token == r.token {
+                Action::Commit
+            } else {
+                Action::Duplicate
+            }
+        } else if released.contains(&(grant.clone(), r.token.clone())) {
+            Action::Release
+        } else if now - at > timeout {
+            to_release.0.push(grant);
+            to_release.1.push(&r.token);
+            Action::Release
+        } else {
+            continue;
+        };
+        let pg_token = committed.get(grant).cloned().unwrap_or_default();
+        decisions.push((grant.clone(), r.token.clone(), action, pg_token));
+    }
+    if !to_release.0.is_empty() {
+        tx.execute(RELEASE, &[&to_release.0, &to_release.1]).await?;
+        tracing::info!(
+            campaign,
+            released = to_release.0.len(),
+            "bonus reservations not committed in time given back"
+        );
+        metrics::counter!("wallet_bonus_reservations_released_total")
+            .increment(to_release.0.len() as u64);
+    }
+    tx.commit().await?;
+    drop(client);
+    reservations.reconcile(campaign, &decisions).await
+}

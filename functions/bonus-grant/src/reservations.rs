@@ -1,0 +1,455 @@
+//! Campaign state in Redis: what lets a flash crowd be answered without PostgreSQL.
+//!
+//! Per campaign `C` (under `<ns>:bonus:`): `c:C` a hash of its parameters (minor units, epoch
+//! milliseconds) with `reserved`, the budget taken by committed grants plus live reservations,
+//! and `epoch`; `u:C` a hash of grants per user (committed plus live); `p:C` a sorted set of live
+//! reservations by the time they were made. Per grant, `g:<grant_id>`: its record,
+//! `R|amount|token|epoch|user|campaign` (reserved), `C|…` (committed) or
+//! `X|reason|campaign|user` (rejected, kept 25 hours).
+//!
+//! [`RESERVE`] decides one grant atomically: a grant id with a record gets that record back (a
+//! redelivery never reserves twice); otherwise the window, the per-user limit and the budget are
+//! checked, in the contract's order, and the amount reserved or the rejection recorded. Redis is
+//! never the source of truth: a campaign missing from Redis (never loaded, or lost with Redis's
+//! data) is loaded from PostgreSQL ([`Reservations::load`]) before any grant of it is answered,
+//! under a new epoch, and a reservation made under an older epoch counts for nothing.
+
+use redis::aio::ConnectionManager;
+use wallet_runtime::StepError;
+use wallet_runtime::names::Names;
+
+/// How long a rejection answered from Redis is remembered (the contract asks at least 24 hours).
+pub const REJECTION_TTL_SECS: u64 = 25 * 3600;
+
+/// KEYS: campaign, users, pending, grant. ARGV: grant id, user ('' when invalid), now (ms),
+/// token for a new reservation, rejection TTL, campaign id.
+/// Returns {'missing'} | {'known', record} | {'new', record}.
+const RESERVE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local g = redis.call('GET', KEYS[4])
+local c = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'per_user', 'budget', 'reserved', 'epoch', 'amount', 'min', 'max')
+if g then
+  -- A reservation of an older epoch was lost with Redis's data: it counts for nothing.
+  local kind, epoch = string.match(g, '^(%a)|[^|]*|[^|]*|([^|]*)|')
+  if kind ~= 'R' or epoch == c[6] then return {'known', g} end
+end
+local function reject(reason)
+  local rec = 'X|' .. reason .. '|' .. ARGV[6] .. '|' .. ARGV[2]
+  redis.call('SET', KEYS[4], rec, 'EX', ARGV[5])
+  return {'new', rec}
+end
+if ARGV[2] == '' then return reject('invalid_user_id') end
+local now = tonumber(ARGV[3])
+if c[1] ~= '' and now < tonumber(c[1]) then return reject('campaign_inactive') end
+if c[2] ~= '' and now >= tonumber(c[2]) then return reject('campaign_inactive') end
+if tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(c[3]) then
+  return reject('limit_reached')
+end
+local amount
+if c[7] ~= '' then
+  amount = tonumber(c[7])
+else
+  -- Drawn from the grant id: the same id always draws the same amount.
+  local lo, hi = tonumber(c[8]), tonumber(c[9])
+  amount = lo + tonumber(string.sub(redis.sha1hex(ARGV[1]), 1, 12), 16) % (hi - lo + 1)
+end
+if tonumber(c[5]) + amount > tonumber(c[4]) then return reject('campaign_exhausted') end
+redis.call('HINCRBY', KEYS[1], 'reserved', amount)
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+local rec = 'R|' .. amount .. '|' .. ARGV[4] .. '|' .. c[6] .. '|' .. ARGV[2] .. '|' .. ARGV[6]
+redis.call('SET', KEYS[4], rec)
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+return {'new', rec}
+";
+
+/// KEYS: campaign, users, pending. ARGV: epoch, reserved, starts, ends, per_user, budget,
+/// amount, min, max, then (user, grants) pairs. Replaces the campaign's state unless Redis
+/// already holds this epoch or a later one. Returns 1 when it loaded.
+const LOAD: &str = r"
+local have = redis.call('HGET', KEYS[1], 'epoch')
+if have and tonumber(have) >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'reserved', ARGV[2], 'starts', ARGV[3], 'ends', ARGV[4],
+  'per_user', ARGV[5], 'budget', ARGV[6], 'amount', ARGV[7], 'min', ARGV[8], 'max', ARGV[9])
+for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+";
+
+/// KEYS: campaign, users, pending. ARGV: (grant id, token, action, pg token) quadruples, where
+/// action is `commit` (PostgreSQL holds this reservation's grant), `duplicate` (it holds the grant
+/// under another reservation), `release` (it never committed) or `forget` (an older epoch).
+/// A record whose token changed meanwhile is left alone.
+const RECONCILE: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local done = 0
+for i = 1, #ARGV, 4 do
+  local key = KEYS[4] .. ARGV[i]
+  local rec = redis.call('GET', key)
+  local kind, amount, token, rest = nil, nil, nil, nil
+  if rec then kind, amount, token, rest = string.match(rec, '^(%a)|([^|]*)|([^|]*)|(.*)$') end
+  if kind == 'R' and token == ARGV[i + 1] then
+    local rec_epoch, user = string.match(rest, '^([^|]*)|([^|]*)|')
+    local action = ARGV[i + 2]
+    local counted = rec_epoch == epoch
+    if action == 'commit' then
+      redis.call('SET', key, 'C|' .. amount .. '|' .. token .. '|' .. rest)
+    else
+      if counted and action ~= 'forget' then
+        redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(amount))
+        redis.call('HINCRBY', KEYS[2], user, -1)
+      end
+      if action == 'duplicate' then
+        redis.call('SET', key, 'C|' .. amount .. '|' .. ARGV[i + 3] .. '|' .. rest)
+      else
+        redis.call('DEL', key)
+      end
+    end
+    done = done + 1
+  end
+  redis.call('ZREM', KEYS[3], ARGV[i])
+end
+return done
+";
+
+/// A grant's record in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Reserved(Reservation),
+    Committed(Reservation),
+    Rejected {
+        reason: String,
+        campaign: String,
+        user: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub amount_minor: i64,
+    pub token: String,
+    pub epoch: i64,
+    pub user: String,
+    pub campaign: String,
+}
+
+impl Record {
+    pub fn parse(s: &str) -> Option<Self> {
+        let parts: Vec<&str> = s.splitn(6, '|').collect();
+        match parts.as_slice() {
+            [kind @ ("R" | "C"), amount, token, epoch, user, campaign] => {
+                let r = Reservation {
+                    amount_minor: amount.parse().ok()?,
+                    token: (*token).to_owned(),
+                    epoch: epoch.parse().ok()?,
+                    user: (*user).to_owned(),
+                    campaign: (*campaign).to_owned(),
+                };
+                Some(if *kind == "R" {
+                    Record::Reserved(r)
+                } else {
+                    Record::Committed(r)
+                })
+            }
+            ["X", reason, rest @ ..] => {
+                let rest = rest.join("|");
+                let (campaign, user) = rest.split_once('|')?;
+                Some(Record::Rejected {
+                    reason: (*reason).to_owned(),
+                    campaign: campaign.to_owned(),
+                    user: user.to_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What [`Reservations::reserve`] found or did for one grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// The campaign is not in Redis: load it, then ask again.
+    Missing,
+    /// The grant's record: decided now (`fresh`) or earlier.
+    Record { record: Record, fresh: bool },
+}
+
+/// One grant to reserve.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub grant: &'a str,
+    pub campaign: &'a str,
+    /// `None`: the command's `user_id` is invalid.
+    pub user: Option<&'a str>,
+}
+
+/// Campaign state to load (minor units, epoch milliseconds).
+#[derive(Debug)]
+pub struct State {
+    pub epoch: i64,
+    pub reserved: i64,
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub per_user: i32,
+    pub budget: i64,
+    pub amount: Result<i64, (i64, i64)>,
+    pub users: Vec<(String, i64)>,
+}
+
+/// The action the reconciler takes on one live reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Commit,
+    Duplicate,
+    Release,
+    Forget,
+}
+
+#[derive(Clone)]
+pub struct Reservations {
+    conn: ConnectionManager,
+    names: Names,
+    reserve: redis::Script,
+    load: redis::Script,
+    reconcile: redis::Script,
+}
+
+impl std::fmt::Debug for Reservations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservations").finish_non_exhaustive()
+    }
+}
+
+impl Reservations {
+    pub fn new(conn: ConnectionManager, names: Names) -> Self {
+        Self {
+            conn,
+            names,
+            reserve: redis::Script::new(RESERVE),
+            load: redis::Script::new(LOAD),
+            reconcile: redis::Script::new(RECONCILE),
+        }
+    }
+
+    pub fn campaign_key(&self, campaign: &str) -> String {
+        self.names.redis_key(&format!("bonus:c:{campaign}"))
+    }
+    pub fn users_key(&self, campaign: &str) -> String {
+        self.names.redis_key(&format!("bonus:u:{campaign}"))
+    }
+    pub fn pending_key(&self, campaign: &str) -> String {
+        self.names.redis_key(&format!("bonus:p:{campaign}"))
+    }
+    pub fn grant_key(&self, grant: &str) -> String {
+        self.names.redis_key(&format!("bonus:g:{grant}"))
+    }
+
+    /// Reserves `claims` in one round trip (a pipeline of [`RESERVE`] calls by SHA; the script
+    /// is loaded once and again only after Redis forgot it).
+    pub async fn reserve(
+        &self,
+        claims: &[Claim<'_>],
+        now_ms: i64,
+    ) -> Result<Vec<Reserved>, StepError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let invocations: Vec<redis::ScriptInvocation> = claims
+            .iter()
+            .map(|c| {
+                let mut i = self.reserve.prepare_invoke();
+                i.key(self.campaign_key(c.campaign))
+                    .key(self.users_key(c.campaign))
+                    .key(self.pending_key(c.campaign))
+                    .key(self.grant_key(c.grant))
+                    .arg(c.grant)
+                    .arg(c.user.unwrap_or(""))
+                    .arg(now_ms)
+                    .arg(uuid::Uuid::new_v4().simple().to_string())
+                    .arg(REJECTION_TTL_SECS)
+                    .arg(c.campaign);
+                i
+            })
+            .collect();
+        let replies: Vec<Vec<String>> = self.pipeline(&self.reserve, &invocations).await?;
+        replies
+            .into_iter()
+            .map(|reply| match reply.as_slice() {
+                [m] if m == "missing" => Ok(Reserved::Missing),
+                [how, record] => Record::parse(record)
+                    .map(|record| Reserved::Record {
+                        record,
+                        fresh: how == "new",
+                    })
+                    .ok_or_else(|| StepError::permanent(format!("bonus: bad record `{record}`"))),
+                other => Err(StepError::permanent(format!("bonus: bad reply {other:?}"))),
+            })
+            .collect()
+    }
+
+    /// Runs `invocations` of `script` in one pipeline by SHA; loads the script and retries once
+    /// when Redis does not know it (a restart, `SCRIPT FLUSH`).
+    async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        invocations: &[redis::ScriptInvocation<'_>],
+    ) -> Result<Vec<T>, StepError> {
+        let mut conn = self.conn.clone();
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            for i in invocations {
+                pipe.invoke_script(i);
+            }
+            match pipe.query_async::<Vec<T>>(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        && attempt == 0 =>
+                {
+                    script.prepare_invoke().load_async(&mut conn).await?;
+                }
+                r => return Ok(r?),
+            }
+        }
+        Err(StepError::transient("bonus: script not loaded"))
+    }
+
+    /// Remembers a rejection decided outside the script (`unknown_campaign`).
+    pub async fn reject(
+        &self,
+        grant: &str,
+        reason: &str,
+        campaign: &str,
+        user: &str,
+    ) -> Result<(), StepError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.grant_key(grant))
+            .arg(format!("X|{reason}|{campaign}|{user}"))
+            .arg("EX")
+            .arg(REJECTION_TTL_SECS)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Loads a campaign's state unless Redis holds this epoch or a later one; true when loaded.
+    pub async fn load(&self, campaign: &str, s: &State) -> Result<bool, StepError> {
+        let opt = |v: Option<i64>| v.map_or(String::new(), |v| v.to_string());
+        let (amount, min, max) = match s.amount {
+            Ok(a) => (a.to_string(), String::new(), String::new()),
+            Err((lo, hi)) => (String::new(), lo.to_string(), hi.to_string()),
+        };
+        let mut i = self.load.prepare_invoke();
+        i.key(self.campaign_key(campaign))
+            .key(self.users_key(campaign))
+            .key(self.pending_key(campaign))
+            .arg(s.epoch)
+            .arg(s.reserved)
+            .arg(opt(s.starts_ms))
+            .arg(opt(s.ends_ms))
+            .arg(s.per_user)
+            .arg(s.budget)
+            .arg(amount)
+            .arg(min)
+            .arg(max);
+        for (user, n) in &s.users {
+            i.arg(user).arg(n);
+        }
+        let mut conn = self.conn.clone();
+        let loaded: i64 = i.invoke_async(&mut conn).await?;
+        Ok(loaded == 1)
+    }
+
+    /// Restores committed grants' records (grant, record) where Redis has none.
+    pub async fn remember_committed(&self, records: &[(String, String)]) -> Result<(), StepError> {
+        let mut conn = self.conn.clone();
+        for chunk in records.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (grant, record) in chunk {
+                pipe.cmd("SET")
+                    .arg(self.grant_key(grant))
+                    .arg(record)
+                    .arg("NX")
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Live reservations of `campaign` with their records, oldest first, at most `limit`.
+    pub async fn pending(
+        &self,
+        campaign: &str,
+        limit: isize,
+    ) -> Result<Vec<(String, i64, Option<Record>)>, StepError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(self.pending_key(campaign))
+            .arg(0)
+            .arg(limit - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|(g, _)| self.grant_key(g)).collect();
+        let records: Vec<Option<String>> =
+            redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        Ok(ids
+            .into_iter()
+            .zip(records)
+            .map(|((g, at), r)| (g, at, r.as_deref().and_then(Record::parse)))
+            .collect())
+    }
+
+    /// Applies the reconciler's decisions (grant, token, action, PostgreSQL's token).
+    pub async fn reconcile(
+        &self,
+        campaign: &str,
+        decisions: &[(String, String, Action, String)],
+    ) -> Result<(), StepError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let mut i = self.reconcile.prepare_invoke();
+        i.key(self.campaign_key(campaign))
+            .key(self.users_key(campaign))
+            .key(self.pending_key(campaign))
+            .key(self.grant_key(""));
+        for (grant, token, action, pg_token) in decisions {
+            let action = match action {
+                Action::Commit => "commit",
+                Action::Duplicate => "duplicate",
+                Action::Release => "release",
+                Action::Forget => "forget",
+            };
+            i.arg(grant).arg(token).arg(action).arg(pg_token);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = i.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The campaign's counters as Redis holds them: (epoch, reserved, users) or `None` when not loaded.
+    pub async fn counters(
+        &self,
+        campaign: &str,
+    ) -> Result<Option<(i64, i64, Vec<(String, i64)>)>, StepError> {
+        let mut conn = self.conn.clone();
+        let (epoch, reserved): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.campaign_key(campaign))
+            .arg("epoch")
+            .arg("reserved")
+            .query_async(&mut conn)
+            .await?;
+        let (Some(epoch), Some(reserved)) = (epoch, reserved) else {
+            return Ok(None);
+        };
+        let users: Vec<(String, i64)> = redis::cmd("HGETALL")
+            .arg(self.users_key(campaign))
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some((epoch, reserved, users)))
+    }
+}

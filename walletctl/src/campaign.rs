@@ -1,0 +1,211 @@
+//! `walletctl campaign create|show|list`: bonus campaigns (CONTRACT §6).
+//!
+//! A campaign is created in PostgreSQL, then loaded into Redis by the same loader `bonus-grant`
+//! uses when Redis lost it, so there is one definition of the Redis state.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, bail};
+use bonus_grant::campaign::{self, Amount, Campaign, Created, from_minor};
+use bonus_grant::loader::{self, Loaded};
+use bonus_grant::reservations::{Record, Reservations};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use wallet_runtime::Config;
+use wallet_runtime::money::{Currency, parse_amount};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub id: String,
+    #[arg(long)]
+    pub currency: String,
+    /// The most the campaign grants in total, in its currency.
+    #[arg(long)]
+    pub budget: String,
+    /// Every grant's amount (or give --amount-min and --amount-max).
+    #[arg(long, conflicts_with_all = ["amount_min", "amount_max"])]
+    pub amount: Option<String>,
+    /// A random amount per grant, fixed by the grant id, from this...
+    #[arg(long, requires = "amount_max")]
+    pub amount_min: Option<String>,
+    /// ...to this, in the currency's minor units.
+    #[arg(long, requires = "amount_min")]
+    pub amount_max: Option<String>,
+    /// Grants per user.
+    #[arg(long)]
+    pub per_user: i32,
+    /// RFC 3339, inclusive.
+    #[arg(long)]
+    pub starts: Option<String>,
+    /// RFC 3339, exclusive.
+    #[arg(long)]
+    pub ends: Option<String>,
+}
+
+fn money(flag: &str, text: &str, currency: Currency) -> anyhow::Result<Decimal> {
+    parse_amount(Some(&serde_json::Value::String(text.to_owned())), currency).map_err(|_| {
+        anyhow::anyhow!(
+            "--{flag} `{text}` is not a positive amount with at most {} decimals in {}",
+            currency.minor_unit,
+            currency.code()
+        )
+    })
+}
+
+fn time(flag: &str, text: &Option<String>) -> anyhow::Result<Option<DateTime<Utc>>> {
+    text.as_deref()
+        .map(|t| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| anyhow::anyhow!("--{flag} `{t}` is not an RFC 3339 time: {e}"))
+        })
+        .transpose()
+}
+
+impl CreateArgs {
+    pub fn campaign(&self, config: &Config) -> anyhow::Result<Campaign> {
+        let currency = config.currencies.get(&self.currency).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--currency `{}` is not a configured currency",
+                self.currency
+            )
+        })?;
+        let amount = match (&self.amount, &self.amount_min, &self.amount_max) {
+            (Some(a), None, None) => Amount::Fixed(money("amount", a, currency)?),
+            (None, Some(lo), Some(hi)) => Amount::Between(
+                money("amount-min", lo, currency)?,
+                money("amount-max", hi, currency)?,
+            ),
+            _ => bail!("give --amount, or --amount-min and --amount-max"),
+        };
+        Ok(Campaign {
+            id: self.id.clone(),
+            currency,
+            budget: money("budget", &self.budget, currency)?,
+            amount,
+            per_user: self.per_user,
+            starts: time("starts", &self.starts)?,
+            ends: time("ends", &self.ends)?,
+        })
+    }
+}
+
+async fn reservations(config: &Config) -> anyhow::Result<Reservations> {
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    let conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                wallet_runtime::config::redact(&config.redis_url)
+            )
+        })?;
+    Ok(Reservations::new(conn, config.names.clone()))
+}
+
+/// Creates the campaign (or finds it unchanged) and loads it into Redis.
+pub async fn create(config: &Config, args: &CreateArgs) -> anyhow::Result<String> {
+    let c = args.campaign(config)?;
+    let mut pg = crate::postgres(config).await?;
+    let created = campaign::create(&pg, &config.currencies, &c).await?;
+    let reservations = reservations(config).await?;
+    // Loaded on creation; an unchanged campaign is loaded only if Redis lost it.
+    if created == Created::Created || reservations.counters(&c.id).await?.is_none() {
+        let loaded = loader::load(&mut pg, &config.currencies, &reservations, &c.id).await?;
+        anyhow::ensure!(
+            loaded == Loaded::Loaded,
+            "campaign `{}` vanished while loading",
+            c.id
+        );
+    }
+    Ok(match created {
+        Created::Created => format!("campaign {}: created", c.id),
+        Created::Unchanged => format!("campaign {}: unchanged", c.id),
+    })
+}
+
+/// One campaign: parameters, what PostgreSQL committed, what Redis holds.
+pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
+    let pg = crate::postgres(config).await?;
+    let Some(row) = pg
+        .query_opt(&format!("{} WHERE id = $1", campaign::SELECT), &[&id])
+        .await?
+    else {
+        bail!("no campaign `{id}`");
+    };
+    let c = campaign::from_row(&row, &config.currencies)
+        .ok_or_else(|| anyhow::anyhow!("campaign `{id}` has a currency no longer configured"))?;
+    let totals = pg
+        .query_one(
+            "SELECT granted, grants, redis_epoch, (SELECT count(DISTINCT user_id) FROM grants WHERE campaign_id = $1)
+             FROM campaigns WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    let (granted, grants, epoch, users): (Decimal, i64, i64, i64) =
+        (totals.get(0), totals.get(1), totals.get(2), totals.get(3));
+    let cur = c.currency;
+    let mut out = String::new();
+    writeln!(out, "campaign  {id}")?;
+    for (k, v) in c.lines() {
+        writeln!(out, "{k:<9} {v}")?;
+    }
+    writeln!(
+        out,
+        "granted   {} in {grants} grant(s) to {users} user(s); {} left",
+        cur.format(granted),
+        cur.format(c.budget - granted)
+    )?;
+    let reservations = reservations(config).await?;
+    match reservations.counters(id).await? {
+        None => writeln!(out, "redis     not loaded (the next grant loads it)")?,
+        Some((redis_epoch, reserved, _)) => {
+            let live = reservations.pending(id, 100_000).await?;
+            let live = live
+                .iter()
+                .filter(|(_, _, r)| matches!(r, Some(Record::Reserved(_))))
+                .count();
+            writeln!(
+                out,
+                "redis     epoch {redis_epoch} (PostgreSQL {epoch}), reserved {} with {live} reservation(s) in flight",
+                cur.format(from_minor(reserved, cur))
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// Every campaign, one line each.
+pub async fn list(config: &Config) -> anyhow::Result<String> {
+    let pg = crate::postgres(config).await?;
+    let rows = pg.query(campaign::LIST, &[]).await?;
+    let mut out = format!(
+        "{:<24} {:<4} {:>14} {:>14} {:>8} {:>8}  {}\n",
+        "CAMPAIGN", "CUR", "BUDGET", "GRANTED", "GRANTS", "PER_USER", "AMOUNT"
+    );
+    for row in rows {
+        let Some(c) = campaign::from_row(&row, &config.currencies) else {
+            continue;
+        };
+        let (granted, grants): (Decimal, i64) = (row.get(9), row.get(10));
+        let amount = c
+            .lines()
+            .into_iter()
+            .find(|(k, _)| *k == "amount")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:<24} {:<4} {:>14} {:>14} {:>8} {:>8}  {}",
+            c.id,
+            c.currency.code(),
+            c.currency.format(c.budget),
+            c.currency.format(granted),
+            grants,
+            c.per_user,
+            amount
+        )?;
+    }
+    Ok(out)
+}
