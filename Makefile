@@ -19,10 +19,12 @@ test: build
 run: release
 	bash scripts/run.sh
 
-# Floods a running stack (`make run`) with deposits, then transfers, and prints the rates.
+# Floods a running stack (`make run`) with deposits, transfers and a bonus flash crowd, and
+# prints the rates.
 bench: release
 	./target/release/walletctl load --kind deposit --count $${COUNT:-50000} --users $${USERS:-1000}
 	./target/release/walletctl load --kind transfer --count $${TRANSFERS:-20000} --users $${USERS:-1000}
+	./target/release/walletctl load --kind bonus --count $${GRANTS:-100000}
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -148,6 +148,27 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 s.seconds,
                 s.rate()
             );
+            if s.kind == load::Kind::Bonus {
+                let times =
+                    |status: &str| s.times_by_status.get(status).cloned().unwrap_or_default();
+                let (granted, rejected) = (times("granted"), times("rejected"));
+                let exhausted = granted.iter().copied().fold(0.0, f64::max);
+                let after: Vec<f64> = rejected.into_iter().filter(|t| *t > exhausted).collect();
+                let end = after.iter().copied().fold(exhausted, f64::max);
+                println!();
+                println!(
+                    "| granted | granted/s (to the last grant) | rejected after exhaustion | rejected/s after exhaustion | PostgreSQL transactions (whole database) |"
+                );
+                println!("|---:|---:|---:|---:|---:|");
+                println!(
+                    "| {} | {:.0} | {} | {:.0} | {} |",
+                    granted.len(),
+                    granted.len() as f64 / exhausted.max(f64::EPSILON),
+                    after.len(),
+                    after.len() as f64 / (end - exhausted).max(f64::EPSILON),
+                    s.pg_transactions.unwrap_or_default()
+                );
+            }
             Ok(if s.finished == s.sent {
                 ExitCode::SUCCESS
             } else {

@@ -4,7 +4,7 @@
 //! flight) for `users` users, reads the outcome events, and reports commands per second from the
 //! first publish to the last final event, with a check that every command reached one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -44,6 +44,9 @@ pub enum Kind {
     /// Users are funded first; then transfers of 1.25 USD to `alpha` and `beta`, each ending
     /// `completed` or `failed` (needs `provider-ack` and a provider, e.g. `walletctl provider-sim`).
     Transfer,
+    /// A flash crowd: a campaign of `count / 10` envelopes of 1.00 USD (one per user), then
+    /// `count` grants from distinct users; each ends `granted` or `rejected`.
+    Bonus,
 }
 
 #[derive(Debug)]
@@ -52,6 +55,12 @@ pub struct Summary {
     pub sent: usize,
     /// Commands that reached their final event.
     pub finished: usize,
+    /// Final events by status (`granted`, `rejected`, …).
+    pub by_status: std::collections::BTreeMap<String, usize>,
+    /// Seconds from the first publish to each final event, by status.
+    pub times_by_status: HashMap<String, Vec<f64>>,
+    /// PostgreSQL transactions committed in the database during the run (bonus only).
+    pub pg_transactions: Option<i64>,
     pub publish_seconds: f64,
     pub seconds: f64,
 }
@@ -114,6 +123,43 @@ pub async fn run(
             s.kind = Kind::Transfer;
             Ok(s)
         }
+        Kind::Bonus => {
+            let campaign = format!("{run}-red");
+            let envelopes = (count / 10).max(1);
+            let args = crate::campaign::CreateArgs {
+                id: campaign.clone(),
+                currency: "USD".into(),
+                budget: envelopes.to_string(),
+                amount: Some("1.00".into()),
+                amount_min: None,
+                amount_max: None,
+                per_user: 1,
+                starts: None,
+                ends: None,
+            };
+            eprintln!("  {}", crate::campaign::create(config, &args).await?);
+            let commands = (0..count)
+                .map(|i| {
+                    let id = command("grant", i);
+                    let body = format!(
+                        r#"{{"grant_id":"{id}","campaign_id":"{campaign}","user_id":"{run}-g{i}"}}"#
+                    );
+                    (config.names.subject("bonus.grant"), id, body.into_bytes())
+                })
+                .collect();
+            let pg = crate::postgres(config).await?;
+            const XACTS: &str =
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+            let before: i64 = pg.query_one(XACTS, &[]).await?.get(0);
+            let mut s = drive(&js, config, "bonus", commands, timeout).await?;
+            // Statistics reach pg_stat_database within about a second.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let pg = crate::postgres(config).await?;
+            let after: i64 = pg.query_one(XACTS, &[]).await?.get(0);
+            s.kind = Kind::Bonus;
+            s.pg_transactions = Some(after - before);
+            Ok(s)
+        }
     }
 }
 
@@ -148,6 +194,8 @@ async fn drive(
         })
     };
     let mut done: HashSet<String> = HashSet::with_capacity(count);
+    let mut by_status = std::collections::BTreeMap::new();
+    let mut times_by_status: HashMap<String, Vec<f64>> = HashMap::new();
     let mut unexpected: Vec<String> = Vec::new();
     let mut last_report = Instant::now();
     let deadline = Instant::now() + timeout;
@@ -160,8 +208,23 @@ async fn drive(
         let id = v["id"].as_str().unwrap_or_default();
         if ids.contains(id) {
             match v["status"].as_str().unwrap_or_default() {
-                "completed" | "failed" => {
-                    done.insert(id.to_owned());
+                status @ ("completed" | "failed" | "granted") => {
+                    if done.insert(id.to_owned()) {
+                        *by_status.entry(status.to_owned()).or_default() += 1;
+                        times_by_status
+                            .entry(status.to_owned())
+                            .or_default()
+                            .push(started.elapsed().as_secs_f64());
+                    }
+                }
+                "rejected" if entity == "bonus" && v["reason"] == "campaign_exhausted" => {
+                    if done.insert(id.to_owned()) {
+                        *by_status.entry("rejected".to_owned()).or_default() += 1;
+                        times_by_status
+                            .entry("rejected".to_owned())
+                            .or_default()
+                            .push(started.elapsed().as_secs_f64());
+                    }
                 }
                 "pending" => {}
                 other => unexpected.push(format!("{id}: {other} {}", v["reason"])),
@@ -170,7 +233,7 @@ async fn drive(
         if last_report.elapsed() >= Duration::from_secs(1) {
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
-                "  {:>8} / {count} {entity}s finished  {:>8.0}/s",
+                "  {:>8} / {count} {entity} commands finished  {:>8.0}/s",
                 done.len(),
                 done.len() as f64 / secs
             );
@@ -189,6 +252,9 @@ async fn drive(
         kind: Kind::Deposit,
         sent: count,
         finished: done.len(),
+        by_status,
+        times_by_status,
+        pg_transactions: None,
         publish_seconds,
         seconds,
     })
