@@ -407,6 +407,32 @@ impl TestEnv {
         }
     }
 
+    /// Waits until `function`'s consumer has nothing pending or unacknowledged.
+    pub async fn drained(&self, function: &str) {
+        let stream = Topology::load(None)
+            .unwrap()
+            .consumer(function)
+            .unwrap()
+            .stream
+            .clone();
+        let consumer: consumer::PullConsumer = self
+            .js
+            .get_stream(self.config.names.name(&stream))
+            .await
+            .unwrap()
+            .get_consumer(&self.config.names.name(function))
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(60), "the consumer drained", || {
+            let mut c = consumer.clone();
+            async move {
+                let info = c.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            }
+        })
+        .await;
+    }
+
     /// Asks the balance function for `user`'s wallets.
     pub async fn balance(&self, user: &str) -> Value {
         let req = serde_json::to_vec(&serde_json::json!({ "user_id": user })).unwrap();
