@@ -360,3 +360,52 @@ async fn a_crash_between_reservation_and_commit_gives_the_budget_back_and_the_re
     assert_eq!(outcomes(&events, "granted").len(), 1);
     audit_clean(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_holds_the_budget_and_the_limit_when_redis_is_wrong() {
+    let env = TestEnv::new().await;
+    create(&env, &args("c-pg", "5", "1", 1)).await;
+    // Redis now believes in a far larger budget and limit than PostgreSQL.
+    let client = redis::Client::open(env.config.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(env.config.names.redis_key("bonus:c:c-pg"))
+        .arg("budget")
+        .arg(100_000)
+        .arg("per_user")
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _bonus = env.spawn("bonus-grant", &[("BONUS_RESERVATION_TIMEOUT", "1s")]);
+    let mut events = env.events().await;
+    let mut grants: Vec<_> = (0..10)
+        .map(|i| grant(&format!("g-{i}"), "c-pg", &format!("u-{i}")))
+        .collect();
+    grants.push(grant("g-again", "c-pg", "u-0"));
+    env.run_commands(&mut events, "bonus", grants).await;
+    assert_eq!(outcomes(&events, "granted").len(), 5);
+    let reasons: Vec<&str> = outcomes(&events, "rejected")
+        .iter()
+        .map(|r| r.body["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 6);
+    assert!(
+        reasons
+            .iter()
+            .all(|r| *r == "campaign_exhausted" || *r == "limit_reached")
+    );
+    assert_eq!(granted_total(&env, "c-pg").await, (Decimal::from(5), 5));
+    // The reservations PostgreSQL refused are given back after the timeout.
+    eventually(T, "refused reservations given back", || async {
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let reserved: i64 = redis::cmd("HGET")
+            .arg(env.config.names.redis_key("bonus:c:c-pg"))
+            .arg("reserved")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (reserved == 500).then_some(())
+    })
+    .await;
+}
