@@ -390,11 +390,15 @@ async fn postgres_holds_the_budget_and_the_limit_when_redis_is_wrong() {
         .map(|r| r.body["reason"].as_str().unwrap())
         .collect();
     assert_eq!(reasons.len(), 6);
-    assert!(
+    assert_eq!(
         reasons
             .iter()
-            .all(|r| *r == "campaign_exhausted" || *r == "limit_reached")
+            .filter(|r| **r == "campaign_exhausted")
+            .count(),
+        5
     );
+    let again = events.by_id("bonus:g-again:rejected", T).await;
+    assert_eq!(again.body["reason"], "limit_reached");
     assert_eq!(granted_total(&env, "c-pg").await, (Decimal::from(5), 5));
     // The reservations PostgreSQL refused are given back after the timeout.
     eventually(T, "refused reservations given back", || async {
