@@ -111,7 +111,7 @@ pub async fn create(config: &Config, args: &CreateArgs) -> anyhow::Result<String
     let created = campaign::create(&pg, &config.currencies, &c).await?;
     let reservations = reservations(config).await?;
     // Loaded on creation; an unchanged campaign is loaded only if Redis lost it.
-    if created == Created::Created || reservations.counters(&c.id).await?.is_none() {
+    if created == Created::Created || reservations.epoch(&c.id).await?.is_none() {
         let loaded = loader::load(&mut pg, &config.currencies, &reservations, &c.id).await?;
         anyhow::ensure!(
             loaded == Loaded::Loaded,

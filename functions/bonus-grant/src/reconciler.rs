@@ -62,7 +62,7 @@ pub async fn pass(ctx: &Context, reservations: &Reservations) -> Result<(), Step
         // A loader that died between PostgreSQL and Redis leaves Redis on an older epoch (every
         // grant would be retried forever): load again. A campaign Redis does not hold at all is
         // loaded by its next grant.
-        if let Some((epoch, _, _)) = reservations.counters(&campaign).await?
+        if let Some(epoch) = reservations.epoch(&campaign).await?
             && epoch < pg_epoch
         {
             let mut client = ctx.pool.get().await?;

@@ -431,6 +431,16 @@ impl Reservations {
         Ok(())
     }
 
+    /// The epoch of the campaign's state in Redis; `None` when not loaded.
+    pub async fn epoch(&self, campaign: &str) -> Result<Option<i64>, StepError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("HGET")
+            .arg(self.campaign_key(campaign))
+            .arg("epoch")
+            .query_async(&mut conn)
+            .await?)
+    }
+
     /// The campaign's counters as Redis holds them: (epoch, reserved, users) or `None` when not loaded.
     pub async fn counters(
         &self,
