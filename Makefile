@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release test run bench lint fmt clean-dev
+.PHONY: build release test run bench lint fmt clean-dev k8s image
 
 build:
 	$(CARGO) build --workspace --bins
@@ -35,3 +35,11 @@ fmt:
 
 clean-dev:
 	rm -rf .dev
+
+# Regenerate k8s/base/functions/ from every functions/*/function.toml.
+k8s: build
+	./target/debug/walletctl k8s
+
+# The container image of every binary (needs Docker with BuildKit).
+image:
+	docker build -t wallet-functions:latest .

@@ -10,6 +10,7 @@ use wallet_runtime::streams::Topology;
 pub mod audit;
 pub mod campaign;
 pub mod dlq;
+pub mod k8s;
 pub mod load;
 pub mod provider_sim;
 pub mod setup;
@@ -51,6 +52,15 @@ pub enum Cmd {
     Dlq {
         #[command(subcommand)]
         command: DlqCmd,
+    },
+    /// Generate k8s/base/functions/ from every functions/*/function.toml (checked against
+    /// streams.toml); with --check, only report whether the committed files are current.
+    K8s {
+        #[arg(long)]
+        check: bool,
+        /// The repository root.
+        #[arg(long, default_value = ".")]
+        root: std::path::PathBuf,
     },
     /// Bonus campaigns (red envelopes).
     Campaign {
@@ -187,6 +197,26 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         } => {
             let n = dlq::replay(&config, &function, id.as_deref()).await?;
             println!("replayed {n} dead letter(s) of {function}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::K8s { check, root } => {
+            let differ = k8s::generate(&root, &topology, check)?;
+            for p in &differ {
+                println!(
+                    "{} {}",
+                    if check { "stale:" } else { "wrote:" },
+                    p.display()
+                );
+            }
+            if check && !differ.is_empty() {
+                eprintln!(
+                    "walletctl: k8s/ is out of date with the function folders: run `make k8s`"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            if differ.is_empty() {
+                println!("k8s: up to date");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Campaign { command } => {

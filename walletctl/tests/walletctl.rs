@@ -78,3 +78,44 @@ async fn status_shows_pending_commands_and_dead_letters_per_function() {
         "{out}"
     );
 }
+
+fn repo_root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+}
+
+#[test]
+fn function_folders_streams_toml_and_k8s_agree() {
+    let topology = wallet_runtime::streams::Topology::load(None).unwrap();
+    let stale = walletctl::k8s::generate(repo_root(), &topology, true).unwrap();
+    assert!(stale.is_empty(), "k8s/ is stale, run `make k8s`: {stale:?}");
+    let specs = walletctl::k8s::specs(repo_root()).unwrap();
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "balance",
+            "bonus-grant",
+            "deposit",
+            "provider-ack",
+            "transfer-out"
+        ]
+    );
+}
+
+#[test]
+fn a_function_disagreeing_with_streams_toml_fails_the_check() {
+    use walletctl::k8s::check_agreement;
+    let topology = wallet_runtime::streams::Topology::load(None).unwrap();
+    let specs = walletctl::k8s::specs(repo_root()).unwrap();
+    let broken = |change: &dyn Fn(&mut walletctl::k8s::FunctionSpec)| {
+        let mut specs = specs.clone();
+        change(specs.iter_mut().find(|s| s.name == "deposit").unwrap());
+        check_agreement(&specs, &topology).unwrap_err().to_string()
+    };
+    assert!(broken(&|s| s.stream = Some("TRANSFERS".into())).contains("stream TRANSFERS"));
+    assert!(broken(&|s| s.subject = "wallet.deposits".into()).contains("subject wallet.deposits"));
+    assert!(broken(&|s| s.name = "ghost".into()).contains("no [[consumer]]"));
+    assert!(broken(&|s| s.scaling.lag_threshold = None).contains("lag_threshold"));
+}
