@@ -81,16 +81,18 @@ pub async fn load(
         },
         users,
     };
+    // Committed grants are remembered first, so that from the moment the campaign appears in
+    // Redis a copy of one is recognised as a duplicate, never judged again (no grant is answered
+    // while the campaign is absent).
+    let committed: Vec<(String, String)> = grants
+        .into_iter()
+        .map(|(grant, user, amount, token)| {
+            let record = format!("C|{}|{token}|{epoch}|{user}|{id}", minor(amount, cur));
+            (grant, record)
+        })
+        .collect();
+    reservations.remember_committed(&committed).await?;
     if reservations.load(id, &state).await? {
-        // Committed grants are remembered, so that a copy of one is recognised, not judged again.
-        let committed: Vec<(String, String)> = grants
-            .into_iter()
-            .map(|(grant, user, amount, token)| {
-                let record = format!("C|{}|{token}|{epoch}|{user}|{id}", minor(amount, cur));
-                (grant, record)
-            })
-            .collect();
-        reservations.remember_committed(&committed).await?;
         tracing::info!(
             campaign = id,
             epoch,
