@@ -60,6 +60,35 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
 }
 
+include!(concat!(env!("OUT_DIR"), "/function_specs.rs"));
+
+/// The function.toml files built into this binary.
+pub fn built_in() -> Vec<FunctionSpec> {
+    FUNCTION_SPECS
+        .iter()
+        .filter_map(|text| toml::from_str(text).ok())
+        .collect()
+}
+
+impl Scaling {
+    /// The replicas KEDA's `nats-jetstream` scaler asks for at this consumer lag (its lag is
+    /// pending plus unacknowledged): none beyond `min_replicas` until the lag passes
+    /// `activation_lag_threshold`, then ceil(lag / `lag_threshold`) within min and max.
+    pub fn keda_replicas(&self, lag: u64) -> u32 {
+        let (Some(threshold), Some(activation)) =
+            (self.lag_threshold, self.activation_lag_threshold)
+        else {
+            return self.min_replicas;
+        };
+        if lag <= activation {
+            return self.min_replicas;
+        }
+        let wanted = lag.div_ceil(threshold.max(1));
+        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
+        wanted.clamp(self.min_replicas.max(1), self.max_replicas.max(1))
+    }
+}
+
 /// Reads every `functions/*/function.toml` under `root`, sorted by name.
 pub fn specs(root: &Path) -> anyhow::Result<Vec<FunctionSpec>> {
     let mut out = Vec::new();

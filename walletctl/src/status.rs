@@ -1,4 +1,5 @@
-//! `walletctl status`: what each consumer has waiting, and the dead letters per function.
+//! `walletctl status`: what each consumer has waiting, the dead letters per function, and the
+//! replicas KEDA would ask for at that lag (from each function's built-in function.toml).
 
 use std::fmt::Write;
 
@@ -12,11 +13,19 @@ pub async fn status(config: &Config, topology: &Topology) -> anyhow::Result<Stri
     let dead = dead_letters_by_function(&js, config)
         .await
         .unwrap_or_default();
+    let specs = crate::k8s::built_in();
     let mut out = String::new();
     writeln!(
         out,
-        "{:<16} {:<28} {:>10} {:>12} {:>12} {:>12}",
-        "FUNCTION", "CONSUMER", "PENDING", "ACK_PENDING", "REDELIVERED", "DEAD_LETTERS"
+        "{:<16} {:<28} {:>10} {:>12} {:>12} {:>12} {:>10} {:>14}",
+        "FUNCTION",
+        "CONSUMER",
+        "PENDING",
+        "ACK_PENDING",
+        "REDELIVERED",
+        "DEAD_LETTERS",
+        "KEDA_LAG",
+        "KEDA_REPLICAS"
     )?;
     for def in &topology.consumers {
         let consumer = names.name(&def.function);
@@ -29,16 +38,35 @@ pub async fn status(config: &Config, topology: &Topology) -> anyhow::Result<Stri
             Err(_) => None,
         };
         match info {
-            Some(i) => writeln!(
-                out,
-                "{:<16} {:<28} {:>10} {:>12} {:>12} {:>12}",
-                def.function,
-                consumer,
-                i.num_pending,
-                i.num_ack_pending,
-                i.num_redelivered,
-                dead_letters
-            )?,
+            Some(i) => {
+                // What KEDA's nats-jetstream scaler reads, and what it would ask for.
+                let lag = i.num_pending + i.num_ack_pending as u64;
+                let replicas =
+                    specs
+                        .iter()
+                        .find(|s| s.name == def.function)
+                        .map_or("-".to_owned(), |s| {
+                            let sc = &s.scaling;
+                            format!(
+                                "{} ({}-{})",
+                                sc.keda_replicas(lag),
+                                sc.min_replicas,
+                                sc.max_replicas
+                            )
+                        });
+                writeln!(
+                    out,
+                    "{:<16} {:<28} {:>10} {:>12} {:>12} {:>12} {:>10} {:>14}",
+                    def.function,
+                    consumer,
+                    i.num_pending,
+                    i.num_ack_pending,
+                    i.num_redelivered,
+                    dead_letters,
+                    lag,
+                    replicas
+                )?
+            }
             None => writeln!(
                 out,
                 "{:<16} {:<28} {:>10}",

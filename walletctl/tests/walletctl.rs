@@ -69,12 +69,16 @@ async fn status_shows_pending_commands_and_dead_letters_per_function() {
         .unwrap();
     let deposit = out.lines().find(|l| l.starts_with("deposit ")).unwrap();
     let columns: Vec<&str> = deposit.split_whitespace().collect();
-    // FUNCTION CONSUMER PENDING ACK_PENDING REDELIVERED DEAD_LETTERS
-    assert_eq!(columns[2..], ["3", "0", "0", "1"], "{out}");
+    // FUNCTION CONSUMER PENDING ACK_PENDING REDELIVERED DEAD_LETTERS KEDA_LAG KEDA_REPLICAS
+    assert_eq!(
+        columns[2..],
+        ["3", "0", "0", "1", "3", "1", "(0-20)"],
+        "{out}"
+    );
     let bonus = out.lines().find(|l| l.starts_with("bonus-grant ")).unwrap();
     assert_eq!(
         bonus.split_whitespace().collect::<Vec<_>>()[2..],
-        ["0", "0", "0", "0"],
+        ["0", "0", "0", "0", "0", "1", "(1-20)"],
         "{out}"
     );
 }
@@ -118,4 +122,28 @@ fn a_function_disagreeing_with_streams_toml_fails_the_check() {
     assert!(broken(&|s| s.subject = "wallet.deposits".into()).contains("subject wallet.deposits"));
     assert!(broken(&|s| s.name = "ghost".into()).contains("no [[consumer]]"));
     assert!(broken(&|s| s.scaling.lag_threshold = None).contains("lag_threshold"));
+}
+
+#[test]
+fn status_predicts_the_replicas_of_kedas_formula() {
+    let specs = walletctl::k8s::built_in();
+    assert_eq!(specs.len(), 5, "every function.toml is built in");
+    let scaling = |name: &str| {
+        specs
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .scaling
+            .clone()
+    };
+    let deposit = scaling("deposit");
+    // Inactive up to the activation threshold (1), then ceil(lag / 5000) within 0..=20.
+    assert_eq!(deposit.keda_replicas(0), 0);
+    assert_eq!(deposit.keda_replicas(1), 0);
+    assert_eq!(deposit.keda_replicas(2), 1);
+    assert_eq!(deposit.keda_replicas(5000), 1);
+    assert_eq!(deposit.keda_replicas(5001), 2);
+    assert_eq!(deposit.keda_replicas(10_000_000), 20);
+    // The sweeper's function never goes below one.
+    assert_eq!(scaling("provider-ack").keda_replicas(0), 1);
 }
