@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release test run bench lint fmt clean-dev k8s image
+.PHONY: build release test run bench lint fmt clean-dev k8s image new-function
 
 build:
 	$(CARGO) build --workspace --bins
@@ -43,3 +43,8 @@ k8s: build
 # The container image of every binary (needs Docker with BuildKit).
 image:
 	docker build -t wallet-functions:latest .
+
+# Scaffold a new function: make new-function NAME=withdraw
+new-function: build
+	@test -n "$(NAME)" || { echo "usage: make new-function NAME=<name>"; exit 2; }
+	./target/debug/walletctl new-function $(NAME)

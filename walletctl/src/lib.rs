@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod k8s;
 pub mod load;
 pub mod provider_sim;
+pub mod scaffold;
 pub mod setup;
 pub mod status;
 pub mod transfer;
@@ -58,6 +59,14 @@ pub enum Cmd {
     K8s {
         #[arg(long)]
         check: bool,
+        /// The repository root.
+        #[arg(long, default_value = ".")]
+        root: std::path::PathBuf,
+    },
+    /// Scaffold a new JetStream function: its folder, its stream and consumer in streams.toml,
+    /// its Kubernetes manifests. It builds, passes its test and runs under `make run` as is.
+    NewFunction {
+        name: String,
         /// The repository root.
         #[arg(long, default_value = ".")]
         root: std::path::PathBuf,
@@ -217,6 +226,15 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             if differ.is_empty() {
                 println!("k8s: up to date");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::NewFunction { name, root } => {
+            for line in scaffold::new_function(&root, &name)? {
+                println!("wrote {line}");
+            }
+            println!(
+                "next: `make test` runs its test; `make run` starts it; publish to wallet.{name}"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Campaign { command } => {

@@ -95,17 +95,18 @@ fn function_folders_streams_toml_and_k8s_agree() {
     let stale = walletctl::k8s::generate(repo_root(), &topology, true).unwrap();
     assert!(stale.is_empty(), "k8s/ is stale, run `make k8s`: {stale:?}");
     let specs = walletctl::k8s::specs(repo_root()).unwrap();
-    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "balance",
-            "bonus-grant",
-            "deposit",
-            "provider-ack",
-            "transfer-out"
-        ]
-    );
+    for name in [
+        "balance",
+        "bonus-grant",
+        "deposit",
+        "provider-ack",
+        "transfer-out",
+    ] {
+        assert!(
+            specs.iter().any(|s| s.name == name),
+            "{name} has a function.toml"
+        );
+    }
 }
 
 #[test]
@@ -127,7 +128,12 @@ fn a_function_disagreeing_with_streams_toml_fails_the_check() {
 #[test]
 fn status_predicts_the_replicas_of_kedas_formula() {
     let specs = walletctl::k8s::built_in();
-    assert_eq!(specs.len(), 5, "every function.toml is built in");
+    let folders = walletctl::k8s::specs(repo_root()).unwrap();
+    assert_eq!(
+        specs.len(),
+        folders.len(),
+        "every function.toml is built in"
+    );
     let scaling = |name: &str| {
         specs
             .iter()
@@ -146,4 +152,59 @@ fn status_predicts_the_replicas_of_kedas_formula() {
     assert_eq!(deposit.keda_replicas(10_000_000), 20);
     // The sweeper's function never goes below one.
     assert_eq!(scaling("provider-ack").keda_replicas(0), 1);
+}
+
+#[test]
+fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_and_k8s() {
+    // A copy of what the scaffolder reads: streams.toml and the function folders' descriptions.
+    let tmp = std::env::temp_dir().join(format!("scaffold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(repo_root().join("streams.toml"), tmp.join("streams.toml")).unwrap();
+    for spec in walletctl::k8s::specs(repo_root()).unwrap() {
+        let dir = tmp.join("functions").join(&spec.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            repo_root()
+                .join("functions")
+                .join(&spec.name)
+                .join("function.toml"),
+            dir.join("function.toml"),
+        )
+        .unwrap();
+    }
+    let wrote = walletctl::scaffold::new_function(&tmp, "cash-back").unwrap();
+    assert!(
+        wrote.iter().any(|w| w == "functions/cash-back/src/lib.rs"),
+        "{wrote:?}"
+    );
+    assert!(
+        wrote
+            .iter()
+            .any(|w| w == "k8s/base/functions/cash-back.yaml"),
+        "{wrote:?}"
+    );
+    let lib = std::fs::read_to_string(tmp.join("functions/cash-back/src/lib.rs")).unwrap();
+    assert!(lib.contains("pub struct CashBack;") && lib.contains("\"cash_back_id\""));
+    let topology =
+        wallet_runtime::streams::Topology::load(Some(&tmp.join("streams.toml"))).unwrap();
+    let consumer = topology.consumer("cash-back").unwrap();
+    assert_eq!(
+        (consumer.stream.as_str(), consumer.filter_subject.as_str()),
+        ("CASH_BACK", "wallet.cash-back")
+    );
+    let yaml = std::fs::read_to_string(tmp.join("k8s/base/functions/cash-back.yaml")).unwrap();
+    assert!(
+        yaml.contains("stream: \"CASH_BACK\"") && yaml.contains("consumer: \"cash-back\""),
+        "{yaml}"
+    );
+    assert!(
+        walletctl::k8s::generate(&tmp, &topology, true)
+            .unwrap()
+            .is_empty()
+    );
+    // Twice, or a bad name: refused, nothing written.
+    assert!(walletctl::scaffold::new_function(&tmp, "cash-back").is_err());
+    assert!(walletctl::scaffold::new_function(&tmp, "Cash_Back").is_err());
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
