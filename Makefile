@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release test run bench lint fmt clean-dev k8s image new-function
+.PHONY: build release test run bench lint fmt clean-dev k8s image new-function validate-k8s
 
 build:
 	$(CARGO) build --workspace --bins
@@ -10,9 +10,16 @@ build:
 release:
 	$(CARGO) build --release --workspace --bins
 
-# Integration tests start the real binaries: build them first, then run every test.
+# Integration tests start the real binaries: build them first, then run every test; then render
+# and validate the Kubernetes manifests.
 test: build
 	$(CARGO) nextest run --workspace --no-fail-fast
+	$(MAKE) validate-k8s
+
+# Every overlay rendered (kubectl kustomize) and every object validated against the Kubernetes
+# schemas and KEDA's ScaledObject schema (needs kubectl and `pip install kubernetes-validate`).
+validate-k8s:
+	python3 .ci/validate-k8s
 
 # NATS, PostgreSQL and Redis (private ones under .dev/ when the usual ones are not up),
 # `walletctl setup`, then every function with prefixed logs. Ctrl-C stops everything.
