@@ -14,12 +14,6 @@ use testkit::{Proc, Reader, Received, TestEnv, eventually};
 
 const T: Duration = Duration::from_secs(60);
 
-fn without_at(r: &Received) -> serde_json::Value {
-    let mut body = r.body.clone();
-    body.as_object_mut().unwrap().remove("at").unwrap();
-    body
-}
-
 /// An env with `deposit` and `transfer-out` running, `users` funded with `funds` USD each.
 async fn funded(extra: &[(&str, &str)], users: usize, funds: &str) -> (TestEnv, Reader, Vec<Proc>) {
     let env = TestEnv::with_env(extra).await;
@@ -109,14 +103,14 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
         env.subject("wallet.events.transfer.completed")
     );
     assert_eq!(
-        without_at(&done),
+        done.without_at(),
         json!({"id": "t-1", "entity": "transfer", "status": "completed", "user_id": "u-0",
                "currency": "USD", "amount": "30.00", "balance": "30.00", "reason": null,
                "provider": "alpha"})
     );
     let failed = events.by_id("transfer:t-2:failed", T).await;
     assert_eq!(
-        without_at(&failed),
+        failed.without_at(),
         json!({"id": "t-2", "entity": "transfer", "status": "failed", "user_id": "u-0",
                "currency": "USD", "amount": "20.00", "balance": "70.00", "reason": null,
                "provider": "alpha"})
@@ -325,7 +319,7 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
         .collect();
     assert_eq!(stuck.len(), 1);
     assert_eq!(
-        without_at(stuck[0]),
+        stuck[0].without_at(),
         json!({"id": "t-1", "entity": "transfer", "status": "stuck", "user_id": "u-0",
                "currency": "USD", "amount": "4.00", "balance": null, "reason": null,
                "provider": "alpha"})

@@ -12,12 +12,6 @@ use testkit::{Received, TestEnv};
 
 const T: Duration = Duration::from_secs(60);
 
-fn without_at(r: &Received) -> serde_json::Value {
-    let mut body = r.body.clone();
-    body.as_object_mut().unwrap().remove("at").unwrap();
-    body
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transfer_debits_main_and_asks_its_provider_once() {
     let env = TestEnv::new().await;
@@ -38,7 +32,7 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     let e = events.by_id("transfer:t-1:pending", T).await;
     assert_eq!(e.subject, env.subject("wallet.events.transfer.pending"));
     assert_eq!(
-        without_at(&e),
+        e.without_at(),
         json!({"id": "t-1", "entity": "transfer", "status": "pending", "user_id": "u-1",
                "currency": "USD", "amount": "30.50", "balance": "69.50", "reason": null,
                "provider": "alpha"})
@@ -153,7 +147,7 @@ async fn every_rejection_reason_in_the_contracts_order_moves_nothing() {
     env.run_commands(&mut events, "transfer", msgs).await;
     for (id, _, expected) in &cases {
         let e = events.by_id(&format!("transfer:{id}:rejected"), T).await;
-        let body = without_at(&e);
+        let body = e.without_at();
         for (field, value) in expected.as_object().unwrap() {
             assert_eq!(&body[field], value, "{id}: {field} in {body}");
         }
