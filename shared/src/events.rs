@@ -66,7 +66,7 @@ impl Event {
         OutboxMessage {
             subject: self.subject(),
             msg_id: self.msg_id(),
-            payload: serde_json::to_vec(&self).unwrap_or_default(),
+            payload: serde_json::to_vec(&self).unwrap_or_default().into(),
             wallets,
         }
     }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Context;
 use crate::error::StepError;
 use crate::events::Event;
+use crate::money::{Currency, parse_amount};
 use crate::outbox::OutboxMessage;
 
 /// A command's JSON object. Unknown fields are ignored by construction: a function reads the
@@ -59,6 +60,32 @@ impl From<Event> for Invalid {
     fn from(e: Event) -> Self {
         Invalid::Rejected(e)
     }
+}
+
+/// Reads a payload's `currency`, then its `amount` (the digits an amount may have depend on its
+/// currency, CONTRACT §2). `rejection` carries the fields validated so far; on failure it is
+/// returned with its reason (`unknown_currency` or `invalid_amount`) and, for the latter, the
+/// currency.
+#[allow(clippy::result_large_err)] // As `validate`: the rejection moves once into the outbox.
+pub fn currency_and_amount(
+    ctx: &Context,
+    p: &Payload,
+    mut rejection: Event,
+) -> Result<(Currency, rust_decimal::Decimal), Invalid> {
+    let Some(currency) = p
+        .get("currency")
+        .and_then(|c| c.as_str())
+        .and_then(|c| ctx.config.currencies.get(c))
+    else {
+        rejection.reason = Some("unknown_currency");
+        return Err(rejection.into());
+    };
+    let Ok(amount) = parse_amount(p.get("amount"), currency) else {
+        rejection.reason = Some("invalid_amount");
+        rejection.currency = Some(currency.code().to_owned());
+        return Err(rejection.into());
+    };
+    Ok((currency, amount))
 }
 
 /// How one command ended inside the transaction.

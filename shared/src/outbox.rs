@@ -26,7 +26,8 @@ pub struct OutboxMessage {
     /// Without the namespace prefix.
     pub subject: String,
     pub msg_id: String,
-    pub payload: Vec<u8>,
+    /// Shared, so that publishing does not copy it.
+    pub payload: bytes::Bytes,
     /// Balances to put in the cache before the message is published.
     pub wallets: Vec<WalletSnapshot>,
 }
@@ -61,7 +62,7 @@ pub async fn insert(
     }
     let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
     let ids: Vec<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
-    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_ref()).collect();
     let wallets: Vec<String> = messages
         .iter()
         .map(|m| serde_json::to_string(&m.wallets).unwrap_or_else(|_| "[]".into()))
@@ -131,7 +132,7 @@ impl Publisher {
             let subject = self.names.subject(&message.subject);
             let ack = self
                 .js
-                .publish_with_headers(subject, headers, message.payload.clone().into())
+                .publish_with_headers(subject, headers, message.payload.clone())
                 .await
                 .map_err(StepError::transient)?;
             acks.push(ack.into_future());
@@ -156,7 +157,7 @@ impl Publisher {
                 message: OutboxMessage {
                     subject: r.get(1),
                     msg_id: r.get(2),
-                    payload: r.get(3),
+                    payload: r.get::<_, Vec<u8>>(3).into(),
                     wallets: serde_json::from_str(r.get(4)).unwrap_or_default(),
                 },
             })

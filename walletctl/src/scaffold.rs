@@ -129,7 +129,8 @@ const LIB: &str = r#"//! `{{name}}`: `{ {{snake}}_id, user_id, amount, currency 
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
 use wallet_runtime::ledger::WalletKey;
-use wallet_runtime::money::{Currency, parse_amount};
+use wallet_runtime::function::currency_and_amount;
+use wallet_runtime::money::Currency;
 use wallet_runtime::{Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -166,19 +167,8 @@ impl Function for {{Camel}} {
             return Err(rejection.into());
         };
         rejection.user_id = Some(user_id.to_owned());
-        let Some(currency) = p
-            .get("currency")
-            .and_then(|c| c.as_str())
-            .and_then(|c| ctx.config.currencies.get(c))
-        else {
-            rejection.reason = Some("unknown_currency");
-            return Err(rejection.into());
-        };
+        let (currency, amount) = currency_and_amount(ctx, p, rejection.clone())?;
         rejection.currency = Some(currency.code().to_owned());
-        let Ok(amount) = parse_amount(p.get("amount"), currency) else {
-            rejection.reason = Some("invalid_amount");
-            return Err(rejection.into());
-        };
         if amount > LIMIT {
             rejection.reason = Some("over_limit");
             rejection.amount = Some(currency.format(amount));

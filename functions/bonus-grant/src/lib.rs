@@ -41,6 +41,10 @@ const ENTITY: &str = "bonus";
 /// Redis reserved a batch and before PostgreSQL commits it (a crash at the worst line).
 const FAILPOINT: &str = "bonus-after-reserve";
 
+/// Read once: the environment is not consulted on every batch.
+static FAIL_AFTER_RESERVE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("WALLET_FAILPOINT").is_ok_and(|f| f == FAILPOINT));
+
 #[derive(Debug, Default)]
 pub struct BonusGrant {
     reservations: OnceLock<Reservations>,
@@ -241,7 +245,7 @@ impl Function for BonusGrant {
                 },
             });
         }
-        if std::env::var("WALLET_FAILPOINT").is_ok_and(|f| f == FAILPOINT) {
+        if *FAIL_AFTER_RESERVE {
             tracing::error!(
                 "fail point {FAILPOINT}: exiting between the reservation and the commit"
             );

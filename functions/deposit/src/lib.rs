@@ -5,8 +5,9 @@
 //! never wait for each other.
 
 use rust_decimal::Decimal;
+use wallet_runtime::function::currency_and_amount;
 use wallet_runtime::ledger::WalletKey;
-use wallet_runtime::money::{Currency, parse_amount};
+use wallet_runtime::money::Currency;
 use wallet_runtime::{
     Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids,
 };
@@ -41,24 +42,11 @@ impl Function for Deposit {
         let Some(user_id) = ids::from_value(p.get("user_id")) else {
             return Err(rejection("invalid_user_id").into());
         };
-        let known = |reason| Event {
+        let known = Event {
             user_id: Some(user_id.to_owned()),
-            ..rejection(reason)
+            ..rejection("unknown_currency")
         };
-        let Some(currency) = p
-            .get("currency")
-            .and_then(|c| c.as_str())
-            .and_then(|c| ctx.config.currencies.get(c))
-        else {
-            return Err(known("unknown_currency").into());
-        };
-        let Ok(amount) = parse_amount(p.get("amount"), currency) else {
-            return Err(Event {
-                currency: Some(currency.code().to_owned()),
-                ..known("invalid_amount")
-            }
-            .into());
-        };
+        let (currency, amount) = currency_and_amount(ctx, p, known)?;
         Ok(DepositCommand {
             user_id: user_id.to_owned(),
             currency,

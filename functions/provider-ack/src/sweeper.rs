@@ -115,7 +115,8 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
             subject: format!("provider.{provider}.status"),
             msg_id: format!("{id}:status:{checks}"),
             payload: serde_json::to_vec(&serde_json::json!({ "transfer_id": id }))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
             wallets: Vec::new(),
         });
         if stuck {

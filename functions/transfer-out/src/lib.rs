@@ -9,8 +9,9 @@
 
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
+use wallet_runtime::function::currency_and_amount;
 use wallet_runtime::ledger::{Kind, WalletKey};
-use wallet_runtime::money::{Currency, parse_amount};
+use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
 use wallet_runtime::{
     Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids,
@@ -91,19 +92,7 @@ impl Function for TransferOut {
             return Err(event.into());
         };
         event = event.with("provider", Some(provider));
-        let Some(currency) = p
-            .get("currency")
-            .and_then(|c| c.as_str())
-            .and_then(|c| ctx.config.currencies.get(c))
-        else {
-            event.reason = Some("unknown_currency");
-            return Err(event.into());
-        };
-        event.currency = Some(currency.code().to_owned());
-        let Ok(amount) = parse_amount(p.get("amount"), currency) else {
-            event.reason = Some("invalid_amount");
-            return Err(event.into());
-        };
+        let (currency, amount) = currency_and_amount(ctx, p, event)?;
         Ok(TransferCommand {
             user_id: user_id.to_owned(),
             provider: provider.to_owned(),
@@ -182,7 +171,7 @@ fn request(id: &str, c: &TransferCommand) -> OutboxMessage {
     OutboxMessage {
         subject: format!("provider.{}.transfer", c.provider),
         msg_id: id.to_owned(),
-        payload: serde_json::to_vec(&payload).unwrap_or_default(),
+        payload: serde_json::to_vec(&payload).unwrap_or_default().into(),
         wallets: Vec::new(),
     }
 }
