@@ -26,12 +26,10 @@ validate-k8s:
 run: release
 	bash scripts/run.sh
 
-# Floods a running stack (`make run`) with deposits, transfers and a bonus flash crowd, and
-# prints the rates.
+# The standard load profiles (raw ceiling, deposit-max, per-message, deposit-peak, mixed-peak,
+# flash-bonus), each on a fresh `bench` namespace; writes bench/RESULTS.md. About 15 minutes.
 bench: release
-	./target/release/walletctl load --kind deposit --count $${COUNT:-50000} --users $${USERS:-1000}
-	./target/release/walletctl load --kind transfer --count $${TRANSFERS:-20000} --users $${USERS:-1000}
-	./target/release/walletctl load --kind bonus --count $${GRANTS:-100000}
+	bash scripts/bench.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

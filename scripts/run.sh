@@ -8,68 +8,16 @@
 # providers. Ctrl-C stops the functions gracefully and then the private servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEV="$PWD/.dev"
 BIN="$PWD/target/release"
-mkdir -p "$DEV"
-
-export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/wallet}"
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-
 pids=()
-started=()
-
-# host and port of a URL (first server of a list; default port when the URL has none)
-hostport() {
-  local rest="${1#*://}"; rest="${rest%%,*}"; rest="${rest##*@}"; rest="${rest%%/*}"
-  case "$rest" in *:*) echo "${rest%:*} ${rest##*:}" ;; *) echo "$rest $2" ;; esac
-}
-up() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-need() {
-  command -v "$1" >/dev/null 2>&1 || [ -x "$1" ] || {
-    echo "run: $1 is not installed: apt-get install $2" >&2; exit 1; }
-}
-wait_up() {
-  for _ in $(seq 1 100); do up "$1" "$2" && return 0; sleep 0.1; done
-  echo "run: $3 did not start on $1:$2 (see $DEV/$3.log)" >&2; exit 1
-}
-
-read -r nh np < <(hostport "$NATS_URL" 4222)
-if ! up "$nh" "$np"; then
-  need nats-server nats-server
-  echo "run: starting a private nats-server on $nh:$np (data in .dev/nats)"
-  nats-server -a "$nh" -p "$np" -js -sd "$DEV/nats" >"$DEV/nats.log" 2>&1 &
-  started+=($!); wait_up "$nh" "$np" nats
-fi
-
-read -r ph pp < <(hostport "$DATABASE_URL" 5432)
-PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)"
-pg_private=false
-if ! up "$ph" "$pp"; then
-  need "$PGBIN/initdb" postgresql
-  echo "run: starting a private PostgreSQL on $ph:$pp (data in .dev/pg)"
-  if [ ! -d "$DEV/pg" ]; then
-    "$PGBIN/initdb" -D "$DEV/pg" -U postgres -A trust >"$DEV/pg-init.log"
-  fi
-  "$PGBIN/pg_ctl" -D "$DEV/pg" -l "$DEV/pg.log" -o "-h $ph -p $pp -k $DEV" start >/dev/null
-  pg_private=true; wait_up "$ph" "$pp" pg
-fi
-
-read -r rh rp < <(hostport "$REDIS_URL" 6379)
-if ! up "$rh" "$rp"; then
-  need redis-server redis-server
-  echo "run: starting a private redis-server on $rh:$rp (keeps nothing on disk)"
-  redis-server --bind "$rh" --port "$rp" --save "" --appendonly no >"$DEV/redis.log" 2>&1 &
-  started+=($!); wait_up "$rh" "$rp" redis
-fi
+source scripts/servers.sh
 
 stop() {
   trap - INT TERM EXIT
   echo; echo "run: stopping functions"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait "${pids[@]}" 2>/dev/null || true
-  for p in "${started[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  if $pg_private; then "$PGBIN/pg_ctl" -D "$DEV/pg" stop -m fast >/dev/null || true; fi
+  stop_servers
   echo "run: stopped"
 }
 trap stop INT TERM EXIT

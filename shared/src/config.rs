@@ -36,6 +36,8 @@ pub struct Config {
     pub streams_file: Option<PathBuf>,
     /// The most messages one fetch takes and one transaction applies.
     pub batch_max: usize,
+    /// Batches a process decides at once (each with its own fetch and transaction).
+    pub batches_in_flight: usize,
     /// How long an idle consumer's pull request waits for the next message.
     pub fetch_wait: Duration,
     pub pg_pool_size: usize,
@@ -144,6 +146,7 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
             batch_max: number("BATCH_MAX", "1000", 1, 10_000)?,
+            batches_in_flight: number("BATCHES_IN_FLIGHT", "2", 1, 64)?,
             fetch_wait: duration("FETCH_WAIT", "5s")?,
             pg_pool_size: number("PG_POOL_SIZE", "4", 1, 256)?,
             outbox_relay_interval: duration("OUTBOX_RELAY_INTERVAL", "1s")?,
@@ -173,6 +176,7 @@ impl fmt::Debug for Config {
             .field("http_addr", &self.http_addr)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("batch_max", &self.batch_max)
+            .field("batches_in_flight", &self.batches_in_flight)
             .field("fetch_wait", &self.fetch_wait)
             .field("pg_pool_size", &self.pg_pool_size)
             .field("transfers", &self.transfers)

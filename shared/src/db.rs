@@ -65,8 +65,8 @@ async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Clie
     Ok(client)
 }
 
-/// Creates the database `url` names when it does not exist; true when it created it.
-pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
+/// The database `url` names, and a connection to its server's `postgres` database.
+async fn admin(url: &str) -> Result<(String, tokio_postgres::Client), DbError> {
     let config = pg_config(url)?;
     let name = config
         .get_dbname()
@@ -75,7 +75,33 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
         .ok_or_else(|| DbError::Postgres("the URL names no database".into()))?;
     let mut admin = config.clone();
     admin.dbname("postgres");
-    let client = connect(&admin).await?;
+    Ok((name, connect(&admin).await?))
+}
+
+/// `CREATE DATABASE` and `DROP DATABASE` take no parameters: a quoted identifier.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Drops the database `url` names (closing its connections); true when it existed.
+pub async fn drop_database(url: &str) -> Result<bool, DbError> {
+    let (name, client) = admin(url).await?;
+    let existed = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quoted(&name)
+        ))
+        .await?;
+    Ok(existed)
+}
+
+/// Creates the database `url` names when it does not exist; true when it created it.
+pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
+    let (name, client) = admin(url).await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -83,10 +109,8 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
     if exists {
         return Ok(false);
     }
-    // CREATE DATABASE takes no parameters: quote the identifier.
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match client
-        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .batch_execute(&format!("CREATE DATABASE {}", quoted(&name)))
         .await
     {
         Ok(()) => Ok(true),

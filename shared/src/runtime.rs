@@ -335,7 +335,9 @@ async fn fetch(
     Ok(msgs)
 }
 
-/// The consume loop: fetch, decide, acknowledge, hand committed events to the publisher.
+/// Runs `BATCHES_IN_FLIGHT` consume loops on one consumer, so that one batch's transaction
+/// overlaps another's fetch, acknowledgements and publishing (row locks, taken in one order,
+/// keep concurrent batches as safe as replicas); one publisher serves them all.
 async fn consume<F: Function>(
     f: Arc<F>,
     ctx: Arc<Context>,
@@ -347,11 +349,37 @@ async fn consume<F: Function>(
     };
     // The server's setting is the one JetStream enforces, whatever the local file says.
     let max_deliver = consumer.cached_info().config.max_deliver;
-    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), max_deliver, "consuming");
+    let loops = ctx.config.batches_in_flight;
+    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), max_deliver, loops, "consuming");
     tokio::spawn(watch_lag(F::NAME, consumer.clone(), shutdown.clone()));
-    // Publishing runs beside the next batch's transaction; a small bound keeps memory flat.
-    let (events, pending) = mpsc::channel::<Vec<Row>>(4);
-    let publisher = tokio::spawn(publish_committed(ctx.publisher(), pending));
+    // Publishing runs beside the next batches' transactions; a small bound keeps memory flat.
+    let (events, pending) = mpsc::channel::<Vec<Row>>(2 * loops);
+    let publisher = tokio::spawn(publish_committed(ctx.publisher(), pending, loops));
+    let mut running = tokio::task::JoinSet::new();
+    for _ in 0..loops {
+        running.spawn(consume_loop(
+            f.clone(),
+            ctx.clone(),
+            consumer.clone(),
+            max_deliver,
+            events.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(events);
+    while running.join_next().await.is_some() {}
+    let _ = publisher.await;
+}
+
+/// One consume loop: fetch, decide, acknowledge, hand committed events to the publisher.
+async fn consume_loop<F: Function>(
+    f: Arc<F>,
+    ctx: Arc<Context>,
+    consumer: PullConsumer,
+    max_deliver: i64,
+    events: mpsc::Sender<Vec<Row>>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         let fetched = tokio::select! {
@@ -419,8 +447,6 @@ async fn consume<F: Function>(
             break;
         }
     }
-    drop(events);
-    let _ = publisher.await;
 }
 
 /// Acknowledges each message as decided; everything here runs after the commit.
@@ -447,13 +473,23 @@ async fn settle(ctx: &Context, function: &str, msgs: &[Message], dispositions: &
     }
 }
 
-async fn publish_committed(publisher: Publisher, mut pending: mpsc::Receiver<Vec<Row>>) {
-    while let Some(rows) = pending.recv().await {
-        let count = rows.len();
-        if let Err(e) = publisher.publish(rows).await {
-            tracing::warn!(error = %e, rows = count, "events not published yet; the outbox relay will retry");
-        }
-    }
+/// Publishes committed batches' events, up to `at_once` batches at a time.
+async fn publish_committed(
+    publisher: Publisher,
+    mut pending: mpsc::Receiver<Vec<Row>>,
+    at_once: usize,
+) {
+    futures::stream::poll_fn(|cx| pending.poll_recv(cx))
+        .for_each_concurrent(at_once, |rows| {
+            let publisher = &publisher;
+            async move {
+                let count = rows.len();
+                if let Err(e) = publisher.publish(rows).await {
+                    tracing::warn!(error = %e, rows = count, "events not published yet; the outbox relay will retry");
+                }
+            }
+        })
+        .await;
 }
 
 /// Exports the consumer's backlog (what KEDA scales on) every few seconds.

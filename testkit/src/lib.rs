@@ -627,7 +627,7 @@ impl Drop for TestEnv {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        let (config, db) = (self.config.clone(), self.db_name.clone());
+        let config = self.config.clone();
         // Drop cannot await: clean up on a thread of its own with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -635,35 +635,9 @@ impl Drop for TestEnv {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(nats) = async_nats::connect(&config.nats_url).await {
-                    let js = jetstream::new(nats);
-                    for s in Topology::load(None).unwrap().streams {
-                        let _ = js.delete_stream(config.names.name(&s.name)).await;
-                    }
-                }
-                if let Ok((pg, conn)) = tokio_postgres::connect(
-                    &format!("{}/postgres", postgres_server()),
-                    tokio_postgres::NoTls,
-                )
-                .await
-                {
-                    tokio::spawn(conn);
-                    let _ = pg
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                        .await;
-                }
-                if let Ok(client) = redis::Client::open(config.redis_url.as_str())
-                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(config.names.redis_key("*"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
+                let topology = Topology::load(None).unwrap();
+                if let Err(e) = walletctl::teardown::teardown(&config, &topology).await {
+                    eprintln!("test cleanup: {e:#}");
                 }
             });
         });

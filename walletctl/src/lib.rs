@@ -16,6 +16,7 @@ pub mod provider_sim;
 pub mod scaffold;
 pub mod setup;
 pub mod status;
+pub mod teardown;
 pub mod transfer;
 
 #[derive(Debug, Parser)]
@@ -33,21 +34,23 @@ pub struct Cli {
 pub enum Cmd {
     /// Create the database if missing, run migrations, apply streams.toml (idempotent).
     Setup,
+    /// Remove a namespaced deployment: its streams, its database, its Redis keys.
+    Teardown {
+        /// The namespace again (WALLET_NAMESPACE), to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
     /// Per consumer: pending, ack-pending, redelivered; dead letters per function.
     Status,
     /// Check every ledger invariant against PostgreSQL (and the cache against it); exit 1 on a breach.
     Audit,
-    /// Flood a function with commands at full speed and report commands/s, publish to last event.
-    Load {
-        #[arg(long, value_enum, default_value_t = load::Kind::Deposit)]
-        kind: load::Kind,
-        #[arg(long, default_value_t = 50_000)]
-        count: usize,
-        #[arg(long, default_value_t = 1_000)]
-        users: usize,
-        /// Give up waiting for events after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
+    /// Send a mix of commands at a rate, follow each to its outcome, and verify the run:
+    /// outcomes, balances, audit. Exit 1 when the verification fails.
+    Load(Box<load::LoadArgs>),
+    /// The benchmark's parts (`make bench` runs them).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCmd,
     },
     /// Dead letters.
     Dlq {
@@ -84,6 +87,26 @@ pub enum Cmd {
     /// Play the game providers: answer transfer requests and status queries with acks (a dev
     /// and test tool; runs until Ctrl-C).
     ProviderSim(provider_sim::SimOptions),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// The machine's ceiling: publish deposit-sized messages at full speed while one pull
+    /// consumer (batches of 1,000) consumes and acks them, no work at all.
+    Raw {
+        #[arg(long, default_value_t = 300_000)]
+        count: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Render bench/RESULTS.md from the JSON summaries in DIR (`raw.json`, `<profile>.json`).
+    Report {
+        dir: std::path::PathBuf,
+        /// The commit measured.
+        #[arg(long, default_value = "unknown")]
+        commit: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +152,17 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Teardown { confirm } => {
+            anyhow::ensure!(
+                confirm == config.names.namespace(),
+                "--confirm `{confirm}` is not the namespace `{}`",
+                config.names.namespace()
+            );
+            for line in teardown::teardown(&config, &topology).await? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status => {
             print!("{}", status::status(&config, &topology).await?);
             Ok(ExitCode::SUCCESS)
@@ -142,57 +176,38 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Cmd::Load {
-            kind,
-            count,
-            users,
-            timeout,
-        } => {
-            let s = load::run(
-                &config,
-                kind,
-                count,
-                users,
-                std::time::Duration::from_secs(timeout),
-            )
-            .await?;
-            println!("| commands | sent | finished | publish s | total s | finished/s |");
-            println!("|---|---:|---:|---:|---:|---:|");
-            println!(
-                "| {:?} | {} | {} | {:.2} | {:.2} | {:.0} |",
-                s.kind,
-                s.sent,
-                s.finished,
-                s.publish_seconds,
-                s.seconds,
-                s.rate()
-            );
-            if s.kind == load::Kind::Bonus {
-                let times =
-                    |status: &str| s.times_by_status.get(status).cloned().unwrap_or_default();
-                let (granted, rejected) = (times("granted"), times("rejected"));
-                let exhausted = granted.iter().copied().fold(0.0, f64::max);
-                let after: Vec<f64> = rejected.into_iter().filter(|t| *t > exhausted).collect();
-                let end = after.iter().copied().fold(exhausted, f64::max);
-                println!();
-                println!(
-                    "| granted | granted/s (to the last grant) | rejected after exhaustion | rejected/s after exhaustion | PostgreSQL transactions (whole database) |"
-                );
-                println!("|---:|---:|---:|---:|---:|");
-                println!(
-                    "| {} | {:.0} | {} | {:.0} | {} |",
-                    granted.len(),
-                    granted.len() as f64 / exhausted.max(f64::EPSILON),
-                    after.len(),
-                    after.len() as f64 / (end - exhausted).max(f64::EPSILON),
-                    s.pg_transactions.unwrap_or_default()
-                );
+        Cmd::Load(args) => {
+            let report = load::run(&config, &topology, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
             }
-            Ok(if s.finished == s.sent {
+            Ok(if report.verification.passed {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Bench {
+            command: BenchCmd::Raw { count, json },
+        } => {
+            let raw = load::raw::run(&config, count).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&raw)?);
+            } else {
+                println!(
+                    "raw: {} messages of {} bytes published in {:.2} s, consumed and acked in {:.2} s: {:.0}/s",
+                    raw.messages, raw.payload_bytes, raw.publish_seconds, raw.seconds, raw.rate
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench {
+            command: BenchCmd::Report { dir, commit },
+        } => {
+            print!("{}", load::bench::results(&config, &dir, &commit).await?);
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Dlq {
             command: DlqCmd::List { function },

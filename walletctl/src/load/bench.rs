@@ -1,0 +1,105 @@
+//! `walletctl bench report`: `bench/RESULTS.md` from the summaries `make bench` wrote, with the
+//! machine, the servers, the commit and the date.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use wallet_runtime::Config;
+
+use super::raw::Raw;
+use super::report::{self, Provenance, Report};
+
+/// The profiles of `make bench`, in the order the results list them.
+pub const PROFILES: [&str; 5] = [
+    "deposit-max",
+    "per-message",
+    "deposit-peak",
+    "mixed-peak",
+    "flash-bonus",
+];
+
+pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Result<String> {
+    let read = |name: &str| -> anyhow::Result<Option<String>> {
+        let path = dir.join(format!("{name}.json"));
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    };
+    let raw: Option<Raw> = read("raw")?
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .context("raw.json")?;
+    let mut reports: Vec<Report> = Vec::new();
+    for name in PROFILES {
+        if let Some(s) = read(name)? {
+            reports.push(serde_json::from_str(&s).with_context(|| format!("{name}.json"))?);
+        }
+    }
+    let provenance = Provenance {
+        machine: machine(),
+        servers: servers(config).await,
+        commit: commit.to_owned(),
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+    };
+    Ok(report::markdown(&provenance, raw.as_ref(), &reports))
+}
+
+/// CPU model, cores and memory, from /proc.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let kib: u64 = s
+                .lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some(format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0))
+        })
+        .unwrap_or_else(|| "unknown memory".into());
+    format!("{cores} cores ({cpu}), {mem}")
+}
+
+/// The servers' versions, as they report them.
+async fn servers(config: &Config) -> String {
+    let nats = match crate::nats(config).await {
+        Ok(c) => format!("nats-server {}", c.server_info().version),
+        Err(_) => "nats-server (unreachable)".into(),
+    };
+    let pg = match crate::postgres(config).await {
+        Ok(c) => match c.query_one("SHOW server_version", &[]).await {
+            Ok(r) => format!("PostgreSQL {}", r.get::<_, String>(0)),
+            Err(_) => "PostgreSQL (unknown)".into(),
+        },
+        Err(_) => "PostgreSQL (unreachable)".into(),
+    };
+    let redis = async {
+        let client = redis::Client::open(config.redis_url.as_str()).ok()?;
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(|v| format!("Redis {}", v.trim()))
+    }
+    .await
+    .unwrap_or_else(|| "Redis (unknown)".into());
+    format!("{nats}, {pg}, {redis}")
+}

@@ -1,0 +1,78 @@
+//! What JetStream holds during a run: the consumers' lag, sampled every second, and the
+//! messages stored across every stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+use wallet_runtime::names::Names;
+use wallet_runtime::streams::Topology;
+
+use super::track::Live;
+
+/// The consumers' lag over a run.
+#[derive(Debug, Default, Clone)]
+pub struct LagSeries {
+    /// Seconds since the sampling started, and the summed lag of the run's consumers then.
+    pub samples: Vec<(f64, u64)>,
+    /// The highest lag each consumer showed.
+    pub peak_by_function: BTreeMap<String, u64>,
+}
+
+/// Samples, every second until `stop`, each function's lag as KEDA reads it (messages not yet
+/// delivered plus delivered but not acknowledged), and publishes the sum to `live`.
+pub async fn sample(
+    js: jetstream::Context,
+    names: Names,
+    topology: Topology,
+    functions: Vec<&'static str>,
+    live: Arc<Live>,
+    stop: CancellationToken,
+) -> LagSeries {
+    let started = Instant::now();
+    let mut series = LagSeries::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return series,
+            _ = tick.tick() => {}
+        }
+        let mut total = 0;
+        for f in &functions {
+            let Some(def) = topology.consumer(f) else {
+                continue;
+            };
+            let info = match js.get_stream_no_info(names.name(&def.stream)).await {
+                Ok(s) => s.consumer_info(names.name(f)).await.ok(),
+                Err(_) => None,
+            };
+            if let Some(info) = info {
+                let lag = info.num_pending + info.num_ack_pending as u64;
+                total += lag;
+                let peak = series.peak_by_function.entry((*f).to_owned()).or_default();
+                *peak = (*peak).max(lag);
+            }
+        }
+        live.lag.store(total, Ordering::Relaxed);
+        series
+            .samples
+            .push((started.elapsed().as_secs_f64(), total));
+    }
+}
+
+/// The sum of every stream's last sequence: the messages JetStream stored so far.
+pub async fn stream_sequences(
+    js: &jetstream::Context,
+    names: &Names,
+    topology: &Topology,
+) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for def in &topology.streams {
+        let mut stream = js.get_stream(names.name(&def.name)).await?;
+        total += stream.info().await?.state.last_sequence;
+    }
+    Ok(total)
+}

@@ -1,0 +1,468 @@
+//! `walletctl load`: a load generator and verifier.
+//!
+//! It sends a mix of deposits, transfers and bonus grants at a fixed rate (or as fast as
+//! JetStream takes them) for a duration or a count, optionally with duplicate copies and broken
+//! commands, plays the game providers for the transfers, and follows every command to its outcome
+//! event or dead letter. It ends with a summary: what was sent, the outcomes by kind, the rates,
+//! the publish-to-outcome latency, the consumers' lag, and the verification — every command
+//! reached exactly one terminal outcome and the one it must, every wallet of the run holds what
+//! the accepted commands put there, and `walletctl audit` is clean. A failed verification is a
+//! non-zero exit.
+//!
+//! The run's users and ids are its own (`load-<pid>-<time>-…`), so a run can go against a stack
+//! that holds other data, and the audit checks the whole database.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer};
+use futures::stream::FuturesUnordered;
+use futures::{StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+use wallet_runtime::Config;
+use wallet_runtime::streams::Topology;
+
+pub mod bench;
+mod lag;
+pub mod plan;
+mod progress;
+pub mod raw;
+pub mod report;
+mod track;
+mod verify;
+
+use plan::{Kind, Message, Mix, Plan};
+pub use report::Report;
+use track::{Live, SendTimes, Tracker};
+
+/// In-flight publish acks: enough to keep JetStream busy on this machine, bounded so that a
+/// slow server pushes back on the publisher.
+pub const IN_FLIGHT: usize = 2_000;
+
+/// A duplicate copy's `Nats-Msg-Id` is the command's id with this suffix: JetStream stores it, so
+/// only the function's own dedup stands between it and a second effect.
+pub const DUPLICATE_SUFFIX: &str = ":dup";
+
+/// A duplicate copy goes out this many commands after its original, so that it lands in another
+/// batch than the original.
+const DUPLICATE_DELAY: u64 = 1_000;
+
+/// With `--rate max --duration`, room is made for this many commands per second.
+const MAX_RATE_ROOM: f64 = 60_000.0;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Shares of each kind of command.
+    #[arg(long, default_value = "deposit=100", value_parser = Mix::parse)]
+    pub mix: Mix,
+    /// Commands per second, or `max` (as fast as JetStream stores them, with up to 2,000
+    /// publish acks in flight).
+    #[arg(long, default_value = "max", value_parser = parse_rate)]
+    pub rate: Rate,
+    /// Send for this long (e.g. `5m`); instead of --count.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "count")]
+    pub duration: Option<Duration>,
+    /// Send this many commands (default 50,000 when --duration is not given).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Users the deposits and transfers spread over (each grant has a user of its own).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub users: u64,
+    /// Share of commands sent a second time under another Nats-Msg-Id.
+    #[arg(long, default_value_t = 0.0, value_parser = ratio)]
+    pub duplicates: f64,
+    /// Share of broken commands: half not JSON (dead-lettered), half with an invalid field
+    /// (rejected).
+    #[arg(long, default_value_t = 0.0, value_parser = ratio)]
+    pub malformed: f64,
+    /// Envelopes of the run's bonus campaign (1.00 USD each, one per user); default: a tenth of
+    /// the grants the run sends.
+    #[arg(long)]
+    pub envelopes: Option<u64>,
+    /// Do not play the game providers (another process answers their requests).
+    #[arg(long)]
+    pub no_providers: bool,
+    /// The simulated providers' delay before each ack.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub provider_latency: Duration,
+    /// Seed of every choice (kinds, users, amounts, the providers' answers).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// After the last command is sent, wait at most this long for the outcomes.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also report the peak memory (VmHWM) of these processes, as NAME=PID.
+    #[arg(long = "watch", value_parser = parse_watch)]
+    pub watch: Vec<(String, u32)>,
+    /// A label for the summary (`make bench` names its profiles).
+    #[arg(long)]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    Max,
+    PerSecond(f64),
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rate::Max => f.write_str("max"),
+            Rate::PerSecond(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s == "max" {
+        return Ok(Rate::Max);
+    }
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map(Rate::PerSecond)
+        .ok_or_else(|| format!("`{s}` is neither `max` nor a positive number of commands/s"))
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("`{s}` is not a share from 0 to 1"))
+}
+
+fn parse_watch(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=PID"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("`{s}`: the PID must be a number"))?;
+    Ok((name.to_owned(), pid))
+}
+
+/// Publishes `(subject, Nats-Msg-Id, payload)` messages with up to [`IN_FLIGHT`] acks awaited
+/// at once; returns when JetStream has stored every one, or at the first error.
+pub async fn publish_all(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = (String, String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    futures::stream::iter(messages)
+        .map(|(subject, msg_id, payload)| {
+            publish(
+                js,
+                Message {
+                    subject,
+                    msg_id,
+                    payload: payload.into(),
+                },
+            )
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<()>()
+        .await
+}
+
+/// Publishes one message and waits until JetStream stored it, trying again (same
+/// `Nats-Msg-Id`, so never twice) when the ack does not come.
+async fn publish(js: &jetstream::Context, m: Message) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", m.msg_id.as_str());
+        let sent = async {
+            js.publish_with_headers(m.subject.clone(), headers, m.payload.clone())
+                .await?
+                .await
+        };
+        match sent.await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 4 => {
+                attempt += 1;
+                tracing::debug!(error = %e, msg_id = m.msg_id, "publish not acknowledged; again");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("publishing {}", m.msg_id)),
+        }
+    }
+}
+
+/// Runs a load as `args` says and verifies it.
+pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyhow::Result<Report> {
+    let nats = crate::nats(config).await?;
+    let js = jetstream::new(nats);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let run = format!("load-{}-{secs}", std::process::id());
+    let count = match (args.count, args.duration) {
+        (Some(c), _) => Some(c),
+        (None, None) => Some(50_000),
+        (None, Some(_)) => None,
+    };
+    let capacity = match (count, args.duration, args.rate) {
+        (Some(c), _, _) => c,
+        (None, Some(d), Rate::PerSecond(r)) => (r * d.as_secs_f64() * 1.02) as u64 + 1_000,
+        (None, Some(d), Rate::Max) => (MAX_RATE_ROOM * d.as_secs_f64()) as u64,
+        (None, None, _) => unreachable!("a count is set when no duration is"),
+    };
+    let expected_commands = match (count, args.duration, args.rate) {
+        (Some(c), _, _) => c as f64,
+        (None, Some(d), Rate::PerSecond(r)) => r * d.as_secs_f64(),
+        _ => 100_000.0,
+    };
+    let providers = (args.mix.has(Kind::Transfer) && !args.no_providers).then_some(
+        crate::provider_sim::SimOptions {
+            accept: 0.9,
+            latency: args.provider_latency,
+            duplicate: 0.0,
+            reorder: 0.0,
+            contradict: 0.0,
+            drop: 0.0,
+            seed: args.seed,
+        },
+    );
+    let plan = Arc::new(Plan {
+        campaign: format!("{run}-red"),
+        run,
+        mix: args.mix.clone(),
+        users: args.users as usize,
+        seed: args.seed,
+        duplicates: args.duplicates,
+        malformed: args.malformed,
+        providers: providers.clone(),
+        names: config.names.clone(),
+    });
+    let envelopes = args.envelopes.unwrap_or_else(|| {
+        ((expected_commands * args.mix.share(Kind::Bonus) / 10.0).ceil() as u64).max(1)
+    });
+    if args.mix.has(Kind::Bonus) {
+        let campaign = crate::campaign::CreateArgs {
+            id: plan.campaign.clone(),
+            currency: "USD".into(),
+            budget: format!("{envelopes}{}", &plan::GRANT_AMOUNT[1..]),
+            amount: Some(plan::GRANT_AMOUNT.into()),
+            amount_min: None,
+            amount_max: None,
+            per_user: 1,
+            starts: None,
+            ends: None,
+        };
+        crate::campaign::create(config, &campaign).await?;
+    }
+    let stop_sim = CancellationToken::new();
+    let sim = providers.map(|opts| {
+        let (config, stop) = (config.clone(), stop_sim.clone());
+        tokio::spawn(async move { crate::provider_sim::run(&config, opts, stop).await })
+    });
+    let outcome = async {
+        if plan.mix.has(Kind::Transfer) {
+            fund(&js, &plan, args.drain_timeout).await?;
+        }
+        measure(
+            config,
+            topology,
+            &js,
+            plan.clone(),
+            args,
+            count,
+            capacity,
+            envelopes,
+        )
+        .await
+    }
+    .await;
+    stop_sim.cancel();
+    if let Some(sim) = sim {
+        sim.await?.context("playing the providers")?;
+    }
+    outcome
+}
+
+/// Deposits [`plan::FUNDING`] to every user before transfers start, and waits until they are
+/// all completed.
+async fn fund(js: &jetstream::Context, plan: &Plan, timeout: Duration) -> anyhow::Result<()> {
+    let users = plan.users;
+    let mut completed = js
+        .get_stream(plan.names.name("WALLET_EVENTS"))
+        .await?
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: plan.names.subject("wallet.events.deposit.completed"),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    let funding = (0..users).map(|u| {
+        let m = plan.funding(u);
+        (m.subject, m.msg_id, m.payload.to_vec())
+    });
+    publish_all(js, funding).await?;
+    let prefix = format!("deposit:{}-f", plan.run);
+    let mut done = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while done < users {
+        let m = tokio::time::timeout_at(deadline, completed.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{done} of {users} funding deposits completed within {timeout:?}: is `deposit` running?"
+                )
+            })?
+            .context("the events consumer ended")?
+            .map_err(|e| anyhow::anyhow!("reading events: {e}"))?;
+        let ours = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .is_some_and(|id| id.as_str().starts_with(&prefix));
+        done += usize::from(ours);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    config: &Config,
+    topology: &Topology,
+    js: &jetstream::Context,
+    plan: Arc<Plan>,
+    args: &LoadArgs,
+    count: Option<u64>,
+    capacity: u64,
+    envelopes: u64,
+) -> anyhow::Result<Report> {
+    let functions: Vec<&'static str> = {
+        let mut f: Vec<&'static str> = plan.mix.kinds().map(Kind::function).collect();
+        if plan.mix.has(Kind::Transfer) {
+            f.push("provider-ack");
+        }
+        f
+    };
+    let live = Arc::new(Live::default());
+    let times = Arc::new(SendTimes::new(capacity as usize));
+    let stop = CancellationToken::new();
+    let tracker = Tracker::new(plan.clone(), times.clone(), live.clone())
+        .start(js, stop.clone())
+        .await?;
+    let lag = tokio::spawn(lag::sample(
+        js.clone(),
+        config.names.clone(),
+        topology.clone(),
+        functions.clone(),
+        live.clone(),
+        stop.clone(),
+    ));
+    let seq_before = lag::stream_sequences(js, &config.names, topology).await?;
+    let progress = progress::Progress::start(live.clone(), count, args.duration);
+    let sending = send(js, &plan, &times, &live, args.rate, count, args.duration).await;
+    let send_seconds = times.start().elapsed().as_secs_f64();
+    let sent = live.sent.load(Ordering::Relaxed);
+    // Drain: every command sent reaches an outcome, or the timeout.
+    let deadline = Instant::now() + args.drain_timeout;
+    while sending.is_ok()
+        && live.finished.load(Ordering::Relaxed) < sent
+        && Instant::now() < deadline
+        && !tracker.is_finished()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress.finish();
+    stop.cancel();
+    let tracker = tracker.await??;
+    let lag = lag.await?;
+    let messages = sending?;
+    let seq_after = lag::stream_sequences(js, &config.names, topology).await?;
+    let verification = verify::verify(config, &plan, &tracker, sent, envelopes).await?;
+    let rss = args
+        .watch
+        .iter()
+        .map(|(name, pid)| (name.clone(), report::peak_rss_kib(*pid)))
+        .collect();
+    Ok(Report::new(
+        args,
+        &plan,
+        report::Measured {
+            commands: sent,
+            messages,
+            send_seconds,
+            jetstream_messages: seq_after.saturating_sub(seq_before),
+            lag,
+            rss,
+            envelopes,
+        },
+        &tracker,
+        verification,
+    ))
+}
+
+/// Sends the run's commands at `rate` until `count` are sent or `duration` is over, with
+/// duplicate copies [`DUPLICATE_DELAY`] commands after their originals; returns the messages
+/// published (copies included).
+async fn send(
+    js: &jetstream::Context,
+    plan: &Plan,
+    times: &SendTimes,
+    live: &Live,
+    rate: Rate,
+    count: Option<u64>,
+    duration: Option<Duration>,
+) -> anyhow::Result<u64> {
+    let limit = count.unwrap_or(u64::MAX).min(times.capacity() as u64);
+    let deadline = duration.map(|d| times.start() + d);
+    let mut inflight = FuturesUnordered::new();
+    let mut copies: VecDeque<(u64, u64)> = VecDeque::new();
+    let (mut next, mut messages) = (0u64, 0u64);
+    loop {
+        let now = Instant::now();
+        let open = next < limit && deadline.is_none_or(|d| now < d);
+        let due = match rate {
+            Rate::Max => u64::MAX,
+            Rate::PerSecond(r) => (r * (now - times.start()).as_secs_f64()) as u64 + 1,
+        };
+        while inflight.len() < IN_FLIGHT {
+            if let Some(&(at, i)) = copies.front()
+                && (at <= next || !open)
+            {
+                copies.pop_front();
+                let (_, mut m) = plan.message(i);
+                m.msg_id.push_str(DUPLICATE_SUFFIX);
+                inflight.push(publish(js, m));
+                messages += 1;
+            } else if open && next < due {
+                let (_, m) = plan.message(next);
+                times.stamp(next);
+                inflight.push(publish(js, m));
+                if plan.duplicated(next) {
+                    copies.push_back((next + DUPLICATE_DELAY, next));
+                }
+                next += 1;
+                messages += 1;
+                live.sent.store(next, Ordering::Relaxed);
+                if next >= limit {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        let open = next < limit && deadline.is_none_or(|d| Instant::now() < d);
+        if !open && copies.is_empty() && inflight.is_empty() {
+            return Ok(messages);
+        }
+        let pacing = open && matches!(rate, Rate::PerSecond(_));
+        tokio::select! {
+            Some(r) = inflight.next(), if !inflight.is_empty() => r?,
+            () = tokio::time::sleep(Duration::from_millis(1)), if pacing || (open && inflight.is_empty()) => {}
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! What a load run sends: command `i` of a run, and the outcome it must have.
+//!
+//! Everything about a command — its kind, user, amount, whether it is malformed or gets a
+//! duplicate — is a pure function of the run's seed and the command's index, so the publisher
+//! builds each payload when it sends it (nothing is held per command) and the verifier knows what
+//! each command must become without being told.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of command a run mixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Deposit,
+    Transfer,
+    Bonus,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Deposit, Kind::Transfer, Kind::Bonus];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deposit => "deposit",
+            Kind::Transfer => "transfer",
+            Kind::Bonus => "bonus",
+        }
+    }
+
+    /// The function that consumes this kind's commands.
+    pub fn function(self) -> &'static str {
+        match self {
+            Kind::Deposit => "deposit",
+            Kind::Transfer => "transfer-out",
+            Kind::Bonus => "bonus-grant",
+        }
+    }
+
+    /// The letter in a command id (`<run>-d42`).
+    fn letter(self) -> char {
+        match self {
+            Kind::Deposit => 'd',
+            Kind::Transfer => 't',
+            Kind::Bonus => 'g',
+        }
+    }
+
+    /// JetStream messages one command of this kind makes when it succeeds: the command and its
+    /// event; a transfer adds its pending event, the provider request and the provider's ack.
+    pub fn messages(self) -> u32 {
+        match self {
+            Kind::Deposit | Kind::Bonus => 2,
+            Kind::Transfer => 5,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Shares of each kind, e.g. `deposit=60,transfer=25,bonus=15` (weights, not necessarily
+/// summing to 100).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mix {
+    weights: Vec<(Kind, u32)>,
+}
+
+impl Mix {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut weights: Vec<(Kind, u32)> = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected kind=weight, e.g. deposit=60"))?;
+            let kind = Kind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == name.trim())
+                .ok_or_else(|| format!("`{name}`: unknown kind (deposit, transfer or bonus)"))?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}`: the weight must be a whole number"))?;
+            if weights.iter().any(|(k, _)| *k == kind) {
+                return Err(format!("`{name}` is given twice"));
+            }
+            if weight > 0 {
+                weights.push((kind, weight));
+            }
+        }
+        if weights.is_empty() {
+            return Err("the mix needs at least one kind with a weight above 0".into());
+        }
+        weights.sort();
+        Ok(Self { weights })
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = Kind> + '_ {
+        self.weights.iter().map(|(k, _)| *k)
+    }
+
+    pub fn has(&self, kind: Kind) -> bool {
+        self.kinds().any(|k| k == kind)
+    }
+
+    /// The share of `kind`, from 0 to 1.
+    pub fn share(&self, kind: Kind) -> f64 {
+        let total: u32 = self.weights.iter().map(|(_, w)| w).sum();
+        let w = self
+            .weights
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, w)| *w);
+        f64::from(w) / f64::from(total)
+    }
+
+    /// JetStream messages per command, on average, when every command succeeds.
+    pub fn messages_per_command(&self) -> f64 {
+        self.kinds()
+            .map(|k| self.share(k) * f64::from(k.messages()))
+            .sum()
+    }
+
+    /// The kind of the command whose draw is `r` in [0, 1).
+    fn pick(&self, r: f64) -> Kind {
+        let total: u32 = self.weights.iter().map(|(_, w)| w).sum();
+        let mut point = r * f64::from(total);
+        for (kind, w) in &self.weights {
+            if point < f64::from(*w) {
+                return *kind;
+            }
+            point -= f64::from(*w);
+        }
+        self.weights[self.weights.len() - 1].0
+    }
+}
+
+impl fmt::Display for Mix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .weights
+            .iter()
+            .map(|(k, w)| format!("{k}={w}"))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// How a command is broken, when it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// Well formed.
+    No,
+    /// Not JSON: dead-lettered `malformed`.
+    NotJson,
+    /// A valid id with an invalid field: rejected (`invalid_amount`; a grant `invalid_user_id`).
+    InvalidField,
+}
+
+/// The outcome a command must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    Failed,
+    Granted,
+    Rejected,
+    DeadLettered,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Granted => "granted",
+            Outcome::Rejected => "rejected",
+            Outcome::DeadLettered => "dead_lettered",
+        }
+    }
+
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Completed,
+        Outcome::Failed,
+        Outcome::Granted,
+        Outcome::Rejected,
+        Outcome::DeadLettered,
+    ];
+
+    /// The outcome whose discriminant is `code`.
+    pub fn from_code(code: u8) -> Self {
+        Self::ALL[usize::from(code).min(Self::ALL.len() - 1)]
+    }
+
+    /// The terminal outcome an event status stands for; `None` for `pending` and `stuck`.
+    pub fn from_status(status: &str) -> Option<Self> {
+        Some(match status {
+            "completed" => Outcome::Completed,
+            "failed" => Outcome::Failed,
+            "granted" => Outcome::Granted,
+            "rejected" => Outcome::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a command must become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly this outcome (and, for a rejection, this reason).
+    Exactly(Outcome, Option<&'static str>),
+    /// A provider other than this run decides: completed or failed.
+    Final,
+    /// A grant races for the budget: granted, or rejected `campaign_exhausted`.
+    GrantedOrExhausted,
+}
+
+impl Expect {
+    pub fn admits(self, outcome: Outcome, reason: Option<&str>) -> bool {
+        match self {
+            Expect::Exactly(o, r) => o == outcome && (r.is_none() || r == reason),
+            Expect::Final => matches!(outcome, Outcome::Completed | Outcome::Failed),
+            Expect::GrantedOrExhausted => {
+                outcome == Outcome::Granted
+                    || (outcome == Outcome::Rejected && reason == Some("campaign_exhausted"))
+            }
+        }
+    }
+}
+
+/// One message to publish.
+#[derive(Debug)]
+pub struct Message {
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: bytes::Bytes,
+}
+
+/// The generator of a run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub run: String,
+    pub mix: Mix,
+    pub users: usize,
+    pub seed: u64,
+    pub duplicates: f64,
+    pub malformed: f64,
+    pub campaign: String,
+    /// The simulated providers' acceptance ratio when this run plays them; `None` when it does not.
+    pub providers: Option<crate::provider_sim::SimOptions>,
+    pub names: wallet_runtime::names::Names,
+}
+
+/// The grant amount of a load campaign.
+pub const GRANT_AMOUNT: &str = "1.00";
+/// Each user's funding before transfers start: far more than any run transfers.
+pub const FUNDING: &str = "1000000.00";
+
+impl Plan {
+    /// A number in [0, 1) fixed by the seed, the aspect and the index (splitmix64).
+    fn draw(&self, aspect: u64, i: u64) -> f64 {
+        let mut z = self
+            .seed
+            .wrapping_add(aspect.wrapping_mul(0xD1B5_4A32_D192_ED03))
+            .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn kind(&self, i: u64) -> Kind {
+        self.mix.pick(self.draw(1, i))
+    }
+
+    pub fn broken(&self, i: u64) -> Broken {
+        if self.malformed > 0.0 && self.draw(2, i) < self.malformed {
+            if i.is_multiple_of(2) {
+                Broken::NotJson
+            } else {
+                Broken::InvalidField
+            }
+        } else {
+            Broken::No
+        }
+    }
+
+    /// Whether command `i` is sent a second time, under another `Nats-Msg-Id` (as a copy
+    /// arriving after JetStream's duplicate window would be).
+    pub fn duplicated(&self, i: u64) -> bool {
+        self.duplicates > 0.0 && self.draw(3, i) < self.duplicates
+    }
+
+    pub fn id(&self, kind: Kind, i: u64) -> String {
+        format!("{}-{}{i}", self.run, kind.letter())
+    }
+
+    /// The index of a command id of this run.
+    pub fn index(&self, id: &str) -> Option<(Kind, u64)> {
+        let rest = id.strip_prefix(self.run.as_str())?.strip_prefix('-')?;
+        let mut chars = rest.chars();
+        let kind = match chars.next()? {
+            'd' => Kind::Deposit,
+            't' => Kind::Transfer,
+            'g' => Kind::Bonus,
+            _ => return None,
+        };
+        Some((kind, chars.as_str().parse().ok()?))
+    }
+
+    pub fn user(&self, i: u64) -> String {
+        format!(
+            "{}-u{}",
+            self.run,
+            (self.draw(4, i) * self.users as f64) as usize
+        )
+    }
+
+    /// The users transfers draw from (all of them: any may transfer).
+    pub fn all_users(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.users).map(|u| format!("{}-u{u}", self.run))
+    }
+
+    /// A grant's user: each grant comes from its own user, as a crowd grabbing red envelopes.
+    fn grant_user(&self, i: u64) -> String {
+        format!("{}-g{i}", self.run)
+    }
+
+    /// A deposit's amount in cents: 1.00 to 9.99.
+    pub fn deposit_cents(&self, i: u64) -> u64 {
+        100 + (self.draw(5, i) * 900.0) as u64
+    }
+
+    /// A transfer's amount in cents: 0.01 to 5.00.
+    pub fn transfer_cents(&self, i: u64) -> u64 {
+        1 + (self.draw(5, i) * 500.0) as u64
+    }
+
+    pub fn provider(&self, i: u64) -> &'static str {
+        if i.is_multiple_of(2) { "alpha" } else { "beta" }
+    }
+
+    /// Command `i`: its kind and message.
+    pub fn message(&self, i: u64) -> (Kind, Message) {
+        let kind = self.kind(i);
+        let id = self.id(kind, i);
+        let broken = self.broken(i);
+        let body = match (kind, broken) {
+            (_, Broken::NotJson) => {
+                format!(
+                    r#"{{"{}_id":"{id}", "#,
+                    if kind == Kind::Bonus {
+                        "grant"
+                    } else {
+                        kind.as_str()
+                    }
+                )
+            }
+            (Kind::Deposit, _) => {
+                let amount = match broken {
+                    Broken::No => format!("\"{}\"", cents(self.deposit_cents(i))),
+                    _ => cents(self.deposit_cents(i)),
+                };
+                format!(
+                    r#"{{"deposit_id":"{id}","user_id":"{}","amount":{amount},"currency":"USD"}}"#,
+                    self.user(i)
+                )
+            }
+            (Kind::Transfer, _) => {
+                let amount = match broken {
+                    Broken::No => format!("\"{}\"", cents(self.transfer_cents(i))),
+                    _ => cents(self.transfer_cents(i)),
+                };
+                format!(
+                    r#"{{"transfer_id":"{id}","user_id":"{}","provider":"{}","amount":{amount},"currency":"USD"}}"#,
+                    self.user(i),
+                    self.provider(i)
+                )
+            }
+            (Kind::Bonus, _) => {
+                let user = match broken {
+                    Broken::No => self.grant_user(i),
+                    _ => "not a user id".into(),
+                };
+                format!(
+                    r#"{{"grant_id":"{id}","campaign_id":"{}","user_id":"{user}"}}"#,
+                    self.campaign
+                )
+            }
+        };
+        let subject = match kind {
+            Kind::Deposit => "wallet.deposit",
+            Kind::Transfer => "wallet.transfer-out",
+            Kind::Bonus => "bonus.grant",
+        };
+        (
+            kind,
+            Message {
+                subject: self.names.subject(subject),
+                msg_id: id,
+                payload: body.into_bytes().into(),
+            },
+        )
+    }
+
+    /// A deposit of `amount` to user `u`, outside the measured commands (funding).
+    pub fn funding(&self, u: usize) -> Message {
+        let id = format!("{}-f{u}", self.run);
+        Message {
+            subject: self.names.subject("wallet.deposit"),
+            payload: format!(
+                r#"{{"deposit_id":"{id}","user_id":"{}-u{u}","amount":"{FUNDING}","currency":"USD"}}"#,
+                self.run
+            )
+            .into_bytes()
+            .into(),
+            msg_id: id,
+        }
+    }
+
+    /// What command `i` must become.
+    pub fn expect(&self, i: u64) -> Expect {
+        let kind = self.kind(i);
+        match (kind, self.broken(i)) {
+            (_, Broken::NotJson) => Expect::Exactly(Outcome::DeadLettered, None),
+            (Kind::Bonus, Broken::InvalidField) => {
+                Expect::Exactly(Outcome::Rejected, Some("invalid_user_id"))
+            }
+            (_, Broken::InvalidField) => Expect::Exactly(Outcome::Rejected, Some("invalid_amount")),
+            (Kind::Deposit, Broken::No) => Expect::Exactly(Outcome::Completed, None),
+            (Kind::Transfer, Broken::No) => match &self.providers {
+                Some(sim) if crate::provider_sim::accepts(sim, &self.id(kind, i)) => {
+                    Expect::Exactly(Outcome::Completed, None)
+                }
+                Some(_) => Expect::Exactly(Outcome::Failed, None),
+                None => Expect::Final,
+            },
+            (Kind::Bonus, Broken::No) => Expect::GrantedOrExhausted,
+        }
+    }
+}
+
+/// `cents` as a decimal string with two places: 125 → `1.25`.
+pub fn cents(c: u64) -> String {
+    format!("{}.{:02}", c / 100, c % 100)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn plan(mix: &str, malformed: f64) -> Plan {
+        Plan {
+            run: "r1".into(),
+            mix: Mix::parse(mix).unwrap(),
+            users: 10,
+            seed: 7,
+            duplicates: 0.1,
+            malformed,
+            campaign: "r1-red".into(),
+            providers: None,
+            names: wallet_runtime::names::Names::new("ns").unwrap(),
+        }
+    }
+
+    #[test]
+    fn mix_parses_and_refuses() {
+        let m = Mix::parse("deposit=60,transfer=25,bonus=15").unwrap();
+        assert_eq!(m.to_string(), "deposit=60,transfer=25,bonus=15");
+        assert!((m.share(Kind::Transfer) - 0.25).abs() < 1e-9);
+        assert!((m.messages_per_command() - 2.75).abs() < 1e-9);
+        assert!(Mix::parse("deposit").unwrap_err().contains("kind=weight"));
+        assert!(
+            Mix::parse("withdraw=1")
+                .unwrap_err()
+                .contains("unknown kind")
+        );
+        assert!(
+            Mix::parse("deposit=1,deposit=2")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            Mix::parse("deposit=0")
+                .unwrap_err()
+                .contains("at least one")
+        );
+        assert!(
+            Mix::parse("deposit=x")
+                .unwrap_err()
+                .contains("whole number")
+        );
+    }
+
+    #[test]
+    fn commands_follow_the_mix_and_ratios() {
+        let p = plan("deposit=60,transfer=25,bonus=15", 0.02);
+        let n = 100_000;
+        let count = |k| (0..n).filter(|&i| p.kind(i) == k).count() as f64 / n as f64;
+        assert!((count(Kind::Deposit) - 0.60).abs() < 0.01);
+        assert!((count(Kind::Transfer) - 0.25).abs() < 0.01);
+        assert!((count(Kind::Bonus) - 0.15).abs() < 0.01);
+        let broken = (0..n).filter(|&i| p.broken(i) != Broken::No).count() as f64 / n as f64;
+        assert!((broken - 0.02).abs() < 0.003, "{broken}");
+        let dups = (0..n).filter(|&i| p.duplicated(i)).count() as f64 / n as f64;
+        assert!((dups - 0.1).abs() < 0.01, "{dups}");
+    }
+
+    #[test]
+    fn ids_round_trip_and_payloads_are_what_the_contract_expects() {
+        let p = plan("deposit=1,transfer=1,bonus=1", 0.0);
+        for i in 0..50 {
+            let (kind, m) = p.message(i);
+            assert_eq!(p.index(&m.msg_id), Some((kind, i)));
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            match kind {
+                Kind::Deposit => {
+                    assert_eq!(m.subject, "ns.wallet.deposit");
+                    assert_eq!(v["amount"], cents(p.deposit_cents(i)));
+                }
+                Kind::Transfer => assert_eq!(v["provider"], p.provider(i)),
+                Kind::Bonus => assert_eq!(v["campaign_id"], "r1-red"),
+            }
+        }
+        assert_eq!(p.index("r1-x3"), None);
+        assert_eq!(p.index("r2-d3"), None);
+        assert_eq!(cents(5), "0.05");
+        assert_eq!(cents(100_000_000), "1000000.00");
+    }
+
+    #[test]
+    fn broken_commands_expect_their_failure() {
+        let p = plan("deposit=1,bonus=1", 0.5);
+        for i in 0..200 {
+            let (kind, m) = p.message(i);
+            let parsed = serde_json::from_slice::<serde_json::Value>(&m.payload);
+            match (p.broken(i), p.expect(i)) {
+                (Broken::NotJson, Expect::Exactly(Outcome::DeadLettered, None)) => {
+                    assert!(parsed.is_err())
+                }
+                (Broken::InvalidField, Expect::Exactly(Outcome::Rejected, Some(r))) => {
+                    assert!(parsed.is_ok());
+                    assert_eq!(
+                        r,
+                        if kind == Kind::Bonus {
+                            "invalid_user_id"
+                        } else {
+                            "invalid_amount"
+                        }
+                    );
+                }
+                (Broken::No, e) => {
+                    assert!(parsed.is_ok() && e != Expect::Exactly(Outcome::Rejected, None))
+                }
+                other => panic!("{i}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `walletctl load` against the real functions: a mixed run with duplicates and broken commands
+//! verifies, and a run whose commands cannot all be answered fails its verification.
+
+#![allow(clippy::unwrap_used)]
+
+use clap::Parser;
+use testkit::TestEnv;
+use walletctl::load::{self, LoadArgs};
+use walletctl::{Cli, Cmd};
+
+fn args(line: &str) -> LoadArgs {
+    let cli = Cli::try_parse_from(format!("walletctl load {line}").split_whitespace()).unwrap();
+    let Cmd::Load(args) = cli.command else {
+        panic!("not a load command")
+    };
+    *args
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_run_with_duplicates_and_broken_commands_is_verified() {
+    let env = TestEnv::new().await;
+    let procs: Vec<_> = ["deposit", "transfer-out", "provider-ack", "bonus-grant"]
+        .into_iter()
+        .map(|f| env.spawn(f, &[]))
+        .collect();
+    for p in &procs {
+        env.ready(p).await;
+    }
+    let args = args(
+        "--mix deposit=60,transfer=25,bonus=15 --count 3000 --users 40 --duplicates 0.05 \
+         --malformed 0.04 --envelopes 100 --drain-timeout 90s",
+    );
+    let report = load::run(&env.config, &testkit::topology(), &args)
+        .await
+        .unwrap();
+    let failed: Vec<_> = report
+        .verification
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .collect();
+    assert!(report.verification.passed, "{failed:#?}\n{report}");
+    assert_eq!(report.commands, 3000);
+    let copies = report.messages_sent - report.commands;
+    assert!((90..=210).contains(&copies), "{copies} duplicate copies");
+    let sent: u64 = report.kinds.values().map(|k| k.sent).sum();
+    assert_eq!(sent, 3000);
+    let outcome = |kind: load::plan::Kind, name: &str| {
+        report.kinds[&kind]
+            .outcomes
+            .get(name)
+            .copied()
+            .unwrap_or_default()
+    };
+    use load::plan::Kind::{Bonus, Deposit, Transfer};
+    for (kind, k) in &report.kinds {
+        // Exactly one terminal outcome per command, of every kind.
+        assert_eq!(k.outcomes.values().sum::<u64>(), k.sent, "{kind}: {k:?}");
+        assert!(k.latency_ms.p50 > 0.0 && k.latency_ms.p50 <= k.latency_ms.max);
+    }
+    // Every kind of broken command was refused its own way.
+    for kind in [Deposit, Transfer, Bonus] {
+        assert!(outcome(kind, "dead_lettered") > 0, "{kind}");
+    }
+    assert!(outcome(Deposit, "rejected invalid_amount") > 0);
+    assert!(outcome(Transfer, "rejected invalid_amount") > 0);
+    assert!(outcome(Bonus, "rejected invalid_user_id") > 0);
+    // The providers decided: about 90 % accepted.
+    let (completed, failed) = (outcome(Transfer, "completed"), outcome(Transfer, "failed"));
+    assert!(failed > 0 && completed > 5 * failed, "{completed} / {failed}");
+    // A flash crowd of ~450 grants for 100 envelopes.
+    assert_eq!(outcome(Bonus, "granted"), 100);
+    assert!(outcome(Bonus, "rejected campaign_exhausted") > 200);
+    assert!(report.jetstream_messages > 2 * report.commands);
+    // The summary survives its JSON (what make bench reads back).
+    let json = serde_json::to_string(&report).unwrap();
+    let back: load::Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.kinds[&Bonus].outcomes, report.kinds[&Bonus].outcomes);
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_with_unanswered_commands_fails_and_exits_non_zero() {
+    let env = TestEnv::new().await;
+    let deposit = env.spawn("deposit", &[]);
+    env.ready(&deposit).await;
+    // Nobody runs bonus-grant: its half of the commands gets no outcome.
+    let out = std::process::Command::new(testkit::binary("walletctl"))
+        .args([
+            "load",
+            "--mix",
+            "deposit=1,bonus=1",
+            "--count",
+            "200",
+            "--rate",
+            "400",
+            "--drain-timeout",
+            "3s",
+            "--json",
+        ])
+        .envs(env.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: load::Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!report.verification.passed);
+    let missing = &report.verification.checks[0];
+    assert_eq!(missing.name, "every command reached a terminal outcome");
+    let bonus = report.kinds[&load::plan::Kind::Bonus].sent;
+    assert!(!missing.ok && missing.detail.starts_with(&format!("{bonus}, e.g. ")), "{missing:?}");
+    assert!(report.kinds[&load::plan::Kind::Deposit].outcomes["completed"] > 0);
+    // At 400 commands/s, 200 commands take about half a second.
+    assert!((0.4..2.0).contains(&report.send_seconds), "{}", report.send_seconds);
+}
+
+#[test]
+fn bad_options_are_one_clear_line() {
+    for (line, needle) in [
+        ("--mix deposit=x", "whole number"),
+        ("--rate 0", "neither `max` nor a positive number"),
+        ("--duplicates 2", "not a share from 0 to 1"),
+        ("--count 5 --duration 1m", "cannot be used with"),
+        ("--users 0", "0 is not in 1.."),
+    ] {
+        let e = Cli::try_parse_from(format!("walletctl load {line}").split_whitespace())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{line}: {e}");
+    }
+}
