@@ -16,7 +16,8 @@ export WALLET_NAMESPACE=bench
 export DATABASE_URL="${DATABASE_URL%/*}/wallet_bench"
 export RUST_LOG="${RUST_LOG:-warn}"
 OUT=bench/runs
-mkdir -p "$OUT"
+# Results of one run only: RESULTS.md never mixes commits.
+rm -rf "$OUT"; mkdir -p "$OUT"
 PROFILES="${PROFILES:-raw deposit-max per-message deposit-peak mixed-peak flash-bonus}"
 PEAK_DURATION="${PEAK_DURATION:-5m}"
 # The mix's commands make 2.75 JetStream messages each on average (a deposit or a grant: the
@@ -63,7 +64,6 @@ load() {
 }
 
 for profile in $PROFILES; do
-  rm -f "$OUT/$profile.json"
   case "$profile" in
     raw)
       echo "bench: raw"
@@ -73,7 +73,7 @@ for profile in $PROFILES; do
       load deposit-max --count 300000 --users 10000 ;;
     per-message)
       fresh; start deposit BATCH_MAX=1
-      load per-message --count 300000 --users 10000 ;;
+      load per-message --count "${PER_MESSAGE_COUNT:-30000}" --users 10000 ;;
     deposit-peak)
       fresh; start deposit
       load deposit-peak --rate 8333 --duration "$PEAK_DURATION" --users 10000 ;;
@@ -91,5 +91,7 @@ done
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
 "$BIN/walletctl" bench report "$OUT" --commit "$commit" >bench/RESULTS.md
+# The profile findings, written by hand, follow the figures.
+[ -f bench/ANALYSIS.md ] && { echo; cat bench/ANALYSIS.md; } >>bench/RESULTS.md
 echo "bench: wrote bench/RESULTS.md"
 sed -n '/^| profile/,/^## Profiles/p' bench/RESULTS.md | head -n -1

@@ -67,7 +67,10 @@ async fn a_mixed_run_with_duplicates_and_broken_commands_is_verified() {
     assert!(outcome(Bonus, "rejected invalid_user_id") > 0);
     // The providers decided: about 90 % accepted.
     let (completed, failed) = (outcome(Transfer, "completed"), outcome(Transfer, "failed"));
-    assert!(failed > 0 && completed > 5 * failed, "{completed} / {failed}");
+    assert!(
+        failed > 0 && completed > 5 * failed,
+        "{completed} / {failed}"
+    );
     // A flash crowd of ~450 grants for 100 envelopes.
     assert_eq!(outcome(Bonus, "granted"), 100);
     assert!(outcome(Bonus, "rejected campaign_exhausted") > 200);
@@ -101,16 +104,28 @@ async fn a_run_with_unanswered_commands_fails_and_exits_non_zero() {
         .envs(env.env())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: load::Report = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!report.verification.passed);
     let missing = &report.verification.checks[0];
     assert_eq!(missing.name, "every command reached a terminal outcome");
     let bonus = report.kinds[&load::plan::Kind::Bonus].sent;
-    assert!(!missing.ok && missing.detail.starts_with(&format!("{bonus}, e.g. ")), "{missing:?}");
+    assert!(
+        !missing.ok && missing.detail.starts_with(&format!("{bonus}, e.g. ")),
+        "{missing:?}"
+    );
     assert!(report.kinds[&load::plan::Kind::Deposit].outcomes["completed"] > 0);
     // At 400 commands/s, 200 commands take about half a second.
-    assert!((0.4..2.0).contains(&report.send_seconds), "{}", report.send_seconds);
+    assert!(
+        (0.4..2.0).contains(&report.send_seconds),
+        "{}",
+        report.send_seconds
+    );
 }
 
 #[test]
