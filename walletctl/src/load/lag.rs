@@ -34,6 +34,15 @@ pub async fn sample(
 ) -> LagSeries {
     let started = Instant::now();
     let mut series = LagSeries::default();
+    // Each consumer's stream, looked up once: a sample is then one request per consumer.
+    let mut consumers = Vec::new();
+    for f in &functions {
+        if let Some(def) = topology.consumer(f)
+            && let Ok(stream) = js.get_stream_no_info(names.name(&def.stream)).await
+        {
+            consumers.push((*f, stream, names.name(f)));
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -41,15 +50,8 @@ pub async fn sample(
             _ = tick.tick() => {}
         }
         let mut total = 0;
-        for f in &functions {
-            let Some(def) = topology.consumer(f) else {
-                continue;
-            };
-            let info = match js.get_stream_no_info(names.name(&def.stream)).await {
-                Ok(s) => s.consumer_info(names.name(f)).await.ok(),
-                Err(_) => None,
-            };
-            if let Some(info) = info {
+        for (f, stream, name) in &consumers {
+            if let Ok(info) = stream.consumer_info(name.as_str()).await {
                 let lag = info.num_pending + info.num_ack_pending as u64;
                 total += lag;
                 let peak = series.peak_by_function.entry((*f).to_owned()).or_default();

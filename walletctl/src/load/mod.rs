@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
@@ -291,17 +291,13 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
 /// all completed.
 async fn fund(js: &jetstream::Context, plan: &Plan, timeout: Duration) -> anyhow::Result<()> {
     let users = plan.users;
-    let mut completed = js
-        .get_stream(plan.names.name("WALLET_EVENTS"))
-        .await?
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: plan.names.subject("wallet.events.deposit.completed"),
-            deliver_policy: consumer::DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await?
-        .messages()
-        .await?;
+    let mut completed = track::follow(
+        js,
+        &plan.names,
+        "WALLET_EVENTS",
+        "wallet.events.deposit.completed",
+    )
+    .await?;
     let funding = (0..users).map(|u| {
         let m = plan.funding(u);
         (m.subject, m.msg_id, m.payload.to_vec())

@@ -58,6 +58,27 @@ impl SendTimes {
     }
 }
 
+/// The messages stored on `filter` of `stream` from now on (an ordered consumer: nothing to
+/// clean up afterwards).
+pub async fn follow(
+    js: &jetstream::Context,
+    names: &wallet_runtime::names::Names,
+    stream: &str,
+    filter: &str,
+) -> anyhow::Result<consumer::pull::Ordered> {
+    Ok(js
+        .get_stream(names.name(stream))
+        .await?
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: names.subject(filter),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?)
+}
+
 /// Counters the progress bar reads while the run goes on.
 #[derive(Debug, Default)]
 pub struct Live {
@@ -141,25 +162,8 @@ impl Tracker {
         stop: CancellationToken,
     ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Self>>> {
         let names = &self.plan.names;
-        let follow = |stream: &str, filter: &str| {
-            let (stream, filter) = (names.name(stream), names.subject(filter));
-            async move {
-                let messages = js
-                    .get_stream(&stream)
-                    .await?
-                    .create_consumer(consumer::pull::OrderedConfig {
-                        filter_subject: filter,
-                        deliver_policy: consumer::DeliverPolicy::New,
-                        ..Default::default()
-                    })
-                    .await?
-                    .messages()
-                    .await?;
-                anyhow::Ok(messages)
-            }
-        };
-        let mut events = follow("WALLET_EVENTS", "wallet.events.>").await?;
-        let mut dead = follow("DLQ", "dlq.>").await?;
+        let mut events = follow(js, names, "WALLET_EVENTS", "wallet.events.>").await?;
+        let mut dead = follow(js, names, "DLQ", "dlq.>").await?;
         Ok(tokio::spawn(async move {
             loop {
                 tokio::select! {
