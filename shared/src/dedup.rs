@@ -58,7 +58,10 @@ pub async fn claim(
     let keys: Vec<&str> = sorted.iter().map(|(id, _)| *id).collect();
     let prints: Vec<&[u8]> = sorted.iter().map(|(_, f)| f.as_slice()).collect();
     let inserted: std::collections::HashSet<String> = tx
-        .query(CLAIM, &[&function, &keys, &prints])
+        .query(
+            &tx.prepare_cached(CLAIM).await?,
+            &[&function, &keys, &prints],
+        )
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -71,7 +74,7 @@ pub async fn claim(
     let stored: std::collections::HashMap<String, Vec<u8>> = if seen.is_empty() {
         Default::default()
     } else {
-        tx.query(SEEN, &[&function, &seen])
+        tx.query(&tx.prepare_cached(SEEN).await?, &[&function, &seen])
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))

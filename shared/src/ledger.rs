@@ -1,7 +1,7 @@
 //! The double-entry ledger.
 //!
 //! A batch opens a [`Book`] on the user wallets it touches: one statement creates the missing ones
-//! and locks them all, in one fixed order (sorted keys), so that replicas never deadlock. The book
+//! and another locks them all, both in one fixed order, so that replicas never deadlock. The book
 //! applies each command's postings in memory, in batch order, refusing any that would take a user
 //! wallet below zero, and knows the running balance after every command (for its event). Then
 //! [`Book::write`] stores all postings and the final balances in two set-based statements.
@@ -117,11 +117,24 @@ pub struct Book {
     postings: Vec<(i64, Decimal, String)>,
 }
 
-const LOCK_WALLETS: &str = "
+/// Creates the wallets that do not exist yet. `DO NOTHING` neither locks nor rewrites the existing
+/// rows; keys arrive sorted, so replicas creating the same new wallets wait for each other in one
+/// order.
+const CREATE_WALLETS: &str = "
     INSERT INTO accounts (owner, kind, provider, currency)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-    ON CONFLICT (owner, kind, provider, currency) DO UPDATE SET version = accounts.version
-    RETURNING id, owner, kind, provider, currency, balance, version";
+    ON CONFLICT DO NOTHING";
+
+/// Locks the wallets in one fixed order (LockRows runs above the sort). A lock only marks the row:
+/// unlike `ON CONFLICT DO UPDATE`, it writes no new row version, so the balance update that follows
+/// is the only one per wallet and batch, and fits on its page (fillfactor, V4) as a HOT update.
+const LOCK_WALLETS: &str = "
+    SELECT a.id, a.owner, a.kind, a.provider, a.currency, a.balance, a.version
+    FROM accounts a
+    JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k (owner, kind, provider, currency)
+      ON (a.owner, a.kind, a.provider, a.currency) = (k.owner, k.kind, k.provider, k.currency)
+    ORDER BY a.owner, a.kind, a.provider, a.currency
+    FOR UPDATE OF a";
 
 /// The platform account's id, and whether this transaction created it. `ON CONFLICT DO NOTHING`
 /// takes no lock on an existing row, so replicas never wait for each other here.
@@ -156,7 +169,10 @@ impl Ledger {
             return Ok(*id);
         }
         let row = tx
-            .query_one(PLATFORM_ACCOUNT, &[&key.provider, &key.currency.code()])
+            .query_one(
+                &tx.prepare_cached(PLATFORM_ACCOUNT).await?,
+                &[&key.provider, &key.currency.code()],
+            )
             .await?;
         let (id, created): (i64, bool) = (row.get(0), row.get(1));
         if !created {
@@ -197,8 +213,12 @@ impl Ledger {
             let kinds: Vec<&str> = users.iter().map(|k| k.kind.as_str()).collect();
             let providers: Vec<&str> = users.iter().map(|k| k.provider.as_str()).collect();
             let currencies: Vec<&str> = users.iter().map(|k| k.currency.code()).collect();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&owners, &kinds, &providers, &currencies];
+            tx.execute(&tx.prepare_cached(CREATE_WALLETS).await?, &params)
+                .await?;
             let rows = tx
-                .query(LOCK_WALLETS, &[&owners, &kinds, &providers, &currencies])
+                .query(&tx.prepare_cached(LOCK_WALLETS).await?, &params)
                 .await?;
             let mut by_parts: HashMap<(String, String, String, String), WalletKey> = users
                 .into_iter()
@@ -316,9 +336,13 @@ impl Book {
             [&ids, &amounts, &commands];
         let balance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
             [&slot_ids, &balances, &versions];
+        let (insert, update) = futures::try_join!(
+            tx.prepare_cached(INSERT_POSTINGS),
+            tx.prepare_cached(UPDATE_BALANCES),
+        )?;
         let (postings, balances) = futures::join!(
-            tx.execute(INSERT_POSTINGS, &posting_params),
-            tx.execute(UPDATE_BALANCES, &balance_params),
+            tx.execute(&insert, &posting_params),
+            tx.execute(&update, &balance_params),
         );
         postings?;
         balances?;

@@ -68,7 +68,10 @@ pub async fn insert(
         .map(|m| serde_json::to_string(&m.wallets).unwrap_or_else(|_| "[]".into()))
         .collect();
     let rows = tx
-        .query(INSERT, &[&subjects, &ids, &payloads, &wallets])
+        .query(
+            &tx.prepare_cached(INSERT).await?,
+            &[&subjects, &ids, &payloads, &wallets],
+        )
         .await?;
     // RETURNING follows the order of the inserted rows, which follows unnest's.
     Ok(rows
@@ -94,7 +97,10 @@ impl Publisher {
     pub async fn publish(&self, rows: Vec<Row>) -> Result<(), StepError> {
         let ids = self.send(rows).await?;
         if !ids.is_empty() {
-            self.pool.get().await?.execute(DELETE, &[&ids]).await?;
+            let client = self.pool.get().await?;
+            client
+                .execute(&client.prepare_cached(DELETE).await?, &[&ids])
+                .await?;
         }
         Ok(())
     }

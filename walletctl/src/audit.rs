@@ -78,6 +78,11 @@ const CHECKS: &[(&str, &str)] = &[
          WHERE a.kind <> 'platform' AND (a.balance <> coalesce(s.total, 0) OR a.version <> coalesce(s.n, 0))",
     ),
     (
+        "every posting's account exists",
+        "SELECT 'posting ' || p.id || ' of ' || p.command || ': no account ' || p.account_id
+         FROM postings p WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = p.account_id)",
+    ),
+    (
         "no user wallet is below zero",
         "SELECT owner || ' ' || kind || ' ' || provider || ' ' || currency || ': ' || balance
          FROM accounts WHERE kind <> 'platform' AND balance < 0",
