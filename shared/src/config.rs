@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::money::Currencies;
 use crate::names::Names;
+use crate::nats_auth::NatsAuth;
 
 /// The exit code of a binary started with a bad configuration (`EX_USAGE` of sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
@@ -25,7 +26,11 @@ pub struct ConfigError {
 #[derive(Clone)]
 pub struct Config {
     pub nats_url: String,
+    /// NATS credentials and TLS beyond what the URL carries.
+    pub nats_auth: NatsAuth,
     pub database_url: String,
+    /// `PG_TLS_CA`: the roots that sign PostgreSQL's certificate (with `sslmode=require`).
+    pub pg_tls_ca: Option<PathBuf>,
     pub redis_url: String,
     pub names: Names,
     pub http_addr: SocketAddr,
@@ -134,9 +139,18 @@ impl Config {
             ));
         }
 
+        let nats_auth = NatsAuth::from_lookup(|k| lookup(k).filter(|v| !v.is_empty()))?;
+
         Ok(Self {
             nats_url,
+            nats_auth,
             database_url,
+            pg_tls_ca: match lookup("PG_TLS_CA").filter(|v| !v.is_empty()) {
+                Some(path) if !std::path::Path::new(&path).is_file() => {
+                    return Err(err("PG_TLS_CA", format!("{path} is not a readable file")));
+                }
+                other => other.map(PathBuf::from),
+            },
             redis_url,
             names,
             http_addr,
@@ -170,6 +184,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("nats_url", &redact(&self.nats_url))
+            .field("nats_auth", &self.nats_auth)
             .field("database_url", &redact(&self.database_url))
             .field("redis_url", &redact(&self.redis_url))
             .field("namespace", &self.names.namespace())

@@ -1,9 +1,20 @@
 //! PostgreSQL: the connection pool, database creation and the embedded migrations.
+//!
+//! Connections use TLS when `DATABASE_URL` says `sslmode=require`: rustls, verifying the server's
+//! certificate and name against `PG_TLS_CA` (a PEM file) or, without it, the system's roots. Any
+//! other `sslmode` connects in plain text (use it only on a trusted network). Every connection
+//! commits synchronously unless the URL says otherwise.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::Config;
 
 use crate::error::error_chain;
 
@@ -17,6 +28,8 @@ pub enum DbError {
     Postgres(String),
     #[error("migration: {0}")]
     Migration(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -32,21 +45,68 @@ fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
     if config.get_application_name().is_none() {
         config.application_name("wallet-functions");
     }
+    // A command is acknowledged once its transaction commits: that commit must be on disk (and
+    // on the synchronous standbys), whatever the server's default. A URL that sets it itself
+    // (`remote_apply`, say) is left alone.
+    let options = config.get_options().unwrap_or_default();
+    if !options.contains("synchronous_commit") {
+        let forced = format!("{options} -c synchronous_commit=on");
+        config.options(forced.trim_start());
+    }
     Ok(config)
 }
 
-/// A pool of `size` connections. Nothing connects until the first use, so a process starts (and
-/// reports itself not ready) while PostgreSQL is down.
-pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
-    let manager = Manager::from_config(
-        pg_config(url)?,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+/// The TLS connector `sslmode=require` asks for; `None` for plain text.
+fn tls(
+    config: &tokio_postgres::Config,
+    ca: Option<&Path>,
+) -> Result<Option<MakeRustlsConnect>, DbError> {
+    if config.get_ssl_mode() != SslMode::Require {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| DbError::Tls(format!("PG_TLS_CA {}: {e}", path.display())))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| DbError::Tls(format!("PG_TLS_CA {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| DbError::Tls(format!("PG_TLS_CA {}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A system root rustls cannot parse is one we do not trust.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(MakeRustlsConnect::new(client)))
+}
+
+/// A pool of `PG_POOL_SIZE` connections. Nothing connects until the first use, so a process
+/// starts (and reports itself not ready) while PostgreSQL is down.
+pub fn pool(config: &Config) -> Result<Pool, DbError> {
+    let pg = pg_config(&config.database_url)?;
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls(&pg, config.pg_tls_ca.as_deref())? {
+        Some(tls) => Manager::from_config(pg, tls, manager_config),
+        None => Manager::from_config(pg, NoTls, manager_config),
+    };
     Pool::builder(manager)
-        .max_size(size)
+        .max_size(config.pg_pool_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(5)))
@@ -55,19 +115,46 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
         .map_err(|e| DbError::Postgres(e.to_string()))
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, DbError> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "setup connection closed");
+async fn connect(
+    config: &tokio_postgres::Config,
+    ca: Option<&Path>,
+) -> Result<tokio_postgres::Client, DbError> {
+    fn run<F>(connection: F)
+    where
+        F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+    Ok(match tls(config, ca)? {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            run(connection);
+            client
         }
-    });
-    Ok(client)
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            run(connection);
+            client
+        }
+    })
 }
 
-/// The database `url` names, and a connection to its server's `postgres` database.
-async fn admin(url: &str) -> Result<(String, tokio_postgres::Client), DbError> {
-    let config = pg_config(url)?;
+/// One connection to `DATABASE_URL`'s database, outside any pool (operator commands).
+pub async fn client(config: &Config) -> Result<tokio_postgres::Client, DbError> {
+    connect(
+        &pg_config(&config.database_url)?,
+        config.pg_tls_ca.as_deref(),
+    )
+    .await
+}
+
+/// The database `DATABASE_URL` names, and a connection to its server's `postgres` database.
+async fn admin(c: &Config) -> Result<(String, tokio_postgres::Client), DbError> {
+    let config = pg_config(&c.database_url)?;
     let name = config
         .get_dbname()
         .map(str::to_owned)
@@ -75,7 +162,7 @@ async fn admin(url: &str) -> Result<(String, tokio_postgres::Client), DbError> {
         .ok_or_else(|| DbError::Postgres("the URL names no database".into()))?;
     let mut admin = config.clone();
     admin.dbname("postgres");
-    Ok((name, connect(&admin).await?))
+    Ok((name, connect(&admin, c.pg_tls_ca.as_deref()).await?))
 }
 
 /// `CREATE DATABASE` and `DROP DATABASE` take no parameters: a quoted identifier.
@@ -83,9 +170,9 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Drops the database `url` names (closing its connections); true when it existed.
-pub async fn drop_database(url: &str) -> Result<bool, DbError> {
-    let (name, client) = admin(url).await?;
+/// Drops the database `DATABASE_URL` names (closing its connections); true when it existed.
+pub async fn drop_database(config: &Config) -> Result<bool, DbError> {
+    let (name, client) = admin(config).await?;
     let existed = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -99,9 +186,9 @@ pub async fn drop_database(url: &str) -> Result<bool, DbError> {
     Ok(existed)
 }
 
-/// Creates the database `url` names when it does not exist; true when it created it.
-pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
-    let (name, client) = admin(url).await?;
+/// Creates the database `DATABASE_URL` names when it does not exist; true when it created it.
+pub async fn create_database_if_missing(config: &Config) -> Result<bool, DbError> {
+    let (name, client) = admin(config).await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -124,8 +211,8 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
 
 /// Runs the migrations not yet applied; returns their names. Concurrent runs take turns on an
 /// advisory lock.
-pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
-    let mut client = connect(&pg_config(url)?).await?;
+pub async fn migrate(config: &Config) -> Result<Vec<String>, DbError> {
+    let mut client = client(config).await?;
     // Any constant: it only has to be the same for every setup.
     client
         .execute("SELECT pg_advisory_lock(7301550003)", &[])
@@ -142,4 +229,27 @@ pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
         .iter()
         .map(|m| m.to_string())
         .collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_are_synchronous_unless_the_url_says_otherwise() {
+        let plain = pg_config("postgres://postgres@127.0.0.1:5432/wallet").unwrap();
+        assert_eq!(plain.get_options(), Some("-c synchronous_commit=on"));
+        let other = pg_config("postgres://h/db?options=-c%20statement_timeout%3D5s").unwrap();
+        assert_eq!(
+            other.get_options(),
+            Some("-c statement_timeout=5s -c synchronous_commit=on")
+        );
+        let own =
+            pg_config("postgres://h/db?options=-c%20synchronous_commit%3Dremote_apply").unwrap();
+        assert_eq!(
+            own.get_options(),
+            Some("-c synchronous_commit=remote_apply")
+        );
+    }
 }

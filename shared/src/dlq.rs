@@ -1,6 +1,8 @@
 //! Dead letters (CONTRACT §8): the original payload and headers, republished to
 //! `dlq.<function>` with `Wallet-Dlq-*` headers and `Nats-Msg-Id: dlq:<function>:<stream seq>`,
 //! so that one delivery dead-lettered twice (a crash between publish and term) is stored once.
+//! A command stream's `max_msg_size` leaves room for the added headers (streams.toml), so every
+//! message a command stream accepted fits in the DLQ.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, Message};
@@ -12,6 +14,19 @@ pub const MALFORMED: &str = "malformed";
 pub const ID_CONFLICT: &str = "id_conflict";
 /// The message failed on its last allowed delivery.
 pub const MAX_DELIVER: &str = "max_deliver";
+
+/// The most of a message's own `Nats-Msg-Id` a dead letter copies into `Wallet-Dlq-Msg-Id`: a
+/// valid command's is its id (at most 128 characters); a hostile one could be as large as the
+/// message, and the dead letter would no longer fit in its stream.
+const MAX_COPIED_ID: usize = 256;
+
+fn capped(id: &str) -> &str {
+    let mut end = id.len().min(MAX_COPIED_ID);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
+}
 
 /// Publishes `msg` as a dead letter and waits for JetStream to store it. The caller terminates
 /// the original only after this returns `Ok`.
@@ -27,7 +42,7 @@ pub async fn publish(
     let mut headers = msg.headers.clone().unwrap_or_default();
     let original_id = headers
         .get("Nats-Msg-Id")
-        .map(|v| v.as_str().to_owned())
+        .map(|v| capped(v.as_str()).to_owned())
         .unwrap_or_default();
     let set = |h: &mut HeaderMap, k: &'static str, v: String| h.insert(k, v.as_str());
     set(
@@ -58,4 +73,17 @@ pub async fn publish(
         .increment(1);
     tracing::warn!(function, reason, stream_seq, "dead-lettered");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copied_id_is_capped_on_a_character_boundary() {
+        assert_eq!(capped("d-1"), "d-1");
+        assert_eq!(capped(&"a".repeat(300)).len(), MAX_COPIED_ID);
+        let wide = format!("a{}", "é".repeat(200));
+        assert_eq!(capped(&wide).len(), MAX_COPIED_ID - 1);
+    }
 }

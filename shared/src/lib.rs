@@ -21,16 +21,11 @@ pub mod ids;
 pub mod ledger;
 pub mod money;
 pub mod names;
+pub mod nats_auth;
 pub mod outbox;
 pub mod runtime;
 pub mod streams;
 pub mod telemetry;
-
-/// Every function (and walletctl) allocates with mimalloc: a batch builds and drops thousands of
-/// small strings, maps and buffers, and under glibc's allocator malloc/free took about a third of a
-/// deposit process's CPU in the deposit-max profile.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub use config::Config;
 pub use context::Context;

@@ -14,6 +14,10 @@ use serde_json::Value;
 /// The most digits an amount may have before the decimal point.
 pub const MAX_INTEGER_DIGITS: usize = 15;
 
+/// The most digits after the point a currency may have: with 15 before it, every amount has at
+/// most 28 significant digits, which a `Decimal` always holds exactly.
+pub const MAX_MINOR_UNIT: u32 = 13;
+
 /// A configured currency: an ISO-4217-style code and its minor unit (digits after the point).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Currency {
@@ -71,8 +75,10 @@ impl FromStr for Currencies {
             let minor_unit: u32 = minor
                 .parse()
                 .ok()
-                .filter(|m| *m <= 18)
-                .ok_or_else(|| format!("`{minor}` is not a minor unit from 0 to 18"))?;
+                .filter(|m| *m <= MAX_MINOR_UNIT)
+                .ok_or_else(|| {
+                    format!("`{minor}` is not a minor unit from 0 to {MAX_MINOR_UNIT}")
+                })?;
             map.insert(
                 code.to_owned(),
                 Currency {
@@ -134,7 +140,7 @@ pub fn parse_amount(value: Option<&Value>, currency: Currency) -> Result<Decimal
             minor_unit: currency.minor_unit,
         });
     }
-    // At most 15 + 18 significant digits: always within Decimal's 28, so this cannot fail.
+    // At most 15 + 13 significant digits (leading zeros aside): always within Decimal's 28.
     let amount = Decimal::from_str_exact(s).map_err(|_| AmountError::Syntax)?;
     if amount <= Decimal::ZERO {
         return Err(AmountError::NotPositive);
@@ -231,6 +237,91 @@ mod tests {
         assert!("USD".parse::<Currencies>().is_err());
         assert!("US:2".parse::<Currencies>().is_err());
         assert!("USD:x".parse::<Currencies>().is_err());
+        assert!("ETH:18".parse::<Currencies>().is_err());
+        assert!("XXX:13".parse::<Currencies>().is_ok());
         assert!("".parse::<Currencies>().is_err());
+    }
+}
+
+/// Properties over arbitrary input: nothing panics, and whatever parses is exact.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn currency() -> impl Strategy<Value = Currency> {
+        (0..=MAX_MINOR_UNIT).prop_map(|m| {
+            let c: Currencies = format!("XXX:{m}").parse().unwrap();
+            c.get("XXX").unwrap()
+        })
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[0-9]{0,40}(\\.[0-9]{0,40})?".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(".{0,4}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// What every accepted amount must be.
+    fn accepted(s: &str, currency: Currency) -> Result<(), TestCaseError> {
+        if let Ok(amount) = parse_amount(Some(&json!(s)), currency) {
+            prop_assert!(amount > Decimal::ZERO);
+            prop_assert!(amount.scale() <= currency.minor_unit);
+            prop_assert!(amount.trunc().to_string().len() <= MAX_INTEGER_DIGITS);
+            prop_assert_eq!(amount, Decimal::from_str_exact(s).unwrap());
+            // Printing pads to the minor unit and never rounds.
+            let printed = currency.format(amount);
+            prop_assert_eq!(Decimal::from_str_exact(&printed).unwrap(), amount);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_is_an_exact_amount_or_refused(s in any::<String>(), c in currency()) {
+            accepted(&s, c)?;
+        }
+
+        #[test]
+        fn digit_strings_are_exact_amounts_or_refused(
+            s in "0{0,30}[0-9]{0,20}(\\.[0-9]{0,20})?",
+            c in currency(),
+        ) {
+            accepted(&s, c)?;
+        }
+
+        #[test]
+        fn every_amount_of_the_grammar_parses_exactly(
+            int in "0{0,20}[1-9][0-9]{0,14}",
+            frac in "[0-9]{0,13}",
+            c in currency(),
+        ) {
+            let frac = &frac[..frac.len().min(c.minor_unit as usize)];
+            let s = if frac.is_empty() { int.clone() } else { format!("{int}.{frac}") };
+            prop_assert!(parse_amount(Some(&json!(s)), c).is_ok(), "{} refused", s);
+            accepted(&s, c)?;
+        }
+
+        #[test]
+        fn any_json_value_is_an_amount_or_refused(v in json_value(), c in currency()) {
+            if let Ok(amount) = parse_amount(Some(&v), c) {
+                prop_assert!(v.is_string());
+                prop_assert!(amount > Decimal::ZERO);
+            }
+        }
     }
 }

@@ -176,7 +176,11 @@ async fn connect(
     config: Config,
     shutdown: &CancellationToken,
 ) -> Result<Option<Arc<Context>>, String> {
-    let nats = async_nats::ConnectOptions::new()
+    let nats = config
+        .nats_auth
+        .options()
+        .await
+        .map_err(|e| format!("NATS_CREDS: {e}"))?
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
@@ -191,8 +195,7 @@ async fn connect(
         .await
         .map_err(|e| format!("NATS_URL: {e}"))?;
     let js = jetstream::new(nats.clone());
-    let pool = db::pool(&config.database_url, config.pg_pool_size)
-        .map_err(|e| format!("DATABASE_URL: {e}"))?;
+    let pool = db::pool(&config).map_err(|e| format!("DATABASE_URL: {e}"))?;
     let client =
         redis::Client::open(config.redis_url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
@@ -449,29 +452,44 @@ async fn consume_loop<F: Function>(
     }
 }
 
-/// Acknowledges each message as decided; everything here runs after the commit.
+/// Acknowledges each message as decided; everything here runs after the commit. Messages settle
+/// concurrently: a batch of malformed messages waits for its dead letters' acks all at once, not
+/// one round trip after another.
 async fn settle(ctx: &Context, function: &str, msgs: &[Message], dispositions: &[Disposition]) {
-    for (m, d) in msgs.iter().zip(dispositions) {
-        let result = match *d {
-            Disposition::Ack => m.ack().await,
-            Disposition::Nak(delay) => m.ack_with(AckKind::Nak(Some(delay))).await,
-            Disposition::DeadLetter(reason) => {
-                match dlq::publish(&ctx.js, &ctx.names, function, m, reason).await {
-                    Ok(()) => m.ack_with(AckKind::Term).await,
-                    // Not stored: leave it unacknowledged; it comes back and is dead-lettered then.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dead letter not stored; the message will be redelivered");
-                        Ok(())
-                    }
+    let each: Vec<_> = msgs
+        .iter()
+        .zip(dispositions)
+        .map(|(m, d)| settle_one(ctx, function, m, *d))
+        .collect();
+    futures::stream::iter(each)
+        .buffer_unordered(SETTLING_AT_ONCE)
+        .collect::<()>()
+        .await;
+}
+
+async fn settle_one(ctx: &Context, function: &str, m: &Message, d: Disposition) {
+    let result = match d {
+        Disposition::Ack => m.ack().await,
+        Disposition::Nak(delay) => m.ack_with(AckKind::Nak(Some(delay))).await,
+        Disposition::DeadLetter(reason) => {
+            match dlq::publish(&ctx.js, &ctx.names, function, m, reason).await {
+                Ok(()) => m.ack_with(AckKind::Term).await,
+                // Not stored: leave it unacknowledged; it comes back and is dead-lettered then.
+                Err(e) => {
+                    tracing::warn!(error = %e, "dead letter not stored; the message will be redelivered");
+                    Ok(())
                 }
             }
-        };
-        if let Err(e) = result {
-            // The effect is committed; a lost ack only means a redelivery that dedup absorbs.
-            tracing::debug!(error = %e, "acknowledgement not sent");
         }
+    };
+    if let Err(e) = result {
+        // The effect is committed; a lost ack only means a redelivery that dedup absorbs.
+        tracing::debug!(error = %e, "acknowledgement not sent");
     }
 }
+
+/// Acknowledgements and dead letters of one batch in flight at once.
+const SETTLING_AT_ONCE: usize = 256;
 
 /// Publishes committed batches' events, up to `at_once` batches at a time.
 async fn publish_committed(

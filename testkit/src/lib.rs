@@ -62,6 +62,15 @@ pub fn topology() -> Topology {
     topology
 }
 
+/// The function binaries, each connecting to PostgreSQL as its own role.
+pub const FUNCTIONS: [&str; 5] = [
+    "deposit",
+    "transfer-out",
+    "provider-ack",
+    "bonus-grant",
+    "balance",
+];
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -160,13 +169,24 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 #[derive(Debug)]
 pub struct PrivateRedis {
     port: u16,
+    password: Option<String>,
     child: Mutex<Option<Child>>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// One that requires `AUTH password`.
+    pub fn with_password(password: &str) -> Self {
+        Self::start_with(Some(password.to_owned()))
+    }
+
+    fn start_with(password: Option<String>) -> Self {
         let r = Self {
             port: free_port(),
+            password,
             child: Mutex::new(None),
         };
         r.restart();
@@ -174,7 +194,10 @@ impl PrivateRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// (Re)starts it empty on the same port and waits until it accepts connections.
@@ -190,6 +213,11 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (apt-get install redis-server)");
@@ -213,6 +241,228 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A PostgreSQL server of the test's own (initdb into a temporary folder, its own port), for
+/// tests that must stop one or configure it. Runs as the `postgres` user when the test is root.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(program: &str, args: &[&str]) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]).args(args);
+        c
+    } else {
+        let mut c = Command::new(path);
+        c.args(args);
+        c
+    }
+}
+
+impl PrivatePostgres {
+    /// A new cluster (trust authentication) with `conf` lines appended to postgresql.conf and,
+    /// when given, `hba` as its whole pg_hba.conf; started.
+    pub fn start(conf: &[String], hba: Option<&str>) -> Self {
+        let dir = std::env::temp_dir().join(format!("pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres", dir.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let data = dir.join("data");
+        let out = as_postgres(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+            ],
+        )
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pg = Self {
+            port: free_port(),
+            dir,
+        };
+        let mut lines = vec![
+            format!("port = {}", pg.port),
+            "listen_addresses = '127.0.0.1'".to_owned(),
+            format!("unix_socket_directories = '{}'", pg.dir.display()),
+        ];
+        lines.extend(conf.iter().cloned());
+        pg.configure(&lines);
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        }
+        pg.start_again();
+        pg
+    }
+
+    /// One that accepts TLS connections only, with a certificate for 127.0.0.1 signed by a CA
+    /// of its own; returns it and that CA's certificate (what a client must trust).
+    pub fn tls_only() -> (Self, PathBuf) {
+        let pg = Self::start(
+            &[],
+            Some("hostssl all all 127.0.0.1/32 trust\nlocal all all trust\n"),
+        );
+        pg.stop();
+        let path = |name: &str| pg.dir.join(name).to_str().unwrap().to_owned();
+        let (ca, ca_key, csr, crt, key) = (
+            path("ca.crt"),
+            path("ca.key"),
+            path("server.csr"),
+            path("server.crt"),
+            path("server.key"),
+        );
+        let ext = path("server.ext");
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        // A CA, and a server certificate for 127.0.0.1 that it signs.
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]);
+        for (name, mode) in [("server.key", 0o600), ("server.crt", 0o644)] {
+            let contents = std::fs::read(pg.dir.join(name)).unwrap();
+            pg.write_file(name, &contents, mode);
+        }
+        pg.configure(&[
+            "ssl = on".to_owned(),
+            format!("ssl_cert_file = '{crt}'"),
+            format!("ssl_key_file = '{key}'"),
+        ]);
+        pg.start_again();
+        (pg, PathBuf::from(ca))
+    }
+
+    fn configure(&self, lines: &[String]) {
+        let conf_path = self.dir.join("data").join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&format!("\n{}\n", lines.join("\n")));
+        std::fs::write(&conf_path, text).unwrap();
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let mut all = vec!["-D", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = as_postgres("pg_ctl", &all).output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<db>`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A file in its folder, readable by the server.
+    pub fn write_file(&self, name: &str, contents: &[u8], mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            Command::new("chown")
+                .args(["postgres:postgres", path.to_str().unwrap()])
+                .status()
+                .unwrap();
+        }
+        path
+    }
+
+    /// `pg_ctl stop -m immediate`: a crash, as far as the data is concerned.
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+    }
+
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start", "-w", "-l", self.dir.join("log").to_str().unwrap()]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = as_postgres(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "stop", "-m", "immediate"],
+        )
+        .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -302,6 +552,14 @@ impl TestEnv {
             ),
             ("SHUTDOWN_GRACE".into(), "10s".into()),
         ]
+        .into_iter()
+        .chain(
+            self.config
+                .pg_tls_ca
+                .as_ref()
+                .map(|ca| ("PG_TLS_CA".into(), ca.display().to_string())),
+        )
+        .collect()
     }
 
     /// Starts the workspace binary `name` with this env (plus `extra`), on a free HTTP port.
@@ -309,18 +567,52 @@ impl TestEnv {
         self.spawn_args(name, &[], extra)
     }
 
+    /// [`TestEnv::spawn`] with its stdout and stderr written to `log` (a file it creates).
+    pub fn spawn_logged(&self, name: &str, extra: &[(&str, &str)], log: &std::path::Path) -> Proc {
+        let out = std::fs::File::create(log).unwrap();
+        self.spawn_with(name, &[], extra, Some(out))
+    }
+
     /// [`TestEnv::spawn`] with command-line arguments (`walletctl provider-sim …`).
     pub fn spawn_args(&self, name: &str, args: &[&str], extra: &[(&str, &str)]) -> Proc {
+        self.spawn_with(name, args, extra, None)
+    }
+
+    fn spawn_with(
+        &self,
+        name: &str,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        log: Option<std::fs::File>,
+    ) -> Proc {
         let http = free_port();
         let mut cmd = Command::new(binary(name));
         cmd.args(args);
         cmd.envs(self.env())
             .env("HTTP_ADDR", format!("127.0.0.1:{http}"));
+        // Every function runs as its own role, so that every test also proves its grants.
+        if FUNCTIONS.contains(&name) {
+            cmd.env(
+                "DATABASE_URL",
+                self.database_url_as(&walletctl::setup::role(name)),
+            );
+        }
         cmd.envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         cmd.stdin(Stdio::null());
+        if let Some(out) = log {
+            cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        }
         let child = cmd.spawn().unwrap();
         self.procs.lock().unwrap().push(child.id());
         Proc { child, http }
+    }
+
+    /// This test's database URL with another user (trust authentication on the test server).
+    pub fn database_url_as(&self, role: &str) -> String {
+        let url = &self.config.database_url;
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{role}@{host}")
     }
 
     /// Waits until the process answers `/readyz` with 200.
@@ -581,24 +873,35 @@ impl Reader {
                 tokio::time::timeout(left.min(Duration::from_millis(500)), self.messages.next())
                     .await
             {
-                let m = m.unwrap();
-                let headers = m.headers.clone().unwrap_or_default();
-                let msg_id = headers
-                    .get("Nats-Msg-Id")
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default();
-                let body = serde_json::from_slice(&m.payload)
-                    .unwrap_or(Value::String(String::from_utf8_lossy(&m.payload).into()));
-                self.seen.push(Received {
-                    subject: m.subject.to_string(),
-                    msg_id,
-                    headers,
-                    payload: m.payload.clone(),
-                    body,
-                });
+                self.keep(m.unwrap());
             }
         }
         &self.seen
+    }
+
+    /// Reads whatever arrives within `d`.
+    pub async fn read_for(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.messages.next()).await {
+            self.keep(m.unwrap());
+        }
+    }
+
+    fn keep(&mut self, m: jetstream::Message) {
+        let headers = m.headers.clone().unwrap_or_default();
+        let msg_id = headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&m.payload)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&m.payload).into()));
+        self.seen.push(Received {
+            subject: m.subject.to_string(),
+            msg_id,
+            headers,
+            payload: m.payload.clone(),
+            body,
+        });
     }
 
     /// Reads until `n` messages are in.

@@ -33,7 +33,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Create the database if missing, run migrations, apply streams.toml (idempotent).
-    Setup,
+    Setup {
+        /// Every stream's replicas, whatever streams.toml says: 3 in production, where a
+        /// stream on one server loses what that server's disk loses.
+        #[arg(long, env = "STREAM_REPLICAS", value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: Option<u8>,
+    },
     /// Remove a namespaced deployment: its streams, its database, its Redis keys.
     Teardown {
         /// The namespace again (WALLET_NAMESPACE), to confirm.
@@ -144,9 +149,15 @@ pub enum DlqCmd {
 }
 
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
-    let topology = Topology::load(config.streams_file.as_deref())?;
+    let mut topology = Topology::load(config.streams_file.as_deref())?;
     match cli.command {
-        Cmd::Setup => {
+        Cmd::Setup { replicas } => {
+            if let Some(r) = replicas {
+                topology
+                    .streams
+                    .iter_mut()
+                    .for_each(|s| s.replicas = r.into());
+            }
             for line in setup::setup(&config, &topology).await? {
                 println!("{line}");
             }
@@ -294,7 +305,11 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
 /// A NATS connection for one command: fails fast when NATS is down.
 pub async fn nats(config: &Config) -> anyhow::Result<async_nats::Client> {
     let servers: Vec<&str> = config.nats_url.split(',').map(str::trim).collect();
-    async_nats::ConnectOptions::new()
+    config
+        .nats_auth
+        .options()
+        .await
+        .context("NATS_CREDS")?
         .name("walletctl")
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(servers.as_slice())
@@ -309,14 +324,10 @@ pub async fn nats(config: &Config) -> anyhow::Result<async_nats::Client> {
 
 /// One PostgreSQL connection for one command.
 pub async fn postgres(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(&config.database_url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to PostgreSQL at {}",
-                wallet_runtime::config::redact(&config.database_url)
-            )
-        })?;
-    tokio::spawn(connection);
-    Ok(client)
+    wallet_runtime::db::client(config).await.with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL at {}",
+            wallet_runtime::config::redact(&config.database_url)
+        )
+    })
 }

@@ -22,7 +22,7 @@ pub async fn teardown(config: &Config, topology: &Topology) -> anyhow::Result<Ve
             report.push(format!("stream {name}: deleted"));
         }
     }
-    if db::drop_database(&config.database_url).await? {
+    if db::drop_database(config).await? {
         report.push("database: dropped".into());
     }
     let client = redis::Client::open(config.redis_url.as_str())?;

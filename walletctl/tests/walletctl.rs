@@ -12,14 +12,21 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
     let again = walletctl::setup::setup(&env.config, &topology)
         .await
         .unwrap();
-    assert_eq!(again[..2], ["database: exists", "migrations: up to date"]);
+    assert_eq!(
+        again[..3],
+        [
+            "database: exists",
+            "migrations: up to date",
+            "roles: one per function, with the grants of roles.sql"
+        ]
+    );
     assert!(
-        again[2..].iter().all(|l| l.ends_with(": unchanged")),
+        again[3..].iter().all(|l| l.ends_with(": unchanged")),
         "{again:#?}"
     );
     assert_eq!(
         again.len(),
-        2 + topology.streams.len() + topology.consumers.len()
+        3 + topology.streams.len() + topology.consumers.len()
     );
 
     // A change JetStream makes in place is applied and named.
@@ -207,4 +214,78 @@ fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_and_k8s() {
     assert!(walletctl::scaffold::new_function(&tmp, "cash-back").is_err());
     assert!(walletctl::scaffold::new_function(&tmp, "Cash_Back").is_err());
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_function_role_can_do_only_what_its_sql_needs() {
+    let env = TestEnv::new().await;
+    let as_role = |role: &str| {
+        let url = env.database_url_as(role);
+        async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+        }
+    };
+    let refused = |r: Result<u64, tokio_postgres::Error>| {
+        let e = r.expect_err("allowed");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{e}"
+        );
+    };
+    let deposit = as_role("wallet_deposit").await;
+    deposit
+        .execute("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap();
+    refused(deposit.execute("DELETE FROM postings", &[]).await);
+    refused(deposit.execute("UPDATE postings SET amount = 1", &[]).await);
+    refused(deposit.execute("SELECT 1 FROM transfers", &[]).await);
+    refused(
+        deposit
+            .execute("UPDATE campaigns SET budget = 1", &[])
+            .await,
+    );
+    refused(deposit.execute("DELETE FROM accounts", &[]).await);
+    let balance = as_role("wallet_balance").await;
+    balance
+        .execute("SELECT 1 FROM accounts", &[])
+        .await
+        .unwrap();
+    refused(
+        balance
+            .execute("UPDATE accounts SET balance = 0", &[])
+            .await,
+    );
+    refused(balance.execute("SELECT 1 FROM commands", &[]).await);
+    let ack = as_role("wallet_provider_ack").await;
+    refused(
+        ack.execute("INSERT INTO transfers (id) VALUES ('x')", &[])
+            .await,
+    );
+    refused(ack.execute("SELECT 1 FROM campaigns", &[]).await);
+    let bonus = as_role("wallet_bonus_grant").await;
+    refused(bonus.execute("DELETE FROM grants", &[]).await);
+    refused(
+        bonus
+            .execute("INSERT INTO campaigns (id) VALUES ('x')", &[])
+            .await,
+    );
+    // None of them may change the schema.
+    for role in [
+        "wallet_deposit",
+        "wallet_transfer_out",
+        "wallet_bonus_grant",
+    ] {
+        let c = as_role(role).await;
+        let e = c.batch_execute("DROP TABLE outbox").await.expect_err(role);
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        );
+    }
 }

@@ -1,0 +1,423 @@
+//! Hostile input (issue 7): 10,000 messages no client should send — random bytes, truncated JSON,
+//! deeply nested JSON, huge numbers, wrong types, control characters in ids, invalid UTF-8,
+//! payloads of about 1 MiB — spread over every command subject while every function runs. Each
+//! one must end as exactly one dead letter or one rejection, no function may crash, and no
+//! balance may move.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use testkit::{TestEnv, commands};
+
+const COUNT: usize = 10_000;
+/// About 1 MiB, under the command streams' `max_msg_size` (1 MiB less room for a dead letter's
+/// headers). A dozen of them, and nesting up to 50,000 deep, keep the dead letters within the
+/// test streams' 64 MiB.
+const HUGE: usize = 1_040_000;
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A command subject, its id field, the entity of its events, and a valid command to break.
+struct Target {
+    subject: &'static str,
+    id_field: &'static str,
+    entity: Option<&'static str>,
+}
+
+const TARGETS: [Target; 4] = [
+    Target {
+        subject: "wallet.deposit",
+        id_field: "deposit_id",
+        entity: Some("deposit"),
+    },
+    Target {
+        subject: "wallet.transfer-out",
+        id_field: "transfer_id",
+        entity: Some("transfer"),
+    },
+    // Every broken ack is malformed: an ack with a valid id and status would wait two minutes
+    // for its (unknown) transfer.
+    Target {
+        subject: "provider.alpha.ack",
+        id_field: "transfer_id",
+        entity: None,
+    },
+    Target {
+        subject: "bonus.grant",
+        id_field: "grant_id",
+        entity: Some("bonus"),
+    },
+];
+
+fn base(t: &Target, id: &str) -> serde_json::Map<String, Value> {
+    let v = match t.subject {
+        "wallet.deposit" => {
+            json!({"deposit_id": id, "user_id": "u-hostile", "amount": "1.00", "currency": "USD"})
+        }
+        "wallet.transfer-out" => {
+            json!({"transfer_id": id, "user_id": "u-rich", "provider": "alpha",
+                                        "amount": "1.00", "currency": "USD"})
+        }
+        "provider.alpha.ack" => json!({"transfer_id": id, "status": "accepted"}),
+        _ => json!({"grant_id": id, "campaign_id": "no-such-campaign", "user_id": "u-hostile"}),
+    };
+    v.as_object().unwrap().clone()
+}
+
+/// The fields whose breaking makes the command a rejection (or, for an ack, malformed).
+fn breakable(t: &Target) -> Vec<&'static str> {
+    match t.subject {
+        "wallet.deposit" => vec!["user_id", "amount", "currency"],
+        "wallet.transfer-out" => vec!["user_id", "provider", "amount", "currency"],
+        "provider.alpha.ack" => vec!["status"],
+        _ => vec!["campaign_id", "user_id"],
+    }
+}
+
+fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+fn wrong_type(rng: &mut StdRng) -> Value {
+    match rng.random_range(0..6) {
+        0 => json!(rng.random::<i64>()),
+        1 => json!(rng.random::<f64>()),
+        2 => json!(rng.random::<bool>()),
+        3 => Value::Null,
+        4 => json!(["1.00"]),
+        _ => json!({"value": "1.00"}),
+    }
+}
+
+fn huge_number(rng: &mut StdRng) -> String {
+    match rng.random_range(0..5) {
+        0 => "1e400".into(),
+        1 => "9".repeat(rng.random_range(20..5000)),
+        2 => format!("\"{}\"", "9".repeat(rng.random_range(16..5000))),
+        3 => format!("\"0.{}1\"", "0".repeat(rng.random_range(18..3000))),
+        _ => "-1e-400".into(),
+    }
+}
+
+fn bad_value(rng: &mut StdRng, field: &str) -> Value {
+    let choices: &[&str] = match field {
+        "amount" => &[
+            "-1", "0", "0.00", "1e3", "1.001", " 1", "1,00", "+1", "NaN", "",
+        ],
+        "currency" => &["usd", "XXX", "", "US", "USDD"],
+        "provider" => &["ALPHA", "gamma", "", "a b"],
+        "status" => &["ACCEPTED", "ok", "", "accepted ", "pending"],
+        _ => &["", "a b", "ä", "x/y", "u>"],
+    };
+    json!(choices[rng.random_range(0..choices.len())])
+}
+
+fn control_chars(rng: &mut StdRng, s: &str) -> String {
+    let c = ['\u{0}', '\u{7}', '\n', '\r', '\t', '\u{1b}', '\u{7f}'][rng.random_range(0..7)];
+    let at = rng.random_range(0..=s.len());
+    format!("{}{c}{}", &s[..at], &s[at..])
+}
+
+/// One hostile payload for `t` carrying command id `id`, and its kind.
+fn hostile(
+    rng: &mut StdRng,
+    t: &Target,
+    id: &str,
+    huge_left: &mut usize,
+) -> (&'static str, Vec<u8>) {
+    let mut cmd = base(t, id);
+    let field = {
+        let f = breakable(t);
+        f[rng.random_range(0..f.len())]
+    };
+    let to_bytes = |m: &serde_json::Map<String, Value>| serde_json::to_vec(m).unwrap();
+    match rng.random_range(0..10) {
+        0 => {
+            let n = rng.random_range(0..512);
+            ("random bytes", (0..n).map(|_| rng.random::<u8>()).collect())
+        }
+        1 => {
+            let full = to_bytes(&cmd);
+            let cut = rng.random_range(0..full.len());
+            ("truncated JSON", full[..cut].to_vec())
+        }
+        2 => {
+            let depth = [200, 10_000, 50_000][rng.random_range(0..3)];
+            let text = if rng.random::<bool>() {
+                nested(depth)
+            } else {
+                let mut s = String::from_utf8(to_bytes(&cmd)).unwrap();
+                s.pop();
+                format!("{s},\"{field}\":{}}}", nested(depth))
+            };
+            ("deeply nested JSON", text.into_bytes())
+        }
+        3 => {
+            let mut s = String::from_utf8(to_bytes(&cmd)).unwrap();
+            s.pop();
+            let field = if t.subject == "bonus.grant" {
+                "user_id"
+            } else {
+                field
+            };
+            let field = if breakable(t).contains(&"amount") {
+                "amount"
+            } else {
+                field
+            };
+            (
+                "huge numbers",
+                format!("{s},\"{field}\":{}}}", huge_number(rng)).into_bytes(),
+            )
+        }
+        4 => {
+            let target = if rng.random::<bool>() {
+                t.id_field
+            } else {
+                field
+            };
+            cmd.insert(target.into(), wrong_type(rng));
+            ("wrong types", to_bytes(&cmd))
+        }
+        5 => {
+            if rng.random::<bool>() {
+                cmd.insert(t.id_field.into(), json!(control_chars(rng, id)));
+            } else {
+                let v = cmd[field].as_str().unwrap_or("x").to_owned();
+                cmd.insert(field.into(), json!(control_chars(rng, &v)));
+            }
+            ("control characters", to_bytes(&cmd))
+        }
+        6 if *huge_left > 0 => {
+            *huge_left -= 1;
+            cmd.insert("padding".into(), json!("x".repeat(HUGE)));
+            ("~1 MiB payloads", to_bytes(&cmd))
+        }
+        7 => {
+            let mut bytes = to_bytes(&cmd);
+            // Inside the id's string: JSON must be UTF-8.
+            let at = bytes
+                .windows(id.len())
+                .position(|w| w == id.as_bytes())
+                .unwrap();
+            bytes[at] = [0xff, 0xc3, 0x80, 0xed][rng.random_range(0..4)];
+            ("invalid UTF-8", bytes)
+        }
+        8 => {
+            let v = [
+                json!([cmd.clone()]),
+                json!(id),
+                json!(42),
+                Value::Null,
+                json!(true),
+            ][rng.random_range(0..5)]
+            .clone();
+            ("JSON that is no object", serde_json::to_vec(&v).unwrap())
+        }
+        _ => {
+            cmd.insert(field.into(), bad_value(rng, field));
+            ("invalid field values", to_bytes(&cmd))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_hostile_messages_end_as_dead_letters_or_rejections_and_move_nothing() {
+    let env = TestEnv::new().await;
+    let mut procs: Vec<_> = ["deposit", "transfer-out", "provider-ack", "bonus-grant"]
+        .into_iter()
+        .map(|f| (f, env.spawn(f, &[])))
+        .collect();
+    for (_, p) in &procs {
+        env.ready(p).await;
+    }
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![commands::deposit("d-rich", "u-rich", "100.00", "USD")],
+    )
+    .await;
+    let pg = env.pg().await;
+    let ledger = || async {
+        pg.query_one(
+            "SELECT coalesce(string_agg(id || ':' || balance || ':' || version, ',' ORDER BY id), ''),
+                    (SELECT count(*) FROM postings)
+             FROM accounts",
+            &[],
+        )
+        .await
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .unwrap()
+    };
+    let before = ledger().await;
+
+    let seed: u64 = std::env::var("HOSTILE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("hostile input: seed {seed} (HOSTILE_SEED={seed} replays it)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut huge_left = 12;
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut messages = Vec::with_capacity(COUNT);
+    // msg id → what it was, for a failure's message.
+    let mut described: HashMap<String, String> = HashMap::new();
+    // msg id → the rejection event's msg id, when the command's id is valid.
+    let mut rejection_of: HashMap<String, Option<String>> = HashMap::new();
+    for i in 0..COUNT {
+        let t = &TARGETS[i % TARGETS.len()];
+        let id = format!("h-{i}");
+        let (kind, payload) = hostile(&mut rng, t, &id, &mut huge_left);
+        *kinds.entry(kind).or_default() += 1;
+        rejection_of.insert(id.clone(), t.entity.map(|e| format!("{e}:{id}:rejected")));
+        let shown = String::from_utf8_lossy(&payload[..payload.len().min(160)]).into_owned();
+        described.insert(id.clone(), format!("{kind} on {}: {shown}", t.subject));
+        messages.push((t.subject.to_owned(), id, payload));
+    }
+    env.publish_many(messages).await;
+
+    // Wait until the DLQ and the events stream hold an outcome's worth of messages for each, and
+    // every function is drained; then read both streams whole (direct gets: no consumer that
+    // could fall behind).
+    let count = |stream: &'static str| {
+        let js = env.js.clone();
+        let name = env.config.names.name(stream);
+        async move {
+            js.get_stream(name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // The events stream also holds d-rich's.
+        let stored = count("DLQ").await + count("WALLET_EVENTS").await - 1;
+        if stored >= COUNT as u64 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let dead = stored_messages(&env, "DLQ").await;
+            let events = stored_messages(&env, "WALLET_EVENTS").await;
+            let outcomes = ended(&dead, &events);
+            let missing: Vec<&String> = described
+                .iter()
+                .filter(|(id, _)| !outcomes.contains_key(*id))
+                .map(|(_, what)| what)
+                .take(10)
+                .collect();
+            panic!(
+                "after {WAIT:?}, {stored} of {COUNT} hostile messages have an outcome; without: {missing:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for f in ["deposit", "transfer-out", "provider-ack", "bonus-grant"] {
+        env.drained(f).await;
+    }
+    let dead = stored_messages(&env, "DLQ").await;
+    let events = stored_messages(&env, "WALLET_EVENTS").await;
+
+    let outcomes = ended(&dead, &events);
+    let repeated: Vec<_> = outcomes.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "more than one outcome: {repeated:?}");
+    let ours = |e: &&Stored| e.msg_id.contains(":h-");
+    let rejected = events
+        .iter()
+        .filter(ours)
+        .filter(|e| e.msg_id.ends_with(":rejected"))
+        .count();
+    let accepted: Vec<_> = events
+        .iter()
+        .filter(ours)
+        .filter(|e| !e.msg_id.ends_with(":rejected"))
+        .map(|e| e.msg_id.clone())
+        .collect();
+    assert!(
+        accepted.is_empty(),
+        "hostile commands were applied: {accepted:?}"
+    );
+    for (id, rejection) in &rejection_of {
+        if rejection.is_none() {
+            assert!(
+                !events.iter().any(|e| e.msg_id.contains(&format!(":{id}:"))),
+                "an ack got an event: {id}"
+            );
+        }
+    }
+    let dead_letters = dead.len();
+    assert_eq!(dead_letters + rejected, COUNT, "{kinds:?}");
+
+    for (name, p) in &mut procs {
+        let status = p.child.try_wait().unwrap();
+        assert!(
+            status.is_none(),
+            "{name} crashed on hostile input: {status:?}"
+        );
+        env.ready(p).await;
+    }
+    assert_eq!(ledger().await, before, "a balance moved");
+    assert!(env.audit().await.ok());
+    eprintln!(
+        "hostile input: {COUNT} messages {kinds:?}: {dead_letters} dead-lettered, {rejected} rejected, 0 applied, no crash, no balance moved"
+    );
+}
+
+/// A stored message: its `Nats-Msg-Id` and, for a dead letter, the original's.
+struct Stored {
+    msg_id: String,
+    original: Option<String>,
+}
+
+/// Every message of one of the test's streams, read by sequence.
+async fn stored_messages(env: &TestEnv, stream: &str) -> Vec<Stored> {
+    use futures::StreamExt;
+    let mut stream = env
+        .js
+        .get_stream(env.config.names.name(stream))
+        .await
+        .unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let stream = &stream;
+    futures::stream::iter(state.first_sequence..=state.last_sequence)
+        .map(|seq| async move {
+            let m = stream.get_raw_message(seq).await.ok()?;
+            let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
+            Some(Stored {
+                msg_id: header("Nats-Msg-Id").unwrap_or_default(),
+                original: header("Wallet-Dlq-Msg-Id"),
+            })
+        })
+        .buffer_unordered(64)
+        .filter_map(|m| async move { m })
+        .collect()
+        .await
+}
+
+/// How many outcomes each hostile message id has: dead letters by their original id,
+/// rejections by the command id in their event's id.
+fn ended(dead: &[Stored], events: &[Stored]) -> HashMap<String, usize> {
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for id in dead.iter().filter_map(|d| d.original.clone()) {
+        *outcomes.entry(id).or_default() += 1;
+    }
+    for e in events {
+        if let Some((_, id)) = e
+            .msg_id
+            .strip_suffix(":rejected")
+            .and_then(|m| m.split_once(':'))
+        {
+            *outcomes.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    outcomes
+}

@@ -1,0 +1,102 @@
+//! Secrets never reach the logs: a function started with a NATS token, a PostgreSQL password
+//! and a Redis password, logging at `debug`, works, and neither its output nor that of one
+//! refused by Redis (wrong password) holds any of them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use testkit::{PrivateRedis, TestEnv, commands};
+
+const NATS_TOKEN: &str = "n4ts-t0ken-s3cret";
+const PG_PASSWORD: &str = "pg-pa55-s3cret";
+const REDIS_PASSWORD: &str = "r3dis-pa55-s3cret";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_is_logged_at_debug_whether_connections_work_or_are_refused() {
+    let redis = PrivateRedis::with_password(REDIS_PASSWORD);
+    // The shared NATS and PostgreSQL require no credentials and ignore these (trust
+    // authentication); the private Redis checks its password.
+    let env = TestEnv::with_env(&[("REDIS_URL", &redis.url()), ("NATS_TOKEN", NATS_TOKEN)]).await;
+    let dir = std::env::temp_dir().join(format!("secrets-{}", env.ns));
+    std::fs::create_dir_all(&dir).unwrap();
+    let database_url = env.database_url_as(&format!("wallet_deposit:{PG_PASSWORD}"));
+    let with = |redis_url: String| {
+        vec![
+            ("RUST_LOG".to_owned(), "debug".to_owned()),
+            ("NATS_TOKEN".to_owned(), NATS_TOKEN.to_owned()),
+            ("DATABASE_URL".to_owned(), database_url.clone()),
+            ("REDIS_URL".to_owned(), redis_url),
+        ]
+    };
+
+    let good = with(redis.url());
+    let working = env.spawn_logged("deposit", &borrow(&good), &dir.join("working.log"));
+    env.ready(&working).await;
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![commands::deposit("d-secret", "u-secret", "5.00", "USD")],
+    )
+    .await;
+    assert_eq!(
+        env.cached("u-secret", "main:USD").await.as_deref(),
+        Some("1|5.00")
+    );
+
+    let wrong_url = redis.url().replace(REDIS_PASSWORD, "not-the-password");
+    let bad = with(wrong_url);
+    let refused = env.spawn_logged("deposit", &borrow(&bad), &dir.join("refused.log"));
+    let refused_log = dir.join("refused.log");
+    testkit::eventually(Duration::from_secs(20), "the refusal in the log", || {
+        let log = std::fs::read_to_string(&refused_log).unwrap_or_default();
+        async move { log.to_lowercase().contains("redis").then_some(()) }
+    })
+    .await;
+    drop((working, refused));
+
+    for name in ["working.log", "refused.log"] {
+        let log = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            log.lines().count() > 3,
+            "{name} logged almost nothing:\n{log}"
+        );
+        for secret in [NATS_TOKEN, PG_PASSWORD, REDIS_PASSWORD] {
+            assert!(!log.contains(secret), "{name} shows a secret:\n{log}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_over_tls_with_sslmode_require_and_the_servers_ca() {
+    let (pg, ca) = testkit::PrivatePostgres::tls_only();
+    let url = format!("{}?sslmode=require", pg.url("wallet_tls"));
+    let ca = ca.display().to_string();
+    // Setup (database, migrations, roles), a function as its role, and walletctl: all over TLS.
+    let env = TestEnv::with_env(&[("DATABASE_URL", &url), ("PG_TLS_CA", &ca)]).await;
+    let deposit = env.spawn("deposit", &[]);
+    env.ready(&deposit).await;
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![commands::deposit("d-tls", "u-tls", "7.00", "USD")],
+    )
+    .await;
+    assert!(env.audit().await.ok());
+
+    // The server takes no plain connection, and a client that cannot verify it does not connect.
+    let plain = tokio_postgres::connect(&pg.url("wallet_tls"), tokio_postgres::NoTls).await;
+    assert!(plain.is_err(), "a plain-text connection was accepted");
+    let unverified =
+        wallet_runtime::Config::from_lookup(|k| (k == "DATABASE_URL").then(|| url.clone()))
+            .unwrap();
+    let e = wallet_runtime::db::client(&unverified).await.unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+}
+
+fn borrow(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
