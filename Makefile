@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release test run bench lint fmt clean-dev k8s image new-function validate-k8s
+.PHONY: build release test chaos run bench lint fmt clean-dev k8s image new-function validate-k8s
 
 build:
 	$(CARGO) build --workspace --bins
@@ -15,6 +15,16 @@ release:
 test: build
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(MAKE) validate-k8s
+	$(MAKE) chaos
+
+# Faults (kill -9, SIGTERM, nats-server restart, PostgreSQL down 30 s, Redis restarted empty,
+# connections cut) while a mixed load runs on private servers, then every command checked.
+# 2 minutes by default (part of `make test`); `make chaos DURATION=30m` soaks; CHAOS_SEED=N
+# replays a schedule. Debug binaries; CHAOS_PROFILE=release for the release ones.
+CHAOS_PROFILE ?= debug
+chaos:
+	$(CARGO) build --workspace --bins $(if $(filter release,$(CHAOS_PROFILE)),--release)
+	./target/$(CHAOS_PROFILE)/chaos $(if $(DURATION),--duration $(DURATION)) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 # Every overlay rendered (kubectl kustomize) and every object validated against the Kubernetes
 # schemas and KEDA's ScaledObject schema (needs kubectl and `pip install kubernetes-validate`).

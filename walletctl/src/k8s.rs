@@ -186,6 +186,9 @@ fn deployment(s: &FunctionSpec) -> String {
     let n = &s.name;
     let r = &s.resources;
     let replicas = s.scaling.min_replicas.max(1);
+    // Each function connects as its own PostgreSQL role (walletctl/src/roles.sql): its URL is
+    // its own key of the Secret, `DATABASE_URL_DEPOSIT` for `deposit`.
+    let database_url_key = format!("DATABASE_URL_{}", n.to_uppercase().replace('-', "_"));
     let mut env = String::new();
     for (k, v) in &s.env {
         let _ = write!(env, "\n            - name: {k}\n              value: {v:?}");
@@ -231,7 +234,7 @@ kind: Deployment
               valueFrom:
                 secretKeyRef:
                   name: wallet-secrets
-                  key: DATABASE_URL
+                  key: {database_url_key}
             - name: REDIS_URL
               valueFrom:
                 secretKeyRef:

@@ -172,9 +172,11 @@ pub async fn publish_all(
 }
 
 /// Publishes one message and waits until JetStream stored it, trying again (same
-/// `Nats-Msg-Id`, so never twice) when the ack does not come.
+/// `Nats-Msg-Id`, so never twice) when the ack does not come, for up to [`PUBLISH_PATIENCE`]:
+/// a NATS restart or a cut connection (`make chaos`) delays commands, it does not end the run.
 async fn publish(js: &jetstream::Context, m: Message) -> anyhow::Result<()> {
-    let mut attempt = 0;
+    let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+    let mut pause = Duration::from_millis(100);
     loop {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", m.msg_id.as_str());
@@ -185,15 +187,18 @@ async fn publish(js: &jetstream::Context, m: Message) -> anyhow::Result<()> {
         };
         match sent.await {
             Ok(_) => return Ok(()),
-            Err(e) if attempt < 4 => {
-                attempt += 1;
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
                 tracing::debug!(error = %e, msg_id = m.msg_id, "publish not acknowledged; again");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
             Err(e) => return Err(e).with_context(|| format!("publishing {}", m.msg_id)),
         }
     }
 }
+
+/// How long a command's publish is retried; well inside the streams' 2-minute duplicate window.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs a load as `args` says and verifies it.
 pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyhow::Result<Report> {

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
@@ -164,18 +164,29 @@ impl Tracker {
         let names = &self.plan.names;
         let mut events = follow(js, names, "WALLET_EVENTS", "wallet.events.>").await?;
         let mut dead = follow(js, names, "DLQ", "dlq.>").await?;
+        // An ordered consumer reports a lost connection or a restarted server as an error and
+        // recreates itself from the last message it delivered on the next read: read on (a
+        // short pause keeps an outage from spinning). What it could never deliver shows as
+        // missing outcomes in the verification.
+        let pause = || tokio::time::sleep(Duration::from_millis(100));
         Ok(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return Ok(self),
                     m = events.next() => match m {
                         Some(Ok(m)) => self.event(&m),
-                        Some(Err(e)) => anyhow::bail!("reading events: {e}"),
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "reading events; again");
+                            pause().await;
+                        }
                         None => anyhow::bail!("the events consumer ended"),
                     },
                     m = dead.next() => match m {
                         Some(Ok(m)) => self.dead_letter(&m),
-                        Some(Err(e)) => anyhow::bail!("reading dead letters: {e}"),
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "reading dead letters; again");
+                            pause().await;
+                        }
                         None => anyhow::bail!("the dead-letter consumer ended"),
                     },
                 }

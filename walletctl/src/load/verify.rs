@@ -22,6 +22,12 @@ pub struct Check {
 pub struct Verification {
     pub passed: bool,
     pub checks: Vec<Check>,
+    /// Commands without a terminal outcome.
+    #[serde(default)]
+    pub lost: u64,
+    /// Commands with two different outcomes.
+    #[serde(default)]
+    pub duplicated: u64,
 }
 
 fn check(name: impl Into<String>, breaches: u64, sample: &[String], ok_detail: String) -> Check {
@@ -140,5 +146,7 @@ pub async fn verify(
     Ok(Verification {
         passed: checks.iter().all(|c| c.ok),
         checks,
+        lost: missing.len() as u64,
+        duplicated: tracker.conflicting.0,
     })
 }

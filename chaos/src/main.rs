@@ -1,0 +1,362 @@
+//! `make chaos`: the zero-loss promise tested the way it can break.
+//!
+//! Starts PRIVATE NATS, PostgreSQL and Redis servers (own ports and folders, from the installed
+//! binaries), a TCP proxy in front of each, `--replicas` processes of every JetStream function,
+//! and `walletctl load` with a mixed load (deposits, transfers answered by the provider simulator,
+//! bonus grants, duplicates and malformed commands). While the load runs, faults follow a
+//! schedule drawn from a printed seed: replicas killed with SIGKILL or stopped with SIGTERM and
+//! restarted, nats-server restarted on its store, PostgreSQL stopped (`-m immediate`) for
+//! `--pg-outage`, Redis restarted empty, every connection through a proxy cut and restored.
+//! Then the load's verification: every command has exactly one terminal outcome and the one its
+//! command must have (so nothing transient was dead-lettered), every wallet equals its accepted
+//! commands, the campaign granted exactly its envelopes, `walletctl audit` is clean.
+
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use testkit::{PrivateNats, PrivatePostgres, PrivateRedis};
+use wallet_runtime::Config;
+use wallet_runtime::streams::Topology;
+use walletctl::load::{self, LoadArgs};
+
+use crate::proxy::Proxy;
+
+#[derive(Debug, Parser)]
+#[command(about = "Inject faults while a mixed load runs, then check every command.")]
+struct Args {
+    /// How long the load (and the faults) run.
+    #[arg(long, env = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Seed of the fault schedule and the load; random when not given (it is printed).
+    #[arg(long, env = "CHAOS_SEED")]
+    seed: Option<u64>,
+    /// Commands per second.
+    #[arg(long, default_value_t = 150)]
+    rate: u64,
+    /// Processes of each JetStream function.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Time between two faults.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    every: Duration,
+    /// How long PostgreSQL stays down.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pg_outage: Duration,
+    /// Where the processes' logs go.
+    #[arg(long, default_value = ".chaos")]
+    logs: PathBuf,
+}
+
+const FUNCTIONS: [&str; 4] = ["deposit", "transfer-out", "provider-ack", "bonus-grant"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    Kill9,
+    Sigterm,
+    NatsRestart,
+    PostgresStop,
+    RedisRestart,
+    ConnectionsCut,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill9 => "kill -9 of a replica",
+            Fault::Sigterm => "SIGTERM of a replica",
+            Fault::NatsRestart => "nats-server restarted",
+            Fault::PostgresStop => "PostgreSQL stopped (immediate), then started",
+            Fault::RedisRestart => "Redis restarted empty",
+            Fault::ConnectionsCut => "connections cut at a proxy",
+        }
+    }
+}
+
+/// One function process, restarted with the same environment.
+struct Replica {
+    name: &'static str,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Replica {
+    fn spawn(name: &'static str, env: Vec<(String, String)>, log: PathBuf) -> anyhow::Result<Self> {
+        let child = start(name, &env, &log)?;
+        Ok(Self {
+            name,
+            env,
+            log,
+            child,
+        })
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.child = start(self.name, &self.env, &self.log)?;
+        Ok(())
+    }
+
+    fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binaries sit next to this one (target/<profile>/).
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .context("no folder for the binaries")?
+        .to_owned();
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: cargo build --workspace --bins",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn start(name: &str, env: &[(String, String)], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Ok(Command::new(binary(name)?)
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()?)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("chaos: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    println!(
+        "chaos: seed {seed} (replay: make chaos CHAOS_SEED={seed} DURATION={})",
+        humantime::format_duration(args.duration)
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    std::fs::create_dir_all(&args.logs)?;
+
+    let nats = PrivateNats::start();
+    let pg = PrivatePostgres::start(&[], None);
+    let redis = PrivateRedis::start();
+    let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let proxies = [
+        ("NATS", Proxy::start(local(nats.port)).await?),
+        ("PostgreSQL", Proxy::start(local(pg.port)).await?),
+        ("Redis", Proxy::start(local(redis.port())).await?),
+    ];
+    let env: Vec<(String, String)> = vec![
+        (
+            "NATS_URL".into(),
+            format!("nats://127.0.0.1:{}", proxies[0].1.port),
+        ),
+        (
+            "DATABASE_URL".into(),
+            format!("postgres://postgres@127.0.0.1:{}/wallet", proxies[1].1.port),
+        ),
+        (
+            "REDIS_URL".into(),
+            format!("redis://127.0.0.1:{}", proxies[2].1.port),
+        ),
+        ("WALLET_NAMESPACE".into(), "chaos".into()),
+        ("RUST_LOG".into(), "warn".into()),
+        ("SHUTDOWN_GRACE".into(), "10s".into()),
+    ];
+    let config =
+        Config::from_lookup(|k| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let topology = Topology::load(None)?;
+    walletctl::setup::setup(&config, &topology).await?;
+
+    let mut replicas = Vec::new();
+    for name in FUNCTIONS {
+        for i in 0..args.replicas {
+            let mut e = env.clone();
+            e.push((
+                "HTTP_ADDR".into(),
+                format!("127.0.0.1:{}", testkit::free_port()),
+            ));
+            let role = walletctl::setup::role(name);
+            e.push((
+                "DATABASE_URL".into(),
+                format!("postgres://{role}@127.0.0.1:{}/wallet", proxies[1].1.port),
+            ));
+            let log = args.logs.join(format!("{name}-{i}.log"));
+            replicas.push(Replica::spawn(name, e, log)?);
+        }
+    }
+
+    let load_args = load_args(&args, seed)?;
+    let started = Instant::now();
+    let load = {
+        let (config, topology) = (config.clone(), topology.clone());
+        tokio::spawn(async move { load::run(&config, &topology, &load_args).await })
+    };
+
+    // Faults from a few seconds in (the load funds its users and opens its campaign first) until
+    // the load stops sending.
+    let mut faults: BTreeMap<Fault, u32> = BTreeMap::new();
+    let mut first_round = vec![
+        Fault::Kill9,
+        Fault::Sigterm,
+        Fault::ConnectionsCut,
+        Fault::NatsRestart,
+        Fault::RedisRestart,
+        Fault::PostgresStop,
+    ];
+    first_round.shuffle(&mut rng);
+    let mut last_fault = started;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    while started.elapsed() + args.every < args.duration && !load.is_finished() {
+        // Every kind once, in an order of the seed's, then as the weights draw them.
+        let fault = match first_round.pop() {
+            Some(f) => f,
+            None => match rng.random_range(0..100) {
+                0..30 => Fault::Kill9,
+                30..45 => Fault::Sigterm,
+                45..60 => Fault::ConnectionsCut,
+                60..75 => Fault::NatsRestart,
+                75..88 => Fault::RedisRestart,
+                _ => Fault::PostgresStop,
+            },
+        };
+        let at = started.elapsed();
+        let detail = match fault {
+            Fault::Kill9 | Fault::Sigterm => {
+                let r = rng.random_range(0..replicas.len());
+                let replica = &mut replicas[r];
+                let signal = if fault == Fault::Kill9 {
+                    nix::sys::signal::Signal::SIGKILL
+                } else {
+                    nix::sys::signal::Signal::SIGTERM
+                };
+                blocking(|| replica.signal(signal));
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
+                replica.restart()?;
+                replica.name.to_owned()
+            }
+            Fault::NatsRestart => {
+                blocking(|| nats.stop());
+                tokio::time::sleep(Duration::from_millis(rng.random_range(200..2000))).await;
+                blocking(|| nats.start_again());
+                String::new()
+            }
+            Fault::PostgresStop => {
+                blocking(|| pg.stop());
+                tokio::time::sleep(args.pg_outage).await;
+                blocking(|| pg.start_again());
+                format!("{} s", args.pg_outage.as_secs())
+            }
+            Fault::RedisRestart => {
+                blocking(|| {
+                    redis.stop();
+                    redis.restart();
+                });
+                String::new()
+            }
+            Fault::ConnectionsCut => {
+                let (name, proxy) = &proxies[rng.random_range(0..proxies.len())];
+                proxy.cut();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..5000))).await;
+                proxy.restore();
+                (*name).to_owned()
+            }
+        };
+        println!(
+            "chaos: {:>5.1} s  {} {detail}",
+            at.as_secs_f64(),
+            fault.name()
+        );
+        *faults.entry(fault).or_default() += 1;
+        last_fault = Instant::now();
+        tokio::time::sleep(args.every).await;
+    }
+
+    let report = load.await??;
+    let drained = last_fault.elapsed();
+    println!("\n{report}");
+    let v = &report.verification;
+    println!("| chaos | |\n|---|---:|");
+    println!("| seed | {seed} |");
+    println!(
+        "| duration | {} |",
+        humantime::format_duration(args.duration)
+    );
+    println!("| replicas per function | {} |", args.replicas);
+    println!("| commands sent | {} |", report.commands);
+    for (fault, n) in &faults {
+        println!("| fault: {} | {n} |", fault.name());
+    }
+    for (kind, k) in &report.kinds {
+        let outcomes: Vec<String> = k.outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        println!("| outcomes: {kind} | {} |", outcomes.join(", "));
+    }
+    println!("| lost | {} |", v.lost);
+    println!("| duplicated | {} |", v.duplicated);
+    println!(
+        "| drained after the last fault | {:.1} s |",
+        drained.as_secs_f64()
+    );
+    println!("| verified | {} |", if v.passed { "yes" } else { "**NO**" });
+    drop(replicas);
+    walletctl::teardown::teardown(&config, &topology).await.ok();
+    Ok(v.passed)
+}
+
+/// The servers' helpers wait synchronously; the load runs on the other workers meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn load_args(args: &Args, seed: u64) -> anyhow::Result<LoadArgs> {
+    let line = format!(
+        "walletctl load --mix deposit=60,transfer=25,bonus=15 --rate {} --duration {}s \
+         --users 2000 --duplicates 0.03 --malformed 0.02 --seed {seed} --drain-timeout 10m",
+        args.rate,
+        args.duration.as_secs()
+    );
+    let cli = walletctl::Cli::try_parse_from(line.split_whitespace())?;
+    match cli.command {
+        walletctl::Cmd::Load(a) => Ok(*a),
+        _ => anyhow::bail!("not a load command"),
+    }
+}
