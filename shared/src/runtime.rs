@@ -285,16 +285,23 @@ async fn bind(
 /// Takes what is ready, up to `max`; when nothing is, waits up to `wait` for one message and
 /// then takes what else is ready. No request is left waiting on the server after this returns
 /// but the one-message wait, so a shutdown strands at most one delivery.
+///
+/// Every pull is also bounded here: a pull request dies with the server that held it (a
+/// nats-server restart, a cut connection), and then no end-of-request status ever comes, so
+/// without a deadline of its own the loop would wait forever (`make chaos` found it).
 async fn fetch(
     consumer: &PullConsumer,
     max: usize,
     wait: Duration,
 ) -> Result<Vec<Message>, StepError> {
-    async fn drain(
+    let deadline = tokio::time::Instant::now() + wait + PULL_MARGIN;
+    let drain = |s| drain_until(s, deadline);
+    async fn drain_until(
         mut s: impl futures::Stream<Item = Result<Message, impl std::fmt::Display>> + Unpin,
+        deadline: tokio::time::Instant,
     ) -> Vec<Message> {
         let mut out = Vec::new();
-        while let Some(m) = s.next().await {
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, s.next()).await {
             match m {
                 Ok(m) => out.push(m),
                 Err(e) => {
@@ -337,6 +344,9 @@ async fn fetch(
     }
     Ok(msgs)
 }
+
+/// How long past its own expiry a pull may take before the runtime gives up on it.
+const PULL_MARGIN: Duration = Duration::from_secs(5);
 
 /// Runs `BATCHES_IN_FLIGHT` consume loops on one consumer, so that one batch's transaction
 /// overlaps another's fetch, acknowledgements and publishing (row locks, taken in one order,
