@@ -7,6 +7,10 @@
 //! set by a fill from PostgreSQL of all the user's wallets; a write-through after a commit updates
 //! fields but never marks the hash complete. Redis is never the source of truth: losing it costs
 //! a reload.
+//!
+//! Connections: `REDIS_URL` carries AUTH (`redis://:password@host`, or `user:password@` for an
+//! ACL user); `rediss://` is TLS, verified against `REDIS_TLS_CA` when set, else the system's
+//! roots. [`client`] is the one place that builds a client from the configuration.
 
 use std::time::Duration;
 
@@ -14,9 +18,25 @@ use redis::aio::ConnectionManager;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::error::StepError;
 use crate::ledger::WalletKey;
 use crate::names::Names;
+
+/// A client for the configured Redis: TLS for `rediss://` URLs, trusting `REDIS_TLS_CA` when
+/// set. Connects lazily.
+pub fn client(config: &Config) -> redis::RedisResult<redis::Client> {
+    match &config.redis_tls_ca {
+        Some(ca) => redis::Client::build_with_tls(
+            config.redis_url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca)?),
+            },
+        ),
+        None => redis::Client::open(config.redis_url.as_str()),
+    }
+}
 
 const TTL: Duration = Duration::from_secs(24 * 3600);
 const COMPLETE: &str = "~all";

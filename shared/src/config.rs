@@ -32,6 +32,8 @@ pub struct Config {
     /// `PG_TLS_CA`: the roots that sign PostgreSQL's certificate (with `sslmode=require`).
     pub pg_tls_ca: Option<PathBuf>,
     pub redis_url: String,
+    /// `REDIS_TLS_CA`: the roots that sign Redis's certificate (with a `rediss://` URL).
+    pub redis_tls_ca: Option<PathBuf>,
     pub names: Names,
     pub http_addr: SocketAddr,
     pub json_logs: bool,
@@ -139,19 +141,21 @@ impl Config {
             ));
         }
 
+        let file = |var: &'static str| match lookup(var).filter(|v| !v.is_empty()) {
+            Some(path) if !std::path::Path::new(&path).is_file() => {
+                Err(err(var, format!("{path} is not a readable file")))
+            }
+            other => Ok(other.map(PathBuf::from)),
+        };
         let nats_auth = NatsAuth::from_lookup(|k| lookup(k).filter(|v| !v.is_empty()))?;
 
         Ok(Self {
             nats_url,
             nats_auth,
             database_url,
-            pg_tls_ca: match lookup("PG_TLS_CA").filter(|v| !v.is_empty()) {
-                Some(path) if !std::path::Path::new(&path).is_file() => {
-                    return Err(err("PG_TLS_CA", format!("{path} is not a readable file")));
-                }
-                other => other.map(PathBuf::from),
-            },
+            pg_tls_ca: file("PG_TLS_CA")?,
             redis_url,
+            redis_tls_ca: file("REDIS_TLS_CA")?,
             names,
             http_addr,
             json_logs,
@@ -252,6 +256,10 @@ mod tests {
         assert_eq!(e.var, "BATCH_MAX");
         let e = config(&[("WALLET_PROVIDERS", "Alpha")]).expect_err("bad provider");
         assert_eq!(e.var, "WALLET_PROVIDERS");
+        for var in ["PG_TLS_CA", "REDIS_TLS_CA"] {
+            let e = config(&[(var, "/no/such/ca.pem")]).expect_err("missing CA file");
+            assert_eq!(e.var, var);
+        }
     }
 
     #[test]

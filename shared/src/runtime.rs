@@ -196,8 +196,7 @@ async fn connect(
         .map_err(|e| format!("NATS_URL: {e}"))?;
     let js = jetstream::new(nats.clone());
     let pool = db::pool(&config).map_err(|e| format!("DATABASE_URL: {e}"))?;
-    let client =
-        redis::Client::open(config.redis_url.as_str()).map_err(|e| format!("REDIS_URL: {e}"))?;
+    let client = crate::cache::client(&config).map_err(|e| format!("REDIS_URL: {e}"))?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))

@@ -165,11 +165,88 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A certificate authority of a test's own and a server certificate for 127.0.0.1 and
+/// localhost that it signs, as PEM files in a folder (made with `openssl`).
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    /// What a client must trust.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCerts {
+    pub fn issue(dir: &std::path::Path) -> Self {
+        let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        let (ca, ca_key, csr, crt, key, ext) = (
+            path("ca.crt"),
+            path("ca.key"),
+            path("server.csr"),
+            path("server.crt"),
+            path("server.key"),
+            path("server.ext"),
+        );
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let days = ["-days", "1"];
+        let new_key = ["-newkey", "rsa:2048", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &new_key,
+                &days,
+                &["-subj", "/CN=test-ca", "-keyout", &ca_key, "-out", &ca],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &new_key,
+                &["-subj", "/CN=localhost", "-keyout", &key, "-out", &csr],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    &ca,
+                    "-CAkey",
+                    &ca_key,
+                    "-CAcreateserial",
+                ][..],
+                &days,
+                &["-extfile", &ext, "-out", &crt],
+            ]
+            .concat(),
+        );
+        Self {
+            ca: ca.into(),
+            cert: crt.into(),
+            key: key.into(),
+        }
+    }
+}
+
 /// A Redis server of the test's own, on a free port, for tests that must stop one.
 #[derive(Debug)]
 pub struct PrivateRedis {
     port: u16,
     password: Option<String>,
+    /// TLS only, with these certificates (in a folder removed on drop).
+    tls: Option<TestCerts>,
     child: Mutex<Option<Child>>,
 }
 
@@ -183,14 +260,36 @@ impl PrivateRedis {
         Self::start_with(Some(password.to_owned()))
     }
 
-    fn start_with(password: Option<String>) -> Self {
+    /// One that accepts TLS connections only (`rediss://`), with a certificate for 127.0.0.1
+    /// signed by a CA of its own: [`PrivateRedis::ca`] is what a client must trust.
+    pub fn tls_only() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("redis-tls-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let r = Self {
-            port: free_port(),
-            password,
+            port,
+            password: None,
+            tls: Some(TestCerts::issue(&dir)),
             child: Mutex::new(None),
         };
         r.restart();
         r
+    }
+
+    fn start_with(password: Option<String>) -> Self {
+        let r = Self {
+            port: free_port(),
+            password,
+            tls: None,
+            child: Mutex::new(None),
+        };
+        r.restart();
+        r
+    }
+
+    /// The CA a client must trust, for one started with [`PrivateRedis::tls_only`].
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|t| t.ca.as_path())
     }
 
     pub fn port(&self) -> u16 {
@@ -198,25 +297,42 @@ impl PrivateRedis {
     }
 
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
     /// (Re)starts it empty on the same port and waits until it accepts connections.
     pub fn restart(&self) {
-        let child = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let listen: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), port],
+            Some(t) => [
                 "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-auth-clients",
                 "no",
-            ])
+                "--tls-cert-file",
+                t.cert.to_str().unwrap(),
+                "--tls-key-file",
+                t.key.to_str().unwrap(),
+                "--tls-ca-cert-file",
+                t.ca.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let child = Command::new("redis-server")
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(
                 self.password
                     .iter()
@@ -245,6 +361,9 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = self.tls.as_ref().and_then(|t| t.ca.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -403,80 +522,18 @@ impl PrivatePostgres {
             Some("hostssl all all 127.0.0.1/32 trust\nlocal all all trust\n"),
         );
         pg.stop();
-        let path = |name: &str| pg.dir.join(name).to_str().unwrap().to_owned();
-        let (ca, ca_key, csr, crt, key) = (
-            path("ca.crt"),
-            path("ca.key"),
-            path("server.csr"),
-            path("server.crt"),
-            path("server.key"),
-        );
-        let ext = path("server.ext");
-        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).output().unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        // A CA, and a server certificate for 127.0.0.1 that it signs.
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca,
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-            "-out",
-            &crt,
-        ]);
+        let certs = TestCerts::issue(&pg.dir);
         for (name, mode) in [("server.key", 0o600), ("server.crt", 0o644)] {
             let contents = std::fs::read(pg.dir.join(name)).unwrap();
             pg.write_file(name, &contents, mode);
         }
         pg.configure(&[
             "ssl = on".to_owned(),
-            format!("ssl_cert_file = '{crt}'"),
-            format!("ssl_key_file = '{key}'"),
+            format!("ssl_cert_file = '{}'", certs.cert.display()),
+            format!("ssl_key_file = '{}'", certs.key.display()),
         ]);
         pg.start_again();
-        (pg, PathBuf::from(ca))
+        (pg, certs.ca)
     }
 
     fn configure(&self, lines: &[String]) {
@@ -629,10 +686,12 @@ impl TestEnv {
         ]
         .into_iter()
         .chain(
-            self.config
-                .pg_tls_ca
-                .as_ref()
-                .map(|ca| ("PG_TLS_CA".into(), ca.display().to_string())),
+            [
+                ("PG_TLS_CA", &self.config.pg_tls_ca),
+                ("REDIS_TLS_CA", &self.config.redis_tls_ca),
+            ]
+            .into_iter()
+            .filter_map(|(var, ca)| Some((var.into(), ca.as_ref()?.display().to_string()))),
         )
         .collect()
     }
@@ -849,7 +908,7 @@ impl TestEnv {
 
     /// The raw cache entry (`<version>|<balance>`) of a user's wallet field (`main:USD`).
     pub async fn cached(&self, user: &str, field: &str) -> Option<String> {
-        let client = redis::Client::open(self.config.redis_url.as_str()).unwrap();
+        let client = wallet_runtime::cache::client(&self.config).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         redis::cmd("HGET")
             .arg(self.config.names.redis_key(&format!("bal:{user}")))

@@ -211,7 +211,7 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
 /// waiting there still carries its balances to the cache.
 async fn cache_check(config: &Config, pg: &tokio_postgres::Client) -> anyhow::Result<Check> {
     let name = "the balance cache agrees with PostgreSQL";
-    let client = redis::Client::open(config.redis_url.as_str())?;
+    let client = wallet_runtime::cache::client(config)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let prefix = config.names.redis_key("bal:");
     let keys: Vec<String> = {
@@ -273,7 +273,7 @@ async fn campaign_check(
     use bonus_grant::campaign::minor;
     use bonus_grant::reservations::{Record, Reservations};
     let name = "Redis campaign counters equal PostgreSQL's committed grants plus live reservations";
-    let client = redis::Client::open(config.redis_url.as_str())?;
+    let client = wallet_runtime::cache::client(config)?;
     let reservations = Reservations::new(
         redis::aio::ConnectionManager::new(client).await?,
         config.names.clone(),

@@ -92,7 +92,7 @@ impl CreateArgs {
 }
 
 async fn reservations(config: &Config) -> anyhow::Result<Reservations> {
-    let client = redis::Client::open(config.redis_url.as_str())?;
+    let client = wallet_runtime::cache::client(config)?;
     let conn = redis::aio::ConnectionManager::new(client)
         .await
         .with_context(|| {

@@ -25,7 +25,7 @@ pub async fn teardown(config: &Config, topology: &Topology) -> anyhow::Result<Ve
     if db::drop_database(config).await? {
         report.push("database: dropped".into());
     }
-    let client = redis::Client::open(config.redis_url.as_str())?;
+    let client = wallet_runtime::cache::client(config)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let pattern = config.names.redis_key("*");
     let mut removed = 0usize;

@@ -1,6 +1,7 @@
 //! Secrets never reach the logs: a function started with a NATS token, a PostgreSQL password
 //! and a Redis password, logging at `debug`, works, and neither its output nor that of one
-//! refused by Redis (wrong password) holds any of them.
+//! refused by Redis (wrong password) holds any of them. PostgreSQL and Redis over TLS, verified
+//! against a CA of the test's own.
 
 #![allow(clippy::unwrap_used)]
 
@@ -94,6 +95,45 @@ async fn postgres_over_tls_with_sslmode_require_and_the_servers_ca() {
         wallet_runtime::Config::from_lookup(|k| (k == "DATABASE_URL").then(|| url.clone()))
             .unwrap();
     let e = wallet_runtime::db::client(&unverified).await.unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_over_tls_with_the_servers_ca() {
+    let redis = PrivateRedis::tls_only();
+    let ca = redis.ca().unwrap().display().to_string();
+    let env = TestEnv::with_env(&[("REDIS_URL", &redis.url()), ("REDIS_TLS_CA", &ca)]).await;
+    let deposit = env.spawn("deposit", &[]);
+    env.ready(&deposit).await;
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![commands::deposit("d-rtls", "u-rtls", "3.00", "USD")],
+    )
+    .await;
+    // The function wrote the balance through to the cache over TLS, where the test reads it.
+    assert_eq!(
+        env.cached("u-rtls", "main:USD").await.as_deref(),
+        Some("1|3.00")
+    );
+
+    // The server takes no plain connection, and a client that cannot verify it does not connect.
+    let plain = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port())).unwrap();
+    let pinged = async {
+        let mut c = plain.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(10), pinged).await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "a plain-text connection was answered"
+    );
+    let url = redis.url();
+    let unverified =
+        wallet_runtime::Config::from_lookup(|k| (k == "REDIS_URL").then(|| url.clone())).unwrap();
+    let client = wallet_runtime::cache::client(&unverified).unwrap();
+    let e = client.get_multiplexed_async_connection().await.unwrap_err();
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
 }
 

@@ -88,7 +88,7 @@ async fn servers(config: &Config) -> String {
         Err(_) => "PostgreSQL (unreachable)".into(),
     };
     let redis = async {
-        let client = redis::Client::open(config.redis_url.as_str()).ok()?;
+        let client = wallet_runtime::cache::client(config).ok()?;
         let mut c = client.get_multiplexed_async_connection().await.ok()?;
         let info: String = redis::cmd("INFO")
             .arg("server")
