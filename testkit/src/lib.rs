@@ -378,8 +378,15 @@ pub struct PrivateNats {
 
 impl PrivateNats {
     pub fn start() -> Self {
+        Self::with_config(|_| String::new())
+    }
+
+    /// One started with a configuration file: `conf` is given the server's folder (for
+    /// certificates) and returns the file's text (`tls { … }`, `authorization { … }`).
+    pub fn with_config(conf: impl FnOnce(&std::path::Path) -> String) -> Self {
         let dir = std::env::temp_dir().join(format!("nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("nats.conf"), conf(&dir)).unwrap();
         let n = Self {
             port: free_port(),
             dir,
@@ -401,6 +408,7 @@ impl PrivateNats {
             .open(self.dir.join("log"))
             .unwrap();
         let child = Command::new("nats-server")
+            .args(["-c", self.dir.join("nats.conf").to_str().unwrap()])
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .args(["-sd", self.dir.join("store").to_str().unwrap()])
             .stdout(log.try_clone().unwrap())
@@ -634,6 +642,8 @@ pub struct TestEnv {
     pub db_name: String,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
+    /// What [`TestEnv::with_env`] was given, for the binaries it spawns.
+    extra: Vec<(String, String)>,
     procs: Mutex<Vec<u32>>,
 }
 
@@ -659,7 +669,7 @@ impl TestEnv {
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
         walletctl::setup::setup(&config, &topology()).await.unwrap();
-        let nats = async_nats::connect(nats_url()).await.unwrap();
+        let nats = walletctl::nats(&config).await.unwrap();
         let js = jetstream::new(nats.clone());
         Self {
             config,
@@ -667,6 +677,10 @@ impl TestEnv {
             db_name,
             nats,
             js,
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             procs: Mutex::new(Vec::new()),
         }
     }
@@ -685,14 +699,7 @@ impl TestEnv {
             ("SHUTDOWN_GRACE".into(), "10s".into()),
         ]
         .into_iter()
-        .chain(
-            [
-                ("PG_TLS_CA", &self.config.pg_tls_ca),
-                ("REDIS_TLS_CA", &self.config.redis_tls_ca),
-            ]
-            .into_iter()
-            .filter_map(|(var, ca)| Some((var.into(), ca.as_ref()?.display().to_string()))),
-        )
+        .chain(self.extra.iter().cloned())
         .collect()
     }
 

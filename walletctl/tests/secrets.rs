@@ -1,13 +1,17 @@
 //! Secrets never reach the logs: a function started with a NATS token, a PostgreSQL password
 //! and a Redis password, logging at `debug`, works, and neither its output nor that of one
-//! refused by Redis (wrong password) holds any of them. PostgreSQL and Redis over TLS, verified
-//! against a CA of the test's own.
+//! refused by Redis (wrong password) holds any of them. NATS (with a password and an nkey),
+//! PostgreSQL and Redis over TLS, verified against a CA of the test's own, and refused without
+//! it or without credentials.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use testkit::{PrivateRedis, TestEnv, commands};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use testkit::{PrivateNats, PrivateRedis, TestCerts, TestEnv, commands};
 
 const NATS_TOKEN: &str = "n4ts-t0ken-s3cret";
 const PG_PASSWORD: &str = "pg-pa55-s3cret";
@@ -135,6 +139,85 @@ async fn redis_over_tls_with_the_servers_ca() {
     let client = wallet_runtime::cache::client(&unverified).unwrap();
     let e = client.get_multiplexed_async_connection().await.unwrap_err();
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_over_tls_with_a_password_and_an_nkey() {
+    const PASSWORD: &str = "n4ts-pa55";
+    let function = nkeys::KeyPair::new_user();
+    let mut ca = PathBuf::new();
+    let nats = PrivateNats::with_config(|dir| {
+        let certs = TestCerts::issue(dir);
+        ca = certs.ca.clone();
+        format!(
+            r#"
+            tls {{ cert_file: "{}", key_file: "{}", timeout: 5 }}
+            authorization {{ users = [
+                {{ user: "walletctl", password: "{PASSWORD}" }},
+                {{ nkey: "{}" }}
+            ] }}
+            "#,
+            certs.cert.display(),
+            certs.key.display(),
+            function.public_key()
+        )
+    });
+    let (url, ca) = (
+        format!("tls://127.0.0.1:{}", nats.port),
+        ca.display().to_string(),
+    );
+    let with = |vars: &[(&str, &str)]| -> Vec<(String, String)> {
+        [("NATS_URL", url.as_str()), ("NATS_TLS_CA", ca.as_str())]
+            .iter()
+            .chain(vars)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // The test and walletctl use the password; the function its nkey.
+    let env = TestEnv::with_env(&borrow(&with(&[
+        ("NATS_USER", "walletctl"),
+        ("NATS_PASSWORD", PASSWORD),
+    ])))
+    .await;
+    let seed = function.seed().unwrap();
+    let deposit = env.spawn(
+        "deposit",
+        &[
+            ("NATS_USER", ""),
+            ("NATS_PASSWORD", ""),
+            ("NATS_NKEY", &seed),
+        ],
+    );
+    env.ready(&deposit).await;
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![commands::deposit("d-ntls", "u-ntls", "4.00", "USD")],
+    )
+    .await;
+    assert!(env.audit().await.ok());
+
+    // Refused: no credentials, a wrong password, and a client that cannot verify the server.
+    let refusal = |vars: Vec<(String, String)>| {
+        let vars: HashMap<String, String> = vars.into_iter().collect();
+        async move {
+            let config = wallet_runtime::Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
+            format!("{:#}", walletctl::nats(&config).await.unwrap_err()).to_lowercase()
+        }
+    };
+    let anonymous = refusal(with(&[])).await;
+    assert!(anonymous.contains("authoriz"), "{anonymous}");
+    let wrong = refusal(with(&[
+        ("NATS_USER", "walletctl"),
+        ("NATS_PASSWORD", "guess"),
+    ]))
+    .await;
+    assert!(wrong.contains("authoriz"), "{wrong}");
+    let mut no_ca = with(&[("NATS_USER", "walletctl"), ("NATS_PASSWORD", PASSWORD)]);
+    no_ca.retain(|(k, _)| k != "NATS_TLS_CA");
+    let unverified = refusal(no_ca).await;
+    assert!(unverified.contains("certificate"), "{unverified}");
 }
 
 fn borrow(v: &[(String, String)]) -> Vec<(&str, &str)> {
