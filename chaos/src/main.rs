@@ -2,8 +2,8 @@
 //!
 //! Starts PRIVATE NATS, PostgreSQL and Redis servers (own ports and folders, from the installed
 //! binaries), a TCP proxy in front of each, `--replicas` processes of every JetStream function,
-//! and `walletctl load` with a mixed load (deposits, transfers answered by the provider simulator,
-//! bonus grants, duplicates and malformed commands). While the load runs, faults follow a
+//! `walletctl provider-sim` answering the providers' requests, and `walletctl load` with a mixed
+//! load (deposits, transfers, bonus grants, duplicates and malformed commands). While the load runs, faults follow a
 //! schedule drawn from a printed seed: replicas killed with SIGKILL or stopped with SIGTERM and
 //! restarted, nats-server restarted on its store, PostgreSQL stopped (`-m immediate`) for
 //! `--pg-outage`, Redis restarted empty, every connection through a proxy cut and restored.
@@ -81,19 +81,26 @@ impl Fault {
     }
 }
 
-/// One function process, restarted with the same environment.
+/// One process of ours, restarted with the same arguments and environment.
 struct Replica {
     name: &'static str,
+    args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Child,
 }
 
 impl Replica {
-    fn spawn(name: &'static str, env: Vec<(String, String)>, log: PathBuf) -> anyhow::Result<Self> {
-        let child = start(name, &env, &log)?;
+    fn spawn(
+        name: &'static str,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let child = start(name, &args, &env, &log)?;
         Ok(Self {
             name,
+            args,
             env,
             log,
             child,
@@ -101,7 +108,7 @@ impl Replica {
     }
 
     fn restart(&mut self) -> anyhow::Result<()> {
-        self.child = start(self.name, &self.env, &self.log)?;
+        self.child = start(self.name, &self.args, &self.env, &self.log)?;
         Ok(())
     }
 
@@ -134,12 +141,18 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn start(name: &str, env: &[(String, String)], log: &Path) -> anyhow::Result<Child> {
+fn start(
+    name: &str,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> anyhow::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
     Ok(Command::new(binary(name)?)
+        .args(args)
         .envs(env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -156,7 +169,24 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(args).await {
+    // Dropping the run stops everything it started: replicas, the simulator, the servers.
+    let interrupted = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = run(args) => r,
+        () = interrupted => Err(anyhow::anyhow!("interrupted; private servers and processes stopped")),
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -221,9 +251,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 format!("postgres://{role}@127.0.0.1:{}/wallet", proxies[1].1.port),
             ));
             let log = args.logs.join(format!("{name}-{i}.log"));
-            replicas.push(Replica::spawn(name, e, log)?);
+            replicas.push(Replica::spawn(name, Vec::new(), e, log)?);
         }
     }
+    // The providers' side, in a process of its own like a real provider's adapter; the load
+    // expects its answers (drawn from the same seed). It is not among the replicas faults hit.
+    let providers = Replica::spawn(
+        "walletctl",
+        vec!["provider-sim".into(), "--seed".into(), seed.to_string()],
+        env.clone(),
+        args.logs.join("provider-sim.log"),
+    )?;
 
     let load_args = load_args(&args, seed)?;
     let started = Instant::now();
@@ -337,7 +375,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         drained.as_secs_f64()
     );
     println!("| verified | {} |", if v.passed { "yes" } else { "**NO**" });
-    drop(replicas);
+    drop((replicas, providers));
     walletctl::teardown::teardown(&config, &topology).await.ok();
     Ok(v.passed)
 }
@@ -350,7 +388,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 fn load_args(args: &Args, seed: u64) -> anyhow::Result<LoadArgs> {
     let line = format!(
         "walletctl load --mix deposit=60,transfer=25,bonus=15 --rate {} --duration {}s \
-         --users 2000 --duplicates 0.03 --malformed 0.02 --seed {seed} --drain-timeout 10m",
+         --users 2000 --duplicates 0.03 --malformed 0.02 --seed {seed} --drain-timeout 10m \
+         --providers-elsewhere",
         args.rate,
         args.duration.as_secs()
     );

@@ -83,9 +83,14 @@ pub struct LoadArgs {
     /// the grants the run sends.
     #[arg(long)]
     pub envelopes: Option<u64>,
-    /// Do not play the game providers (another process answers their requests).
+    /// Do not play the game providers (another process answers their requests); transfers may
+    /// then end either way.
     #[arg(long)]
     pub no_providers: bool,
+    /// Do not play the game providers, and expect the answers of a `walletctl provider-sim
+    /// --seed <this run's seed>` with its default options playing them in another process.
+    #[arg(long, conflicts_with = "no_providers")]
+    pub providers_elsewhere: bool,
     /// The simulated providers' delay before each ack.
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     pub provider_latency: Duration,
@@ -264,7 +269,7 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
         crate::campaign::create(config, &campaign).await?;
     }
     let stop_sim = CancellationToken::new();
-    let sim = providers.map(|opts| {
+    let sim = providers.filter(|_| !args.providers_elsewhere).map(|opts| {
         let (config, stop) = (config.clone(), stop_sim.clone());
         tokio::spawn(async move { crate::provider_sim::run(&config, opts, stop).await })
     });
