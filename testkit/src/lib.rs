@@ -764,6 +764,16 @@ impl TestEnv {
         .await;
     }
 
+    /// How many messages the test's stream `stream` (without the namespace) holds.
+    pub async fn stored(&self, stream: &str) -> u64 {
+        let mut s = self
+            .js
+            .get_stream(self.config.names.name(stream))
+            .await
+            .unwrap();
+        s.info().await.unwrap().state.messages
+    }
+
     pub fn subject(&self, s: &str) -> String {
         self.config.names.subject(s)
     }

@@ -284,24 +284,10 @@ async fn ten_thousand_hostile_messages_end_as_dead_letters_or_rejections_and_mov
     // Wait until the DLQ and the events stream hold an outcome's worth of messages for each, and
     // every function is drained; then read both streams whole (direct gets: no consumer that
     // could fall behind).
-    let count = |stream: &'static str| {
-        let js = env.js.clone();
-        let name = env.config.names.name(stream);
-        async move {
-            js.get_stream(name)
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .messages
-        }
-    };
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         // The events stream also holds d-rich's.
-        let stored = count("DLQ").await + count("WALLET_EVENTS").await - 1;
+        let stored = env.stored("DLQ").await + env.stored("WALLET_EVENTS").await - 1;
         if stored >= COUNT as u64 {
             break;
         }

@@ -186,17 +186,7 @@ async fn every_rejection_reason_in_the_contracts_order_moves_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
-    let info = env
-        .js
-        .get_stream(env.config.names.name("PROVIDER_REQUESTS"))
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
-    assert_eq!(info, 0);
+    assert_eq!(env.stored("PROVIDER_REQUESTS").await, 0);
     assert_eq!(
         balance_rows(&env).await,
         vec![("u-1".to_owned(), "main".to_owned(), "10".to_owned())]
