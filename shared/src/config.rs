@@ -47,6 +47,8 @@ pub struct Config {
     pub batches_in_flight: usize,
     /// How long an idle consumer's pull request waits for the next message.
     pub fetch_wait: Duration,
+    /// How long a batch that is not full may wait for more messages before it is decided.
+    pub batch_linger: Duration,
     pub pg_pool_size: usize,
     /// How often the outbox relay looks for events that a crash or an outage left unpublished.
     pub outbox_relay_interval: Duration,
@@ -166,6 +168,7 @@ impl Config {
             batch_max: number("BATCH_MAX", "1000", 1, 10_000)?,
             batches_in_flight: number("BATCHES_IN_FLIGHT", "2", 1, 64)?,
             fetch_wait: duration("FETCH_WAIT", "5s")?,
+            batch_linger: duration("BATCH_LINGER", "20ms")?,
             pg_pool_size: number("PG_POOL_SIZE", "4", 1, 256)?,
             outbox_relay_interval: duration("OUTBOX_RELAY_INTERVAL", "1s")?,
             currencies: get("WALLET_CURRENCIES", "USD:2,EUR:2,VND:0,BTC:8")
@@ -197,6 +200,7 @@ impl fmt::Debug for Config {
             .field("batch_max", &self.batch_max)
             .field("batches_in_flight", &self.batches_in_flight)
             .field("fetch_wait", &self.fetch_wait)
+            .field("batch_linger", &self.batch_linger)
             .field("pg_pool_size", &self.pg_pool_size)
             .field("transfers", &self.transfers)
             .finish_non_exhaustive()
@@ -242,6 +246,10 @@ mod tests {
         assert_eq!(c.transfers.ack_timeout, Duration::from_secs(30));
         assert_eq!(c.transfers.stuck_after, Duration::from_secs(15 * 60));
         assert_eq!(c.names.subject("wallet.deposit"), "wallet.deposit");
+        assert_eq!(
+            (c.batch_max, c.batches_in_flight, c.batch_linger),
+            (1000, 2, Duration::from_millis(20))
+        );
     }
 
     #[test]

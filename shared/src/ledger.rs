@@ -1,7 +1,8 @@
 //! The double-entry ledger.
 //!
 //! A batch opens a [`Book`] on the user wallets it touches: one statement creates the missing ones
-//! and another locks them all, both in one fixed order, so that replicas never deadlock. The book
+//! (those this process has not yet seen exist) and another locks them all, both in one fixed
+//! order, so that replicas never deadlock. The book
 //! applies each command's postings in memory, in batch order, refusing any that would take a user
 //! wallet below zero, and knows the running balance after every command (for its event). Then
 //! [`Book::write`] stores all postings and the final balances in two set-based statements.
@@ -10,7 +11,7 @@
 //! equals the sum of its postings and is never negative. Platform accounts (the counterpart of
 //! deposits, grants, …) are never locked or updated: their balance is the sum of their postings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use deadpool_postgres::Transaction;
@@ -95,12 +96,19 @@ impl WalletKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Overdraft;
 
-/// Opens books; remembers platform account ids, which never change once committed.
+/// Opens books; remembers platform account ids, which never change once committed, and which
+/// user wallets exist (accounts are never deleted), so that a batch asks PostgreSQL to create only
+/// the wallets it has not seen: with them all known, a batch skips the statement and its index
+/// probes.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    // std Mutex: held only around a map lookup, never across an await.
+    // std Mutexes: held only around map operations, never across an await.
     platform_ids: Mutex<HashMap<WalletKey, i64>>,
+    known: Mutex<HashSet<WalletKey>>,
 }
+
+/// Wallets remembered as existing, at most (about 100 bytes each); past it the set starts over.
+const KNOWN_WALLETS: usize = 200_000;
 
 #[derive(Debug)]
 struct Slot {
@@ -119,19 +127,22 @@ pub struct Book {
 
 /// Creates the wallets that do not exist yet. `DO NOTHING` neither locks nor rewrites the existing
 /// rows; keys arrive sorted, so replicas creating the same new wallets wait for each other in one
-/// order.
+/// order. Returns the ones this transaction created.
 const CREATE_WALLETS: &str = "
     INSERT INTO accounts (owner, kind, provider, currency)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-    ON CONFLICT DO NOTHING";
+    ON CONFLICT DO NOTHING
+    RETURNING owner, kind, provider, currency";
 
 /// Locks the wallets in one fixed order (LockRows runs above the sort). A lock only marks the row:
 /// unlike `ON CONFLICT DO UPDATE`, it writes no new row version, so the balance update that follows
 /// is the only one per wallet and batch, and fits on its page (fillfactor, V4) as a HOT update.
+/// Each row names its key by position (`n`, from 1) rather than by its four texts.
 const LOCK_WALLETS: &str = "
-    SELECT a.id, a.owner, a.kind, a.provider, a.currency, a.balance, a.version
+    SELECT a.id, k.n, a.balance, a.version
     FROM accounts a
-    JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k (owner, kind, provider, currency)
+    JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[])
+      WITH ORDINALITY AS k (owner, kind, provider, currency, n)
       ON (a.owner, a.kind, a.provider, a.currency) = (k.owner, k.kind, k.provider, k.currency)
     ORDER BY a.owner, a.kind, a.provider, a.currency
     FOR UPDATE OF a";
@@ -209,43 +220,79 @@ impl Ledger {
             );
         }
         if !users.is_empty() {
-            let owners: Vec<&str> = users.iter().map(|k| k.owner.as_str()).collect();
-            let kinds: Vec<&str> = users.iter().map(|k| k.kind.as_str()).collect();
-            let providers: Vec<&str> = users.iter().map(|k| k.provider.as_str()).collect();
-            let currencies: Vec<&str> = users.iter().map(|k| k.currency.code()).collect();
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&owners, &kinds, &providers, &currencies];
-            tx.execute(&tx.prepare_cached(CREATE_WALLETS).await?, &params)
-                .await?;
+            fn columns<'k>(keys: &[&'k WalletKey]) -> [Vec<&'k str>; 4] {
+                let mut c: [Vec<&str>; 4] = Default::default();
+                for k in keys {
+                    c[0].push(k.owner.as_str());
+                    c[1].push(k.kind.as_str());
+                    c[2].push(k.provider.as_str());
+                    c[3].push(k.currency.code());
+                }
+                c
+            }
+            let unknown: Vec<&WalletKey> = {
+                let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                users.iter().filter(|k| !known.contains(*k)).collect()
+            };
+            let mut created: HashSet<(String, String, String, String)> = HashSet::new();
+            if !unknown.is_empty() {
+                let [o, k, p, c] = columns(&unknown);
+                created = tx
+                    .query(&tx.prepare_cached(CREATE_WALLETS).await?, &[&o, &k, &p, &c])
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .collect();
+            }
+            let all: Vec<&WalletKey> = users.iter().collect();
+            let [o, k, p, c] = columns(&all);
             let rows = tx
-                .query(&tx.prepare_cached(LOCK_WALLETS).await?, &params)
+                .query(&tx.prepare_cached(LOCK_WALLETS).await?, &[&o, &k, &p, &c])
                 .await?;
-            let mut by_parts: HashMap<(String, String, String, String), WalletKey> = users
-                .into_iter()
-                .map(|k| {
-                    (
-                        (
-                            k.owner.clone(),
-                            k.kind.as_str().to_owned(),
-                            k.provider.clone(),
-                            k.currency.code().to_owned(),
-                        ),
-                        k,
-                    )
-                })
-                .collect();
+            if rows.len() != users.len() {
+                // Only a wallet believed to exist can be missing: the database was reset under
+                // this process. Forget what it believed and let the batch be retried.
+                self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                return Err(StepError::transient(format!(
+                    "ledger: {} of {} wallets not found",
+                    users.len() - rows.len(),
+                    users.len()
+                )));
+            }
+            {
+                // Existing before this transaction, so existing whatever becomes of it.
+                let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                if known.len() + unknown.len() > KNOWN_WALLETS {
+                    known.clear();
+                }
+                known.extend(
+                    unknown
+                        .iter()
+                        .filter(|k| {
+                            !created.contains(&(
+                                k.owner.clone(),
+                                k.kind.as_str().to_owned(),
+                                k.provider.clone(),
+                                k.currency.code().to_owned(),
+                            ))
+                        })
+                        .map(|k| (*k).clone()),
+                );
+            }
+            let mut keys: Vec<Option<WalletKey>> = users.into_iter().map(Some).collect();
             for row in rows {
-                let parts: (String, String, String, String) =
-                    (row.get(1), row.get(2), row.get(3), row.get(4));
-                let key = by_parts.remove(&parts).ok_or_else(|| {
-                    StepError::permanent(format!("ledger: unexpected wallet {parts:?}"))
-                })?;
+                let n: i64 = row.get(1);
+                let key = usize::try_from(n - 1)
+                    .ok()
+                    .and_then(|i| keys.get_mut(i))
+                    .and_then(Option::take)
+                    .ok_or_else(|| StepError::permanent(format!("ledger: unexpected row {n}")))?;
                 slots.insert(
                     key,
                     Slot {
                         id: row.get(0),
-                        balance: row.get(5),
-                        version: row.get(6),
+                        balance: row.get(2),
+                        version: row.get(3),
                         dirty: false,
                     },
                 );
