@@ -220,6 +220,27 @@ async fn nats_over_tls_with_a_password_and_an_nkey() {
     assert!(unverified.contains("certificate"), "{unverified}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_with_a_token() {
+    const TOKEN: &str = "t0ken-s3cret";
+    let nats = PrivateNats::with_config(|_| format!("authorization {{ token: \"{TOKEN}\" }}"));
+    let url = nats.url();
+    let env = TestEnv::with_env(&[("NATS_URL", &url), ("NATS_TOKEN", TOKEN)]).await;
+    let deposit = env.spawn("deposit", &[]);
+    env.ready(&deposit).await;
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![commands::deposit("d-token", "u-token", "2.00", "USD")],
+    )
+    .await;
+    let anonymous =
+        wallet_runtime::Config::from_lookup(|k| (k == "NATS_URL").then(|| url.clone())).unwrap();
+    let e = format!("{:#}", walletctl::nats(&anonymous).await.unwrap_err()).to_lowercase();
+    assert!(e.contains("authoriz"), "{e}");
+}
+
 fn borrow(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
