@@ -72,22 +72,23 @@ enum Decoded<C> {
     },
 }
 
-/// Decodes one message: a JSON object of at most 64 KiB whose id field holds a valid id, then
-/// the function's validation.
-fn decode<F: Function>(f: &F, ctx: &Context, message: &Message) -> Decoded<F::Command> {
-    if message.payload.len() > MAX_COMMAND_BYTES {
-        return Decoded::Malformed;
+/// The first step of decoding, before any function's rules: a JSON object of at most 64 KiB
+/// whose `id_field` holds a valid id. `None`: the message is malformed.
+fn parse(payload: &[u8], id_field: &str) -> Option<(Payload, String)> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return None;
     }
-    let Ok(object) = serde_json::from_slice::<Payload>(&message.payload) else {
+    let object = serde_json::from_slice::<Payload>(payload).ok()?;
+    let id = crate::ids::from_value(object.get(id_field))?.to_owned();
+    Some((object, id))
+}
+
+/// Decodes one message: [`parse`], then the function's validation.
+fn decode<F: Function>(f: &F, ctx: &Context, message: &Message) -> Decoded<F::Command> {
+    let Some((object, id)) = parse(&message.payload, F::ID_FIELD) else {
         return Decoded::Malformed;
     };
-    let Some(id) = object
-        .get(F::ID_FIELD)
-        .and_then(|v| v.as_str())
-        .filter(|id| crate::ids::is_valid(id))
-    else {
-        return Decoded::Malformed;
-    };
+    let id = id.as_str();
     let subject = ctx.names.strip(&message.subject);
     let stored_at = message
         .info()
@@ -357,4 +358,83 @@ async fn decide_in<F: Function>(
     }
     d.rows = outbox::insert(tx, messages).await?;
     Ok(d)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[A-Za-z0-9_.:-]{1,130}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("(deposit_id|user_id|amount|.{0,4})", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_a_command_or_malformed(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Some((object, id)) = parse(&bytes, "deposit_id") {
+                prop_assert!(crate::ids::is_valid(&id));
+                prop_assert_eq!(object.get("deposit_id").and_then(Value::as_str), Some(id.as_str()));
+            }
+        }
+
+        #[test]
+        fn any_json_is_a_command_only_with_a_valid_id(v in json_value()) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let id = v.get("deposit_id").and_then(Value::as_str).filter(|i| crate::ids::is_valid(i));
+            let parsed = parse(&bytes, "deposit_id");
+            prop_assert_eq!(
+                parsed.as_ref().map(|(_, id)| id.as_str()),
+                id.filter(|_| v.is_object() && bytes.len() <= MAX_COMMAND_BYTES)
+            );
+        }
+
+        #[test]
+        fn the_fingerprint_ignores_key_order_spacing_and_unknown_fields(
+            id in "[a-z0-9-]{1,20}",
+            user in any::<String>(),
+            amount in any::<String>(),
+            extra in any::<i64>(),
+        ) {
+            let fields = &["deposit_id", "user_id", "amount"];
+            let a = format!(
+                r#"{{"deposit_id":{},"user_id":{},"amount":{}}}"#,
+                json!(id), json!(user), json!(amount)
+            );
+            let b = format!(
+                r#"{{ "amount" : {}, "x": {extra}, "user_id": {}, "deposit_id": {} }}"#,
+                json!(amount), json!(user), json!(id)
+            );
+            let (pa, _) = parse(a.as_bytes(), "deposit_id").unwrap();
+            let (pb, _) = parse(b.as_bytes(), "deposit_id").unwrap();
+            prop_assert_eq!(dedup::fingerprint(&pa, fields), dedup::fingerprint(&pb, fields));
+            let other = json!({"deposit_id": id, "user_id": user, "amount": format!("{amount}0")});
+            let (pc, _) = parse(&serde_json::to_vec(&other).unwrap(), "deposit_id").unwrap();
+            prop_assert_ne!(dedup::fingerprint(&pa, fields), dedup::fingerprint(&pc, fields));
+        }
+    }
+
+    #[test]
+    fn a_command_over_64_kib_is_malformed() {
+        let big = json!({"deposit_id": "d-1", "pad": "x".repeat(MAX_COMMAND_BYTES)});
+        assert!(parse(&serde_json::to_vec(&big).unwrap(), "deposit_id").is_none());
+        assert!(parse(br#"{"deposit_id":"d-1"}"#, "deposit_id").is_some());
+        assert!(parse(br#"["deposit_id","d-1"]"#, "deposit_id").is_none());
+    }
 }
