@@ -65,8 +65,8 @@ pub async fn follow(
     names: &wallet_runtime::names::Names,
     stream: &str,
     filter: &str,
-) -> anyhow::Result<consumer::pull::Ordered> {
-    Ok(js
+) -> anyhow::Result<Followed> {
+    let ordered = js
         .get_stream(names.name(stream))
         .await?
         .create_consumer(consumer::pull::OrderedConfig {
@@ -76,8 +76,22 @@ pub async fn follow(
         })
         .await?
         .messages()
-        .await?)
+        .await?;
+    // After a first missed heartbeat (a restarted nats-server) async-nats's ordered consumer
+    // answers Pending without arranging to be polled again; a tick polls it again, so it goes on
+    // to recreate itself (without it, `make chaos` saw the outcomes stall for 100 s).
+    let ticks = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Some((None, ()))
+    });
+    Ok(futures::stream::select(ordered.map(Some), ticks)
+        .filter_map(std::future::ready)
+        .boxed())
 }
+
+/// A followed stream's messages, as [`follow`] gives them.
+pub type Followed =
+    futures::stream::BoxStream<'static, Result<jetstream::Message, consumer::pull::OrderedError>>;
 
 /// Counters the progress bar reads while the run goes on.
 #[derive(Debug, Default)]
