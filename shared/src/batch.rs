@@ -364,26 +364,9 @@ async fn decide_in<F: Function>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::arbitrary::json_value;
     use proptest::prelude::*;
     use serde_json::{Value, json};
-
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            any::<String>().prop_map(Value::from),
-            "[A-Za-z0-9_.:-]{1,130}".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(4, 32, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                prop::collection::btree_map("(deposit_id|user_id|amount|.{0,4})", inner, 0..5)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
 
     proptest! {
         #[test]

@@ -6,6 +6,8 @@
 //! fetch/decide/commit/acknowledge loop ([`batch`]), dedup, the ledger, the outbox and its relay,
 //! the balance cache, dead letters, retries, shutdown, health and metrics.
 
+#[cfg(test)]
+mod arbitrary;
 pub mod batch;
 pub mod cache;
 pub mod config;

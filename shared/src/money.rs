@@ -248,6 +248,7 @@ mod tests {
 #[allow(clippy::unwrap_used)]
 mod properties {
     use super::*;
+    use crate::arbitrary::json_value;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -255,24 +256,6 @@ mod properties {
         (0..=MAX_MINOR_UNIT).prop_map(|m| {
             let c: Currencies = format!("XXX:{m}").parse().unwrap();
             c.get("XXX").unwrap()
-        })
-    }
-
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            any::<String>().prop_map(Value::from),
-            "[0-9]{0,40}(\\.[0-9]{0,40})?".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(4, 32, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                prop::collection::btree_map(".{0,4}", inner, 0..4)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
         })
     }
 

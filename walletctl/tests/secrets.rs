@@ -37,14 +37,7 @@ async fn no_secret_is_logged_at_debug_whether_connections_work_or_are_refused() 
 
     let good = with(redis.url());
     let working = env.spawn_logged("deposit", &borrow(&good), &dir.join("working.log"));
-    env.ready(&working).await;
-    let mut events = env.events().await;
-    env.run_commands(
-        &mut events,
-        "deposit",
-        vec![commands::deposit("d-secret", "u-secret", "5.00", "USD")],
-    )
-    .await;
+    deposit_completes(&env, &working, "u-secret", "5.00").await;
     assert_eq!(
         env.cached("u-secret", "main:USD").await.as_deref(),
         Some("1|5.00")
@@ -82,14 +75,7 @@ async fn postgres_over_tls_with_sslmode_require_and_the_servers_ca() {
     // Setup (database, migrations, roles), a function as its role, and walletctl: all over TLS.
     let env = TestEnv::with_env(&[("DATABASE_URL", &url), ("PG_TLS_CA", &ca)]).await;
     let deposit = env.spawn("deposit", &[]);
-    env.ready(&deposit).await;
-    let mut events = env.events().await;
-    env.run_commands(
-        &mut events,
-        "deposit",
-        vec![commands::deposit("d-tls", "u-tls", "7.00", "USD")],
-    )
-    .await;
+    deposit_completes(&env, &deposit, "u-tls", "7.00").await;
     assert!(env.audit().await.ok());
 
     // The server takes no plain connection, and a client that cannot verify it does not connect.
@@ -108,14 +94,7 @@ async fn redis_over_tls_with_the_servers_ca() {
     let ca = redis.ca().unwrap().display().to_string();
     let env = TestEnv::with_env(&[("REDIS_URL", &redis.url()), ("REDIS_TLS_CA", &ca)]).await;
     let deposit = env.spawn("deposit", &[]);
-    env.ready(&deposit).await;
-    let mut events = env.events().await;
-    env.run_commands(
-        &mut events,
-        "deposit",
-        vec![commands::deposit("d-rtls", "u-rtls", "3.00", "USD")],
-    )
-    .await;
+    deposit_completes(&env, &deposit, "u-rtls", "3.00").await;
     // The function wrote the balance through to the cache over TLS, where the test reads it.
     assert_eq!(
         env.cached("u-rtls", "main:USD").await.as_deref(),
@@ -188,14 +167,7 @@ async fn nats_over_tls_with_a_password_and_an_nkey() {
             ("NATS_NKEY", &seed),
         ],
     );
-    env.ready(&deposit).await;
-    let mut events = env.events().await;
-    env.run_commands(
-        &mut events,
-        "deposit",
-        vec![commands::deposit("d-ntls", "u-ntls", "4.00", "USD")],
-    )
-    .await;
+    deposit_completes(&env, &deposit, "u-ntls", "4.00").await;
     assert!(env.audit().await.ok());
 
     // Refused: no credentials, a wrong password, and a client that cannot verify the server.
@@ -227,18 +199,24 @@ async fn nats_with_a_token() {
     let url = nats.url();
     let env = TestEnv::with_env(&[("NATS_URL", &url), ("NATS_TOKEN", TOKEN)]).await;
     let deposit = env.spawn("deposit", &[]);
-    env.ready(&deposit).await;
-    let mut events = env.events().await;
-    env.run_commands(
-        &mut events,
-        "deposit",
-        vec![commands::deposit("d-token", "u-token", "2.00", "USD")],
-    )
-    .await;
+    deposit_completes(&env, &deposit, "u-token", "2.00").await;
     let anonymous =
         wallet_runtime::Config::from_lookup(|k| (k == "NATS_URL").then(|| url.clone())).unwrap();
     let e = format!("{:#}", walletctl::nats(&anonymous).await.unwrap_err()).to_lowercase();
     assert!(e.contains("authoriz"), "{e}");
+}
+
+/// Once `function` is ready, a deposit of `amount` USD to `user` completes through it.
+async fn deposit_completes(env: &TestEnv, function: &testkit::Proc, user: &str, amount: &str) {
+    env.ready(function).await;
+    let mut events = env.events().await;
+    let id = format!("d-{user}");
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![commands::deposit(&id, user, amount, "USD")],
+    )
+    .await;
 }
 
 fn borrow(v: &[(String, String)]) -> Vec<(&str, &str)> {
