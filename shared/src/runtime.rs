@@ -315,15 +315,17 @@ async fn fetch(
         }
         out
     }
-    let mut msgs = drain(
-        consumer
+    // What is ready now, up to `n` (a no-wait pull).
+    let ready = |n: usize| async move {
+        let s = consumer
             .fetch()
-            .max_messages(max)
+            .max_messages(n)
             .messages()
             .await
-            .map_err(StepError::transient)?,
-    )
-    .await;
+            .map_err(StepError::transient)?;
+        Ok::<_, StepError>(drain(s).await)
+    };
+    let mut msgs = ready(max).await?;
     if msgs.is_empty() {
         msgs = drain(
             consumer
@@ -336,13 +338,7 @@ async fn fetch(
         )
         .await;
         if !msgs.is_empty() && max > 1 {
-            let more = consumer
-                .fetch()
-                .max_messages(max - 1)
-                .messages()
-                .await
-                .map_err(StepError::transient)?;
-            msgs.extend(drain(more).await);
+            msgs.extend(ready(max - 1).await?);
         }
     }
     if !msgs.is_empty() && msgs.len() < max && !linger.is_zero() {
@@ -350,14 +346,7 @@ async fn fetch(
         // not reliable, nats-server 2.9 sometimes lets one lapse without its end-of-request
         // status. A failed request costs only the extra messages: what is held is decided.
         tokio::time::sleep(linger).await;
-        let more = consumer
-            .fetch()
-            .max_messages(max - msgs.len())
-            .messages()
-            .await;
-        if let Ok(more) = more {
-            msgs.extend(drain(more).await);
-        }
+        msgs.extend(ready(max - msgs.len()).await.unwrap_or_default());
     }
     Ok(msgs)
 }

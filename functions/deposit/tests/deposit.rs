@@ -700,3 +700,31 @@ async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an
         "an older version overwrote a newer one"
     );
 }
+
+/// Commands arriving one after another within `BATCH_LINGER` are decided in one transaction;
+/// without the linger the first one would go alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_arriving_within_the_linger_share_one_transaction() {
+    let env = TestEnv::new().await;
+    let deposit_proc = env.spawn(
+        "deposit",
+        &[("BATCH_LINGER", "3s"), ("BATCHES_IN_FLIGHT", "1")],
+    );
+    env.ready(&deposit_proc).await;
+    let mut events = env.events().await;
+    for i in 0..5 {
+        let id = format!("l-{i}");
+        env.publish("wallet.deposit", &id, deposit(&id, "u-1", "1", "USD"))
+            .await;
+        // Spaced on purpose: each arrives on its own, well inside the linger.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..5 {
+        events.by_id(&format!("deposit:l-{i}:completed"), T).await;
+    }
+    assert_eq!(deposit_proc.metric("wallet_transactions_total").await, 1.0);
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(5)
+    );
+}
