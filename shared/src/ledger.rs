@@ -179,12 +179,19 @@ impl Ledger {
         {
             return Ok(*id);
         }
-        let row = tx
-            .query_one(
-                &tx.prepare_cached(PLATFORM_ACCOUNT).await?,
-                &[&key.provider, &key.currency.code()],
-            )
-            .await?;
+        let statement = tx.prepare_cached(PLATFORM_ACCOUNT).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&key.provider, &key.currency.code()];
+        // When a concurrent transaction creates the account first, this INSERT waits for it and
+        // does nothing, and the SELECT, reading the statement's snapshot, does not see it either:
+        // no row. The second run has a new snapshot that does.
+        let mut row = tx.query_opt(&statement, &params).await?;
+        if row.is_none() {
+            row = tx.query_opt(&statement, &params).await?;
+        }
+        let row = row.ok_or_else(|| {
+            StepError::transient(format!("ledger: platform account {key:?} not found"))
+        })?;
         let (id, created): (i64, bool) = (row.get(0), row.get(1));
         if !created {
             self.platform_ids
