@@ -400,12 +400,35 @@ async fn consume_loop<F: Function>(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
-    while !shutdown.is_cancelled() {
+    // The next batch is fetched while this one is decided: under a backlog a fetch of 1,000
+    // messages takes tens of milliseconds that the loop would otherwise spend waiting.
+    let prefetch = || {
+        let (consumer, config) = (consumer.clone(), ctx.config.clone());
+        tokio::spawn(async move {
+            fetch(
+                &consumer,
+                config.batch_max,
+                config.fetch_wait,
+                config.batch_linger,
+            )
+            .await
+        })
+    };
+    let mut next = Some(prefetch());
+    while let Some(mut fetching) = next.take() {
         let fetched = tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
-            r = fetch(&consumer, ctx.config.batch_max, ctx.config.fetch_wait, ctx.config.batch_linger) => r,
+            // A batch already fetched is decided before stopping; one still arriving is dropped
+            // (its messages come back after their ack wait).
+            () = shutdown.cancelled(), if !fetching.is_finished() => {
+                fetching.abort();
+                break;
+            }
+            r = &mut fetching => r.unwrap_or_else(|e| Err(StepError::transient(e))),
         };
+        if !shutdown.is_cancelled() {
+            next = Some(prefetch());
+        }
         let msgs = match fetched {
             Ok(m) if m.is_empty() => continue,
             Ok(m) => m,
@@ -456,6 +479,7 @@ async fn consume_loop<F: Function>(
         settle(&ctx, F::NAME, &msgs, &processed.dispositions)
             .instrument(span)
             .await;
+
         metrics::counter!("wallet_commands_processed_total", "function" => F::NAME)
             .increment(processed.tally.completed as u64);
         metrics::counter!("wallet_commands_rejected_total", "function" => F::NAME)
