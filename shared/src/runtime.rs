@@ -492,16 +492,19 @@ async fn consume_loop<F: Function>(
     }
 }
 
-/// Acknowledges each message as decided; everything here runs after the commit. Messages settle
-/// concurrently: a batch of malformed messages waits for its dead letters' acks all at once, not
-/// one round trip after another.
+/// Acknowledges each message as decided; everything here runs after the commit. A plain ack
+/// only queues a publish on the connection, so those are sent in a loop; naks and dead letters
+/// settle concurrently: a batch of malformed messages waits for its dead letters' acks all at
+/// once, not one round trip after another.
 async fn settle(ctx: &Context, function: &str, msgs: &[Message], dispositions: &[Disposition]) {
-    let each: Vec<_> = msgs
-        .iter()
-        .zip(dispositions)
-        .map(|(m, d)| settle_one(ctx, function, m, *d))
-        .collect();
-    futures::stream::iter(each)
+    let mut others = Vec::new();
+    for (m, d) in msgs.iter().zip(dispositions) {
+        match d {
+            Disposition::Ack => settle_one(ctx, function, m, *d).await,
+            _ => others.push(settle_one(ctx, function, m, *d)),
+        }
+    }
+    futures::stream::iter(others)
         .buffer_unordered(SETTLING_AT_ONCE)
         .collect::<()>()
         .await;
