@@ -400,9 +400,11 @@ async fn consume_loop<F: Function>(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
-    // The next batch is fetched while this one is decided: under a backlog a fetch of 1,000
-    // messages takes tens of milliseconds that the loop would otherwise spend waiting.
-    let prefetch = || {
+    // Under a backlog (a full batch) the next batch is fetched while this one is decided: a fetch
+    // of 1,000 messages takes tens of milliseconds the loop would otherwise spend waiting. A short
+    // batch means the consumer has caught up: the next fetch then starts after this batch, and
+    // takes everything that arrived meanwhile (fewer, larger transactions at a steady rate).
+    let fetch_now = || {
         let (consumer, config) = (consumer.clone(), ctx.config.clone());
         tokio::spawn(async move {
             fetch(
@@ -414,8 +416,13 @@ async fn consume_loop<F: Function>(
             .await
         })
     };
-    let mut next = Some(prefetch());
-    while let Some(mut fetching) = next.take() {
+    let mut next = None;
+    loop {
+        let mut fetching = match next.take() {
+            Some(f) => f,
+            None if shutdown.is_cancelled() => break,
+            None => fetch_now(),
+        };
         let fetched = tokio::select! {
             biased;
             // A batch already fetched is decided before stopping; one still arriving is dropped
@@ -426,8 +433,12 @@ async fn consume_loop<F: Function>(
             }
             r = &mut fetching => r.unwrap_or_else(|e| Err(StepError::transient(e))),
         };
-        if !shutdown.is_cancelled() {
-            next = Some(prefetch());
+        if fetched
+            .as_ref()
+            .is_ok_and(|m| m.len() >= ctx.config.batch_max)
+            && !shutdown.is_cancelled()
+        {
+            next = Some(fetch_now());
         }
         let msgs = match fetched {
             Ok(m) if m.is_empty() => continue,
