@@ -34,7 +34,8 @@ pub mod telemetry;
 /// the runtime's threads; under glibc's malloc that was a third of the `deposit` process's CPU
 /// (`_int_malloc`, `unlink_chunk`, `malloc_consolidate`). Measured in `deposit-max`: the
 /// process's CPU and the run's time both fell by about a sixth, peak RSS 35 → 42 MiB.
-/// (mimalloc, tried first, saved little here and took RSS past 80 MiB.)
+/// (mimalloc, tried first, saved little here and took RSS past 80 MiB.) Its options are built
+/// in (`.cargo/config.toml`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
