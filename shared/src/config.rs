@@ -165,7 +165,7 @@ impl Config {
             streams_file: lookup("STREAMS_FILE")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
-            batch_max: number("BATCH_MAX", "2000", 1, 10_000)?,
+            batch_max: number("BATCH_MAX", "1000", 1, 10_000)?,
             batches_in_flight: number("BATCHES_IN_FLIGHT", "2", 1, 64)?,
             fetch_wait: duration("FETCH_WAIT", "5s")?,
             batch_linger: duration("BATCH_LINGER", "20ms")?,
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(c.names.subject("wallet.deposit"), "wallet.deposit");
         assert_eq!(
             (c.batch_max, c.batches_in_flight, c.batch_linger),
-            (2000, 2, Duration::from_millis(20))
+            (1000, 2, Duration::from_millis(20))
         );
     }
 
