@@ -404,17 +404,14 @@ async fn consume_loop<F: Function>(
     // of 1,000 messages takes tens of milliseconds the loop would otherwise spend waiting. A short
     // batch means the consumer has caught up: the next fetch then starts after this batch, and
     // takes everything that arrived meanwhile (fewer, larger transactions at a steady rate).
+    let (max, wait, linger) = (
+        ctx.config.batch_max,
+        ctx.config.fetch_wait,
+        ctx.config.batch_linger,
+    );
     let fetch_now = || {
-        let (consumer, config) = (consumer.clone(), ctx.config.clone());
-        tokio::spawn(async move {
-            fetch(
-                &consumer,
-                config.batch_max,
-                config.fetch_wait,
-                config.batch_linger,
-            )
-            .await
-        })
+        let consumer = consumer.clone();
+        tokio::spawn(async move { fetch(&consumer, max, wait, linger).await })
     };
     let mut next = None;
     loop {
@@ -433,11 +430,7 @@ async fn consume_loop<F: Function>(
             }
             r = &mut fetching => r.unwrap_or_else(|e| Err(StepError::transient(e))),
         };
-        if fetched
-            .as_ref()
-            .is_ok_and(|m| m.len() >= ctx.config.batch_max)
-            && !shutdown.is_cancelled()
-        {
+        if fetched.as_ref().is_ok_and(|m| m.len() >= max) && !shutdown.is_cancelled() {
             next = Some(fetch_now());
         }
         let msgs = match fetched {
