@@ -1,8 +1,8 @@
 //! The double-entry ledger.
 //!
 //! A batch opens a [`Book`] on the user wallets it touches: one statement creates the missing ones
-//! (those this process has not yet seen exist) and another locks them all, both in one fixed
-//! order, so that replicas never deadlock. The book
+//! (those this process has not yet seen exist), in key order, and another locks them all by id, in
+//! id order, so that replicas never deadlock. The book
 //! applies each command's postings in memory, in batch order, refusing any that would take a user
 //! wallet below zero, and knows the running balance after every command (for its event). Then
 //! [`Book::write`] stores all postings and the final balances in two set-based statements.
@@ -54,7 +54,7 @@ impl Kind {
 }
 
 /// A wallet: its owner, kind, provider (game and in_transit; a platform account's purpose) and
-/// currency. The derived order is the lock order.
+/// currency. The derived order is the order in which new wallets are created.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WalletKey {
     pub owner: String,
@@ -96,15 +96,15 @@ impl WalletKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Overdraft;
 
-/// Opens books; remembers platform account ids, which never change once committed, and which
-/// user wallets exist (accounts are never deleted), so that a batch asks PostgreSQL to create only
-/// the wallets it has not seen: with them all known, a batch skips the statement and its index
-/// probes.
+/// Opens books; remembers the ids of the wallets known to exist (ids never change once committed,
+/// and accounts are never deleted), so that a batch asks PostgreSQL to create only the wallets it
+/// has not seen, and locks the rest by primary key: with them all known, a batch is one locking
+/// statement on bigint keys, without four text columns per wallet to send, parse and compare.
 #[derive(Debug, Default)]
 pub struct Ledger {
     // std Mutexes: held only around map operations, never across an await.
     platform_ids: Mutex<HashMap<WalletKey, i64>>,
-    known: Mutex<HashSet<WalletKey>>,
+    known: Mutex<HashMap<WalletKey, i64>>,
 }
 
 /// Wallets remembered as existing, at most (about 100 bytes each); past it the set starts over.
@@ -127,25 +127,29 @@ pub struct Book {
 
 /// Creates the wallets that do not exist yet. `DO NOTHING` neither locks nor rewrites the existing
 /// rows; keys arrive sorted, so replicas creating the same new wallets wait for each other in one
-/// order. Returns the ones this transaction created.
+/// order (the only rows a transaction holds before it locks are the ones it created). Returns
+/// every key's id by position (`n`, from 1): once the INSERT is done, each key exists, committed
+/// (a concurrent creator's row, waited for) or created here, and the SELECT, a second statement
+/// with a new snapshot, sees them all.
 const CREATE_WALLETS: &str = "
     INSERT INTO accounts (owner, kind, provider, currency)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
     ON CONFLICT DO NOTHING
-    RETURNING owner, kind, provider, currency";
+    RETURNING id";
 
-/// Locks the wallets in one fixed order (LockRows runs above the sort). A lock only marks the row:
-/// unlike `ON CONFLICT DO UPDATE`, it writes no new row version, so the balance update that follows
-/// is the only one per wallet and batch, and fits on its page (fillfactor, V4) as a HOT update.
-/// Each row names its key by position (`n`, from 1) rather than by its four texts.
-const LOCK_WALLETS: &str = "
-    SELECT a.id, k.n, a.balance, a.version
+const WALLET_IDS: &str = "
+    SELECT a.id, k.n
     FROM accounts a
     JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[])
       WITH ORDINALITY AS k (owner, kind, provider, currency, n)
-      ON (a.owner, a.kind, a.provider, a.currency) = (k.owner, k.kind, k.provider, k.currency)
-    ORDER BY a.owner, a.kind, a.provider, a.currency
-    FOR UPDATE OF a";
+      ON (a.owner, a.kind, a.provider, a.currency) = (k.owner, k.kind, k.provider, k.currency)";
+
+/// Locks the wallets in id order, the one order every function uses (LockRows runs above the
+/// sort). A lock only marks the row: unlike `ON CONFLICT DO UPDATE`, it writes no new row version,
+/// so the balance update that follows is the only one per wallet and batch, and fits on its page
+/// (fillfactor, V4) as a HOT update.
+const LOCK_WALLETS: &str = "
+    SELECT id, balance, version FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 /// The platform account's id, and whether this transaction created it. `ON CONFLICT DO NOTHING`
 /// takes no lock on an existing row, so replicas never wait for each other here.
@@ -202,18 +206,16 @@ impl Ledger {
         Ok(id)
     }
 
-    /// Creates the missing wallets among `keys` and locks the user wallets, in key order.
+    /// Creates the missing wallets among `keys` (in key order) and locks the user wallets (in id
+    /// order).
     pub async fn open(
         &self,
         tx: &Transaction<'_>,
         keys: impl IntoIterator<Item = WalletKey>,
     ) -> Result<Book, StepError> {
-        let mut keys: Vec<WalletKey> = keys.into_iter().collect();
-        keys.sort();
-        keys.dedup();
-        let mut slots = HashMap::with_capacity(keys.len());
-        let (platform, users): (Vec<_>, Vec<_>) =
+        let (platform, users): (HashSet<WalletKey>, HashSet<WalletKey>) =
             keys.into_iter().partition(WalletKey::is_platform);
+        let mut slots = HashMap::with_capacity(platform.len() + users.len());
         for key in platform {
             let id = self.platform_id(tx, &key).await?;
             slots.insert(
@@ -226,84 +228,100 @@ impl Ledger {
                 },
             );
         }
-        if !users.is_empty() {
-            fn columns<'k>(keys: &[&'k WalletKey]) -> [Vec<&'k str>; 4] {
-                let mut c: [Vec<&str>; 4] = Default::default();
-                for k in keys {
-                    c[0].push(k.owner.as_str());
-                    c[1].push(k.kind.as_str());
-                    c[2].push(k.provider.as_str());
-                    c[3].push(k.currency.code());
+        if users.is_empty() {
+            return Ok(Book {
+                slots,
+                postings: Vec::new(),
+            });
+        }
+        let mut ids: HashMap<i64, WalletKey> = HashMap::with_capacity(users.len());
+        let mut unknown: Vec<WalletKey> = Vec::new();
+        {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            for key in users {
+                match known.get(&key) {
+                    Some(id) => {
+                        ids.insert(*id, key);
+                    }
+                    None => unknown.push(key),
                 }
-                c
             }
-            let unknown: Vec<&WalletKey> = {
-                let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-                users.iter().filter(|k| !known.contains(*k)).collect()
-            };
-            let mut created: HashSet<(String, String, String, String)> = HashSet::new();
-            if !unknown.is_empty() {
-                let [o, k, p, c] = columns(&unknown);
-                created = tx
-                    .query(&tx.prepare_cached(CREATE_WALLETS).await?, &[&o, &k, &p, &c])
-                    .await?
-                    .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                    .collect();
+        }
+        if !unknown.is_empty() {
+            unknown.sort();
+            let mut c: [Vec<&str>; 4] = Default::default();
+            for k in &unknown {
+                c[0].push(k.owner.as_str());
+                c[1].push(k.kind.as_str());
+                c[2].push(k.provider.as_str());
+                c[3].push(k.currency.code());
             }
-            let all: Vec<&WalletKey> = users.iter().collect();
-            let [o, k, p, c] = columns(&all);
+            let [o, k, p, c] = &c;
+            let created: HashSet<i64> = tx
+                .query(&tx.prepare_cached(CREATE_WALLETS).await?, &[o, k, p, c])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             let rows = tx
-                .query(&tx.prepare_cached(LOCK_WALLETS).await?, &[&o, &k, &p, &c])
+                .query(&tx.prepare_cached(WALLET_IDS).await?, &[o, k, p, c])
                 .await?;
-            if rows.len() != users.len() {
-                // Only a wallet believed to exist can be missing: the database was reset under
-                // this process. Forget what it believed and let the batch be retried.
-                self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            if rows.len() != unknown.len() {
                 return Err(StepError::transient(format!(
-                    "ledger: {} of {} wallets not found",
-                    users.len() - rows.len(),
-                    users.len()
+                    "ledger: {} of {} new wallets not found after creating them",
+                    unknown.len() - rows.len(),
+                    unknown.len()
                 )));
             }
-            {
-                // Existing before this transaction, so existing whatever becomes of it.
-                let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-                if known.len() + unknown.len() > KNOWN_WALLETS {
-                    known.clear();
-                }
-                known.extend(
-                    unknown
-                        .iter()
-                        .filter(|k| {
-                            !created.contains(&(
-                                k.owner.clone(),
-                                k.kind.as_str().to_owned(),
-                                k.provider.clone(),
-                                k.currency.code().to_owned(),
-                            ))
-                        })
-                        .map(|k| (*k).clone()),
-                );
+            let mut unknown: Vec<Option<WalletKey>> = unknown.into_iter().map(Some).collect();
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() + rows.len() > KNOWN_WALLETS {
+                known.clear();
             }
-            let mut keys: Vec<Option<WalletKey>> = users.into_iter().map(Some).collect();
             for row in rows {
-                let n: i64 = row.get(1);
+                let (id, n): (i64, i64) = (row.get(0), row.get(1));
                 let key = usize::try_from(n - 1)
                     .ok()
-                    .and_then(|i| keys.get_mut(i))
+                    .and_then(|i| unknown.get_mut(i))
                     .and_then(Option::take)
                     .ok_or_else(|| StepError::permanent(format!("ledger: unexpected row {n}")))?;
-                slots.insert(
-                    key,
-                    Slot {
-                        id: row.get(0),
-                        balance: row.get(2),
-                        version: row.get(3),
-                        dirty: false,
-                    },
-                );
+                // Only a wallet that existed before this transaction is remembered: one created
+                // here vanishes if the transaction rolls back.
+                if !created.contains(&id) {
+                    known.insert(key.clone(), id);
+                }
+                ids.insert(id, key);
             }
+        }
+        let mut order: Vec<i64> = ids.keys().copied().collect();
+        order.sort_unstable();
+        let rows = tx
+            .query(&tx.prepare_cached(LOCK_WALLETS).await?, &[&order])
+            .await?;
+        if rows.len() != order.len() {
+            // Only a wallet believed to exist can be missing: the database was reset under this
+            // process. Forget what it believed and let the batch be retried.
+            self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            return Err(StepError::transient(format!(
+                "ledger: {} of {} wallets not found",
+                order.len() - rows.len(),
+                order.len()
+            )));
+        }
+        for row in rows {
+            let id: i64 = row.get(0);
+            let key = ids
+                .remove(&id)
+                .ok_or_else(|| StepError::permanent(format!("ledger: unexpected wallet {id}")))?;
+            slots.insert(
+                key,
+                Slot {
+                    id,
+                    balance: row.get(1),
+                    version: row.get(2),
+                    dirty: false,
+                },
+            );
         }
         Ok(Book {
             slots,
