@@ -36,7 +36,7 @@ pub enum Disposition {
 pub struct Processed {
     /// One per message, in the order given.
     pub dispositions: Vec<Disposition>,
-    /// Committed outbox rows, to publish.
+    /// Committed outbox rows (one per transaction), to publish.
     pub rows: Vec<Row>,
     /// Events of commands answered before any transaction ([`Function::screen`]): published
     /// before their messages are acknowledged.
@@ -356,7 +356,7 @@ async fn decide_in<F: Function>(
         }
         dedup::release(tx, F::NAME, &undecided).await?;
     }
-    d.rows = outbox::insert(tx, messages).await?;
+    d.rows.extend(outbox::insert(tx, messages).await?);
     Ok(d)
 }
 

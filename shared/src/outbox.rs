@@ -1,11 +1,12 @@
 //! The transactional outbox.
 //!
-//! A function never publishes from inside its transaction: it inserts [`OutboxMessage`]s with its
-//! effect, and they are published after the commit — so a message goes out if and only if its
-//! effect committed, and at least once. Publishing a row means: write its wallet snapshots to the
-//! balance cache (so that whoever receives the event and then asks for the balance sees the
-//! effect), publish with its `Nats-Msg-Id` (JetStream drops a re-publish inside the duplicate
-//! window), then delete the row. The process that committed the rows publishes them at once; the
+//! A function never publishes from inside its transaction: it inserts its [`OutboxMessage`]s with
+//! its effect, and they are published after the commit — so a message goes out if and only if its
+//! effect committed, and at least once. A transaction's messages are one row (a batch of 1,000
+//! deposits is one insert and one delete, not a thousand of each). Publishing a row means: write
+//! its wallet snapshots to the balance cache (so that whoever receives an event and then asks for
+//! the balance sees the effect), publish each message with its `Nats-Msg-Id` (JetStream drops a
+//! re-publish inside the duplicate window), then delete the row. The process that committed the rows publishes them at once; the
 //! [`Relay`] publishes whatever a crash or an outage left behind, on any replica, with
 //! `FOR UPDATE SKIP LOCKED` so replicas share the work instead of repeating it.
 
@@ -32,33 +33,34 @@ pub struct OutboxMessage {
     pub wallets: Vec<WalletSnapshot>,
 }
 
-/// A row the current process committed, or the relay claimed.
+/// One transaction's messages, in publishing order: a row the current process committed, or the
+/// relay claimed.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub id: i64,
-    pub message: OutboxMessage,
+    pub messages: Vec<OutboxMessage>,
 }
 
 const INSERT: &str = "
-    INSERT INTO outbox (subject, msg_id, payload, wallets)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
+    INSERT INTO outbox (subjects, msg_ids, payloads, wallets) VALUES ($1, $2, $3, $4)
     RETURNING id";
 
 const CLAIM_STALE: &str = "
-    SELECT id, subject, msg_id, payload, wallets FROM outbox
+    SELECT id, subjects, msg_ids, payloads, wallets FROM outbox
     WHERE created_at < now() - $1::bigint * interval '1 millisecond'
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED";
 
 const DELETE: &str = "DELETE FROM outbox WHERE id = ANY($1)";
 
-/// Inserts `messages` in the caller's transaction; returns the rows to publish after the commit.
+/// Inserts `messages` as one row in the caller's transaction; returns it, to publish after the
+/// commit (none without messages).
 pub async fn insert(
     tx: &Transaction<'_>,
     messages: Vec<OutboxMessage>,
-) -> Result<Vec<Row>, StepError> {
+) -> Result<Option<Row>, StepError> {
     if messages.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
     let ids: Vec<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
@@ -67,18 +69,35 @@ pub async fn insert(
         .iter()
         .map(|m| serde_json::to_string(&m.wallets).unwrap_or_else(|_| "[]".into()))
         .collect();
-    let rows = tx
-        .query(
+    let row = tx
+        .query_one(
             &tx.prepare_cached(INSERT).await?,
             &[&subjects, &ids, &payloads, &wallets],
         )
         .await?;
-    // RETURNING follows the order of the inserted rows, which follows unnest's.
-    Ok(rows
-        .iter()
-        .map(|r| r.get::<_, i64>(0))
-        .zip(messages)
-        .map(|(id, message)| Row { id, message })
+    Ok(Some(Row {
+        id: row.get(0),
+        messages,
+    }))
+}
+
+/// A claimed row's messages; the CHECK of V5 keeps its arrays the same length.
+fn messages(r: &tokio_postgres::Row) -> Result<Vec<OutboxMessage>, StepError> {
+    let subjects: Vec<String> = r.try_get(1)?;
+    let msg_ids: Vec<String> = r.try_get(2)?;
+    let payloads: Vec<Vec<u8>> = r.try_get(3)?;
+    let wallets: Vec<String> = r.try_get(4)?;
+    Ok(subjects
+        .into_iter()
+        .zip(msg_ids)
+        .zip(payloads)
+        .zip(wallets)
+        .map(|(((subject, msg_id), payload), wallets)| OutboxMessage {
+            subject,
+            msg_id,
+            payload: payload.into(),
+            wallets: serde_json::from_str(&wallets).unwrap_or_default(),
+        })
         .collect())
 }
 
@@ -114,16 +133,17 @@ impl Publisher {
     /// Cache, then JetStream; returns the ids of the rows sent. Holds no database connection, so
     /// a caller inside a transaction never waits on the pool for a second one.
     async fn send(&self, rows: Vec<Row>) -> Result<Vec<i64>, StepError> {
-        self.send_messages(rows.iter().map(|r| &r.message)).await?;
-        metrics::counter!("wallet_outbox_published_total").increment(rows.len() as u64);
+        let messages = rows.iter().flat_map(|r| &r.messages);
+        self.send_messages(messages.clone()).await?;
+        metrics::counter!("wallet_outbox_published_total").increment(messages.count() as u64);
         Ok(rows.iter().map(|r| r.id).collect())
     }
 
     async fn send_messages(
         &self,
-        messages: impl ExactSizeIterator<Item = &OutboxMessage> + Clone,
+        messages: impl Iterator<Item = &OutboxMessage> + Clone,
     ) -> Result<(), StepError> {
-        if messages.len() == 0 {
+        if messages.clone().next().is_none() {
             return Ok(());
         }
         let wallets: Vec<WalletSnapshot> = messages
@@ -131,7 +151,7 @@ impl Publisher {
             .flat_map(|m| m.wallets.iter().cloned())
             .collect();
         self.cache.write_through(&wallets).await?;
-        let mut acks = Vec::with_capacity(messages.len());
+        let mut acks = Vec::with_capacity(messages.size_hint().0);
         for message in messages {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", message.msg_id.as_str());
@@ -149,34 +169,35 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes rows older than `age` that nobody else is publishing; returns how many.
+    /// Publishes rows older than `age` that nobody else is publishing; returns how many messages.
     pub async fn sweep(&self, age: Duration, limit: i64) -> Result<usize, StepError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-        let rows: Vec<Row> = tx
+        let rows = tx
             .query(CLAIM_STALE, &[&age_ms, &limit])
             .await?
             .iter()
-            .map(|r| Row {
-                id: r.get(0),
-                message: OutboxMessage {
-                    subject: r.get(1),
-                    msg_id: r.get(2),
-                    payload: r.get::<_, Vec<u8>>(3).into(),
-                    wallets: serde_json::from_str(r.get(4)).unwrap_or_default(),
-                },
+            .map(|r| {
+                Ok(Row {
+                    id: r.try_get(0)?,
+                    messages: messages(r)?,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Row>, StepError>>()?;
+        let count = rows.iter().map(|r| r.messages.len()).sum();
         // Publishing under the row locks: another replica's relay skips these rows meanwhile.
         let ids = self.send(rows).await?;
         if !ids.is_empty() {
             tx.execute(DELETE, &[&ids]).await?;
         }
         tx.commit().await?;
-        Ok(ids.len())
+        Ok(count)
     }
 }
+
+/// Rows the relay claims at a time: a row holds up to `BATCH_MAX` messages.
+const RELAY_ROWS: i64 = 8;
 
 /// Runs [`Publisher::sweep`] every `interval` until `shutdown`.
 pub async fn relay(publisher: Publisher, interval: Duration, shutdown: CancellationToken) {
@@ -188,7 +209,7 @@ pub async fn relay(publisher: Publisher, interval: Duration, shutdown: Cancellat
             () = tokio::time::sleep(interval) => {}
         }
         loop {
-            match publisher.sweep(age, 500).await {
+            match publisher.sweep(age, RELAY_ROWS).await {
                 Ok(n) if n > 0 => {
                     tracing::info!(published = n, "outbox relay published events left behind");
                     continue;

@@ -154,7 +154,7 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "no event has waited over 5 minutes in the outbox",
-        "SELECT count(*) || ' unpublished, oldest ' || min(created_at) FROM outbox
+        "SELECT sum(cardinality(msg_ids)) || ' unpublished, oldest ' || min(created_at) FROM outbox
          WHERE created_at < now() - interval '5 minutes' HAVING count(*) > 0",
     ),
 ];
@@ -168,7 +168,7 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
     let counts = pg
         .query_one(
             "SELECT (SELECT count(*) FROM accounts WHERE kind <> 'platform'), (SELECT count(*) FROM postings),
-                    (SELECT count(*) FROM commands), (SELECT count(*) FROM outbox),
+                    (SELECT count(*) FROM commands), (SELECT coalesce(sum(cardinality(msg_ids)), 0)::bigint FROM outbox),
                     (SELECT count(*) FROM transfers), (SELECT count(*) FROM transfers WHERE status = 'pending')",
             &[],
         )

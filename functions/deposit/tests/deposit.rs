@@ -679,8 +679,9 @@ async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an
     let pg = env.pg().await;
     for (msg_id, payload, wallets) in [row("late-5", 5, "50.00"), row("late-3", 3, "30.00")] {
         pg.execute(
-            "INSERT INTO outbox (subject, msg_id, payload, wallets, created_at)
-             VALUES ('wallet.events.deposit.completed', $1, $2, $3, now() - interval '1 minute')",
+            "INSERT INTO outbox (subjects, msg_ids, payloads, wallets, created_at)
+             VALUES (ARRAY['wallet.events.deposit.completed'], ARRAY[$1], ARRAY[$2::bytea],
+                     ARRAY[$3], now() - interval '1 minute')",
             &[&msg_id, &payload, &wallets],
         )
         .await

@@ -139,7 +139,11 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
     tx.commit().await?;
     drop(client);
     metrics::counter!("wallet_transfer_status_queries_total").increment(rows.len() as u64);
-    if let Err(e) = ctx.publisher().publish(published).await {
+    if let Err(e) = ctx
+        .publisher()
+        .publish(published.into_iter().collect())
+        .await
+    {
         tracing::warn!(error = %e, "status queries not published yet; the outbox relay will retry");
     }
     Ok(rows.len())
