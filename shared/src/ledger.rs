@@ -7,9 +7,13 @@
 //! wallet below zero, and knows the running balance after every command (for its event). Then
 //! [`Book::write`] stores all postings and the final balances in two set-based statements.
 //!
-//! Guarantees: the postings of every command sum to zero per currency; every user wallet's balance
-//! equals the sum of its postings and is never negative. Platform accounts (the counterpart of
-//! deposits, grants, …) are never locked or updated: their balance is the sum of their postings.
+//! Guarantees: the postings of every transaction (a journal entry, `postings.entry`) sum to zero
+//! per currency; every user wallet's balance equals the sum of its postings and is never negative.
+//! Platform accounts (the counterpart of deposits, grants, …) are never locked or updated: their
+//! balance is the sum of their postings. A user wallet's posting names its command; a platform
+//! account gets one posting per transaction, the sum of the batch's legs to it (measured: the
+//! per-command platform postings, half of a deposit batch's rows, cost 13 % of PostgreSQL's CPU
+//! in `deposit-max`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -122,7 +126,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct Book {
     slots: HashMap<WalletKey, Slot>,
-    postings: Vec<(i64, Decimal, String)>,
+    /// User wallets' postings, each with its command; platform legs are summed in their slots.
+    postings: Vec<(i64, Decimal, Option<String>)>,
 }
 
 /// Creates the wallets that do not exist yet. `DO NOTHING` neither locks nor rewrites the existing
@@ -367,12 +372,18 @@ impl Book {
         }
         for (key, amount) in legs {
             let slot = self.slots.get_mut(*key).expect("checked above");
-            if !key.is_platform() {
+            if key.is_platform() {
+                // The transaction's one posting to this account, written by `write`.
+                slot.balance = slot.balance.checked_add(*amount).ok_or_else(|| {
+                    StepError::permanent(format!("ledger: {command} overflows a platform sum"))
+                })?;
+            } else {
                 slot.balance += *amount;
                 slot.version += 1;
                 slot.dirty = true;
+                self.postings
+                    .push((slot.id, *amount, Some(command.to_owned())));
             }
-            self.postings.push((slot.id, *amount, command.to_owned()));
         }
         Ok(Ok(()))
     }
@@ -383,12 +394,21 @@ impl Book {
         Some(WalletSnapshot::new(key, slot.version, slot.balance))
     }
 
-    /// Stores the postings and the new balances.
-    pub async fn write(self, tx: &Transaction<'_>) -> Result<(), StepError> {
+    /// Stores the postings, one per platform account touched, and the new balances.
+    pub async fn write(mut self, tx: &Transaction<'_>) -> Result<(), StepError> {
+        let mut platform: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|(k, s)| k.is_platform() && !s.balance.is_zero())
+            .map(|(_, s)| s)
+            .collect();
+        platform.sort_by_key(|s| s.id);
+        self.postings
+            .extend(platform.iter().map(|s| (s.id, s.balance, None)));
         if self.postings.is_empty() {
             return Ok(());
         }
-        let (ids, amounts, commands): (Vec<i64>, Vec<Decimal>, Vec<String>) =
+        let (ids, amounts, commands): (Vec<i64>, Vec<Decimal>, Vec<Option<String>>) =
             self.postings.into_iter().fold(
                 (Vec::new(), Vec::new(), Vec::new()),
                 |(mut a, mut b, mut c), (id, amount, command)| {

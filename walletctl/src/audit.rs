@@ -63,10 +63,11 @@ const CHECKS: &[(&str, &str)] = &[
          GROUP BY a.currency HAVING sum(p.amount) <> 0",
     ),
     (
-        "every command's postings sum to zero per currency",
-        "SELECT p.command || ' ' || a.currency || ': ' || sum(p.amount)
+        // A journal entry is a transaction's postings (V6); before V6, a command's.
+        "every journal entry's postings sum to zero per currency",
+        "SELECT coalesce('transaction ' || p.entry, p.command) || ' ' || a.currency || ': ' || sum(p.amount)
          FROM postings p JOIN accounts a ON a.id = p.account_id
-         GROUP BY p.command, a.currency HAVING sum(p.amount) <> 0",
+         GROUP BY coalesce('transaction ' || p.entry, p.command), a.currency HAVING sum(p.amount) <> 0",
     ),
     (
         "every wallet's balance equals the sum of its postings",
@@ -79,7 +80,7 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "every posting's account exists",
-        "SELECT 'posting ' || p.id || ' of ' || p.command || ': no account ' || p.account_id
+        "SELECT 'posting ' || p.id || ': no account ' || p.account_id
          FROM postings p WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = p.account_id)",
     ),
     (
@@ -88,9 +89,16 @@ const CHECKS: &[(&str, &str)] = &[
          FROM accounts WHERE kind <> 'platform' AND balance < 0",
     ),
     (
-        "every posting belongs to a command remembered by dedup",
+        "every posting to a user wallet names its command; only platform accounts get a transaction's sum",
+        "SELECT 'posting ' || p.id || ' to ' || a.owner || ' ' || a.kind || ' ' || a.currency || ': no command'
+         FROM postings p JOIN accounts a ON a.id = p.account_id
+         WHERE p.command IS NULL AND a.kind <> 'platform'",
+    ),
+    (
+        "every posting's command is remembered by dedup",
         "SELECT DISTINCT p.command FROM postings p
-         WHERE NOT EXISTS (SELECT 1 FROM commands c WHERE c.function || ':' || c.id = p.command)",
+         WHERE p.command IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.function || ':' || c.id = p.command)",
     ),
     (
         "every in_transit amount equals the sum of its pending transfers",
@@ -146,11 +154,13 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "every grant credited exactly its amount",
-        "SELECT g.id || ': ' || count(p.id) || ' leg(s), ' || coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0)
-                || ' credited for ' || g.amount
+        // The campaign's side is in the transaction's one posting to its platform account (V6).
+        "SELECT g.id || ': ' || count(p.id) FILTER (WHERE p.amount > 0) || ' credit(s), '
+                || coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0) || ' credited for ' || g.amount
          FROM grants g LEFT JOIN postings p ON p.command = 'bonus-grant:' || g.id
          GROUP BY g.id, g.amount
-         HAVING count(p.id) <> 2 OR coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0) <> g.amount",
+         HAVING count(p.id) FILTER (WHERE p.amount > 0) <> 1
+             OR coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0) <> g.amount",
     ),
     (
         "no event has waited over 5 minutes in the outbox",

@@ -449,12 +449,19 @@ async fn kill_9_with_2000_deposits_in_flight_then_restart_applies_each_exactly_o
         );
     }
     let pg = env.pg().await;
-    let postings: i64 = pg
-        .query_one("SELECT count(*) FROM postings", &[])
+    // One posting per deposit to its user; the platform's side, one per transaction, sums to
+    // the deposits' total.
+    let row = pg
+        .query_one(
+            "SELECT count(*) FILTER (WHERE command IS NOT NULL),
+                    sum(amount) FILTER (WHERE command IS NULL)::text FROM postings",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(postings, 4000, "two postings per deposit, no more");
+        .unwrap();
+    let (user_postings, platform): (i64, String) = (row.get(0), row.get(1));
+    assert_eq!(user_postings, 2000, "one user posting per deposit, no more");
+    assert_eq!(platform, "-2500.00");
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
 }
@@ -517,6 +524,21 @@ async fn audit_fails_on_a_tampered_balance() {
         report
             .to_string()
             .contains("FAIL  every wallet's balance equals the sum of its postings"),
+        "{report}"
+    );
+    // The platform's side of the deposit's transaction made smaller: that entry no longer
+    // balances, and no user wallet shows it.
+    env.pg()
+        .await
+        .execute(
+            "UPDATE postings SET amount = amount + 1 WHERE command IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = env.audit().await.to_string();
+    assert!(
+        report.contains("FAIL  every journal entry's postings sum to zero per currency"),
         "{report}"
     );
 }
