@@ -221,6 +221,10 @@ impl Ledger {
         let (platform, users): (HashSet<WalletKey>, HashSet<WalletKey>) =
             keys.into_iter().partition(WalletKey::is_platform);
         let mut slots = HashMap::with_capacity(platform.len() + users.len());
+        // Created in key order too: two transactions creating the same new platform accounts
+        // must not wait for each other in opposite orders.
+        let mut platform: Vec<WalletKey> = platform.into_iter().collect();
+        platform.sort();
         for key in platform {
             let id = self.platform_id(tx, &key).await?;
             slots.insert(
