@@ -152,9 +152,11 @@ const WALLET_IDS: &str = "
 /// Locks the wallets in id order, the one order every function uses (LockRows runs above the
 /// sort). A lock only marks the row: unlike `ON CONFLICT DO UPDATE`, it writes no new row version,
 /// so the balance update that follows is the only one per wallet and batch, and fits on its page
-/// (fillfactor, V4) as a HOT update.
+/// (fillfactor, V4) as a HOT update. Each row comes back with its key: an id is checked against
+/// the wallet this process knew by it.
 const LOCK_WALLETS: &str = "
-    SELECT id, balance, version FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+    SELECT id, balance, version, owner, kind, provider, currency
+    FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 /// The platform account's id, and whether this transaction created it. `ON CONFLICT DO NOTHING`
 /// takes no lock on an existing row, so replicas never wait for each other here.
@@ -322,6 +324,23 @@ impl Ledger {
             let key = ids
                 .remove(&id)
                 .ok_or_else(|| StepError::permanent(format!("ledger: unexpected wallet {id}")))?;
+            let (owner, kind, provider, currency): (&str, &str, &str, &str) =
+                (row.get(3), row.get(4), row.get(5), row.get(6));
+            if (owner, kind, provider, currency)
+                != (
+                    key.owner.as_str(),
+                    key.kind.as_str(),
+                    key.provider.as_str(),
+                    key.currency.code(),
+                )
+            {
+                // The id now names another wallet: the database was restored or recreated
+                // under this process. Forget what it believed and let the batch be retried.
+                self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                return Err(StepError::transient(format!(
+                    "ledger: wallet {id} is no longer {key:?}"
+                )));
+            }
             slots.insert(
                 key,
                 Slot {

@@ -790,3 +790,43 @@ async fn concurrent_batches_creating_the_platform_account_both_commit() {
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
 }
+
+/// The process remembers wallets' ids; a database restored under it (point-in-time recovery, a
+/// recreated database) may give a remembered id to another wallet. The lock notices, the batch is
+/// retried, and the deposit lands on its own user's wallet.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remembered_wallet_id_that_now_names_another_wallet_is_not_credited() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    // The first deposit creates u-1's wallet; the second finds it, and the process remembers it.
+    for id in ["r-0", "r-1"] {
+        env.publish("wallet.deposit", id, deposit(id, "u-1", "10", "USD"))
+            .await;
+        events.by_id(&format!("deposit:{id}:completed"), T).await;
+    }
+    // As a restore to before u-1's wallet existed, after which u-2's got the same id.
+    let pg = env.pg().await;
+    pg.batch_execute(
+        "CREATE TEMP TABLE w AS SELECT id FROM accounts WHERE owner = 'u-1';
+         DELETE FROM postings WHERE account_id IN (SELECT id FROM w);
+         DELETE FROM accounts WHERE id IN (SELECT id FROM w);
+         INSERT INTO accounts (id, owner, kind, provider, currency)
+             OVERRIDING SYSTEM VALUE SELECT id, 'u-2', 'main', '', 'USD' FROM w;",
+    )
+    .await
+    .unwrap();
+    env.publish("wallet.deposit", "r-2", deposit("r-2", "u-1", "5", "USD"))
+        .await;
+    let e = events.by_id("deposit:r-2:completed", T).await;
+    assert_eq!(e.body["balance"], "5.00");
+    assert_eq!(
+        env.stored_balance("u-2", "main", "USD").await,
+        rust_decimal::Decimal::ZERO,
+        "u-1's deposit credited the wallet that now has its old id"
+    );
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(5)
+    );
+}
