@@ -213,6 +213,13 @@ impl Ledger {
         Ok(id)
     }
 
+    /// The database was reset, restored or recreated under this process: what it remembers of the
+    /// wallets is forgotten, and the batch is retried (transient) against what is there now.
+    fn forget(&self, what: String) -> StepError {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        StepError::transient(format!("ledger: {what}"))
+    }
+
     /// Creates the missing wallets among `keys` (in key order) and locks the user wallets (in id
     /// order).
     pub async fn open(
@@ -310,11 +317,9 @@ impl Ledger {
             .query(&tx.prepare_cached(LOCK_WALLETS).await?, &[&order])
             .await?;
         if rows.len() != order.len() {
-            // Only a wallet believed to exist can be missing: the database was reset under this
-            // process. Forget what it believed and let the batch be retried.
-            self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            return Err(StepError::transient(format!(
-                "ledger: {} of {} wallets not found",
+            // Only a wallet believed to exist can be missing.
+            return Err(self.forget(format!(
+                "{} of {} wallets not found",
                 order.len() - rows.len(),
                 order.len()
             )));
@@ -334,12 +339,7 @@ impl Ledger {
                     key.currency.code(),
                 )
             {
-                // The id now names another wallet: the database was restored or recreated
-                // under this process. Forget what it believed and let the batch be retried.
-                self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                return Err(StepError::transient(format!(
-                    "ledger: wallet {id} is no longer {key:?}"
-                )));
+                return Err(self.forget(format!("wallet {id} is no longer {key:?}")));
             }
             slots.insert(
                 key,

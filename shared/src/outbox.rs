@@ -6,9 +6,9 @@
 //! deposits is one insert and one delete, not a thousand of each). Publishing a row means: write
 //! its wallet snapshots to the balance cache (so that whoever receives an event and then asks for
 //! the balance sees the effect), publish each message with its `Nats-Msg-Id` (JetStream drops a
-//! re-publish inside the duplicate window), then delete the row. The process that committed the rows publishes them at once; the
-//! [`Relay`] publishes whatever a crash or an outage left behind, on any replica, with
-//! `FOR UPDATE SKIP LOCKED` so replicas share the work instead of repeating it.
+//! re-publish inside the duplicate window), then delete the row. The process that committed a row
+//! publishes it at once; the [`relay`] publishes whatever a crash or an outage left behind, on any
+//! replica, with `FOR UPDATE SKIP LOCKED` so replicas share the work instead of repeating it.
 
 use std::future::IntoFuture;
 use std::time::Duration;
