@@ -7,7 +7,7 @@
 //! dead-lettered once its deliveries are used up). The result says what to do with each message;
 //! nothing is acknowledged here, so the caller acknowledges only what has committed.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::Message;

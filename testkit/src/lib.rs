@@ -935,6 +935,17 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The seconds to live of `user`'s balance hash (-2: no hash; -1: one without a TTL).
+    pub async fn cached_ttl(&self, user: &str) -> i64 {
+        let client = wallet_runtime::cache::client(&self.config).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("TTL")
+            .arg(self.config.names.redis_key(&format!("bal:{user}")))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
     /// `walletctl audit` on this namespace.
     pub async fn audit(&self) -> walletctl::audit::Report {
         walletctl::audit::audit(&self.config).await.unwrap()

@@ -52,6 +52,10 @@ async fn a_deposit_completes_with_the_contract_event_and_reads_back() {
         "{at}"
     );
 
+    // The event's write-through created u-7's hash, with a TTL from its first field on.
+    let ttl = env.cached_ttl("u-7").await;
+    assert!((1..=86_400).contains(&ttl), "TTL {ttl}");
+
     env.ready(&balance).await;
     assert_eq!(
         env.balance("u-7").await,
@@ -71,6 +75,8 @@ async fn a_deposit_completes_with_the_contract_event_and_reads_back() {
     assert_eq!(e.body["balance"], "11.00");
     let e = events.by_id("deposit:d-3:completed", T).await;
     assert_eq!(e.body["balance"], "1000");
+    let ttl = env.cached_ttl("u-7").await;
+    assert!((1..=86_400).contains(&ttl), "TTL {ttl}");
     assert_eq!(
         env.balance("u-7").await["wallets"],
         json!([{"kind": "main", "currency": "USD", "balance": "11.00"}, {"kind": "main", "currency": "VND", "balance": "1000"}])
