@@ -67,7 +67,7 @@ for profile in $PROFILES; do
   case "$profile" in
     raw)
       echo "bench: raw"
-      "$BIN/walletctl" bench raw --count 300000 --json >"$OUT/raw.json" ;;
+      "$BIN/walletctl" bench raw --count 300000 --runs "${RAW_RUNS:-3}" --json >"$OUT/raw.json" ;;
     deposit-max)
       fresh; start deposit
       load deposit-max --count 300000 --users 10000 ;;

@@ -101,6 +101,9 @@ pub enum BenchCmd {
     Raw {
         #[arg(long, default_value_t = 300_000)]
         count: usize,
+        /// Measure this many times and keep the fastest run (the ceiling).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+        runs: u16,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -201,9 +204,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             })
         }
         Cmd::Bench {
-            command: BenchCmd::Raw { count, json },
+            command: BenchCmd::Raw { count, runs, json },
         } => {
-            let raw = load::raw::run(&config, count).await?;
+            let raw = load::raw::run(&config, count, usize::from(runs)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&raw)?);
             } else {
@@ -211,6 +214,10 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                     "raw: {} messages of {} bytes published in {:.2} s, consumed and acked in {:.2} s: {:.0}/s",
                     raw.messages, raw.payload_bytes, raw.publish_seconds, raw.seconds, raw.rate
                 );
+                if !raw.rates.is_empty() {
+                    let all: Vec<String> = raw.rates.iter().map(|r| format!("{r:.0}")).collect();
+                    println!("fastest of {} runs: {}/s", all.len(), all.join(", "));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -143,3 +143,28 @@ fn bad_options_are_one_clear_line() {
         assert!(e.contains(needle), "{line}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_keeps_the_fastest_of_its_runs_and_leaves_no_stream_behind() {
+    use futures::TryStreamExt;
+    let env = TestEnv::new().await;
+    let raw = load::raw::run(&env.config, 2_000, 3).await.unwrap();
+    assert_eq!(raw.messages, 2_000);
+    assert_eq!(raw.rates.len(), 3, "{raw:?}");
+    let fastest = raw.rates.iter().copied().fold(f64::MIN, f64::max);
+    assert_eq!(raw.rate, fastest, "{raw:?}");
+    assert!((raw.rate - 2_000.0 / raw.seconds).abs() < 1e-6, "{raw:?}");
+    let js = async_nats::jetstream::new(async_nats::connect(testkit::nats_url()).await.unwrap());
+    let prefix = env.config.names.name("RAW");
+    let left: Vec<String> = js
+        .stream_names()
+        .try_filter(|n| std::future::ready(n.starts_with(&prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    // One run keeps its JSON as before: no list of rates.
+    let one = load::raw::run(&env.config, 500, 1).await.unwrap();
+    assert!(one.rates.is_empty());
+    assert!(!serde_json::to_string(&one).unwrap().contains("rates"));
+}

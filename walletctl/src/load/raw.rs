@@ -23,12 +23,34 @@ pub struct Raw {
     pub seconds: f64,
     /// Messages published, consumed and acknowledged per second.
     pub rate: f64,
+    /// Every run's rate, when there were several; the fields above are the fastest run's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rates: Vec<f64>,
 }
 
 /// Messages per fetch, as the raw profile sets it.
 const BATCH: usize = 1_000;
 
-pub async fn run(config: &Config, count: usize) -> anyhow::Result<Raw> {
+/// `runs` measurements, one after another; the fastest is the ceiling. One run on a shared
+/// 2-core host varies by ±20 %, and a slow `raw` would flatter every ratio taken against it.
+pub async fn run(config: &Config, count: usize, runs: usize) -> anyhow::Result<Raw> {
+    let mut best: Option<Raw> = None;
+    let mut rates = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let raw = run_once(config, count).await?;
+        rates.push(raw.rate);
+        if best.as_ref().is_none_or(|b| raw.rate > b.rate) {
+            best = Some(raw);
+        }
+    }
+    let mut best = best.context("no raw run was made")?;
+    if rates.len() > 1 {
+        best.rates = rates;
+    }
+    Ok(best)
+}
+
+async fn run_once(config: &Config, count: usize) -> anyhow::Result<Raw> {
     let js = jetstream::new(crate::nats(config).await?);
     let name = config.names.name(&format!("RAW{}", std::process::id()));
     let subject = config
@@ -104,5 +126,6 @@ async fn measure(
         publish_seconds,
         seconds,
         rate: count as f64 / seconds,
+        rates: Vec::new(),
     })
 }

@@ -471,9 +471,19 @@ pub fn markdown(p: &Provenance, raw: Option<&Raw>, reports: &[Report]) -> String
             target(
                 "deposit-max ≥ 0.3 × raw".into(),
                 format!(
-                    "{}/s ÷ {}/s = {share:.2}",
+                    "{}/s ÷ {}/s = {share:.2}{}",
                     rate(d.outcomes_per_second),
-                    rate(raw.rate)
+                    rate(raw.rate),
+                    if raw.rates.len() > 1 {
+                        let all: Vec<String> = raw.rates.iter().map(|r| rate(*r)).collect();
+                        format!(
+                            " (raw: the fastest of {} runs, {}/s)",
+                            all.len(),
+                            all.join(", ")
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
                 Some(share >= 0.3),
             );
