@@ -7,11 +7,11 @@
 //! dead-lettered once its deliveries are used up). The result says what to do with each message;
 //! nothing is acknowledged here, so the caller acknowledges only what has committed.
 
-use foldhash::{HashMap, HashMapExt};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::Message;
 use deadpool_postgres::Transaction;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::context::Context;
 use crate::dedup::{self, Claim, Fingerprint};

@@ -17,9 +17,8 @@
 
 use std::sync::Mutex;
 
-use foldhash::{HashMap, HashMapExt, HashSet};
-
 use deadpool_postgres::Transaction;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use rust_decimal::Decimal;
 
 use crate::cache::WalletSnapshot;

@@ -1,10 +1,11 @@
-//! `walletctl load --raw`: the ceiling of this machine, measured in the same run as the profiles.
+//! `walletctl bench raw`: the ceiling of this machine, measured in the same run as the profiles.
 //!
 //! A throwaway file stream, `count` deposit-sized messages published at full speed (with
 //! `Nats-Msg-Id`, up to [`super::IN_FLIGHT`] publish acks in flight), and one durable pull
 //! consumer that fetches batches of 1,000 and acknowledges every message while the publisher
 //! runs — JetStream doing a deposit's message work and nothing else. The rate is `count` over the
-//! seconds from the first publish to the last acknowledgement.
+//! seconds from the first publish to the last acknowledgement; with `--runs`, the fastest of
+//! several runs.
 
 use std::time::{Duration, Instant};
 
