@@ -472,3 +472,83 @@ impl Book {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::money::Currencies;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str_exact(s).unwrap()
+    }
+
+    /// A book as `Ledger::open` leaves it: these wallets locked, at these balances.
+    fn book(wallets: &[(&WalletKey, &str)]) -> Book {
+        Book {
+            slots: wallets
+                .iter()
+                .zip(1..)
+                .map(|((key, balance), id)| {
+                    let slot = Slot {
+                        id,
+                        balance: if key.is_platform() {
+                            Decimal::ZERO
+                        } else {
+                            dec(balance)
+                        },
+                        version: 0,
+                        dirty: false,
+                    };
+                    ((*key).clone(), slot)
+                })
+                .collect(),
+            postings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn legs_are_summed_per_currency_and_an_unbalanced_command_changes_nothing() {
+        let currencies = Currencies::default();
+        let (usd, eur) = (
+            currencies.get("USD").unwrap(),
+            currencies.get("EUR").unwrap(),
+        );
+        let (main_usd, main_eur) = (WalletKey::main("u-1", usd), WalletKey::main("u-1", eur));
+        let (fx_usd, fx_eur) = (
+            WalletKey::platform("fx", usd),
+            WalletKey::platform("fx", eur),
+        );
+        let mut b = book(&[
+            (&main_usd, "10.00"),
+            (&main_eur, "0"),
+            (&fx_usd, ""),
+            (&fx_eur, ""),
+        ]);
+
+        // 5 USD for 4 EUR: each currency's legs sum to zero, though the four amounts do not.
+        let exchange = [
+            (&main_usd, dec("-5")),
+            (&fx_usd, dec("5")),
+            (&fx_eur, dec("-4")),
+            (&main_eur, dec("4")),
+        ];
+        assert_eq!(b.post("fx:1", &exchange).unwrap(), Ok(()));
+        assert_eq!(b.snapshot(&main_usd).unwrap().balance, "5.00");
+        assert_eq!(b.snapshot(&main_eur).unwrap().balance, "4.00");
+
+        // Balanced in total (−5 + 5) but not per currency: refused, and nothing moved.
+        let crossed = [(&main_usd, dec("-5")), (&main_eur, dec("5"))];
+        let e = b.post("fx:2", &crossed).unwrap_err();
+        assert!(e.to_string().contains("do not balance"), "{e}");
+        assert_eq!(b.snapshot(&main_usd).unwrap().balance, "5.00");
+        assert_eq!(b.snapshot(&main_eur).unwrap().balance, "4.00");
+        assert_eq!(b.postings.len(), 2);
+
+        // Below zero: an overdraft, not an error, and nothing moved either.
+        let too_much = [(&main_usd, dec("-6")), (&fx_usd, dec("6"))];
+        assert_eq!(b.post("fx:3", &too_much).unwrap(), Err(Overdraft));
+        assert_eq!(b.snapshot(&main_usd).unwrap().balance, "5.00");
+        assert_eq!(b.postings.len(), 2);
+    }
+}

@@ -214,9 +214,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                     "raw: {} messages of {} bytes published in {:.2} s, consumed and acked in {:.2} s: {:.0}/s",
                     raw.messages, raw.payload_bytes, raw.publish_seconds, raw.seconds, raw.rate
                 );
-                if !raw.rates.is_empty() {
-                    let all: Vec<String> = raw.rates.iter().map(|r| format!("{r:.0}")).collect();
-                    println!("fastest of {} runs: {}/s", all.len(), all.join(", "));
+                if let Some(runs) = raw.runs() {
+                    println!("{runs}");
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -154,6 +154,11 @@ async fn raw_keeps_the_fastest_of_its_runs_and_leaves_no_stream_behind() {
     let fastest = raw.rates.iter().copied().fold(f64::MIN, f64::max);
     assert_eq!(raw.rate, fastest, "{raw:?}");
     assert!((raw.rate - 2_000.0 / raw.seconds).abs() < 1e-6, "{raw:?}");
+    let runs = raw.runs().unwrap();
+    assert!(
+        runs.starts_with("the fastest of 3 runs: ") && runs.ends_with("/s"),
+        "{runs}"
+    );
     let js = async_nats::jetstream::new(async_nats::connect(testkit::nats_url()).await.unwrap());
     let prefix = env.config.names.name("RAW");
     let left: Vec<String> = js
@@ -165,6 +170,6 @@ async fn raw_keeps_the_fastest_of_its_runs_and_leaves_no_stream_behind() {
     assert!(left.is_empty(), "{left:?}");
     // One run keeps its JSON as before: no list of rates.
     let one = load::raw::run(&env.config, 500, 1).await.unwrap();
-    assert!(one.rates.is_empty());
+    assert!(one.rates.is_empty() && one.runs().is_none());
     assert!(!serde_json::to_string(&one).unwrap().contains("rates"));
 }

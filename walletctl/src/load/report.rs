@@ -209,7 +209,7 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn rate(r: f64) -> String {
+pub(super) fn rate(r: f64) -> String {
     thousands(r.round() as u64)
 }
 
@@ -474,16 +474,9 @@ pub fn markdown(p: &Provenance, raw: Option<&Raw>, reports: &[Report]) -> String
                     "{}/s ÷ {}/s = {share:.2}{}",
                     rate(d.outcomes_per_second),
                     rate(raw.rate),
-                    if raw.rates.len() > 1 {
-                        let all: Vec<String> = raw.rates.iter().map(|r| rate(*r)).collect();
-                        format!(
-                            " (raw: the fastest of {} runs, {}/s)",
-                            all.len(),
-                            all.join(", ")
-                        )
-                    } else {
-                        String::new()
-                    }
+                    raw.runs()
+                        .map(|r| format!(" (raw: {r})"))
+                        .unwrap_or_default()
                 ),
                 Some(share >= 0.3),
             );
