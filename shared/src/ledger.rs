@@ -383,11 +383,10 @@ impl Book {
             let slot = self.slots.get(*key).ok_or_else(|| {
                 StepError::permanent(format!("ledger: wallet {key:?} was not opened"))
             })?;
-            if key.is_platform() {
-                continue;
-            }
+            // A platform slot's balance is the transaction's sum to it (see `write`): it may
+            // overflow but never overdraws.
             match slot.balance.checked_add(*amount) {
-                Some(b) if b < Decimal::ZERO => return Ok(Err(Overdraft)),
+                Some(b) if b < Decimal::ZERO && !key.is_platform() => return Ok(Err(Overdraft)),
                 Some(_) => {}
                 None => {
                     return Err(StepError::permanent(format!(
@@ -403,13 +402,11 @@ impl Book {
         }
         for (key, amount) in legs {
             let slot = self.slots.get_mut(*key).expect("checked above");
-            if key.is_platform() {
-                // The transaction's one posting to this account, written by `write`.
-                slot.balance = slot.balance.checked_add(*amount).ok_or_else(|| {
-                    StepError::permanent(format!("ledger: {command} overflows a platform sum"))
-                })?;
-            } else {
-                slot.balance += *amount;
+            // Checked again: two legs to one wallet are checked one by one above.
+            slot.balance = slot.balance.checked_add(*amount).ok_or_else(|| {
+                StepError::permanent(format!("ledger: {command} overflows a balance"))
+            })?;
+            if !key.is_platform() {
                 slot.version += 1;
                 slot.dirty = true;
                 self.postings

@@ -547,6 +547,20 @@ async fn audit_fails_on_a_tampered_balance() {
         report.contains("FAIL  every journal entry's postings sum to zero per currency"),
         "{report}"
     );
+    // A user wallet's posting that no longer names its command.
+    env.pg()
+        .await
+        .execute(
+            "UPDATE postings SET command = NULL WHERE command IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = env.audit().await.to_string();
+    assert!(
+        report.contains("FAIL  every posting to a user wallet names its command"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
