@@ -149,14 +149,20 @@ const WALLET_IDS: &str = "
       WITH ORDINALITY AS k (owner, kind, provider, currency, n)
       ON (a.owner, a.kind, a.provider, a.currency) = (k.owner, k.kind, k.provider, k.currency)";
 
-/// Locks the wallets in id order, the one order every function uses (LockRows runs above the
-/// sort). A lock only marks the row: unlike `ON CONFLICT DO UPDATE`, it writes no new row version,
-/// so the balance update that follows is the only one per wallet and batch, and fits on its page
-/// (fillfactor, V4) as a HOT update. Each row comes back with its key: an id is checked against
-/// the wallet this process knew by it.
+/// Locks the user wallets (`$1`) in id order, the one order every function uses (LockRows runs
+/// above the sort). A lock only marks the row: unlike `ON CONFLICT DO UPDATE`, it writes no new
+/// row version, so the balance update that follows is the only one per wallet and batch, and fits
+/// on its page (fillfactor, V4) as a HOT update. The remembered platform accounts (`$2`) are read,
+/// not locked: every replica posts to them. Each row comes back with its key: an id is checked
+/// against the wallet this process knew by it.
 const LOCK_WALLETS: &str = "
+    WITH locked AS (
+        SELECT id, balance, version, owner, kind, provider, currency
+        FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+    SELECT * FROM locked
+    UNION ALL
     SELECT id, balance, version, owner, kind, provider, currency
-    FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+    FROM accounts WHERE id = ANY($2)";
 
 /// The platform account's id, and whether this transaction created it. `ON CONFLICT DO NOTHING`
 /// takes no lock on an existing row, so replicas never wait for each other here.
@@ -179,16 +185,21 @@ const UPDATE_BALANCES: &str = "
 
 impl Ledger {
     /// Resolved in the caller's transaction (a second connection could wait on a pool the
-    /// transaction itself exhausts). Only an id that was already committed is remembered: one
-    /// this transaction created vanishes if it rolls back.
-    async fn platform_id(&self, tx: &Transaction<'_>, key: &WalletKey) -> Result<i64, StepError> {
+    /// transaction itself exhausts), and whether it was remembered (to be checked when the user
+    /// wallets are locked). Only an id that was already committed is remembered: one this
+    /// transaction created vanishes if it rolls back.
+    async fn platform_id(
+        &self,
+        tx: &Transaction<'_>,
+        key: &WalletKey,
+    ) -> Result<(i64, bool), StepError> {
         if let Some(id) = self
             .platform_ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
         {
-            return Ok(*id);
+            return Ok((*id, true));
         }
         let statement = tx.prepare_cached(PLATFORM_ACCOUNT).await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
@@ -210,13 +221,17 @@ impl Ledger {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(key.clone(), id);
         }
-        Ok(id)
+        Ok((id, false))
     }
 
     /// The database was reset, restored or recreated under this process: what it remembers of the
     /// wallets is forgotten, and the batch is retried (transient) against what is there now.
     fn forget(&self, what: String) -> StepError {
         self.known.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.platform_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         StepError::transient(format!("ledger: {what}"))
     }
 
@@ -234,8 +249,13 @@ impl Ledger {
         // must not wait for each other in opposite orders.
         let mut platform: Vec<WalletKey> = platform.into_iter().collect();
         platform.sort();
+        // Remembered platform ids, checked with the lock below like the user wallets' ids.
+        let mut remembered: HashMap<i64, WalletKey> = HashMap::default();
         for key in platform {
-            let id = self.platform_id(tx, &key).await?;
+            let (id, was_remembered) = self.platform_id(tx, &key).await?;
+            if was_remembered {
+                remembered.insert(id, key.clone());
+            }
             slots.insert(
                 key,
                 Slot {
@@ -246,7 +266,7 @@ impl Ledger {
                 },
             );
         }
-        if users.is_empty() {
+        if users.is_empty() && remembered.is_empty() {
             return Ok(Book {
                 slots,
                 postings: Vec::new(),
@@ -313,22 +333,32 @@ impl Ledger {
         }
         let mut order: Vec<i64> = ids.keys().copied().collect();
         order.sort_unstable();
+        let platform_ids: Vec<i64> = remembered.keys().copied().collect();
         let rows = tx
-            .query(&tx.prepare_cached(LOCK_WALLETS).await?, &[&order])
+            .query(
+                &tx.prepare_cached(LOCK_WALLETS).await?,
+                &[&order, &platform_ids],
+            )
             .await?;
-        if rows.len() != order.len() {
+        let expected = order.len() + platform_ids.len();
+        if rows.len() != expected {
             // Only a wallet believed to exist can be missing.
             return Err(self.forget(format!(
-                "{} of {} wallets not found",
-                order.len() - rows.len(),
-                order.len()
+                "{} of {expected} wallets not found",
+                expected - rows.len(),
             )));
         }
         for row in rows {
             let id: i64 = row.get(0);
-            let key = ids
-                .remove(&id)
-                .ok_or_else(|| StepError::permanent(format!("ledger: unexpected wallet {id}")))?;
+            let (key, user) = match ids.remove(&id) {
+                Some(key) => (key, true),
+                None => (
+                    remembered.remove(&id).ok_or_else(|| {
+                        StepError::permanent(format!("ledger: unexpected wallet {id}"))
+                    })?,
+                    false,
+                ),
+            };
             let (owner, kind, provider, currency): (&str, &str, &str, &str) =
                 (row.get(3), row.get(4), row.get(5), row.get(6));
             if (owner, kind, provider, currency)
@@ -340,6 +370,10 @@ impl Ledger {
                 )
             {
                 return Err(self.forget(format!("wallet {id} is no longer {key:?}")));
+            }
+            if !user {
+                // A platform slot's balance is the transaction's sum to it, already there.
+                continue;
             }
             slots.insert(
                 key,

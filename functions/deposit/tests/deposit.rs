@@ -850,3 +850,55 @@ async fn a_remembered_wallet_id_that_now_names_another_wallet_is_not_credited() 
         rust_decimal::Decimal::from(5)
     );
 }
+
+/// The same for a remembered platform account: after a restore its id may name a user's wallet,
+/// which would take the platform's side of the deposit (a posting that moves no balance).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remembered_platform_account_id_that_now_names_a_user_wallet_gets_no_posting() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    // The first deposit creates the platform account; the second finds it and remembers it.
+    for id in ["p-0", "p-1"] {
+        env.publish("wallet.deposit", id, deposit(id, "u-1", "10", "USD"))
+            .await;
+        events.by_id(&format!("deposit:{id}:completed"), T).await;
+    }
+    // As a restore to before the platform account existed (u-1's wallet, empty, did), after which
+    // u-9's wallet got the platform account's id.
+    let pg = env.pg().await;
+    pg.batch_execute(
+        "CREATE TEMP TABLE p AS SELECT id FROM accounts WHERE kind = 'platform';
+         DELETE FROM postings;
+         UPDATE accounts SET balance = 0 WHERE owner = 'u-1';
+         DELETE FROM accounts WHERE id IN (SELECT id FROM p);
+         INSERT INTO accounts (id, owner, kind, provider, currency)
+             OVERRIDING SYSTEM VALUE SELECT id, 'u-9', 'main', '', 'USD' FROM p;",
+    )
+    .await
+    .unwrap();
+    env.publish("wallet.deposit", "p-2", deposit("p-2", "u-1", "5", "USD"))
+        .await;
+    let e = events.by_id("deposit:p-2:completed", T).await;
+    assert_eq!(e.body["balance"], "5.00");
+    let postings = |owner: &'static str| {
+        let pg = &pg;
+        async move {
+            let row = pg
+                .query_one(
+                    "SELECT count(*), coalesce(sum(p.amount), 0) FROM postings p
+                     JOIN accounts a ON a.id = p.account_id WHERE a.owner = $1",
+                    &[&owner],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0), row.get::<_, rust_decimal::Decimal>(1))
+        }
+    };
+    assert_eq!(
+        postings("u-9").await,
+        (0, rust_decimal::Decimal::ZERO),
+        "the platform's side of the deposit went to the wallet that now has its old id"
+    );
+    assert_eq!(postings("").await, (1, rust_decimal::Decimal::from(-5)));
+}
