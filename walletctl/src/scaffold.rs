@@ -271,7 +271,7 @@ name = "{{STREAM}}"
 subjects = ["{{subject}}"]
 retention = "workqueue"
 discard = "new"
-duplicate_window = "2m"
+duplicate_window = "30s"
 max_bytes = 268_435_456
 max_msg_size = 1_048_576
 

@@ -70,7 +70,8 @@ async fn run_once(config: &Config, count: usize) -> anyhow::Result<Raw> {
             name: name.clone(),
             subjects: vec![subject.clone()],
             storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
+            // As the command streams (streams.toml).
+            duplicate_window: Duration::from_secs(30),
             ..Default::default()
         })
         .await
