@@ -55,11 +55,19 @@ start() {
   port=$((port + 1))
 }
 
+# What a run prints on stderr is kept in <profile>.err: a run that ends without a summary (an
+# error, not a failed verification) is reported in the results by its last line.
 load() {
   local profile="$1"; shift
   echo "bench: $profile"
-  "$BIN/walletctl" load --profile "$profile" --json --drain-timeout 30m "${watch[@]}" "$@" \
-    >"$OUT/$profile.json" || echo "bench: $profile: verification FAILED (see $OUT/$profile.json)"
+  if ! "$BIN/walletctl" load --profile "$profile" --json --drain-timeout 30m "${watch[@]}" "$@" \
+    >"$OUT/$profile.json" 2> >(tee "$OUT/$profile.err" >&2); then
+    if [ -s "$OUT/$profile.json" ]; then
+      echo "bench: $profile: verification FAILED (see $OUT/$profile.json)"
+    else
+      echo "bench: $profile: ended without a summary (see $OUT/$profile.err)"
+    fi
+  fi
   stop_functions
 }
 

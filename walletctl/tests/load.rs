@@ -173,3 +173,52 @@ async fn raw_keeps_the_fastest_of_its_runs_and_leaves_no_stream_behind() {
     assert!(one.rates.is_empty() && one.runs().is_none());
     assert!(!serde_json::to_string(&one).unwrap().contains("rates"));
 }
+
+/// A profile whose run ended without a summary (its JSON empty or missing, its stderr kept by
+/// `make bench`) is a failed row with the run's last line, and fails the targets it is part of;
+/// the results are still written for the profiles that ran.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_results_report_a_profile_that_ended_without_a_summary() {
+    let env = TestEnv::new().await;
+    let dir = std::env::temp_dir().join(format!("bench-report-{}", env.config.names.namespace()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("deposit-peak.json"), "").unwrap();
+    std::fs::write(
+        dir.join("deposit-peak.err"),
+        "    233 s  sent 1896769  outcomes 1820500  lag 0\n\
+         walletctl: publishing d-1: no stream found for given subject\n\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("per-message.err"), "walletctl: a | b\n").unwrap();
+    let md = walletctl::load::bench::results(&env.config, &dir, "abc1234")
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(md.contains("commit `abc1234`"), "{md}");
+    assert!(
+        md.contains(
+            "| deposit-peak | **failed**: walletctl: publishing d-1: no stream found for given \
+             subject | — |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| deposit-peak: rate kept, p99 < 250 ms, lag flat, verified | deposit-peak failed: \
+             walletctl: publishing d-1: no stream found for given subject | **no** |"
+        ),
+        "{md}"
+    );
+    // A `|` in the message stays inside its cell.
+    assert!(
+        md.contains(
+            "| batch path ≥ 5 × per-message | per-message failed: walletctl: a \\| b | **no** |"
+        ),
+        "{md}"
+    );
+    // Neither a summary nor an error: not run.
+    assert!(
+        md.contains("| mixed-peak: rate kept, p99 < 250 ms, lag flat, verified | — | not run |"),
+        "{md}"
+    );
+}

@@ -18,23 +18,42 @@ pub const PROFILES: [&str; 5] = [
     "flash-bonus",
 ];
 
+/// A profile whose run ended without a summary (`make bench` keeps what a run printed on stderr
+/// in `<profile>.err`), and why: the last line it printed.
+pub type Failure = (&'static str, String);
+
 pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Result<String> {
-    let read = |name: &str| -> anyhow::Result<Option<String>> {
-        let path = dir.join(format!("{name}.json"));
+    let read = |file: String| -> anyhow::Result<Option<String>> {
+        let path = dir.join(file);
         match std::fs::read_to_string(&path) {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     };
-    let raw: Option<Raw> = read("raw")?
+    // Empty: `walletctl bench raw` failed before it printed anything; reported as not run.
+    let raw: Option<Raw> = read("raw.json".into())?
+        .filter(|s| !s.trim().is_empty())
         .map(|s| serde_json::from_str(&s))
         .transpose()
         .context("raw.json")?;
     let mut reports: Vec<Report> = Vec::new();
+    let mut failed: Vec<Failure> = Vec::new();
     for name in PROFILES {
-        if let Some(s) = read(name)? {
-            reports.push(serde_json::from_str(&s).with_context(|| format!("{name}.json"))?);
+        match read(format!("{name}.json"))? {
+            Some(s) if !s.trim().is_empty() => {
+                reports.push(serde_json::from_str(&s).with_context(|| format!("{name}.json"))?)
+            }
+            summary => {
+                let err = read(format!("{name}.err"))?;
+                let last = err
+                    .as_deref()
+                    .and_then(|e| e.lines().rev().find(|l| !l.trim().is_empty()));
+                if summary.is_some() || last.is_some() {
+                    let why = last.unwrap_or("it wrote no summary").trim().to_owned();
+                    failed.push((name, why));
+                }
+            }
         }
     }
     let provenance = Provenance {
@@ -43,7 +62,12 @@ pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Resul
         commit: commit.to_owned(),
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
     };
-    Ok(report::markdown(&provenance, raw.as_ref(), &reports))
+    Ok(report::markdown(
+        &provenance,
+        raw.as_ref(),
+        &reports,
+        &failed,
+    ))
 }
 
 /// CPU model, cores and memory, from /proc.

@@ -363,10 +363,28 @@ pub struct Provenance {
 pub const P99_TARGET_MS: f64 = 250.0;
 pub const RSS_TARGET_KIB: u64 = 64 * 1024;
 
+/// Text as one Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
 /// `bench/RESULTS.md`: the profiles side by side and the targets.
-pub fn markdown(p: &Provenance, raw: Option<&Raw>, reports: &[Report]) -> String {
+/// `failed`: the profiles that ended without a summary; each is a row of its own and fails the
+/// targets it is part of.
+pub fn markdown(
+    p: &Provenance,
+    raw: Option<&Raw>,
+    reports: &[Report],
+    failed: &[super::bench::Failure],
+) -> String {
     let mut s = String::new();
     let find = |name: &str| reports.iter().find(|r| r.profile.as_deref() == Some(name));
+    let failure = |names: &[&str]| {
+        failed
+            .iter()
+            .find(|(n, _)| names.contains(n))
+            .map(|(n, why)| format!("{n} failed: {}", cell(why)))
+    };
     let _ = writeln!(s, "# Benchmark results\n");
     let _ = writeln!(
         s,
@@ -420,6 +438,13 @@ pub fn markdown(p: &Provenance, raw: Option<&Raw>, reports: &[Report]) -> String
             }
         );
     }
+    for (name, why) in failed {
+        let _ = writeln!(
+            s,
+            "| {name} | **failed**: {} | — | — | — | — | — | — | — | — | — | — | **NO** |",
+            cell(why)
+        );
+    }
     let _ = writeln!(s, "\n## Targets\n");
     let _ = writeln!(s, "| target | measured | met |");
     let _ = writeln!(s, "|---|---|---|");
@@ -430,6 +455,10 @@ pub fn markdown(p: &Provenance, raw: Option<&Raw>, reports: &[Report]) -> String
             None => "not run",
         };
         let _ = writeln!(s, "| {name} | {measured} | {met} |");
+    };
+    let missing = |names: &[&str]| match failure(names) {
+        Some(why) => (why, Some(false)),
+        None => ("—".to_owned(), None),
     };
     for name in ["deposit-peak", "mixed-peak"] {
         match find(name) {
@@ -462,7 +491,14 @@ pub fn markdown(p: &Provenance, raw: Option<&Raw>, reports: &[Report]) -> String
                     ),
                 );
             }
-            None => target(name.into(), "—".into(), None),
+            None => {
+                let (measured, met) = missing(&[name]);
+                target(
+                    format!("{name}: rate kept, p99 < {P99_TARGET_MS} ms, lag flat, verified"),
+                    measured,
+                    met,
+                )
+            }
         }
     }
     match (find("deposit-max"), raw) {
@@ -481,7 +517,10 @@ pub fn markdown(p: &Provenance, raw: Option<&Raw>, reports: &[Report]) -> String
                 Some(share >= 0.3),
             );
         }
-        _ => target("deposit-max ≥ 0.3 × raw".into(), "—".into(), None),
+        _ => {
+            let (measured, met) = missing(&["deposit-max"]);
+            target("deposit-max ≥ 0.3 × raw".into(), measured, met)
+        }
     }
     match (find("deposit-max"), find("per-message")) {
         (Some(d), Some(p)) => {
@@ -496,7 +535,10 @@ pub fn markdown(p: &Provenance, raw: Option<&Raw>, reports: &[Report]) -> String
                 Some(x >= 5.0),
             );
         }
-        _ => target("batch path ≥ 5 × per-message".into(), "—".into(), None),
+        _ => {
+            let (measured, met) = missing(&["deposit-max", "per-message"]);
+            target("batch path ≥ 5 × per-message".into(), measured, met)
+        }
     }
     let mut peak: Option<(String, u64)> = None;
     for r in reports {
