@@ -811,6 +811,16 @@ async fn concurrent_batches_creating_the_platform_account_both_commit() {
     assert!(report.ok(), "{report}");
 }
 
+/// Two deposits of 10 USD to u-1: the first creates its wallet and the platform account, the
+/// second finds both, and the process remembers their ids.
+async fn remember_u1_and_the_platform(env: &TestEnv, events: &mut testkit::Reader) {
+    for id in ["r-0", "r-1"] {
+        env.publish("wallet.deposit", id, deposit(id, "u-1", "10", "USD"))
+            .await;
+        events.by_id(&format!("deposit:{id}:completed"), T).await;
+    }
+}
+
 /// The process remembers wallets' ids; a database restored under it (point-in-time recovery, a
 /// recreated database) may give a remembered id to another wallet. The lock notices, the batch is
 /// retried, and the deposit lands on its own user's wallet.
@@ -819,12 +829,7 @@ async fn a_remembered_wallet_id_that_now_names_another_wallet_is_not_credited() 
     let env = TestEnv::new().await;
     let _deposit = env.spawn("deposit", &[]);
     let mut events = env.events().await;
-    // The first deposit creates u-1's wallet; the second finds it, and the process remembers it.
-    for id in ["r-0", "r-1"] {
-        env.publish("wallet.deposit", id, deposit(id, "u-1", "10", "USD"))
-            .await;
-        events.by_id(&format!("deposit:{id}:completed"), T).await;
-    }
+    remember_u1_and_the_platform(&env, &mut events).await;
     // As a restore to before u-1's wallet existed, after which u-2's got the same id.
     let pg = env.pg().await;
     pg.batch_execute(
@@ -858,12 +863,7 @@ async fn a_remembered_platform_account_id_that_now_names_a_user_wallet_gets_no_p
     let env = TestEnv::new().await;
     let _deposit = env.spawn("deposit", &[]);
     let mut events = env.events().await;
-    // The first deposit creates the platform account; the second finds it and remembers it.
-    for id in ["p-0", "p-1"] {
-        env.publish("wallet.deposit", id, deposit(id, "u-1", "10", "USD"))
-            .await;
-        events.by_id(&format!("deposit:{id}:completed"), T).await;
-    }
+    remember_u1_and_the_platform(&env, &mut events).await;
     // As a restore to before the platform account existed (u-1's wallet, empty, did), after which
     // u-9's wallet got the platform account's id.
     let pg = env.pg().await;
@@ -877,9 +877,9 @@ async fn a_remembered_platform_account_id_that_now_names_a_user_wallet_gets_no_p
     )
     .await
     .unwrap();
-    env.publish("wallet.deposit", "p-2", deposit("p-2", "u-1", "5", "USD"))
+    env.publish("wallet.deposit", "r-2", deposit("r-2", "u-1", "5", "USD"))
         .await;
-    let e = events.by_id("deposit:p-2:completed", T).await;
+    let e = events.by_id("deposit:r-2:completed", T).await;
     assert_eq!(e.body["balance"], "5.00");
     let postings = |owner: &'static str| {
         let pg = &pg;
