@@ -811,14 +811,25 @@ async fn concurrent_batches_creating_the_platform_account_both_commit() {
     assert!(report.ok(), "{report}");
 }
 
-/// Two deposits of 10 USD to u-1: the first creates its wallet and the platform account, the
-/// second finds both, and the process remembers their ids.
-async fn remember_u1_and_the_platform(env: &TestEnv, events: &mut testkit::Reader) {
+/// Two deposits of 10 USD to u-1 (the first creates its wallet and the platform account, the
+/// second finds both, and the process remembers their ids), then `restore` run as a database
+/// restored under the process, then a deposit of 5 USD to u-1, which must complete with u-1 at
+/// 5.00. Returns the environment, to check where the deposit went.
+async fn deposit_after_a_restore(restore: &str) -> TestEnv {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
     for id in ["r-0", "r-1"] {
         env.publish("wallet.deposit", id, deposit(id, "u-1", "10", "USD"))
             .await;
         events.by_id(&format!("deposit:{id}:completed"), T).await;
     }
+    env.pg().await.batch_execute(restore).await.unwrap();
+    env.publish("wallet.deposit", "r-2", deposit("r-2", "u-1", "5", "USD"))
+        .await;
+    let e = events.by_id("deposit:r-2:completed", T).await;
+    assert_eq!(e.body["balance"], "5.00");
+    env
 }
 
 /// The process remembers wallets' ids; a database restored under it (point-in-time recovery, a
@@ -826,25 +837,15 @@ async fn remember_u1_and_the_platform(env: &TestEnv, events: &mut testkit::Reade
 /// retried, and the deposit lands on its own user's wallet.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remembered_wallet_id_that_now_names_another_wallet_is_not_credited() {
-    let env = TestEnv::new().await;
-    let _deposit = env.spawn("deposit", &[]);
-    let mut events = env.events().await;
-    remember_u1_and_the_platform(&env, &mut events).await;
     // As a restore to before u-1's wallet existed, after which u-2's got the same id.
-    let pg = env.pg().await;
-    pg.batch_execute(
+    let env = deposit_after_a_restore(
         "CREATE TEMP TABLE w AS SELECT id FROM accounts WHERE owner = 'u-1';
          DELETE FROM postings WHERE account_id IN (SELECT id FROM w);
          DELETE FROM accounts WHERE id IN (SELECT id FROM w);
          INSERT INTO accounts (id, owner, kind, provider, currency)
              OVERRIDING SYSTEM VALUE SELECT id, 'u-2', 'main', '', 'USD' FROM w;",
     )
-    .await
-    .unwrap();
-    env.publish("wallet.deposit", "r-2", deposit("r-2", "u-1", "5", "USD"))
-        .await;
-    let e = events.by_id("deposit:r-2:completed", T).await;
-    assert_eq!(e.body["balance"], "5.00");
+    .await;
     assert_eq!(
         env.stored_balance("u-2", "main", "USD").await,
         rust_decimal::Decimal::ZERO,
@@ -860,14 +861,9 @@ async fn a_remembered_wallet_id_that_now_names_another_wallet_is_not_credited() 
 /// which would take the platform's side of the deposit (a posting that moves no balance).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remembered_platform_account_id_that_now_names_a_user_wallet_gets_no_posting() {
-    let env = TestEnv::new().await;
-    let _deposit = env.spawn("deposit", &[]);
-    let mut events = env.events().await;
-    remember_u1_and_the_platform(&env, &mut events).await;
     // As a restore to before the platform account existed (u-1's wallet, empty, did), after which
     // u-9's wallet got the platform account's id.
-    let pg = env.pg().await;
-    pg.batch_execute(
+    let env = deposit_after_a_restore(
         "CREATE TEMP TABLE p AS SELECT id FROM accounts WHERE kind = 'platform';
          DELETE FROM postings;
          UPDATE accounts SET balance = 0 WHERE owner = 'u-1';
@@ -875,12 +871,8 @@ async fn a_remembered_platform_account_id_that_now_names_a_user_wallet_gets_no_p
          INSERT INTO accounts (id, owner, kind, provider, currency)
              OVERRIDING SYSTEM VALUE SELECT id, 'u-9', 'main', '', 'USD' FROM p;",
     )
-    .await
-    .unwrap();
-    env.publish("wallet.deposit", "r-2", deposit("r-2", "u-1", "5", "USD"))
-        .await;
-    let e = events.by_id("deposit:r-2:completed", T).await;
-    assert_eq!(e.body["balance"], "5.00");
+    .await;
+    let pg = env.pg().await;
     let postings = |owner: &'static str| {
         let pg = &pg;
         async move {
