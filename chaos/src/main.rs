@@ -1,10 +1,11 @@
 //! `make chaos`: the zero-loss promise tested the way it can break.
 //!
 //! Starts PRIVATE NATS, PostgreSQL and Redis servers (own ports and folders, from the installed
-//! binaries), a TCP proxy in front of each, `--replicas` processes of every JetStream function,
-//! `walletctl provider-sim` answering the providers' requests, and `walletctl load` with a mixed
-//! load (deposits, transfers, bonus grants, duplicates and malformed commands). While the load runs, faults follow a
-//! schedule drawn from a printed seed: replicas killed with SIGKILL or stopped with SIGTERM and
+//! binaries), a TCP proxy in front of each, `--replicas` processes of every function (`balance`
+//! too, asked for the balances of users the events name), `walletctl provider-sim` answering the
+//! providers' requests, and `walletctl load` with a mixed load (deposits, transfers, bonus
+//! grants, duplicates and malformed commands). While the load runs, faults follow a schedule
+//! drawn from a printed seed: replicas killed with SIGKILL or stopped with SIGTERM and
 //! restarted, nats-server restarted on its store, PostgreSQL stopped (`-m immediate`) for
 //! `--pg-outage`, Redis restarted empty, every connection through a proxy cut and restored.
 //! Then the load's verification: every command has exactly one terminal outcome and the one its
@@ -20,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use futures::StreamExt as _;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use testkit::{PrivateNats, PrivatePostgres, PrivateRedis};
+use tokio_util::sync::CancellationToken;
 use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
 use walletctl::load::{self, LoadArgs};
@@ -56,7 +59,61 @@ struct Args {
     logs: PathBuf,
 }
 
-const FUNCTIONS: [&str; 4] = ["deposit", "transfer-out", "provider-ack", "bonus-grant"];
+/// The JetStream functions, and `balance`: its reads fill the cache that the others write
+/// through, so that the faults hit the cache as readers use it and the audit has it to check.
+const FUNCTIONS: [&str; 5] = [
+    "deposit",
+    "transfer-out",
+    "provider-ack",
+    "bonus-grant",
+    "balance",
+];
+
+/// One event in this many has its user's balance read.
+const READ_EVERY: u64 = 10;
+
+/// Reads the balance of the user of every [`READ_EVERY`]th event until `stop`, one request at a
+/// time; returns the answers and the requests that failed (timed out, or `unavailable` while a
+/// server was down). What the answers say is checked by the audit at the end: every balance the
+/// cache holds must equal PostgreSQL's.
+async fn read_balances(config: Config, stop: CancellationToken) -> anyhow::Result<(u64, u64)> {
+    let nats = walletctl::nats(&config).await?;
+    let mut events = nats
+        .subscribe(config.names.subject("wallet.events.>"))
+        .await?;
+    let subject = config.names.subject("wallet.balance.get");
+    let (mut seen, mut answered, mut failed) = (0u64, 0u64, 0u64);
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return Ok((answered, failed)),
+            e = events.next() => match e {
+                Some(e) => e,
+                None => return Ok((answered, failed)),
+            },
+        };
+        seen += 1;
+        let user = serde_json::from_slice::<serde_json::Value>(&event.payload)
+            .ok()
+            .and_then(|e| e["user_id"].as_str().map(str::to_owned));
+        let Some(user) = user.filter(|_| seen % READ_EVERY == 0) else {
+            continue;
+        };
+        let request = serde_json::json!({ "user_id": user }).to_string();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(2),
+            nats.request(subject.clone(), request.into()),
+        )
+        .await;
+        let ok = matches!(&reply, Ok(Ok(r))
+            if serde_json::from_slice::<serde_json::Value>(&r.payload)
+                .is_ok_and(|v| v["wallets"].is_array()));
+        if ok {
+            answered += 1;
+        } else {
+            failed += 1;
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
@@ -263,6 +320,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         args.logs.join("provider-sim.log"),
     )?;
 
+    let stop_reads = CancellationToken::new();
+    let reads = tokio::spawn(read_balances(config.clone(), stop_reads.clone()));
     let load_args = load_args(&args, seed)?;
     let started = Instant::now();
     let load = {
@@ -351,6 +410,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     let report = load.await??;
     let drained = last_fault.elapsed();
+    stop_reads.cancel();
+    let (answered, failed) = reads.await??;
     println!("\n{report}");
     let v = &report.verification;
     println!("| chaos | |\n|---|---:|");
@@ -368,6 +429,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let outcomes: Vec<String> = k.outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
         println!("| outcomes: {kind} | {} |", outcomes.join(", "));
     }
+    println!("| balance reads: answered, failed | {answered}, {failed} |");
     println!("| lost | {} |", v.lost);
     println!("| duplicated | {} |", v.duplicated);
     println!(

@@ -1,12 +1,25 @@
-//! The balance cache in Redis: one hash per user, one field per wallet, each value
-//! `<version>|<balance>`.
+//! The balance cache in Redis: one hash per user who asked for a balance, one field per wallet,
+//! each value `<version>|<balance>`.
 //!
-//! Writes are versioned: a value replaces the cached one only if its version (the wallet's count
-//! of postings) is higher, so an older snapshot never overwrites a newer one whatever order
-//! writers and readers arrive in. A hash is only answered from when it holds the `~all` field,
-//! set by a fill from PostgreSQL of all the user's wallets; a write-through after a commit updates
-//! fields but never marks the hash complete. Redis is never the source of truth: losing it costs
-//! a reload.
+//! A user's hash is created by a read that missed (a fill from PostgreSQL of all the user's
+//! wallets, which marks it complete with the `~all` field) and kept current by the functions'
+//! write-throughs after each commit; a write-through updates the hashes that exist and creates
+//! none. Writes are versioned: a value replaces the cached one only if its version (the wallet's
+//! count of postings) is higher, so an older snapshot never overwrites a newer one whatever order
+//! writers and readers arrive in. Redis is never the source of truth: losing it costs a reload.
+//!
+//! Why a write-through creates no hash: a hash lost with a Redis restart may have held a newer
+//! balance than a write still on its way (another replica's, or the outbox relay's), which would
+//! then have been the only value left. With no hash it goes nowhere, and the next read fills from
+//! PostgreSQL. It also keeps Redis to the users who read, not every user who transacts.
+//!
+//! A fill is begun before PostgreSQL is read ([`BalanceCache::begin_fill`] leaves a ticket in the
+//! hash) and completes only if that ticket is still there ([`BalanceCache::fill`]). Versions alone
+//! cannot protect a fill: if the hash is lost between its read and its write (Redis restarted
+//! empty, the key evicted or deleted), a newer balance written through meanwhile is lost with it,
+//! and the fill would mark its older snapshot complete, to be served until the next write. With
+//! the ticket, a surviving hash holds every write-through made since the fill began (its versions
+//! keep the newest), and any write committed before is in what the fill read.
 //!
 //! Connections: `REDIS_URL` carries AUTH (`redis://:password@host`, or `user:password@` for an
 //! ACL user); `rediss://` is TLS, verified against `REDIS_TLS_CA` when set, else the system's
@@ -39,7 +52,9 @@ pub fn client(config: &Config) -> redis::RedisResult<redis::Client> {
 }
 
 const TTL: Duration = Duration::from_secs(24 * 3600);
+/// Fields that are not wallets start with `~`: the complete mark and a fill's ticket.
 const COMPLETE: &str = "~all";
+const TICKET: &str = "~fill";
 
 /// A wallet's balance after some posting, as the cache stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,33 +86,37 @@ pub fn field(kind: &str, provider: &str, currency: &str) -> String {
     }
 }
 
-/// `KEYS` the users' hashes; `ARGV[1]` '1' when the triples are all of each user's wallets;
-/// `ARGV[2]` the TTL in seconds; then, for each key in order, its count of triples and the
-/// (field, version, balance) triples themselves. One call serves many users: Redis pays its
-/// per-call cost (parsing, the script's setup) once per chunk instead of once per user (Redis's
-/// CPU per `deposit-max` run: about −12 %).
+/// `KEYS` the users' hashes; `ARGV[1]` a fill's ticket when the triples are all of the one user's
+/// wallets (the call writes nothing and returns 0 unless the ticket is still in the hash), else
+/// '' for a write-through (which skips the hashes that do not exist); `ARGV[2]` the TTL in
+/// seconds; then, for each key in order, its count of triples and the (field, version, balance)
+/// triples themselves. One call serves many users: Redis pays its per-call cost (parsing, the
+/// script's setup) once per chunk instead of once per user (Redis's CPU per `deposit-max` run:
+/// about −12 %).
 ///
-/// The TTL is set when a fill marks the hash complete and when a write adds a field (so every
-/// hash has one from its creation), not on every write: a hash lives `TTL` from its last fill or
-/// new wallet, then is filled again from PostgreSQL. Refreshing it on each write was a third of
-/// the script's Redis calls in a run of deposits.
+/// Only a fill sets the TTL (and [`BalanceCache::begin_fill`], which creates the hash): a hash
+/// lives `TTL` from its last fill, then is filled again from PostgreSQL on the next read.
 const WRITE: &str = r"
-local complete, ttl, a = ARGV[1], ARGV[2], 3
+local ticket, ttl, a = ARGV[1], ARGV[2], 3
+local fill = ticket ~= ''
+if fill and redis.call('HGET', KEYS[1], '~fill') ~= ticket then return 0 end
 for k = 1, #KEYS do
   local key, n = KEYS[k], tonumber(ARGV[a])
-  local added = complete == '1'
   a = a + 1
-  for i = a, a + 3 * n - 1, 3 do
-    local cur = redis.call('HGET', key, ARGV[i])
-    local v = -1
-    if cur then v = tonumber(string.match(cur, '^(%-?%d+)|')) else added = true end
-    if v < tonumber(ARGV[i + 1]) then
-      redis.call('HSET', key, ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
+  if fill or redis.call('EXISTS', key) == 1 then
+    for i = a, a + 3 * n - 1, 3 do
+      local cur = redis.call('HGET', key, ARGV[i])
+      if not cur or tonumber(string.match(cur, '^(%-?%d+)|')) < tonumber(ARGV[i + 1]) then
+        redis.call('HSET', key, ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
+      end
     end
   end
   a = a + 3 * n
-  if complete == '1' then redis.call('HSET', key, '~all', '1') end
-  if added then redis.call('EXPIRE', key, ttl) end
+end
+if fill then
+  redis.call('HSET', KEYS[1], '~all', '1')
+  redis.call('HDEL', KEYS[1], '~fill')
+  redis.call('EXPIRE', KEYS[1], ttl)
 end
 return 1
 ";
@@ -105,6 +124,10 @@ return 1
 /// Users per script call: large enough that the per-call cost vanishes, small enough that one
 /// call holds Redis (single-threaded) for well under a millisecond.
 const USERS_PER_CALL: usize = 100;
+
+/// A fill begun by [`BalanceCache::begin_fill`].
+#[derive(Debug)]
+pub struct FillTicket(String);
 
 #[derive(Clone)]
 pub struct BalanceCache {
@@ -140,9 +163,9 @@ impl BalanceCache {
         Ok(())
     }
 
-    /// Writes snapshots through after a commit (newer versions only), one script call per
-    /// `USERS_PER_CALL` users, all in one pipeline. The pipeline loads the script first, so a
-    /// Redis that restarted or was flushed needs nothing else. All keys of a call live on the one
+    /// Writes snapshots through after a commit (newer versions only, to the users' hashes that
+    /// exist), one script call per `USERS_PER_CALL` users, all in one pipeline. The pipeline
+    /// loads the script first, so a Redis that restarted or was flushed needs nothing else. All keys of a call live on the one
     /// Redis this connects to (standalone or a Sentinel-managed primary; not Redis Cluster).
     pub async fn write_through(&self, snapshots: &[WalletSnapshot]) -> Result<(), StepError> {
         if snapshots.is_empty() {
@@ -157,21 +180,21 @@ impl BalanceCache {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.script).ignore();
         for chunk in users.chunks(USERS_PER_CALL) {
-            pipe.invoke_script(&self.invocation(false, chunk)).ignore();
+            pipe.invoke_script(&self.invocation("", chunk)).ignore();
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
-    /// One call of [`WRITE`] for `users` and their snapshots.
+    /// One call of [`WRITE`] for `users` and their snapshots; `ticket` is a fill's, or ''.
     fn invocation(
         &self,
-        complete: bool,
+        ticket: &str,
         users: &[(&str, Vec<&WalletSnapshot>)],
     ) -> redis::ScriptInvocation<'_> {
         let mut inv = self.script.prepare_invoke();
-        inv.arg(if complete { "1" } else { "0" }).arg(TTL.as_secs());
+        inv.arg(ticket).arg(TTL.as_secs());
         for (user, snaps) in users {
             inv.key(self.key(user)).arg(snaps.len());
             for s in snaps {
@@ -193,17 +216,41 @@ impl BalanceCache {
         }
         Ok(Some(
             all.into_iter()
-                .filter(|(f, _)| f != COMPLETE)
+                .filter(|(f, _)| !f.starts_with('~'))
                 .filter_map(|(f, v)| v.split_once('|').map(|(_, b)| (f, b.to_owned())))
                 .collect(),
         ))
     }
 
-    /// Stores all of a user's wallets as read from PostgreSQL and marks the hash complete.
-    pub async fn fill(&self, user: &str, snapshots: &[WalletSnapshot]) -> Result<(), StepError> {
-        let inv = self.invocation(true, &[(user, snapshots.iter().collect())]);
+    /// Leaves a fill's ticket in the user's hash; call it before reading the user's wallets from
+    /// PostgreSQL, then hand the ticket to [`BalanceCache::fill`]. A later ticket replaces it (of
+    /// two concurrent fills, the one begun last completes).
+    pub async fn begin_fill(&self, user: &str) -> Result<FillTicket, StepError> {
+        let ticket = FillTicket(uuid::Uuid::new_v4().simple().to_string());
+        let key = self.key(user);
         let mut conn = self.conn.clone();
-        inv.invoke_async::<()>(&mut conn).await?;
-        Ok(())
+        redis::pipe()
+            .atomic()
+            .hset(&key, TICKET, &ticket.0)
+            .ignore()
+            .expire(&key, TTL.as_secs() as i64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(ticket)
+    }
+
+    /// Stores all of a user's wallets as read from PostgreSQL since `ticket` was left and marks
+    /// the hash complete; false (nothing written) when the ticket is gone: the hash was lost
+    /// meanwhile, or another fill began after this one.
+    pub async fn fill(
+        &self,
+        user: &str,
+        ticket: &FillTicket,
+        snapshots: &[WalletSnapshot],
+    ) -> Result<bool, StepError> {
+        let inv = self.invocation(&ticket.0, &[(user, snapshots.iter().collect())]);
+        let mut conn = self.conn.clone();
+        Ok(inv.invoke_async::<i64>(&mut conn).await? == 1)
     }
 }

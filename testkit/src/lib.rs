@@ -935,6 +935,16 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// Makes the balance cache hold `user` (as a balance read that filled it before the user had
+    /// a wallet), so that the functions' write-throughs have a hash to update.
+    pub async fn cache_holds(&self, user: &str) {
+        let client = wallet_runtime::cache::client(&self.config).unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let cache = wallet_runtime::cache::BalanceCache::new(conn, self.config.names.clone());
+        let ticket = cache.begin_fill(user).await.unwrap();
+        assert!(cache.fill(user, &ticket, &[]).await.unwrap());
+    }
+
     /// The seconds to live of `user`'s balance hash (-2: no hash; -1: one without a TTL).
     pub async fn cached_ttl(&self, user: &str) -> i64 {
         let client = wallet_runtime::cache::client(&self.config).unwrap();

@@ -35,6 +35,7 @@ async fn no_secret_is_logged_at_debug_whether_connections_work_or_are_refused() 
         ]
     };
 
+    env.cache_holds("u-secret").await;
     let good = with(redis.url());
     let working = env.spawn_logged("deposit", &borrow(&good), &dir.join("working.log"));
     deposit_completes(&env, &working, "u-secret", "5.00").await;
@@ -93,6 +94,7 @@ async fn redis_over_tls_with_the_servers_ca() {
     let redis = PrivateRedis::tls_only();
     let ca = redis.ca().unwrap().display().to_string();
     let env = TestEnv::with_env(&[("REDIS_URL", &redis.url()), ("REDIS_TLS_CA", &ca)]).await;
+    env.cache_holds("u-rtls").await;
     let deposit = env.spawn("deposit", &[]);
     deposit_completes(&env, &deposit, "u-rtls", "3.00").await;
     // The function wrote the balance through to the cache over TLS, where the test reads it.

@@ -75,6 +75,10 @@ pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError
             .filter_map(|(f, balance)| parse_field(&f, balance))
             .collect(),
         None => {
+            // Begun before the read, so that a hash lost meanwhile is not marked complete.
+            let ticket = ctx.cache.begin_fill(user).await.inspect_err(|e| {
+                tracing::debug!(error = %e, "cache fill not begun");
+            });
             let rows = ctx.pool.get().await?.query(WALLETS, &[&user]).await?;
             let mut snapshots = Vec::with_capacity(rows.len());
             let mut wallets = Vec::with_capacity(rows.len());
@@ -99,8 +103,15 @@ pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError
                     balance,
                 });
             }
-            if let Err(e) = ctx.cache.fill(user, &snapshots).await {
-                tracing::debug!(error = %e, "cache not filled");
+            if let Ok(ticket) = ticket {
+                match ctx.cache.fill(user, &ticket, &snapshots).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!(
+                        user,
+                        "cache not filled: its hash was lost, or a later fill began"
+                    ),
+                    Err(e) => tracing::debug!(error = %e, "cache not filled"),
+                }
             }
             wallets
         }

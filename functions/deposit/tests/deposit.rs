@@ -52,15 +52,21 @@ async fn a_deposit_completes_with_the_contract_event_and_reads_back() {
         "{at}"
     );
 
-    // The event's write-through created u-7's hash, with a TTL from its first field on.
-    let ttl = env.cached_ttl("u-7").await;
-    assert!((1..=86_400).contains(&ttl), "TTL {ttl}");
+    // Nobody has read u-7 yet: the write-through created no hash.
+    assert_eq!(env.cached_ttl("u-7").await, -2, "a hash nobody read");
 
     env.ready(&balance).await;
     assert_eq!(
         env.balance("u-7").await,
         json!({"user_id": "u-7", "wallets": [{"kind": "main", "currency": "USD", "balance": "10.50"}]})
     );
+    // The read filled u-7's hash from PostgreSQL, with a TTL.
+    assert_eq!(
+        env.cached("u-7", "main:USD").await.as_deref(),
+        Some("1|10.50")
+    );
+    let ttl = env.cached_ttl("u-7").await;
+    assert!((1..=86_400).contains(&ttl), "TTL {ttl}");
 
     // Read-your-writes: the cache now holds u-7; the next event's balance must be what we read.
     env.publish("wallet.deposit", "d-2", deposit("d-2", "u-7", "0.5", "USD"))
@@ -729,6 +735,7 @@ async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an
         .await
         .unwrap();
     }
+    env.cache_holds("u-9").await;
     let _deposit = env.spawn("deposit", &[("OUTBOX_RELAY_INTERVAL", "100ms")]);
     let mut events = env.events().await;
     events.by_id("deposit:late-5:completed", T).await;
