@@ -65,9 +65,10 @@ const CHECKS: &[(&str, &str)] = &[
     (
         // A journal entry is a transaction's postings (V6); before V6, a command's.
         "every journal entry's postings sum to zero per currency",
-        "SELECT coalesce('transaction ' || p.entry, p.command) || ' ' || a.currency || ': ' || sum(p.amount)
-         FROM postings p JOIN accounts a ON a.id = p.account_id
-         GROUP BY coalesce('transaction ' || p.entry, p.command), a.currency HAVING sum(p.amount) <> 0",
+        "SELECT e.entry || ' ' || a.currency || ': ' || sum(p.amount)
+         FROM postings p JOIN accounts a ON a.id = p.account_id,
+              LATERAL (SELECT coalesce('transaction ' || p.entry, p.command) AS entry) e
+         GROUP BY e.entry, a.currency HAVING sum(p.amount) <> 0",
     ),
     (
         "every wallet's balance equals the sum of its postings",
