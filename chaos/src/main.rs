@@ -92,10 +92,11 @@ async fn read_balances(config: Config, stop: CancellationToken) -> anyhow::Resul
             },
         };
         seen += 1;
-        let user = serde_json::from_slice::<serde_json::Value>(&event.payload)
-            .ok()
-            .and_then(|e| e["user_id"].as_str().map(str::to_owned));
-        let Some(user) = user.filter(|_| seen % READ_EVERY == 0) else {
+        if seen % READ_EVERY != 0 {
+            continue;
+        }
+        let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap_or_default();
+        let Some(user) = event["user_id"].as_str() else {
             continue;
         };
         let request = serde_json::json!({ "user_id": user }).to_string();

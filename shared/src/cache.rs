@@ -165,8 +165,9 @@ impl BalanceCache {
 
     /// Writes snapshots through after a commit (newer versions only, to the users' hashes that
     /// exist), one script call per `USERS_PER_CALL` users, all in one pipeline. The pipeline
-    /// loads the script first, so a Redis that restarted or was flushed needs nothing else. All keys of a call live on the one
-    /// Redis this connects to (standalone or a Sentinel-managed primary; not Redis Cluster).
+    /// loads the script first, so a Redis that restarted or was flushed needs nothing else. All
+    /// keys of a call live on the one Redis this connects to (standalone or a Sentinel-managed
+    /// primary; not Redis Cluster).
     pub async fn write_through(&self, snapshots: &[WalletSnapshot]) -> Result<(), StepError> {
         if snapshots.is_empty() {
             return Ok(());

@@ -935,12 +935,17 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The balance cache of this test's namespace, as the functions use it.
+    pub async fn cache(&self) -> wallet_runtime::cache::BalanceCache {
+        let client = wallet_runtime::cache::client(&self.config).unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        wallet_runtime::cache::BalanceCache::new(conn, self.config.names.clone())
+    }
+
     /// Makes the balance cache hold `user` (as a balance read that filled it before the user had
     /// a wallet), so that the functions' write-throughs have a hash to update.
     pub async fn cache_holds(&self, user: &str) {
-        let client = wallet_runtime::cache::client(&self.config).unwrap();
-        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-        let cache = wallet_runtime::cache::BalanceCache::new(conn, self.config.names.clone());
+        let cache = self.cache().await;
         let ticket = cache.begin_fill(user).await.unwrap();
         assert!(cache.fill(user, &ticket, &[]).await.unwrap());
     }

@@ -76,9 +76,12 @@ pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError
             .collect(),
         None => {
             // Begun before the read, so that a hash lost meanwhile is not marked complete.
-            let ticket = ctx.cache.begin_fill(user).await.inspect_err(|e| {
-                tracing::debug!(error = %e, "cache fill not begun");
-            });
+            let ticket = ctx
+                .cache
+                .begin_fill(user)
+                .await
+                .inspect_err(|e| tracing::debug!(error = %e, "cache fill not begun"))
+                .ok();
             let rows = ctx.pool.get().await?.query(WALLETS, &[&user]).await?;
             let mut snapshots = Vec::with_capacity(rows.len());
             let mut wallets = Vec::with_capacity(rows.len());
@@ -103,7 +106,7 @@ pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError
                     balance,
                 });
             }
-            if let Ok(ticket) = ticket {
+            if let Some(ticket) = ticket {
                 match ctx.cache.fill(user, &ticket, &snapshots).await {
                     Ok(true) => {}
                     Ok(false) => tracing::debug!(

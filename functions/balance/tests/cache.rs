@@ -5,32 +5,45 @@
 #![allow(clippy::unwrap_used)]
 
 use testkit::TestEnv;
-use wallet_runtime::cache::{BalanceCache, WalletSnapshot};
+use wallet_runtime::cache::{BalanceCache, FillTicket, WalletSnapshot};
 
-fn main_usd(user: &str, version: i64, balance: &str) -> WalletSnapshot {
+/// `user`'s main USD wallet at `version`, with the balance `<version>.00`.
+fn main_usd(user: &str, version: i64) -> WalletSnapshot {
     WalletSnapshot {
         owner: user.into(),
         field: "main:USD".into(),
         version,
-        balance: balance.into(),
+        balance: format!("{version}.00"),
     }
 }
 
-async fn cache(env: &TestEnv) -> BalanceCache {
-    let client = wallet_runtime::cache::client(&env.config).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    BalanceCache::new(conn, env.config.names.clone())
+/// Fills `user`'s hash with [`main_usd`] at `version`; whether the fill completed.
+async fn fill(cache: &BalanceCache, user: &str, ticket: &FillTicket, version: i64) -> bool {
+    let snapshot = main_usd(user, version);
+    cache.fill(user, ticket, &[snapshot]).await.unwrap()
 }
 
-/// What a reader of `user` would be answered from the cache.
+/// Writes [`main_usd`] at `version` through, as a function does after a commit.
+async fn write(cache: &BalanceCache, user: &str, version: i64) {
+    cache
+        .write_through(&[main_usd(user, version)])
+        .await
+        .unwrap();
+}
+
+/// What a reader of `user` is answered from the cache (None: a miss).
 async fn answer(cache: &BalanceCache, user: &str) -> Option<Vec<(String, String)>> {
     cache.read(user).await.unwrap()
+}
+
+fn main_usd_answer(balance: &str) -> Option<Vec<(String, String)>> {
+    Some(vec![("main:USD".into(), balance.into())])
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fill_completes_the_hash_and_keeps_a_newer_balance_written_meanwhile() {
     let env = TestEnv::new().await;
-    let cache = cache(&env).await;
+    let cache = env.cache().await;
 
     let ticket = cache.begin_fill("u-1").await.unwrap();
     assert_eq!(
@@ -38,16 +51,8 @@ async fn a_fill_completes_the_hash_and_keeps_a_newer_balance_written_meanwhile()
         None,
         "a begun fill answers nothing"
     );
-    assert!(
-        cache
-            .fill("u-1", &ticket, &[main_usd("u-1", 4, "4.00")])
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        answer(&cache, "u-1").await,
-        Some(vec![("main:USD".into(), "4.00".into())])
-    );
+    assert!(fill(&cache, "u-1", &ticket, 4).await);
+    assert_eq!(answer(&cache, "u-1").await, main_usd_answer("4.00"));
     assert_eq!(
         env.cached("u-1", "~fill").await,
         None,
@@ -56,52 +61,30 @@ async fn a_fill_completes_the_hash_and_keeps_a_newer_balance_written_meanwhile()
 
     // Version 5 is written through between the fill's read (version 4) and its write.
     let ticket = cache.begin_fill("u-2").await.unwrap();
-    cache
-        .write_through(&[main_usd("u-2", 5, "5.00")])
-        .await
-        .unwrap();
-    assert!(
-        cache
-            .fill("u-2", &ticket, &[main_usd("u-2", 4, "4.00")])
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        answer(&cache, "u-2").await,
-        Some(vec![("main:USD".into(), "5.00".into())])
-    );
+    write(&cache, "u-2", 5).await;
+    assert!(fill(&cache, "u-2", &ticket, 4).await);
+    assert_eq!(answer(&cache, "u-2").await, main_usd_answer("5.00"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fill_whose_hash_was_lost_meanwhile_leaves_it_incomplete() {
     let env = TestEnv::new().await;
-    let cache = cache(&env).await;
+    let cache = env.cache().await;
     let client = wallet_runtime::cache::client(&env.config).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
 
     // The fill reads version 4; version 5 commits and is written through; then the hash is lost
     // (Redis restarted empty, or the key evicted), taking version 5 with it.
     let ticket = cache.begin_fill("u-1").await.unwrap();
-    cache
-        .write_through(&[main_usd("u-1", 5, "5.00")])
-        .await
-        .unwrap();
+    write(&cache, "u-1", 5).await;
     redis::cmd("DEL")
         .arg(env.config.names.redis_key("bal:u-1"))
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
     // An older write still on its way (another replica's, the outbox relay's) creates no hash.
-    cache
-        .write_through(&[main_usd("u-1", 4, "4.00")])
-        .await
-        .unwrap();
-    assert!(
-        !cache
-            .fill("u-1", &ticket, &[main_usd("u-1", 4, "4.00")])
-            .await
-            .unwrap()
-    );
+    write(&cache, "u-1", 4).await;
+    assert!(!fill(&cache, "u-1", &ticket, 4).await);
     assert_eq!(
         answer(&cache, "u-1").await,
         None,
@@ -112,20 +95,7 @@ async fn a_fill_whose_hash_was_lost_meanwhile_leaves_it_incomplete() {
     // Of two fills begun one after the other, the later one completes.
     let first = cache.begin_fill("u-1").await.unwrap();
     let second = cache.begin_fill("u-1").await.unwrap();
-    assert!(
-        !cache
-            .fill("u-1", &first, &[main_usd("u-1", 5, "5.00")])
-            .await
-            .unwrap()
-    );
-    assert!(
-        cache
-            .fill("u-1", &second, &[main_usd("u-1", 5, "5.00")])
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        answer(&cache, "u-1").await,
-        Some(vec![("main:USD".into(), "5.00".into())])
-    );
+    assert!(!fill(&cache, "u-1", &first, 5).await);
+    assert!(fill(&cache, "u-1", &second, 5).await);
+    assert_eq!(answer(&cache, "u-1").await, main_usd_answer("5.00"));
 }
