@@ -372,6 +372,52 @@ async fn one_effect_per_id_whatever_the_msg_id_and_conflicts_are_dead_lettered()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_claim_among_ids_decided_before_still_claims_the_new_ones() {
+    use wallet_runtime::dedup::{Claim, claim};
+    let env = TestEnv::new().await;
+    let pool = wallet_runtime::db::pool(&env.config).unwrap();
+    let mut client = pool.get().await.unwrap();
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    let tx = client.transaction().await.unwrap();
+    let first = claim(&tx, "deposit", &[("d-2", a), ("d-1", a)]).await;
+    assert_eq!(first.unwrap(), [Claim::New, Claim::New]);
+    tx.commit().await.unwrap();
+    // Two ids seen before among new ones: the all-new insert fails and is undone, and the
+    // transaction goes on to claim each id by its fate.
+    let tx = client.transaction().await.unwrap();
+    let second = claim(
+        &tx,
+        "deposit",
+        &[("d-3", a), ("d-1", a), ("d-4", b), ("d-2", b)],
+    )
+    .await;
+    assert_eq!(
+        second.unwrap(),
+        [Claim::New, Claim::Duplicate, Claim::New, Claim::Conflict]
+    );
+    tx.commit().await.unwrap();
+    let stored: Vec<(String, Vec<u8>)> = env
+        .pg()
+        .await
+        .query("SELECT id, fingerprint FROM commands ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want = |id: &str, p: [u8; 32]| (id.to_owned(), p.to_vec());
+    assert_eq!(
+        stored,
+        [
+            want("d-1", a),
+            want("d-2", a),
+            want("d-3", a),
+            want("d-4", b)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_share_5000_deposits_for_50_users_exactly() {
     let env = TestEnv::new().await;
     let a = env.spawn("deposit", &[("BATCH_MAX", "200")]);
