@@ -222,3 +222,73 @@ async fn bench_results_report_a_profile_that_ended_without_a_summary() {
         "{md}"
     );
 }
+
+/// `make bench` runs `deposit-max` as often as `raw`: the results report its fastest run and
+/// list every run's rate, unless a run failed its verification, which is then the one reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_results_report_the_fastest_of_several_runs_unless_one_failed() {
+    let env = TestEnv::new().await;
+    let deposit = env.spawn("deposit", &[]);
+    env.ready(&deposit).await;
+    let report = load::run(
+        &env.config,
+        &testkit::topology(),
+        &args("--count 200 --users 10"),
+    )
+    .await
+    .unwrap();
+    assert!(report.verification.passed);
+    let dir = std::env::temp_dir().join(format!("bench-runs-{}", env.config.names.namespace()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |k: usize, rate: f64, passed: bool| {
+        let mut r = report.clone();
+        r.profile = Some("deposit-max".into());
+        r.outcomes_per_second = rate;
+        r.verification.passed = passed;
+        std::fs::write(
+            dir.join(format!("deposit-max.{k}.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.join(format!("deposit-max.{k}.err")), "").unwrap();
+    };
+    let raw = load::raw::Raw {
+        messages: 300_000,
+        payload_bytes: 100,
+        publish_seconds: 4.0,
+        seconds: 6.0,
+        rate: 50_000.0,
+        rates: vec![48_000.0, 50_000.0, 49_000.0],
+    };
+    std::fs::write(dir.join("raw.json"), serde_json::to_vec(&raw).unwrap()).unwrap();
+    let results = || walletctl::load::bench::results(&env.config, &dir, "abc1234");
+
+    run(1, 14_000.0, true);
+    run(2, 15_500.0, true);
+    run(3, 15_000.0, true);
+    let md = results().await.unwrap();
+    assert!(
+        md.contains(
+            "| deposit-max ≥ 0.3 × raw | 15,500/s ÷ 50,000/s = 0.310 (deposit-max: the fastest \
+             of 3 runs: 14,000, 15,500, 15,000/s) (raw: the fastest of 3 runs: 48,000, 50,000, \
+             49,000/s) | yes |"
+        ),
+        "{md}"
+    );
+
+    run(1, 14_000.0, false);
+    let md = results().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        md.contains("| deposit-max ≥ 0.3 × raw | 14,000/s ÷ 50,000/s = 0.280 (deposit-max"),
+        "{md}"
+    );
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| deposit-max |"))
+        .unwrap();
+    assert!(
+        row.contains("| 14,000 |") && row.ends_with("| **NO** |"),
+        "{row}"
+    );
+}

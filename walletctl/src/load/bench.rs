@@ -40,20 +40,39 @@ pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Resul
     let mut reports: Vec<Report> = Vec::new();
     let mut failed: Vec<Failure> = Vec::new();
     for name in PROFILES {
-        match read(format!("{name}.json"))? {
-            Some(s) if !s.trim().is_empty() => {
-                reports.push(serde_json::from_str(&s).with_context(|| format!("{name}.json"))?)
-            }
-            summary => {
-                let err = read(format!("{name}.err"))?;
-                let last = err
-                    .as_deref()
-                    .and_then(|e| e.lines().rev().find(|l| !l.trim().is_empty()));
-                if summary.is_some() || last.is_some() {
-                    let why = last.unwrap_or("it wrote no summary").trim().to_owned();
-                    failed.push((name, why));
+        // One run writes `<profile>.json`; several write `<profile>.1.json`, `.2.json`, …
+        let single =
+            dir.join(format!("{name}.json")).exists() || dir.join(format!("{name}.err")).exists();
+        let files: Vec<String> = if single {
+            vec![name.to_owned()]
+        } else {
+            (1..)
+                .map(|k| format!("{name}.{k}"))
+                .take_while(|f| dir.join(format!("{f}.err")).exists())
+                .collect()
+        };
+        let mut runs: Vec<Report> = Vec::new();
+        for file in &files {
+            match read(format!("{file}.json"))? {
+                Some(s) if !s.trim().is_empty() => {
+                    runs.push(serde_json::from_str(&s).with_context(|| format!("{file}.json"))?)
+                }
+                summary => {
+                    let err = read(format!("{file}.err"))?;
+                    let last = err
+                        .as_deref()
+                        .and_then(|e| e.lines().rev().find(|l| !l.trim().is_empty()));
+                    if summary.is_some() || last.is_some() {
+                        let why = last.unwrap_or("it wrote no summary").trim().to_owned();
+                        failed.push((name, why));
+                    }
                 }
             }
+        }
+        if runs.len() == files.len()
+            && let Some(report) = fastest(runs)
+        {
+            reports.push(report);
         }
     }
     let provenance = Provenance {
@@ -68,6 +87,21 @@ pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Resul
         &reports,
         &failed,
     ))
+}
+
+/// The run a profile is reported by: the fastest, with every run's rate, unless one failed its
+/// verification, which is then the one reported (a failure is never outrun).
+fn fastest(mut runs: Vec<Report>) -> Option<Report> {
+    let rates: Vec<f64> = runs.iter().map(|r| r.outcomes_per_second).collect();
+    let at = match runs.iter().position(|r| !r.verification.passed) {
+        Some(at) => at,
+        None => (0..runs.len()).max_by(|&a, &b| rates[a].total_cmp(&rates[b]))?,
+    };
+    let mut report = runs.swap_remove(at);
+    if rates.len() > 1 {
+        report.rates = rates;
+    }
+    Some(report)
 }
 
 /// CPU model, cores and memory, from /proc.

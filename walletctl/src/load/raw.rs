@@ -32,8 +32,7 @@ pub struct Raw {
 impl Raw {
     /// "the fastest of 3 runs: 39,406, 44,920, 51,085/s", when there were several runs.
     pub fn runs(&self) -> Option<String> {
-        let all: Vec<String> = self.rates.iter().map(|r| super::report::rate(*r)).collect();
-        (all.len() > 1).then(|| format!("the fastest of {} runs: {}/s", all.len(), all.join(", ")))
+        super::report::fastest_of(&self.rates)
     }
 }
 
