@@ -781,11 +781,43 @@ async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an
         .await
         .unwrap();
     }
+    // A batch-sized row is stored compressed with lz4 (V7), and read back as it was written.
+    let bulk: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let id = format!("bulk-{i:03}");
+            let event = json!({"id": id, "entity": "deposit", "status": "completed"});
+            (
+                format!("deposit:{id}:completed"),
+                serde_json::to_vec(&event).unwrap(),
+            )
+        })
+        .collect();
+    let (ids, payloads): (Vec<&str>, Vec<&[u8]>) =
+        bulk.iter().map(|(i, p)| (i.as_str(), p.as_slice())).unzip();
+    pg.execute(
+        "INSERT INTO outbox (subjects, msg_ids, payloads, wallets, created_at)
+         SELECT array_fill('wallet.events.deposit.completed'::text, ARRAY[300]), $1, $2,
+                array_fill('[]'::text, ARRAY[300]), now() - interval '1 minute'",
+        &[&ids, &payloads],
+    )
+    .await
+    .unwrap();
+    let compression: Option<String> = pg
+        .query_one(
+            "SELECT pg_column_compression(payloads) FROM outbox WHERE cardinality(payloads) = 300",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(compression.as_deref(), Some("lz4"));
     env.cache_holds("u-9").await;
     let _deposit = env.spawn("deposit", &[("OUTBOX_RELAY_INTERVAL", "100ms")]);
     let mut events = env.events().await;
     events.by_id("deposit:late-5:completed", T).await;
     events.by_id("deposit:late-3:completed", T).await;
+    let last = events.by_id("deposit:bulk-299:completed", T).await;
+    assert_eq!(last.body["id"], "bulk-299");
     eventually(T, "the outbox to empty", || async {
         let left: i64 = pg
             .query_one("SELECT count(*) FROM outbox", &[])
