@@ -280,7 +280,7 @@ async fn bench_results_report_the_fastest_of_several_runs_unless_one_failed() {
     let md = results().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
-        md.contains("| deposit-max ≥ 0.3 × raw | 14,000/s ÷ 50,000/s = 0.280 (deposit-max"),
+        md.contains("| deposit-max ≥ 0.3 × raw | 14,000/s ÷ 50,000/s = 0.280 (raw: the fastest"),
         "{md}"
     );
     let row = md

@@ -92,11 +92,11 @@ pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Resul
 /// The run a profile is reported by: the fastest, with every run's rate, unless one failed its
 /// verification, which is then the one reported (a failure is never outrun).
 fn fastest(mut runs: Vec<Report>) -> Option<Report> {
+    if let Some(at) = runs.iter().position(|r| !r.verification.passed) {
+        return Some(runs.swap_remove(at));
+    }
     let rates: Vec<f64> = runs.iter().map(|r| r.outcomes_per_second).collect();
-    let at = match runs.iter().position(|r| !r.verification.passed) {
-        Some(at) => at,
-        None => (0..runs.len()).max_by(|&a, &b| rates[a].total_cmp(&rates[b]))?,
-    };
+    let at = (0..runs.len()).max_by(|&a, &b| rates[a].total_cmp(&rates[b]))?;
     let mut report = runs.swap_remove(at);
     if rates.len() > 1 {
         report.rates = rates;
