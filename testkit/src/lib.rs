@@ -925,9 +925,19 @@ impl TestEnv {
 
     /// The raw cache entry (`<version>|<balance>`) of a user's wallet field (`main:USD`).
     pub async fn cached(&self, user: &str, field: &str) -> Option<String> {
+        self.on_cached_hash("HGET", user, Some(field)).await
+    }
+
+    /// `command` on `user`'s balance hash (and `field`), straight to Redis.
+    async fn on_cached_hash<T: redis::FromRedisValue>(
+        &self,
+        command: &str,
+        user: &str,
+        field: Option<&str>,
+    ) -> T {
         let client = wallet_runtime::cache::client(&self.config).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("HGET")
+        redis::cmd(command)
             .arg(self.config.names.redis_key(&format!("bal:{user}")))
             .arg(field)
             .query_async(&mut conn)
@@ -952,13 +962,7 @@ impl TestEnv {
 
     /// The seconds to live of `user`'s balance hash (-2: no hash; -1: one without a TTL).
     pub async fn cached_ttl(&self, user: &str) -> i64 {
-        let client = wallet_runtime::cache::client(&self.config).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("TTL")
-            .arg(self.config.names.redis_key(&format!("bal:{user}")))
-            .query_async(&mut conn)
-            .await
-            .unwrap()
+        self.on_cached_hash("TTL", user, None).await
     }
 
     /// `walletctl audit` on this namespace.
