@@ -839,22 +839,7 @@ impl TestEnv {
     }
 
     async fn reader(&self, stream: &str, filter: &str) -> Reader {
-        let stream = self
-            .js
-            .get_stream(self.config.names.name(stream))
-            .await
-            .unwrap();
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.subject(filter),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        Reader {
-            messages: consumer.messages().await.unwrap(),
-            seen: Vec::new(),
-        }
+        Reader::start(self, stream, filter).await
     }
 
     /// Waits until `function`'s consumer has nothing pending or unacknowledged.
@@ -1021,8 +1006,13 @@ pub mod commands {
 }
 
 /// Reads a stream in order and keeps everything it read.
+///
+/// A task of its own reads on while the test does something else: JetStream deletes an ordered
+/// consumer nobody has pulled from for 30 s, and async-nats then recreates it only after two
+/// missed heartbeats, so a reader left alone during a long wait used to come back a minute late.
 pub struct Reader {
-    messages: consumer::pull::Ordered,
+    incoming: tokio::sync::mpsc::UnboundedReceiver<jetstream::Message>,
+    task: tokio::task::JoinHandle<()>,
     pub seen: Vec<Received>,
 }
 
@@ -1034,7 +1024,48 @@ impl std::fmt::Debug for Reader {
     }
 }
 
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Reader {
+    async fn start(env: &TestEnv, stream: &str, filter: &str) -> Self {
+        let mut followed = walletctl::load::follow(
+            &env.js,
+            &env.config.names,
+            stream,
+            filter,
+            consumer::DeliverPolicy::All,
+        )
+        .await
+        .unwrap();
+        let (tx, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let stream = stream.to_owned();
+        let task = tokio::spawn(async move {
+            while let Some(m) = followed.next().await {
+                match m {
+                    Ok(m) => {
+                        if tx.send(m).is_err() {
+                            return;
+                        }
+                    }
+                    // A lost connection or a restarted server: it recreates itself and reads on.
+                    Err(e) => {
+                        eprintln!("reader of {stream}: {e}; reading on");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Self {
+            incoming,
+            task,
+            seen: Vec::new(),
+        }
+    }
+
     /// Reads until `done(seen)` holds, or panics after `limit`.
     pub async fn until(
         &mut self,
@@ -1042,19 +1073,15 @@ impl Reader {
         what: &str,
         done: impl Fn(&[Received]) -> bool,
     ) -> &[Received] {
-        let deadline = Instant::now() + limit;
+        let deadline = tokio::time::Instant::now() + limit;
         while !done(&self.seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out after {limit:?} waiting for {what}; read {} message(s)",
-                self.seen.len()
-            );
-            if let Ok(Some(m)) =
-                tokio::time::timeout(left.min(Duration::from_millis(500)), self.messages.next())
-                    .await
-            {
-                self.keep(m.unwrap());
+            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                Ok(Some(m)) => self.keep(m),
+                Ok(None) => panic!("the reader's stream ended while waiting for {what}"),
+                Err(_) => panic!(
+                    "timed out after {limit:?} waiting for {what}; read {} message(s)",
+                    self.seen.len()
+                ),
             }
         }
         &self.seen
@@ -1063,8 +1090,8 @@ impl Reader {
     /// Reads whatever arrives within `d`.
     pub async fn read_for(&mut self, d: Duration) {
         let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.messages.next()).await {
-            self.keep(m.unwrap());
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+            self.keep(m);
         }
     }
 

@@ -719,7 +719,8 @@ async fn one_pooled_connection_is_enough() {
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_of_one_id_inside_one_batch_have_one_effect() {
     let env = TestEnv::new().await;
-    // Published before the function starts, so that one fetch takes them all.
+    // Published before the function starts, so that one fetch takes them all; one consume loop,
+    // as JetStream shares messages round-robin between pulls waiting at once.
     env.publish("wallet.deposit", "a", deposit("d-1", "u-1", "10", "USD"))
         .await;
     env.publish("wallet.deposit", "b", deposit("d-1", "u-1", "10", "USD"))
@@ -728,7 +729,7 @@ async fn copies_of_one_id_inside_one_batch_have_one_effect() {
         .await;
     env.publish("wallet.deposit", "d", deposit("d-2", "u-1", "1", "USD"))
         .await;
-    let deposit_proc = env.spawn("deposit", &[]);
+    let deposit_proc = env.spawn("deposit", &[("BATCHES_IN_FLIGHT", "1")]);
     let mut events = env.events().await;
     events.by_id("deposit:d-2:completed", T).await;
     let mut dlq = env.dead_letters().await;

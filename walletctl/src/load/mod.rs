@@ -37,6 +37,7 @@ mod verify;
 
 use plan::{Kind, Message, Mix, Plan};
 pub use report::Report;
+pub use track::{Followed, follow};
 use track::{Live, SendTimes, Tracker};
 
 /// In-flight publish acks: enough to keep JetStream busy on this machine, bounded so that a
@@ -306,6 +307,7 @@ async fn fund(js: &jetstream::Context, plan: &Plan, timeout: Duration) -> anyhow
         &plan.names,
         "WALLET_EVENTS",
         "wallet.events.deposit.completed",
+        jetstream::consumer::DeliverPolicy::New,
     )
     .await?;
     let funding = (0..users).map(|u| {

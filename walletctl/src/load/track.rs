@@ -58,20 +58,22 @@ impl SendTimes {
     }
 }
 
-/// The messages stored on `filter` of `stream` from now on (an ordered consumer: nothing to
-/// clean up afterwards).
+/// The messages stored on `filter` of `stream`, from `from` on (an ordered consumer: nothing to
+/// clean up afterwards). Poll it without long pauses: a consumer nobody pulls from is deleted by
+/// the server after 30 s, and is then only recreated after two missed heartbeats.
 pub async fn follow(
     js: &jetstream::Context,
     names: &wallet_runtime::names::Names,
     stream: &str,
     filter: &str,
+    from: consumer::DeliverPolicy,
 ) -> anyhow::Result<Followed> {
     let ordered = js
         .get_stream(names.name(stream))
         .await?
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: names.subject(filter),
-            deliver_policy: consumer::DeliverPolicy::New,
+            deliver_policy: from,
             // Pulls of 4 s with a heartbeat every 2 s: a lost server is noticed after two
             // missed heartbeats, within about 8 s (the defaults, 30 s and 15 s, take a minute).
             max_expires: Duration::from_secs(4),
@@ -179,8 +181,9 @@ impl Tracker {
         stop: CancellationToken,
     ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Self>>> {
         let names = &self.plan.names;
-        let mut events = follow(js, names, "WALLET_EVENTS", "wallet.events.>").await?;
-        let mut dead = follow(js, names, "DLQ", "dlq.>").await?;
+        let new = || consumer::DeliverPolicy::New;
+        let mut events = follow(js, names, "WALLET_EVENTS", "wallet.events.>", new()).await?;
+        let mut dead = follow(js, names, "DLQ", "dlq.>", new()).await?;
         // An ordered consumer reports a lost connection or a restarted server as an error and
         // recreates itself from the last message it delivered on the next read: read on (a
         // short pause keeps an outage from spinning). What it could never deliver shows as
