@@ -129,6 +129,16 @@ impl Proc {
             .unwrap_or_default()
     }
 
+    /// Its counters and gauges (no histograms), for a failing test to show what the process did.
+    pub async fn counters(&self) -> String {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.contains("_bucket{") && !l.contains("quantile="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The value of a counter or gauge summed over its label sets (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
         self.metrics()

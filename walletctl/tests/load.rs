@@ -39,6 +39,11 @@ async fn a_mixed_run_with_duplicates_and_broken_commands_is_verified() {
         .iter()
         .filter(|c| !c.ok)
         .collect();
+    if !report.verification.passed {
+        for p in &procs {
+            eprintln!("{}", p.counters().await);
+        }
+    }
     assert!(report.verification.passed, "{failed:#?}\n{report}");
     assert_eq!(report.commands, 3000);
     let copies = report.messages_sent - report.commands;
