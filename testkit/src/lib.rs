@@ -71,13 +71,20 @@ pub const FUNCTIONS: [&str; 5] = [
     "balance",
 ];
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a server a test starts.
+///
+/// Drawn at random below the kernel's ephemeral range (32768 and up), and free when drawn. A
+/// port the kernel hands out (`bind` to port 0, which this used) could be handed out again to
+/// another test's process before the server started here bound it: the server then exited with
+/// "address in use" while the other process answered its `/readyz` (a CI run saw a mixed
+/// load run whose bonus-grant never started).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = rand::random_range(10_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A binary of this workspace, built by `cargo build` next to the test executable.
@@ -105,6 +112,19 @@ impl Proc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Whether it has not exited (without reaping it: its exit status stays for `wait`).
+    pub fn running(&self) -> bool {
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        matches!(
+            waitid(
+                Id::Pid(nix::unistd::Pid::from_raw(self.child.id() as i32)),
+                flags
+            ),
+            Ok(WaitStatus::StillAlive)
+        )
     }
 
     /// Sends `sig` and waits up to `limit` for the exit status.
@@ -766,9 +786,14 @@ impl TestEnv {
         format!("{scheme}://{role}@{host}")
     }
 
-    /// Waits until the process answers `/readyz` with 200.
+    /// Waits until the process answers `/readyz` with 200; panics at once if it exited.
     pub async fn ready(&self, p: &Proc) {
         eventually(Duration::from_secs(30), "/readyz", || async {
+            assert!(
+                p.running(),
+                "process {} exited before it was ready (its stderr is above)",
+                p.child.id()
+            );
             matches!(http_get(p.http, "/readyz").await, Some((200, _))).then_some(())
         })
         .await;
