@@ -24,6 +24,10 @@ use crate::outbox::{self, OutboxMessage, Row};
 /// The largest command the contract accepts.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
+/// The largest message a command stream stores, headers included (its `max_msg_size` in
+/// streams.toml): a command and 8 KiB of headers. Larger ones are refused at publish time.
+pub const MAX_STORED_COMMAND_BYTES: usize = MAX_COMMAND_BYTES + 8 * 1024;
+
 /// What to do with a delivered message once the batch's transaction has committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -38,9 +42,6 @@ pub struct Processed {
     pub dispositions: Vec<Disposition>,
     /// Committed outbox rows (one per transaction), to publish.
     pub rows: Vec<Row>,
-    /// Events of commands answered before any transaction ([`Function::screen`]): published
-    /// before their messages are acknowledged.
-    pub direct: Vec<OutboxMessage>,
     pub tally: Tally,
 }
 
@@ -120,14 +121,18 @@ struct Unit<C> {
     key: String,
     print: Fingerprint,
     command: Result<Command<C>, Event>,
+    /// Its last allowed delivery: a command still undecided now is dead-lettered, not retried.
+    last: bool,
 }
 
-/// Decides `messages`. `Err` only for an outage: then nothing was decided and the caller retries
-/// the whole batch later.
+/// Decides `messages`; a message is delivered at most `dead_letter_after` times before it is
+/// dead-lettered. `Err` only for an outage: then nothing was decided and the caller retries the
+/// whole batch later. Answers decided without a transaction ([`Function::screen`]) are published
+/// here, before any of them is acknowledged.
 pub async fn process<F: Function>(
     f: &F,
     ctx: &Context,
-    max_deliver: i64,
+    dead_letter_after: i64,
     messages: &[Message],
 ) -> Result<Processed, StepError> {
     let delivered = |index: usize| messages[index].info().map(|i| i.delivered).unwrap_or(1);
@@ -141,6 +146,12 @@ pub async fn process<F: Function>(
     let mut first: HashMap<String, usize> = HashMap::new();
 
     for (index, message) in messages.iter().enumerate() {
+        // Past its last allowed delivery: it was never settled, because it ended the process
+        // that held it (or its dead letter was refused). It is not tried again.
+        if delivered(index) > dead_letter_after {
+            out.dispositions[index] = Disposition::DeadLetter(dlq::MAX_DELIVER);
+            continue;
+        }
         match decode(f, ctx, message) {
             Decoded::Malformed => out.dispositions[index] = Disposition::DeadLetter(dlq::MALFORMED),
             Decoded::Command {
@@ -162,40 +173,43 @@ pub async fn process<F: Function>(
                     key,
                     print,
                     command,
+                    last: delivered(index) >= dead_letter_after,
                 });
             }
         }
     }
+    let failed = |unit: &Unit<F::Command>| failed(delivered(unit.index), dead_letter_after);
 
-    let valid: Vec<&Command<F::Command>> = units
-        .iter()
-        .filter_map(|u| u.command.as_ref().ok())
-        .collect();
-    let mut screened = f.screen(ctx, &valid).await?.into_iter();
+    let valid: Vec<&Unit<F::Command>> = units.iter().filter(|u| u.command.is_ok()).collect();
+    let screened = screen(f, ctx, &valid).await?;
     let mut pending: Vec<&Unit<F::Command>> = Vec::with_capacity(units.len());
-    for unit in &units {
+    // Each answer with the position of its unit.
+    let mut direct: Vec<(usize, OutboxMessage)> = Vec::new();
+    let mut screened = screened.into_iter();
+    for (at, unit) in units.iter().enumerate() {
         if unit.command.is_err() {
             pending.push(unit);
             continue;
         }
-        match screened.next() {
-            Some(Screened::Answered(event)) => {
+        let Some(screened) = screened.next() else {
+            unreachable!("screen() answers every valid command");
+        };
+        match screened {
+            Ok(Screened::Answered(event)) => {
                 if event.status == "rejected" {
                     out.tally.rejected += 1;
                 } else {
                     out.tally.completed += 1;
                 }
-                out.direct.push(event.into_outbox(Vec::new()));
+                direct.push((at, event.into_outbox(Vec::new())));
             }
-            Some(Screened::Proceed) => pending.push(unit),
-            Some(Screened::DeadLetter(reason)) => {
+            Ok(Screened::Proceed) => pending.push(unit),
+            Ok(Screened::DeadLetter(reason)) => {
                 out.dispositions[unit.index] = Disposition::DeadLetter(reason)
             }
-            None => {
-                return Err(StepError::permanent(format!(
-                    "{}: screen answered fewer commands than it was given",
-                    F::NAME
-                )));
+            Err(e) => {
+                tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "command failed its screen");
+                out.dispositions[unit.index] = failed(unit);
             }
         }
     }
@@ -203,13 +217,10 @@ pub async fn process<F: Function>(
     if !pending.is_empty() {
         match decide(f, ctx, &pending).await {
             Ok(decided) => absorb(&mut out, decided),
-            Err(e) if e.is_transient() || pending.len() == 1 => {
-                if e.is_transient() {
-                    return Err(e);
-                }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) if pending.len() == 1 => {
                 tracing::warn!(function = F::NAME, error = %e, "command failed");
-                out.dispositions[pending[0].index] =
-                    failed(delivered(pending[0].index), max_deliver);
+                out.dispositions[pending[0].index] = failed(pending[0]);
             }
             Err(e) => {
                 tracing::warn!(function = F::NAME, error = %e, size = pending.len(), "batch failed; deciding its commands one by one");
@@ -221,13 +232,18 @@ pub async fn process<F: Function>(
                         Err(e) if e.is_transient() => return Err(e),
                         Err(e) => {
                             tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "command failed");
-                            out.dispositions[unit.index] =
-                                failed(delivered(unit.index), max_deliver);
+                            out.dispositions[unit.index] = failed(unit);
                         }
                     }
                 }
             }
         }
+    }
+
+    for (at, e) in publish_direct(ctx, direct).await? {
+        let unit = &units[at];
+        tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "answer not published");
+        out.dispositions[unit.index] = failed(unit);
     }
 
     for (index, leader) in followers {
@@ -242,10 +258,75 @@ pub async fn process<F: Function>(
     Ok(out)
 }
 
+/// [`Function::screen`] for `units`, one result per unit. When the whole batch's screen fails
+/// for a reason that is not an outage, each command is screened alone, so that one poison
+/// command (a record Redis cannot answer for) fails alone instead of holding the batch.
+async fn screen<F: Function>(
+    f: &F,
+    ctx: &Context,
+    units: &[&Unit<F::Command>],
+) -> Result<Vec<Result<Screened, StepError>>, StepError> {
+    let commands: Vec<&Command<F::Command>> = units
+        .iter()
+        .filter_map(|u| u.command.as_ref().ok())
+        .collect();
+    match f.screen(ctx, &commands).await {
+        Ok(s) if s.len() == commands.len() => return Ok(s.into_iter().map(Ok).collect()),
+        Ok(s) => {
+            return Err(StepError::permanent(format!(
+                "{}: screen answered {} of {} commands",
+                F::NAME,
+                s.len(),
+                commands.len()
+            )));
+        }
+        Err(e) if e.is_transient() => return Err(e),
+        Err(e) if commands.len() == 1 => return Ok(vec![Err(e)]),
+        Err(_) => {}
+    }
+    let mut results = Vec::with_capacity(commands.len());
+    for command in &commands {
+        results.push(match f.screen(ctx, std::slice::from_ref(command)).await {
+            Ok(mut s) if s.len() == 1 => Ok(s.remove(0)),
+            Ok(_) => Err(StepError::permanent("screen answered no command")),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => Err(e),
+        });
+    }
+    Ok(results)
+}
+
+/// Publishes answers decided without a transaction, waiting until JetStream stored them all.
+/// `Err` for an outage; otherwise the messages (by index) that JetStream refused for a reason of
+/// their own, each published alone to tell which.
+async fn publish_direct(
+    ctx: &Context,
+    direct: Vec<(usize, OutboxMessage)>,
+) -> Result<Vec<(usize, StepError)>, StepError> {
+    let publisher = ctx.publisher();
+    match publisher
+        .publish_direct(direct.iter().map(|(_, m)| m))
+        .await
+    {
+        Ok(()) => return Ok(Vec::new()),
+        Err(e) if e.is_transient() => return Err(e),
+        Err(_) => {}
+    }
+    let mut refused = Vec::new();
+    for (index, message) in direct {
+        match publisher.publish_direct(std::iter::once(&message)).await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => refused.push((index, e)),
+        }
+    }
+    Ok(refused)
+}
+
 /// A command that failed for a reason that is not an outage: retry it later, or dead-letter it
-/// on its last allowed delivery so that JetStream does not drop it silently.
-fn failed(delivered: i64, max_deliver: i64) -> Disposition {
-    if max_deliver > 0 && delivered >= max_deliver {
+/// on its last allowed delivery so that it is never left behind undecided.
+fn failed(delivered: i64, dead_letter_after: i64) -> Disposition {
+    if delivered >= dead_letter_after {
         Disposition::DeadLetter(dlq::MAX_DELIVER)
     } else {
         let secs = 1u64 << delivered.clamp(0, 8) as u32;
@@ -347,9 +428,13 @@ async fn decide_in<F: Function>(
                     undecided.push(unit.key.as_str());
                     Disposition::DeadLetter(reason)
                 }
-                Outcome::Retry(delay) => {
+                Outcome::Retry { reason, .. } if unit.last => {
                     undecided.push(unit.key.as_str());
-                    Disposition::Nak(delay)
+                    Disposition::DeadLetter(reason)
+                }
+                Outcome::Retry { after, .. } => {
+                    undecided.push(unit.key.as_str());
+                    Disposition::Nak(after)
                 }
             };
             d.dispositions.push((unit.index, disposition));

@@ -43,6 +43,10 @@ pub struct Config {
     pub streams_file: Option<PathBuf>,
     /// The most messages one fetch takes and one transaction applies.
     pub batch_max: usize,
+    /// The most bytes one fetch takes (JetStream counts payload and headers): with
+    /// `batches_in_flight` and the one batch each loop fetches ahead, what bounds the messages a
+    /// process holds, whatever their size.
+    pub batch_max_bytes: usize,
     /// Batches a process decides at once (each with its own fetch and transaction).
     pub batches_in_flight: usize,
     /// How long an idle consumer's pull request waits for the next message.
@@ -167,6 +171,14 @@ impl Config {
                 .map(PathBuf::from),
             batch_max: number("BATCH_MAX", "1000", 1, 10_000)?,
             batches_in_flight: number("BATCHES_IN_FLIGHT", "2", 1, 64)?,
+            // At least one command of the largest size a command stream stores, or a pull could
+            // never take it.
+            batch_max_bytes: number(
+                "BATCH_MAX_BYTES",
+                "4194304",
+                crate::batch::MAX_STORED_COMMAND_BYTES,
+                1 << 30,
+            )?,
             fetch_wait: duration("FETCH_WAIT", "5s")?,
             batch_linger: duration("BATCH_LINGER", "20ms")?,
             pg_pool_size: number("PG_POOL_SIZE", "4", 1, 256)?,
@@ -198,6 +210,7 @@ impl fmt::Debug for Config {
             .field("http_addr", &self.http_addr)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("batch_max", &self.batch_max)
+            .field("batch_max_bytes", &self.batch_max_bytes)
             .field("batches_in_flight", &self.batches_in_flight)
             .field("fetch_wait", &self.fetch_wait)
             .field("batch_linger", &self.batch_linger)

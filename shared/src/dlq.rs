@@ -28,6 +28,25 @@ fn capped(id: &str) -> &str {
     &id[..end]
 }
 
+/// The headers of a command that a dead letter (or a replay) carries on: all but those the
+/// server acts on (`Nats-*`: an expected stream, last sequence or message id, a rollup, a TTL would
+/// make the DLQ refuse or mangle the letter) and the `Wallet-Dlq-*` the runtime writes itself (a
+/// command could carry forged ones).
+pub fn forwarded(original: Option<&HeaderMap>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, values) in original.into_iter().flat_map(|h| h.iter()) {
+        let name: &str = name.as_ref();
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with("nats-") || lower.starts_with("wallet-dlq-") {
+            continue;
+        }
+        for v in values {
+            headers.append(name, v.as_str());
+        }
+    }
+    headers
+}
+
 /// Publishes `msg` as a dead letter and waits for JetStream to store it. The caller terminates
 /// the original only after this returns `Ok`.
 pub async fn publish(
@@ -39,9 +58,11 @@ pub async fn publish(
 ) -> Result<(), StepError> {
     let info = msg.info().map_err(StepError::transient)?;
     let (stream_seq, delivered) = (info.stream_sequence, info.delivered);
-    let mut headers = msg.headers.clone().unwrap_or_default();
-    let original_id = headers
-        .get("Nats-Msg-Id")
+    let mut headers = forwarded(msg.headers.as_ref());
+    let original_id = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
         .map(|v| capped(v.as_str()).to_owned())
         .unwrap_or_default();
     let set = |h: &mut HeaderMap, k: &'static str, v: String| h.insert(k, v.as_str());
@@ -78,6 +99,20 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_headers_the_server_ignores_are_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", "d-1");
+        h.insert("Nats-Expected-Last-Sequence", "7");
+        h.insert("nats-rollup", "all");
+        h.insert("Wallet-Dlq-Subject", "wallet.events.deposit.completed");
+        h.insert("traceparent", "00-abc-def-01");
+        let f = forwarded(Some(&h));
+        let names: Vec<String> = f.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, ["traceparent"]);
+        assert_eq!(forwarded(None).iter().count(), 0);
+    }
 
     #[test]
     fn a_copied_id_is_capped_on_a_character_boundary() {

@@ -66,6 +66,35 @@ impl From<redis::RedisError> for StepError {
     }
 }
 
+impl From<async_nats::jetstream::context::PublishError> for StepError {
+    /// A message JetStream refuses for what it is (too large, a header it rejects, an expectation
+    /// header that fails) is permanent: publishing it again changes nothing. Everything else (no
+    /// ack in time, a lost connection, no stream yet, a server busy) is an outage.
+    fn from(e: async_nats::jetstream::context::PublishError) -> Self {
+        use async_nats::jetstream::context::PublishErrorKind as Kind;
+        use async_nats::jetstream::{Error as ApiError, ErrorCode};
+        let refused = match e.kind() {
+            Kind::MaxPayloadExceeded | Kind::WrongLastMessageId | Kind::WrongLastSequence => true,
+            Kind::Other => std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<ApiError>())
+                .is_some_and(|api| {
+                    [
+                        ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
+                        ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
+                    ]
+                    .contains(&api.error_code())
+                }),
+            _ => false,
+        };
+        let message = format!("jetstream publish: {}", error_chain(&e));
+        if refused {
+            Self::Permanent(message)
+        } else {
+            Self::Transient(message)
+        }
+    }
+}
+
 /// `e: cause: cause`, since tokio-postgres' `Display` hides the server's message.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

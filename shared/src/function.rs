@@ -95,8 +95,12 @@ pub enum Outcome {
     Done(Vec<OutboxMessage>),
     /// Not for this function to decide: dead-letter it with this reason.
     DeadLetter(&'static str),
-    /// Not decidable yet: redeliver after this delay.
-    Retry(Duration),
+    /// Not decidable yet: redeliver `after` this delay; on the command's last allowed delivery it
+    /// is dead-lettered with `reason` instead (JetStream would never deliver it again).
+    Retry {
+        after: Duration,
+        reason: &'static str,
+    },
 }
 
 pub trait Function: Send + Sync + Sized + 'static {

@@ -126,8 +126,11 @@ impl Publisher {
 
     /// Publishes messages that are in no outbox (answers decided without PostgreSQL) and waits
     /// until JetStream stored them all.
-    pub async fn publish_direct(&self, messages: &[OutboxMessage]) -> Result<(), StepError> {
-        self.send_messages(messages.iter()).await
+    pub async fn publish_direct<'a>(
+        &self,
+        messages: impl Iterator<Item = &'a OutboxMessage> + Clone,
+    ) -> Result<(), StepError> {
+        self.send_messages(messages).await
     }
 
     /// Cache, then JetStream; returns the ids of the rows sent. Holds no database connection, so
@@ -159,12 +162,11 @@ impl Publisher {
             let ack = self
                 .js
                 .publish_with_headers(subject, headers, message.payload.clone())
-                .await
-                .map_err(StepError::transient)?;
+                .await?;
             acks.push(ack.into_future());
         }
         for ack in futures::future::join_all(acks).await {
-            ack.map_err(StepError::transient)?;
+            ack?;
         }
         Ok(())
     }

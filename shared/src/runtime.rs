@@ -52,6 +52,18 @@ pub fn run<F: Function>(f: F) -> ExitCode {
                 F::NAME
             ));
         };
+        let largest = topology
+            .streams
+            .iter()
+            .find(|s| s.name == def.stream)
+            .and_then(|s| usize::try_from(s.max_msg_size).ok())
+            .filter(|&n| n > 0);
+        if largest.is_none_or(|n| n > ctx.config.batch_max_bytes) {
+            return Err(format!(
+                "invalid BATCH_MAX_BYTES: {} bytes; stream {} may store larger messages (max_msg_size {largest:?}), which no fetch could take",
+                ctx.config.batch_max_bytes, def.stream
+            ));
+        }
         let background = tokio::spawn(f.background(ctx.clone(), shutdown.clone()));
         consume(Arc::new(f), ctx, def, shutdown).await;
         let _ = background.await;
@@ -293,7 +305,7 @@ async fn bind(
 /// without a deadline of its own the loop would wait forever (`make chaos` found it).
 async fn fetch(
     consumer: &PullConsumer,
-    max: usize,
+    (max, max_bytes): (usize, usize),
     wait: Duration,
     linger: Duration,
 ) -> Result<Vec<Message>, StepError> {
@@ -315,30 +327,34 @@ async fn fetch(
         }
         out
     }
-    // What is ready now, up to `n` (a no-wait pull).
-    let ready = |n: usize| async move {
+    // What is ready now, up to `n` messages and `bytes` (a no-wait pull).
+    let ready = |n: usize, bytes: usize| async move {
         let s = consumer
             .fetch()
             .max_messages(n)
+            .max_bytes(bytes)
             .messages()
             .await
             .map_err(StepError::transient)?;
         Ok::<_, StepError>(drain(s).await)
     };
-    let mut msgs = ready(max).await?;
+    let size = |msgs: &[Message]| msgs.iter().map(|m| m.length).sum::<usize>();
+    let mut msgs = ready(max, max_bytes).await?;
     if msgs.is_empty() {
         msgs = drain(
             consumer
                 .batch()
                 .max_messages(1)
+                .max_bytes(max_bytes)
                 .expires(wait)
                 .messages()
                 .await
                 .map_err(StepError::transient)?,
         )
         .await;
-        if !msgs.is_empty() && max > 1 {
-            msgs.extend(ready(max - 1).await?);
+        let left = max_bytes.saturating_sub(size(&msgs));
+        if !msgs.is_empty() && max > 1 && left > 0 {
+            msgs.extend(ready(max - 1, left).await?);
         }
     }
     if !msgs.is_empty() && msgs.len() < max && !linger.is_zero() {
@@ -346,7 +362,10 @@ async fn fetch(
         // not reliable, nats-server 2.9 sometimes lets one lapse without its end-of-request
         // status. A failed request costs only the extra messages: what is held is decided.
         tokio::time::sleep(linger).await;
-        msgs.extend(ready(max - msgs.len()).await.unwrap_or_default());
+        let left = max_bytes.saturating_sub(size(&msgs));
+        if left > 0 {
+            msgs.extend(ready(max - msgs.len(), left).await.unwrap_or_default());
+        }
     }
     Ok(msgs)
 }
@@ -366,10 +385,11 @@ async fn consume<F: Function>(
     let Some(consumer) = bind(&ctx, &def, &shutdown).await else {
         return;
     };
-    // The server's setting is the one JetStream enforces, whatever the local file says.
-    let max_deliver = consumer.cached_info().config.max_deliver;
+    // JetStream itself never stops delivering (the consumer's max_deliver is -1): the runtime
+    // dead-letters a message on its last allowed delivery, so none is ever left behind.
+    let dead_letter_after = def.dead_letter_after;
     let loops = ctx.config.batches_in_flight;
-    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), max_deliver, loops, "consuming");
+    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), dead_letter_after, loops, "consuming");
     tokio::spawn(watch_lag(F::NAME, consumer.clone(), shutdown.clone()));
     // Publishing runs beside the next batches' transactions; a small bound keeps memory flat.
     let (events, pending) = mpsc::channel::<Vec<Row>>(2 * loops);
@@ -380,7 +400,7 @@ async fn consume<F: Function>(
             f.clone(),
             ctx.clone(),
             consumer.clone(),
-            max_deliver,
+            dead_letter_after,
             events.clone(),
             shutdown.clone(),
         ));
@@ -395,7 +415,7 @@ async fn consume_loop<F: Function>(
     f: Arc<F>,
     ctx: Arc<Context>,
     consumer: PullConsumer,
-    max_deliver: i64,
+    dead_letter_after: i64,
     events: mpsc::Sender<Vec<Row>>,
     shutdown: CancellationToken,
 ) {
@@ -405,7 +425,7 @@ async fn consume_loop<F: Function>(
     // batch means the consumer has caught up: the next fetch then starts after this batch, and
     // takes everything that arrived meanwhile (fewer, larger transactions at a steady rate).
     let (max, wait, linger) = (
-        ctx.config.batch_max,
+        (ctx.config.batch_max, ctx.config.batch_max_bytes),
         ctx.config.fetch_wait,
         ctx.config.batch_linger,
     );
@@ -430,7 +450,7 @@ async fn consume_loop<F: Function>(
             }
             r = &mut fetching => r.unwrap_or_else(|e| Err(StepError::transient(e))),
         };
-        if fetched.as_ref().is_ok_and(|m| m.len() >= max) && !shutdown.is_cancelled() {
+        if fetched.as_ref().is_ok_and(|m| m.len() >= max.0) && !shutdown.is_cancelled() {
             next = Some(fetch_now());
         }
         let msgs = match fetched {
@@ -456,10 +476,7 @@ async fn consume_loop<F: Function>(
             let attempt = async {
                 // Redis first: no effect is committed while its events could not be published.
                 ctx.cache.ping().await?;
-                let processed = batch::process(&*f, &ctx, max_deliver, &msgs).await?;
-                // Answers without a transaction have no outbox: out before their acks.
-                ctx.publisher().publish_direct(&processed.direct).await?;
-                Ok::<_, StepError>(processed)
+                batch::process(&*f, &ctx, dead_letter_after, &msgs).await
             };
             match attempt.instrument(span.clone()).await {
                 Ok(p) => break Some(p),
@@ -521,10 +538,13 @@ async fn settle_one(ctx: &Context, function: &str, m: &Message, d: Disposition) 
         Disposition::DeadLetter(reason) => {
             match dlq::publish(&ctx.js, &ctx.names, function, m, reason).await {
                 Ok(()) => m.ack_with(AckKind::Term).await,
-                // Not stored: leave it unacknowledged; it comes back and is dead-lettered then.
+                // Not stored (the DLQ full, or refusing the letter): the command is kept, and
+                // comes back to be dead-lettered again; JetStream never runs out of deliveries.
                 Err(e) => {
-                    tracing::warn!(error = %e, "dead letter not stored; the message will be redelivered");
-                    Ok(())
+                    metrics::counter!("wallet_dead_letters_refused_total", "function" => function.to_owned())
+                        .increment(1);
+                    tracing::error!(function, reason, error = %e, "dead letter refused by the DLQ; the command is kept and tried again");
+                    m.ack_with(AckKind::Nak(Some(DEAD_LETTER_AGAIN))).await
                 }
             }
         }
@@ -534,6 +554,9 @@ async fn settle_one(ctx: &Context, function: &str, m: &Message, d: Disposition) 
         tracing::debug!(error = %e, "acknowledgement not sent");
     }
 }
+
+/// How long a command whose dead letter was refused waits before it is dead-lettered again.
+const DEAD_LETTER_AGAIN: Duration = Duration::from_secs(10);
 
 /// Acknowledgements and dead letters of one batch in flight at once.
 const SETTLING_AT_ONCE: usize = 256;

@@ -90,7 +90,8 @@ pub struct ConsumerDef {
     pub filter_subject: String,
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
-    pub max_deliver: i64,
+    /// Deliveries a message gets before the runtime dead-letters it (`max_deliver`).
+    pub dead_letter_after: i64,
     pub max_ack_pending: i64,
 }
 
@@ -98,6 +99,12 @@ impl Topology {
     pub fn parse(text: &str) -> Result<Self, TopologyError> {
         let t: Topology = toml::from_str(text)?;
         for c in &t.consumers {
+            if c.dead_letter_after < 1 {
+                return Err(TopologyError::Invalid(format!(
+                    "consumer `{}`: dead_letter_after must be at least 1",
+                    c.function
+                )));
+            }
             if !t.streams.iter().any(|s| s.name == c.stream) {
                 return Err(TopologyError::Invalid(format!(
                     "consumer `{}` names unknown stream `{}`",
@@ -176,12 +183,29 @@ impl ConsumerDef {
             ack_policy: consumer::AckPolicy::Explicit,
             deliver_policy: consumer::DeliverPolicy::All,
             ack_wait: self.ack_wait,
-            max_deliver: self.max_deliver,
+            // Unlimited: JetStream would drop a message silently after its last delivery, even
+            // one whose dead letter the DLQ refused. The runtime counts instead.
+            max_deliver: -1,
             // Never a backoff: see streams.toml.
             max_ack_pending: self.max_ack_pending,
             ..Default::default()
         }
     }
+}
+
+/// True when the literal `subject` is one that the filter `filter` (with NATS's `*` and `>`
+/// wildcards) selects.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for f in filter.split('.') {
+        match (f, subject_tokens.next()) {
+            (">", Some(t)) => return !t.is_empty() && !t.contains(['*', '>']),
+            ("*", Some(t)) if !t.is_empty() && !t.contains(['*', '>']) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
 }
 
 fn nats_err(e: impl std::fmt::Display) -> TopologyError {
@@ -330,6 +354,24 @@ mod tests {
         let c = deposit.config(&Names::new("t").expect("ns"));
         assert_eq!(c.durable_name.as_deref(), Some("t_deposit"));
         assert_eq!(c.filter_subject, "t.wallet.deposit");
+    }
+
+    #[test]
+    fn subjects_match_filters_as_nats_does() {
+        assert!(subject_matches("t.provider.*.ack", "t.provider.alpha.ack"));
+        assert!(subject_matches("wallet.deposit", "wallet.deposit"));
+        assert!(subject_matches("dlq.>", "dlq.deposit"));
+        assert!(!subject_matches(
+            "t.provider.*.ack",
+            "t.provider.alpha.transfer"
+        ));
+        assert!(!subject_matches("t.provider.*.ack", "t.provider.ack"));
+        assert!(!subject_matches("wallet.deposit", "wallet.deposit.x"));
+        assert!(!subject_matches(
+            "wallet.deposit",
+            "wallet.events.deposit.completed"
+        ));
+        assert!(!subject_matches("t.provider.*.ack", "t.provider.*.ack"));
     }
 
     #[test]

@@ -715,6 +715,25 @@ impl TestEnv {
         }
     }
 
+    /// A streams file for this test's binaries (`STREAMS_FILE`): the built-in one with every
+    /// consumer's `dead_letter_after` set to `n`; removed with the env.
+    pub fn streams_file_dead_letter_after(&self, n: i64) -> String {
+        let text = wallet_runtime::streams::BUILT_IN
+            .lines()
+            .map(|l| {
+                if l.starts_with("dead_letter_after") {
+                    format!("dead_letter_after = {n}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = std::env::temp_dir().join(format!("{}.streams.toml", self.ns));
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
     /// The environment a binary of this test runs with.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
@@ -1173,6 +1192,8 @@ impl Drop for TestEnv {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        let _ =
+            std::fs::remove_file(std::env::temp_dir().join(format!("{}.streams.toml", self.ns)));
         let config = self.config.clone();
         // Drop cannot await: clean up on a thread of its own with a runtime of its own.
         let cleanup = std::thread::spawn(move || {

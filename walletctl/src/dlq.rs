@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use wallet_runtime::Config;
+use wallet_runtime::streams::{Topology, subject_matches};
 
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -108,28 +109,46 @@ pub fn render(letters: &[DeadLetter]) -> String {
     out
 }
 
+/// What a replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub replayed: usize,
+    /// Letters left in the DLQ because their subject is not one the function consumes.
+    pub refused: usize,
+}
+
 /// Publishes `function`'s dead letters (or the one whose command id is `id`) to their original
 /// subject with their original headers and a new `Nats-Msg-Id`, then removes them from the DLQ.
-/// The command's own id still guarantees a single effect.
-pub async fn replay(config: &Config, function: &str, id: Option<&str>) -> anyhow::Result<usize> {
+/// The command's own id still guarantees a single effect. Only a subject that the function's own
+/// consumer reads is replayed to: a letter's headers are the sender's words, and a forged
+/// `Wallet-Dlq-Subject` must not turn a replay into a publish anywhere else.
+pub async fn replay(
+    config: &Config,
+    topology: &Topology,
+    function: &str,
+    id: Option<&str>,
+) -> anyhow::Result<Replayed> {
+    let Some(consumer) = topology.consumer(function) else {
+        anyhow::bail!("no function `{function}` in the streams file");
+    };
+    let filter = config.names.subject(&consumer.filter_subject);
     let js = jetstream::new(crate::nats(config).await?);
     let stream = js.get_stream(config.names.name("DLQ")).await?;
     let letters = list_with(&js, config, Some(function)).await?;
-    let mut replayed = 0;
+    let mut done = Replayed::default();
     for l in letters
         .into_iter()
         .filter(|l| id.is_none_or(|id| l.msg_id == id))
     {
-        let mut headers = HeaderMap::new();
-        for (name, values) in l.headers.iter() {
-            let name: &str = name.as_ref();
-            if name.starts_with("Wallet-Dlq-") || name == "Nats-Msg-Id" {
-                continue;
-            }
-            for v in values {
-                headers.append(name, v.as_str());
-            }
+        if !subject_matches(&filter, &l.subject) {
+            eprintln!(
+                "walletctl: dead letter {} left in the DLQ: its subject `{}` is not one {function} reads ({filter})",
+                l.seq, l.subject
+            );
+            done.refused += 1;
+            continue;
         }
+        let mut headers = wallet_runtime::dlq::forwarded(Some(&l.headers));
         // Unique per dead letter: a replay that fails again is a new dead letter with a new
         // sequence, and replaying that one is not swallowed by the duplicate window.
         headers.insert(
@@ -140,7 +159,7 @@ pub async fn replay(config: &Config, function: &str, id: Option<&str>) -> anyhow
             .await?
             .await?;
         stream.delete_message(l.seq).await?;
-        replayed += 1;
+        done.replayed += 1;
     }
-    Ok(replayed)
+    Ok(done)
 }

@@ -236,8 +236,15 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Cmd::Dlq {
             command: DlqCmd::Replay { function, id },
         } => {
-            let n = dlq::replay(&config, &function, id.as_deref()).await?;
-            println!("replayed {n} dead letter(s) of {function}");
+            let done = dlq::replay(&config, &topology, &function, id.as_deref()).await?;
+            println!("replayed {} dead letter(s) of {function}", done.replayed);
+            if done.refused > 0 {
+                println!(
+                    "left {} dead letter(s) whose subject {function} does not read",
+                    done.refused
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::K8s { check, root } => {

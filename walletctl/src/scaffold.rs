@@ -280,7 +280,7 @@ function = "{{name}}"
 stream = "{{STREAM}}"
 filter_subject = "{{subject}}"
 ack_wait = "30s"
-max_deliver = 20
+dead_letter_after = 20
 max_ack_pending = 20_000
 "#;
 

@@ -37,6 +37,10 @@ use crate::reservations::{Claim, Record, Reservation, Reservations, Reserved};
 
 const ENTITY: &str = "bonus";
 
+/// The dead-letter reason of a grant whose reservation was still lost or given back on its last
+/// allowed delivery (Redis kept losing it): reserved again by a replay.
+pub const RESERVATION_UNRESOLVED: &str = "reservation_unresolved";
+
 /// Test-only fail point: `WALLET_FAILPOINT=bonus-after-reserve` ends the process right after
 /// Redis reserved a batch and before PostgreSQL commits it (a crash at the worst line).
 const FAILPOINT: &str = "bonus-after-reserve";
@@ -321,7 +325,10 @@ impl Function for BonusGrant {
                 || released.contains(&(command.id.clone(), r.token.clone()))
             {
                 // Its reservation was lost with Redis's data or given back: reserve again.
-                outcomes.push(Some(Outcome::Retry(Duration::from_millis(200))));
+                outcomes.push(Some(Outcome::Retry {
+                    after: Duration::from_millis(200),
+                    reason: RESERVATION_UNRESOLVED,
+                }));
                 continue;
             }
             let amount = campaign::from_minor(r.amount_minor, campaign.currency);

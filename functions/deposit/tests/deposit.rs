@@ -287,12 +287,10 @@ async fn malformed_commands_are_dead_lettered_with_their_headers_and_can_be_repl
 
     // Replay: published again under a new Nats-Msg-Id, dead-lettered again (still malformed),
     // stored again with the new stream sequence; the replayed letter leaves the DLQ.
-    assert_eq!(
-        walletctl::dlq::replay(&env.config, "deposit", Some("m-1"))
-            .await
-            .unwrap(),
-        1
-    );
+    let topology = testkit::topology();
+    let replay =
+        |id: &'static str| walletctl::dlq::replay(&env.config, &topology, "deposit", Some(id));
+    assert_eq!(replay("m-1").await.unwrap().replayed, 1);
     dlq.count(cases.len() + 1, T).await;
     let again = &dlq.seen[cases.len()];
     assert!(
@@ -646,25 +644,13 @@ async fn a_poison_message_is_isolated_then_dead_lettered_on_its_last_delivery() 
         )
         .await
         .unwrap();
-    let stream = env
-        .js
-        .get_stream(env.config.names.name("DEPOSITS"))
-        .await
-        .unwrap();
-    let mut consumer = wallet_runtime::streams::Topology::load(None)
-        .unwrap()
-        .consumer("deposit")
-        .unwrap()
-        .config(&env.config.names);
-    consumer.max_deliver = 3;
-    consumer.backoff = Vec::new();
-    stream.create_consumer(consumer).await.unwrap();
     // Published before the function starts, so that they arrive in one batch.
     for id in ["p-1", "p-2", "poison", "p-3", "p-4"] {
         env.publish("wallet.deposit", id, deposit(id, "u-1", "1", "USD"))
             .await;
     }
-    let deposit_proc = env.spawn("deposit", &[]);
+    let streams = env.streams_file_dead_letter_after(3);
+    let deposit_proc = env.spawn("deposit", &[("STREAMS_FILE", &streams)]);
     let mut events = env.events().await;
     for id in ["p-1", "p-2", "p-3", "p-4"] {
         events.by_id(&format!("deposit:{id}:completed"), T).await;

@@ -279,5 +279,8 @@ fn unknown(command: &Command<Ack>, window: Duration) -> Outcome {
         return Outcome::DeadLetter(UNKNOWN_TRANSFER);
     }
     let delay = age.clamp(Duration::from_secs(1), Duration::from_secs(30));
-    Outcome::Retry(delay.min(left))
+    Outcome::Retry {
+        after: delay.min(left),
+        reason: UNKNOWN_TRANSFER,
+    }
 }
