@@ -220,18 +220,101 @@ impl fmt::Debug for Config {
     }
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`, for logs and error messages.
+/// A connection string with every secret masked, for logs and error messages. Each form a
+/// driver accepts: `scheme://user:secret@host`, a secret in the query
+/// (`?password=…`, `&sslpassword=…`, `token`, `pass`), and PostgreSQL's key=value form
+/// (`host=db user=app password=secret`, quoted values included).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://***@{host}"),
+    if url.contains("://") {
+        redact_url(url)
+    } else {
+        redact_key_values(url)
     }
+}
+
+/// Keys whose value is a secret, in a query or a key=value string.
+fn secret(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase();
+    [
+        "password",
+        "sslpassword",
+        "pass",
+        "passwd",
+        "token",
+        "secret",
+        "sslkey",
+    ]
+    .contains(&key.as_str())
+}
+
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = format!("{scheme}://");
+    match before_query.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => out.push_str(&format!("{user}:***@{host}")),
+            None => out.push_str(&format!("***@{host}")),
+        },
+        None => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if secret(k) => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// `key=value` pairs separated by spaces; a value may be single-quoted with `\'` inside.
+fn redact_key_values(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(eq) = rest.find('=') {
+        let (key, after) = (&rest[..eq], &rest[eq + 1..]);
+        out.push_str(key);
+        out.push('=');
+        let after_trimmed = after.trim_start();
+        out.push_str(&after[..after.len() - after_trimmed.len()]);
+        let value_len = if let Some(quoted) = after_trimmed.strip_prefix('\'') {
+            let mut end = quoted.len();
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            1 + end
+        } else {
+            after_trimmed
+                .find(char::is_whitespace)
+                .unwrap_or(after_trimmed.len())
+        };
+        let key_name = key.split_whitespace().last().unwrap_or(key);
+        if secret(key_name) {
+            out.push_str("***");
+        } else {
+            out.push_str(&after_trimmed[..value_len]);
+        }
+        rest = &after_trimmed[value_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -296,5 +379,37 @@ mod tests {
         let e = config(&[("DATABASE_URL", "postgres://app:hunter2@db:notaport/wallet")])
             .expect_err("bad url");
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn every_form_of_a_secret_is_masked() {
+        for (given, shown) in [
+            (
+                "host=db user=app password=hunter2 dbname=wallet",
+                "host=db user=app password=*** dbname=wallet",
+            ),
+            (
+                "host=db password='hunter 2\\' x' user=app",
+                "host=db password=*** user=app",
+            ),
+            ("password = hunter2", "password = ***"),
+            (
+                "postgres://db/wallet?user=app&password=hunter2&sslmode=require",
+                "postgres://db/wallet?user=app&password=***&sslmode=require",
+            ),
+            (
+                "postgres://app:hunter2@db/wallet?sslpassword=hunter2",
+                "postgres://app:***@db/wallet?sslpassword=***",
+            ),
+            ("redis://:hunter2@r:6379", "redis://:***@r:6379"),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+        ] {
+            assert_eq!(redact(given), shown, "{given}");
+        }
+        let c = config(&[("DATABASE_URL", "host=db user=app password=hunter2 dbname=w")])
+            .expect("a key=value DSN");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password=***"), "{shown}");
     }
 }

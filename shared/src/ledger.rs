@@ -23,7 +23,7 @@ use rust_decimal::Decimal;
 
 use crate::cache::WalletSnapshot;
 use crate::error::StepError;
-use crate::money::Currency;
+use crate::money::{Currency, exact_add};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -96,9 +96,24 @@ impl WalletKey {
     }
 }
 
-/// The command could not be applied: it would take a user wallet below zero.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Overdraft;
+/// Why a command could not be applied; nothing moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// It would take a user wallet below zero.
+    Overdraft,
+    /// It would take a user wallet to its currency's [`Currency::balance_limit`].
+    BalanceLimit,
+}
+
+impl Refused {
+    /// The rejection reason of the contract.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Overdraft => "insufficient_funds",
+            Refused::BalanceLimit => "balance_limit",
+        }
+    }
+}
 
 /// Opens books; remembers the ids of the wallets known to exist (ids never change once committed,
 /// and accounts are never deleted), so that a batch asks PostgreSQL to create only the wallets it
@@ -399,7 +414,7 @@ impl Book {
         &mut self,
         command: &str,
         legs: &[(&WalletKey, Decimal)],
-    ) -> Result<Result<(), Overdraft>, StepError> {
+    ) -> Result<Result<(), Refused>, StepError> {
         // A command has a few legs in one or two currencies: a list beats a map.
         let mut sums: Vec<(Currency, Decimal)> = Vec::with_capacity(legs.len());
         for (key, amount) in legs {
@@ -411,16 +426,19 @@ impl Book {
                 }
             };
             let sum = &mut sums[at].1;
-            *sum = sum
-                .checked_add(*amount)
+            *sum = exact_add(*sum, *amount)
                 .ok_or_else(|| StepError::permanent(format!("ledger: {command} overflows")))?;
             let slot = self.slots.get(*key).ok_or_else(|| {
                 StepError::permanent(format!("ledger: wallet {key:?} was not opened"))
             })?;
             // A platform slot's balance is the transaction's sum to it (see `write`): it may
             // overflow but never overdraws.
-            match slot.balance.checked_add(*amount) {
-                Some(b) if b < Decimal::ZERO && !key.is_platform() => return Ok(Err(Overdraft)),
+            match exact_add(slot.balance, *amount) {
+                Some(_) if key.is_platform() => {}
+                Some(b) if b < Decimal::ZERO => return Ok(Err(Refused::Overdraft)),
+                Some(b) if b >= key.currency.balance_limit() => {
+                    return Ok(Err(Refused::BalanceLimit));
+                }
                 Some(_) => {}
                 None => {
                     return Err(StepError::permanent(format!(
@@ -437,7 +455,7 @@ impl Book {
         for (key, amount) in legs {
             let slot = self.slots.get_mut(*key).expect("checked above");
             // Checked again: two legs to one wallet are checked one by one above.
-            slot.balance = slot.balance.checked_add(*amount).ok_or_else(|| {
+            slot.balance = exact_add(slot.balance, *amount).ok_or_else(|| {
                 StepError::permanent(format!("ledger: {command} overflows a balance"))
             })?;
             if !key.is_platform() {
@@ -578,7 +596,7 @@ mod tests {
 
         // Below zero: an overdraft, not an error, and nothing moved either.
         let too_much = [(&main_usd, dec("-6")), (&fx_usd, dec("6"))];
-        assert_eq!(b.post("fx:3", &too_much).unwrap(), Err(Overdraft));
+        assert_eq!(b.post("fx:3", &too_much).unwrap(), Err(Refused::Overdraft));
         assert_eq!(b.snapshot(&main_usd).unwrap().balance, "5.00");
         assert_eq!(b.postings.len(), 2);
     }

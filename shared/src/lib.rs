@@ -28,6 +28,7 @@ pub mod outbox;
 pub mod runtime;
 pub mod streams;
 pub mod telemetry;
+pub mod text;
 
 /// Every binary that links the runtime allocates through jemalloc. A batch allocates and frees
 /// thousands of small, short-lived values (messages, keys, events, statement parameters) across

@@ -94,6 +94,23 @@ impl FromStr for Currencies {
     }
 }
 
+impl Currency {
+    /// The first balance a wallet of this currency may not reach: 10^(28 − minor unit), so that
+    /// every balance has at most 28 significant digits and a `Decimal` (96 bits, about 7.9e28)
+    /// holds it, and the sum of a balance and an amount, exactly. At least 10^15 for every
+    /// currency (the minor unit is at most 13), so no single amount reaches it.
+    pub fn balance_limit(&self) -> Decimal {
+        Decimal::from_i128_with_scale(10i128.pow(28), self.minor_unit)
+    }
+}
+
+/// `a + b`, or `None` when the sum is not exact: past 28 digits `rust_decimal` rounds the
+/// fraction away rather than failing, and money is never rounded.
+pub fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    a.checked_add(b)
+        .filter(|sum| sum.scale() >= a.scale().max(b.scale()))
+}
+
 impl Currencies {
     pub fn get(&self, code: &str) -> Option<Currency> {
         self.0.get(code).copied()
@@ -150,6 +167,34 @@ pub fn parse_amount(value: Option<&Value>, currency: Currency) -> Result<Decimal
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sums_past_28_digits_are_refused_not_rounded() {
+        // Just under 2^96 - 1 = 79,228,162,514,264,337,593,543,950,335 units of 10^-13.
+        let big = Decimal::from_i128_with_scale(79_228_162_514_264_337_593_543_950_000, 13);
+        let tiny = Decimal::from_i128_with_scale(999, 13);
+        // rust_decimal itself rounds this sum to 12 digits after the point.
+        assert!(big.checked_add(tiny).is_some_and(|s| s.scale() < 13));
+        assert_eq!(exact_add(big, tiny), None);
+        assert_eq!(
+            exact_add(Decimal::new(1050, 2), Decimal::new(5, 1)),
+            Some(Decimal::new(1100, 2))
+        );
+    }
+
+    #[test]
+    fn the_balance_limit_keeps_28_digits() {
+        let c = |s: &str| {
+            s.parse::<Currencies>()
+                .expect("currency")
+                .get(&s[..3])
+                .expect("configured")
+        };
+        assert_eq!(c("USD:2").balance_limit(), Decimal::from(10i128.pow(26)));
+        assert_eq!(c("XTS:13").balance_limit(), Decimal::from(10i64.pow(15)));
+        let below = c("XTS:13").balance_limit() - Decimal::from_i128_with_scale(1, 13);
+        assert_eq!(below.mantissa(), 10i128.pow(28) - 1);
+    }
     use super::*;
     use serde_json::json;
 

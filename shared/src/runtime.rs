@@ -94,7 +94,7 @@ where
     let (config, topology, filter) = match setup() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{name}: {e}");
+            telemetry::report(format_args!("{name}: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -105,7 +105,7 @@ where
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("{name}: cannot start the async runtime: {e}");
+            telemetry::report(format_args!("{name}: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -115,7 +115,7 @@ where
         let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("{name}: cannot listen on HTTP_ADDR {}: {e}", config.http_addr);
+                telemetry::report(format_args!("{name}: cannot listen on HTTP_ADDR {}: {e}", config.http_addr));
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
@@ -127,7 +127,7 @@ where
             Ok(Some(ctx)) => ctx,
             Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{name}: {e}");
+                telemetry::report(format_args!("{name}: {e}"));
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
@@ -154,7 +154,7 @@ where
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{name}: {e}");
+                telemetry::report(format_args!("{name}: {e}"));
                 ExitCode::from(EXIT_CONFIG)
             }
         }
@@ -173,8 +173,10 @@ fn watch_signals(name: &'static str, shutdown: CancellationToken) {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!(function = name, "signal received: finishing in-flight work");
+        // Before anything else, logging included: nothing may stand between a signal and the
+        // shutdown it asks for.
         shutdown.cancel();
+        tracing::info!(function = name, "signal received: finishing in-flight work");
         let code = tokio::select! { _ = term.recv() => 15, _ = int.recv() => 2 };
         tracing::warn!(function = name, "second signal: exiting now");
         std::process::exit(128 + code);

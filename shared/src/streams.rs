@@ -196,11 +196,17 @@ impl ConsumerDef {
 /// True when the literal `subject` is one that the filter `filter` (with NATS's `*` and `>`
 /// wildcards) selects.
 pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    if subject
+        .split('.')
+        .any(|t| t.is_empty() || t == "*" || t == ">")
+    {
+        return false;
+    }
     let mut subject_tokens = subject.split('.');
     for f in filter.split('.') {
         match (f, subject_tokens.next()) {
-            (">", Some(t)) => return !t.is_empty() && !t.contains(['*', '>']),
-            ("*", Some(t)) if !t.is_empty() && !t.contains(['*', '>']) => {}
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
             (f, Some(t)) if f == t => {}
             _ => return false,
         }

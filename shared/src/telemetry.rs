@@ -23,13 +23,39 @@ pub fn filter() -> Result<EnvFilter, ConfigError> {
 pub fn init_logs(filter: EnvFilter, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        // Its own report of a failed write goes through `eprintln!`, which panics when stderr is
+        // gone too: a panic inside a log line would kill the task that logged it.
+        .log_internal_errors(false)
+        .with_writer(|| Lossy(std::io::stdout()));
     // A second init (tests running the runtime in-process) keeps the first subscriber.
     let _ = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// A log writer whose failures are the log's loss only. When whoever read the process's stdout
+/// is gone (a closed pipe: `make run`'s prefixers after Ctrl-C), a log line must never fail the
+/// work that logged it, least of all the shutdown that follows.
+struct Lossy<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Lossy<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
+/// One line on stderr that cannot fail: `eprintln!` panics when stderr is closed.
+pub fn report(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.

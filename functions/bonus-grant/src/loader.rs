@@ -91,7 +91,7 @@ pub async fn load(
             (grant, record)
         })
         .collect();
-    reservations.remember_committed(&committed).await?;
+    reservations.remember_committed(epoch, &committed).await?;
     if reservations.load(id, &state).await? {
         tracing::info!(
             campaign = id,

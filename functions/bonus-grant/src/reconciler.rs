@@ -25,7 +25,7 @@ use crate::reservations::{Action, Record, Reservations};
 /// Reservations looked at per campaign and pass.
 const LIMIT: isize = 1000;
 
-const CAMPAIGNS: &str = "SELECT id, redis_epoch FROM campaigns";
+const CAMPAIGNS: &str = "SELECT id, redis_epoch FROM campaigns ORDER BY id";
 const LOCK: &str = "SELECT redis_epoch FROM campaigns WHERE id = $1 FOR UPDATE SKIP LOCKED";
 const COMMITTED: &str = "SELECT id, token FROM grants WHERE id = ANY($1)";
 const RELEASED: &str = "SELECT grant_id, token FROM grant_releases WHERE grant_id = ANY($1)";
@@ -58,19 +58,38 @@ pub async fn pass(ctx: &Context, reservations: &Reservations) -> Result<(), Step
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    // Each campaign on its own: one that fails (its currency no longer configured, a record
+    // that cannot be read) must not keep every later campaign's reserved budget from coming back.
+    let mut first_error = None;
     for (campaign, pg_epoch) in campaigns {
-        // A loader that died between PostgreSQL and Redis leaves Redis on an older epoch (every
-        // grant would be retried forever): load again. A campaign Redis does not hold at all is
-        // loaded by its next grant.
-        if let Some(epoch) = reservations.epoch(&campaign).await?
-            && epoch < pg_epoch
-        {
-            let mut client = ctx.pool.get().await?;
-            loader::load(&mut client, &ctx.config.currencies, reservations, &campaign).await?;
+        if let Err(e) = pass_one(ctx, reservations, &campaign, pg_epoch).await {
+            metrics::counter!("wallet_bonus_reconcile_errors_total").increment(1);
+            tracing::warn!(campaign, error = %e, "bonus reconciler: campaign not reconciled this pass");
+            if e.is_transient() {
+                return Err(e);
+            }
+            first_error.get_or_insert(e);
         }
-        reconcile(ctx, reservations, &campaign).await?;
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn pass_one(
+    ctx: &Context,
+    reservations: &Reservations,
+    campaign: &str,
+    pg_epoch: i64,
+) -> Result<(), StepError> {
+    // A loader that died between PostgreSQL and Redis leaves Redis on an older epoch (every
+    // grant would be retried forever): load again. A campaign Redis does not hold at all is
+    // loaded by its next grant.
+    if let Some(epoch) = reservations.epoch(campaign).await?
+        && epoch < pg_epoch
+    {
+        let mut client = ctx.pool.get().await?;
+        loader::load(&mut client, &ctx.config.currencies, reservations, campaign).await?;
+    }
+    reconcile(ctx, reservations, campaign).await
 }
 
 async fn reconcile(

@@ -56,7 +56,8 @@ end
 if tonumber(c[5]) + amount > tonumber(c[4]) then return reject('campaign_exhausted') end
 redis.call('HINCRBY', KEYS[1], 'reserved', amount)
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-local rec = 'R|' .. amount .. '|' .. ARGV[4] .. '|' .. c[6] .. '|' .. ARGV[2] .. '|' .. ARGV[6]
+-- %d: Lua's `..` prints a number of 15 digits or more as `1e+14`.
+local rec = 'R|' .. string.format('%d', amount) .. '|' .. ARGV[4] .. '|' .. c[6] .. '|' .. ARGV[2] .. '|' .. ARGV[6]
 redis.call('SET', KEYS[4], rec)
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 return {'new', rec}
@@ -109,6 +110,23 @@ for i = 1, #ARGV, 4 do
   redis.call('ZREM', KEYS[3], ARGV[i])
 end
 return done
+";
+
+/// KEYS: grant records. ARGV: the epoch being loaded, then one committed record per key.
+/// Writes each record unless the key holds a committed record already or a reservation of this
+/// epoch or a later one (the reconciler's to settle): a reservation of an older epoch counts for
+/// nothing once the campaign is loaded, and one left behind would make a copy of a granted grant
+/// reserve again, and be refused.
+const REMEMBER: &str = r"
+for i = 1, #KEYS do
+  local g = redis.call('GET', KEYS[i])
+  local kind, epoch = nil, nil
+  if g then kind, epoch = string.match(g, '^(%a)|[^|]*|[^|]*|([^|]*)|') end
+  if kind ~= 'C' and not (kind == 'R' and tonumber(epoch) >= tonumber(ARGV[1])) then
+    redis.call('SET', KEYS[i], ARGV[i + 1])
+  end
+end
+return 0
 ";
 
 /// A grant's record in Redis.
@@ -210,6 +228,7 @@ pub struct Reservations {
     names: Names,
     reserve: redis::Script,
     load: redis::Script,
+    remember: redis::Script,
     reconcile: redis::Script,
 }
 
@@ -226,6 +245,7 @@ impl Reservations {
             names,
             reserve: redis::Script::new(RESERVE),
             load: redis::Script::new(LOAD),
+            remember: redis::Script::new(REMEMBER),
             reconcile: redis::Script::new(RECONCILE),
         }
     }
@@ -359,20 +379,27 @@ impl Reservations {
         Ok(loaded == 1)
     }
 
-    /// Restores committed grants' records (grant, record) where Redis has none.
-    pub async fn remember_committed(&self, records: &[(String, String)]) -> Result<(), StepError> {
-        let mut conn = self.conn.clone();
-        for chunk in records.chunks(1000) {
-            let mut pipe = redis::pipe();
-            for (grant, record) in chunk {
-                pipe.cmd("SET")
-                    .arg(self.grant_key(grant))
-                    .arg(record)
-                    .arg("NX")
-                    .ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await?;
+    /// Restores committed grants' records (grant, record) before `epoch` is loaded ([`REMEMBER`]).
+    pub async fn remember_committed(
+        &self,
+        epoch: i64,
+        records: &[(String, String)],
+    ) -> Result<(), StepError> {
+        if records.is_empty() {
+            return Ok(());
         }
+        let invocations: Vec<redis::ScriptInvocation> = records
+            .chunks(1000)
+            .map(|chunk| {
+                let mut i = self.remember.prepare_invoke();
+                i.arg(epoch);
+                for (grant, record) in chunk {
+                    i.key(self.grant_key(grant)).arg(record);
+                }
+                i
+            })
+            .collect();
+        let _: Vec<i64> = self.pipeline(&self.remember, &invocations).await?;
         Ok(())
     }
 

@@ -407,3 +407,199 @@ async fn postgres_holds_the_budget_and_the_limit_when_redis_is_wrong() {
     })
     .await;
 }
+
+async fn redis_conn(env: &TestEnv) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(env.config.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_of_fifteen_digits_of_minor_units_is_granted() {
+    let env = TestEnv::new().await;
+    let mut btc = args("c-btc", "2000000", "1000000", 1);
+    btc.currency = "BTC".into();
+    create(&env, &btc).await;
+    let _bonus = env.spawn("bonus-grant", &[]);
+    let mut events = env.events().await;
+    env.publish_many(vec![grant("g-btc", "c-btc", "u-1")]).await;
+    let e = events.by_id("bonus:g-btc:granted", T).await;
+    assert_eq!(e.body["amount"], "1000000.00000000");
+    audit_clean(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_whose_record_cannot_be_read_is_dead_lettered_alone() {
+    let env = TestEnv::new().await;
+    create(&env, &args("c-p", "100", "1", 1)).await;
+    let streams = env.streams_file_dead_letter_after(2);
+    let _bonus = env.spawn("bonus-grant", &[("STREAMS_FILE", &streams)]);
+    let mut events = env.events().await;
+    env.run_commands(&mut events, "bonus", vec![grant("g-0", "c-p", "u-0")])
+        .await;
+    // A record of this epoch that no runtime can parse.
+    let mut conn = redis_conn(&env).await;
+    let epoch: String = redis::cmd("HGET")
+        .arg(env.config.names.redis_key("bonus:c:c-p"))
+        .arg("epoch")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(env.config.names.redis_key("bonus:g:g-bad"))
+        .arg(format!("R|1e+14|tok|{epoch}|u-1|c-p"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    env.publish_many(vec![
+        grant("g-bad", "c-p", "u-1"),
+        grant("g-ok", "c-p", "u-2"),
+    ])
+    .await;
+    events.by_id("bonus:g-ok:granted", T).await;
+    let mut dlq = env.dead_letters().await;
+    let letter = &dlq.count(1, T).await[0];
+    assert_eq!(letter.header("Wallet-Dlq-Msg-Id"), "g-bad");
+    assert_eq!(letter.header("Wallet-Dlq-Reason"), "max_deliver");
+    // And the consumer goes on: a later grant is answered.
+    env.run_commands(&mut events, "bonus", vec![grant("g-3", "c-p", "u-3")])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_granted_grant_is_never_refused_after_its_campaign_is_reloaded() {
+    let env = TestEnv::new().await;
+    create(&env, &args("c-r", "1", "1", 1)).await;
+    let mut bonus = env.spawn("bonus-grant", &[]);
+    let mut events = env.events().await;
+    env.run_commands(&mut events, "bonus", vec![grant("g-1", "c-r", "u-1")])
+        .await;
+    events.by_id("bonus:g-1:granted", T).await;
+    let mut conn = redis_conn(&env).await;
+    let key = env.config.names.redis_key("bonus:g:g-1");
+    let committed = eventually(T, "the reconciler to mark the grant committed", || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            let r: String = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            r.starts_with("C|").then_some(r)
+        }
+    })
+    .await;
+    bonus.kill9();
+    // As Redis is between the commit and the reconciler's pass: the grant still a reservation;
+    // then the campaign lost (a Redis failover), so that its next grant reloads it.
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(format!("R{}", &committed[1..]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(env.config.names.redis_key("bonus:c:c-r"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A copy of the granted grant (another message id), and a grant that must be refused.
+    let (subject, _, payload) = grant("g-1", "c-r", "u-1");
+    env.publish_many(vec![
+        (subject, "g-1-copy".into(), payload),
+        grant("g-2", "c-r", "u-2"),
+    ])
+    .await;
+    let _bonus = env.spawn("bonus-grant", &[]);
+    let refused = events.by_id("bonus:g-2:rejected", T).await;
+    assert_eq!(refused.body["reason"], "campaign_exhausted");
+    env.drained("bonus-grant").await;
+    events.read_for(Duration::from_secs(1)).await;
+    assert!(
+        !events.seen.iter().any(|r| r.msg_id == "bonus:g-1:rejected"),
+        "a granted grant was answered rejected"
+    );
+    let record: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(record.starts_with("C|"), "{record}");
+    audit_clean(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_campaign_that_cannot_be_reconciled_does_not_stop_the_others() {
+    let env = TestEnv::new().await;
+    let mut euro = args("c-a", "100", "1", 1);
+    euro.currency = "EUR".into();
+    create(&env, &euro).await;
+    create(&env, &args("c-b", "100", "1", 1)).await;
+    // EUR is no longer configured: c-a cannot be loaded.
+    let _bonus = env.spawn(
+        "bonus-grant",
+        &[
+            ("WALLET_CURRENCIES", "USD:2"),
+            ("BONUS_RESERVATION_TIMEOUT", "1s"),
+        ],
+    );
+    let mut events = env.events().await;
+    env.run_commands(&mut events, "bonus", vec![grant("g-0", "c-b", "u-0")])
+        .await;
+    let mut conn = redis_conn(&env).await;
+    let key = |k: &str| env.config.names.redis_key(k);
+    // c-a on an older epoch than PostgreSQL's, so that every pass tries to load it (first: ids
+    // in order), and c-b with a reservation that never commits.
+    let _: () = redis::cmd("HSET")
+        .arg(key("bonus:c:c-a"))
+        .arg("epoch")
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let epoch: String = redis::cmd("HGET")
+        .arg(key("bonus:c:c-b"))
+        .arg("epoch")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(key("bonus:g:g-lost"))
+        .arg(format!("R|100|tok|{epoch}|u-9|c-b"))
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(key("bonus:c:c-b"))
+        .arg("reserved")
+        .arg(100)
+        .ignore()
+        .cmd("HINCRBY")
+        .arg(key("bonus:u:c-b"))
+        .arg("u-9")
+        .arg(1)
+        .ignore()
+        .cmd("ZADD")
+        .arg(key("bonus:p:c-b"))
+        .arg(0)
+        .arg("g-lost")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(T, "c-b's lost reservation given back", || {
+        let mut conn = conn.clone();
+        let key = key("bonus:c:c-b");
+        async move {
+            let reserved: i64 = redis::cmd("HGET")
+                .arg(key)
+                .arg("reserved")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (reserved == 100).then_some(())
+        }
+    })
+    .await;
+}

@@ -6,7 +6,7 @@
 
 use rust_decimal::Decimal;
 use wallet_runtime::function::currency_and_amount;
-use wallet_runtime::ledger::WalletKey;
+use wallet_runtime::ledger::{Refused, WalletKey};
 use wallet_runtime::money::Currency;
 use wallet_runtime::{
     Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids,
@@ -75,11 +75,26 @@ impl Function for Deposit {
         for command in commands {
             let c = &command.body;
             let (main, platform) = wallets(c);
-            book.post(
+            let posted = book.post(
                 &format!("{}:{}", Self::NAME, command.key),
                 &[(&main, c.amount), (&platform, -c.amount)],
-            )?
-            .map_err(|_| StepError::permanent("a deposit cannot overdraw"))?;
+            )?;
+            match posted {
+                Ok(()) => {}
+                Err(Refused::BalanceLimit) => {
+                    let event = Event {
+                        user_id: Some(c.user_id.clone()),
+                        currency: Some(c.currency.code().to_owned()),
+                        amount: Some(c.currency.format(c.amount)),
+                        ..Event::rejected(ENTITY, &command.id, Refused::BalanceLimit.reason())
+                    };
+                    outcomes.push(Outcome::Done(vec![event.into_outbox(Vec::new())]));
+                    continue;
+                }
+                Err(Refused::Overdraft) => {
+                    return Err(StepError::permanent("a deposit cannot overdraw"));
+                }
+            }
             let snapshot = book
                 .snapshot(&main)
                 .ok_or_else(|| StepError::permanent("main wallet not opened"))?;

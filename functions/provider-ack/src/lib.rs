@@ -21,6 +21,7 @@ use wallet_runtime::ledger::{Kind, WalletKey};
 use wallet_runtime::money::Currency;
 use wallet_runtime::{
     CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, StepError,
+    text,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -118,20 +119,21 @@ impl Function for ProviderAck {
             Some("rejected") => false,
             _ => return Err(Invalid::Malformed),
         };
-        // Kept as the provider sent them; a value that is not a string is kept as JSON text.
-        let text = |field: &str| {
+        // Kept as the provider sent them, but for control characters (`text::printable`); a
+        // value that is not a string is kept as JSON text.
+        let free_text = |field: &str| {
             p.get(field)
                 .filter(|v| !v.is_null())
                 .map(|v| match v.as_str() {
-                    Some(s) => s.to_owned(),
-                    None => v.to_string(),
+                    Some(s) => text::printable(s).into_owned(),
+                    None => text::printable(&v.to_string()).into_owned(),
                 })
         };
         Ok(Ack {
             provider: provider.to_owned(),
             accepted,
-            provider_ref: text("provider_ref"),
-            reason: text("reason"),
+            provider_ref: free_text("provider_ref"),
+            reason: free_text("reason"),
         })
     }
 

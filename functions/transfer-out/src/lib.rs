@@ -120,9 +120,9 @@ impl Function for TransferOut {
                 &format!("{}:{}", Self::NAME, command.key),
                 &[(&main, -c.amount), (&in_transit, c.amount)],
             )?;
-            if posted.is_err() {
+            if let Err(refused) = posted {
                 let event = Event {
-                    reason: Some("insufficient_funds"),
+                    reason: Some(refused.reason()),
                     ..c.event(&command.id, "rejected")
                 };
                 outcomes.push(Outcome::Done(vec![event.into_outbox(Vec::new())]));
