@@ -256,3 +256,70 @@ async fn a_message_past_its_last_delivery_is_dead_lettered_without_being_tried()
         rust_decimal::Decimal::ZERO
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposit_that_would_take_a_balance_past_28_digits_is_rejected() {
+    // 13 digits after the point: a wallet holds less than 10^15.
+    let env = TestEnv::with_env(&[("WALLET_CURRENCIES", "USD:2,XTS:13")]).await;
+    let _deposit = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    let xts = |id: &str, amount: &str| {
+        serde_json::to_vec(
+            &json!({ "deposit_id": id, "user_id": "u-1", "amount": amount, "currency": "XTS" }),
+        )
+        .unwrap()
+    };
+    let most = "999999999999999.9999999999999";
+    env.publish("wallet.deposit", "x-1", xts("x-1", most)).await;
+    let e = events.by_id("deposit:x-1:completed", T).await;
+    assert_eq!(e.body["balance"], most);
+    // Eight of them would pass 2^96 units of 10^-13, where rust_decimal rounds.
+    for i in 2..=8 {
+        let id = format!("x-{i}");
+        env.publish("wallet.deposit", &id, xts(&id, most)).await;
+        let e = events.by_id(&format!("deposit:{id}:rejected"), T).await;
+        assert_eq!(e.body["reason"], "balance_limit");
+        assert_eq!(e.body["amount"], most);
+    }
+    assert_eq!(
+        env.stored_balance("u-1", "main", "XTS").await,
+        most.parse::<rust_decimal::Decimal>().unwrap()
+    );
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_a_function_whose_log_reader_is_gone() {
+    let env = TestEnv::new().await;
+    // bonus-grant too: its reconciler logs from a task of its own.
+    for function in ["deposit", "bonus-grant"] {
+        let http = testkit::free_port();
+        let mut child = tokio::process::Command::new(testkit::binary(function))
+            .envs(env.env())
+            .env("RUST_LOG", "debug")
+            .env("HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+        eventually(T, "the function ready", || async {
+            testkit::http_get(http, "/readyz")
+                .await
+                .filter(|(s, _)| *s == 200)
+        })
+        .await;
+        // As `make run`'s prefixers after Ctrl-C: nobody reads the logs any more.
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        env.publish("wallet.deposit", "late", deposit("late", "u-1", "1"))
+            .await;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{function} still running 20 s after SIGTERM"))
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{function}");
+    }
+}

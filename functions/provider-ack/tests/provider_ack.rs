@@ -559,3 +559,88 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ack_whose_text_holds_control_characters_still_finishes_its_transfer() {
+    let (env, mut events, _procs) = funded(&[], 1, "10").await;
+    let _ack = env.spawn("provider-ack", &[]);
+    env.run_commands(
+        &mut events,
+        "transfer",
+        vec![
+            transfer("t-nul", "u-0", "alpha", "4", "USD"),
+            transfer("t-esc", "u-0", "alpha", "1", "USD"),
+        ],
+    )
+    .await;
+    // PostgreSQL's text cannot hold NUL: stored as given, it failed every transaction.
+    let nul = json!({"transfer_id": "t-nul", "status": "accepted", "provider_ref": "a\u{0}b"});
+    let esc = json!({"transfer_id": "t-esc", "status": "rejected", "reason": "\u{1b}[31mno\u{0}"});
+    env.publish_many(vec![
+        (
+            "provider.alpha.ack".into(),
+            "alpha:t-nul:accepted".into(),
+            serde_json::to_vec(&nul).unwrap(),
+        ),
+        (
+            "provider.alpha.ack".into(),
+            "alpha:t-esc:rejected".into(),
+            serde_json::to_vec(&esc).unwrap(),
+        ),
+    ])
+    .await;
+    events.by_id("transfer:t-nul:completed", T).await;
+    events.by_id("transfer:t-esc:failed", T).await;
+    let rows = env
+        .pg()
+        .await
+        .query(
+            "SELECT id, provider_ref, reason FROM transfers WHERE id IN ('t-nul', 't-esc') ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(String, Option<String>, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("t-esc".into(), None, Some("\u{FFFD}[31mno\u{FFFD}".into())),
+            ("t-nul".into(), Some("a\u{FFFD}b".into()), None),
+        ]
+    );
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ack_still_retried_on_its_last_allowed_delivery_is_dead_lettered_with_its_reason() {
+    // Its retry window outlasts its deliveries: on the last one it must be dead-lettered, not
+    // handed back to a JetStream that would never deliver it again.
+    let (env, _events, _procs) = funded(&[], 1, "10").await;
+    let streams = env.streams_file_dead_letter_after(3);
+    let _ack = env.spawn(
+        "provider-ack",
+        &[
+            ("STREAMS_FILE", &streams),
+            ("UNKNOWN_TRANSFER_RETRY", "10m"),
+        ],
+    );
+    env.publish_many(vec![ack("alpha", "t-nobody", "accepted")])
+        .await;
+    let reasons = dlq_reasons(&env, 1).await;
+    assert_eq!(
+        reasons,
+        [(
+            "alpha:t-nobody:accepted".to_owned(),
+            "unknown_transfer".to_owned()
+        )]
+    );
+    let mut dlq = env.dead_letters().await;
+    assert_eq!(
+        dlq.count(1, T).await[0].header("Wallet-Dlq-Deliveries"),
+        "3"
+    );
+    assert_eq!(env.stored("PROVIDER_ACKS").await, 0);
+}
