@@ -6,9 +6,15 @@
 # installed binaries, with its data under .dev/. Then `walletctl setup`, then every function
 # (one process each, logs prefixed with its name) and `walletctl provider-sim` playing the game
 # providers. Ctrl-C stops the functions gracefully and then the private servers.
+#
+# Ctrl-C reaches the terminal's whole process group. The functions run in sessions of their own
+# (setsid), so that each gets exactly one SIGTERM from `stop` (a second signal would end it at
+# once, without finishing its batch); their log prefixers ignore SIGINT, so that the shutdown's
+# own log lines are still shown. WALLET_BIN (default target/release) and HTTP_PORT_BASE (8081)
+# let a test run this script on the debug binaries and its own ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="$PWD/target/release"
+BIN="${WALLET_BIN:-$PWD/target/release}"
 pids=()
 source scripts/servers.sh
 
@@ -24,17 +30,17 @@ trap stop INT TERM EXIT
 
 "$BIN/walletctl" setup
 
-port=8081
+port="${HTTP_PORT_BASE:-8081}"
 for f in functions/*/; do
   name="$(basename "$f")"
   [ -x "$BIN/$name" ] || continue
-  HTTP_ADDR="127.0.0.1:$port" "$BIN/$name" > >(sed -u "s/^/[$name] /") 2>&1 &
+  HTTP_ADDR="127.0.0.1:$port" setsid "$BIN/$name" > >(trap '' INT; exec sed -u "s/^/[$name] /") 2>&1 &
   pids+=($!)
   echo "run: $name started (health and metrics on http://127.0.0.1:$port)"
   port=$((port + 1))
 done
 # The game providers, simulated: transfers complete (90 %) or fail (10 %) end to end.
-"$BIN/walletctl" provider-sim ${PROVIDER_SIM_ARGS:-} > >(sed -u "s/^/[provider-sim] /") 2>&1 &
+setsid "$BIN/walletctl" provider-sim ${PROVIDER_SIM_ARGS:-} > >(trap '' INT; exec sed -u "s/^/[provider-sim] /") 2>&1 &
 pids+=($!)
 echo "run: provider-sim started (answers provider.*.transfer and provider.*.status; flags in PROVIDER_SIM_ARGS)"
 echo "run: all functions up; Ctrl-C stops everything"

@@ -30,7 +30,8 @@ read -r nh np < <(hostport "$NATS_URL" 4222)
 if ! up "$nh" "$np"; then
   need nats-server nats-server
   echo "run: starting a private nats-server on $nh:$np (data in .dev/nats)"
-  nats-server -a "$nh" -p "$np" -js -sd "$DEV/nats" >"$DEV/nats.log" 2>&1 &
+  # In a session of its own, as the functions: Ctrl-C must not stop it before them.
+  setsid nats-server -a "$nh" -p "$np" -js -sd "$DEV/nats" >"$DEV/nats.log" 2>&1 &
   started+=($!); wait_up "$nh" "$np" nats
 fi
 
@@ -51,7 +52,7 @@ read -r rh rp < <(hostport "$REDIS_URL" 6379)
 if ! up "$rh" "$rp"; then
   need redis-server redis-server
   echo "run: starting a private redis-server on $rh:$rp (keeps nothing on disk)"
-  redis-server --bind "$rh" --port "$rp" --save "" --appendonly no >"$DEV/redis.log" 2>&1 &
+  setsid redis-server --bind "$rh" --port "$rp" --save "" --appendonly no >"$DEV/redis.log" 2>&1 &
   started+=($!); wait_up "$rh" "$rp" redis
 fi
 

@@ -1,0 +1,114 @@
+//! `make run` as a person uses it: started in a terminal (tmux), then Ctrl-C. Every function
+//! must finish gracefully (its `stopped` line shown), and the script must end by itself.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::{TestEnv, eventually};
+
+const T: Duration = Duration::from_secs(60);
+const PROCESSES: [&str; 6] = [
+    "deposit",
+    "transfer-out",
+    "provider-ack",
+    "bonus-grant",
+    "balance",
+    "provider-sim",
+];
+
+fn tmux(args: &[&str]) -> std::process::Output {
+    Command::new("tmux").args(args).output().unwrap()
+}
+
+/// Ends the tmux session even when the test fails.
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        tmux(&["kill-session", "-t", &self.0]);
+    }
+}
+
+fn log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_in_a_terminal_stops_every_function_gracefully() {
+    let env = TestEnv::new().await;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin = testkit::binary("walletctl").parent().unwrap().to_path_buf();
+    let out = std::env::temp_dir().join(format!("{}.run.log", env.ns));
+    // Five consecutive ports from one drawn free below the ephemeral range.
+    let base = testkit::free_port();
+    let mut vars: Vec<String> = env
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "RUST_LOG")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    vars.push("RUST_LOG=info".into());
+    vars.push(format!("WALLET_BIN={}", bin.display()));
+    vars.push(format!("HTTP_PORT_BASE={base}"));
+    let command = format!(
+        "cd {} && env {} bash scripts/run.sh",
+        root.display(),
+        vars.join(" ")
+    );
+    let session = Session(env.ns.clone());
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session.0,
+        "-x",
+        "200",
+        "-y",
+        "50",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let piped = tmux(&[
+        "pipe-pane",
+        "-t",
+        &session.0,
+        &format!("cat >> {}", out.display()),
+    ]);
+    assert!(piped.status.success(), "{piped:?}");
+
+    eventually(T, "every function ready", || async {
+        for port in base..base + 5 {
+            testkit::http_get(port, "/readyz")
+                .await
+                .filter(|(s, _)| *s == 200)?;
+        }
+        Some(())
+    })
+    .await;
+    assert!(log(&out).contains("run: all functions up"), "{}", log(&out));
+
+    tmux(&["send-keys", "-t", &session.0, "C-c"]);
+    eventually(T, "run.sh to stop", || async {
+        log(&out).contains("run: stopped").then_some(())
+    })
+    .await;
+    let shown = log(&out);
+    for p in PROCESSES.iter().filter(|p| **p != "provider-sim") {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with(&format!("[{p}]")) && l.contains("stopped")),
+            "{p} did not stop gracefully:\n{shown}"
+        );
+    }
+    for port in base..base + 5 {
+        assert!(
+            testkit::http_get(port, "/healthz").await.is_none(),
+            "port {port} still answers"
+        );
+    }
+    let _ = std::fs::remove_file(&out);
+}
