@@ -665,6 +665,11 @@ impl Received {
     }
 }
 
+/// A fresh `WALLET_NAMESPACE` for one test.
+pub fn namespace() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
 #[derive(Debug)]
 pub struct TestEnv {
     pub config: Config,
@@ -685,7 +690,12 @@ impl TestEnv {
 
     /// Like [`TestEnv::new`], with extra configuration for the env and the binaries it spawns.
     pub async fn with_env(extra: &[(&str, &str)]) -> Self {
-        let ns = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Self::in_namespace(namespace(), extra).await
+    }
+
+    /// Like [`TestEnv::with_env`], in the namespace `ns` (from [`namespace`]): for a test that
+    /// must configure a server for the namespace before the env exists.
+    pub async fn in_namespace(ns: String, extra: &[(&str, &str)]) -> Self {
         let db_name = format!("wallet_test_{ns}");
         let mut vars: HashMap<String, String> = HashMap::from([
             ("NATS_URL".into(), nats_url()),

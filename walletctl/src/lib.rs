@@ -12,6 +12,7 @@ pub mod campaign;
 pub mod dlq;
 pub mod k8s;
 pub mod load;
+pub mod nats_users;
 pub mod provider_sim;
 pub mod scaffold;
 pub mod setup;

@@ -96,6 +96,8 @@ name = "{{name}}"
 kind = "jetstream"
 subject = "{{subject}}"
 stream = "{{STREAM}}"
+# What it publishes besides its consumer's acks and its dead letters (NATS permissions).
+publishes = ["wallet.events.{{snake}}.>"]
 
 [scaling]
 min_replicas = 0
