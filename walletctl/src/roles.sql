@@ -20,8 +20,10 @@ END $$;
 -- The runtime every command function links. dedup: claim (INSERT … RETURNING), look up, release.
 GRANT SELECT, INSERT, DELETE ON commands
     TO wallet_deposit, wallet_transfer_out, wallet_provider_ack, wallet_bonus_grant;
--- The ledger: create, lock (FOR UPDATE needs UPDATE) and update user wallets; append postings.
-GRANT SELECT, INSERT, UPDATE ON accounts
+-- The ledger: create, lock (FOR UPDATE needs UPDATE) and update user wallets' balances; append
+-- postings. Only a balance and its version ever change.
+REVOKE UPDATE ON accounts FROM wallet_deposit, wallet_transfer_out, wallet_provider_ack, wallet_bonus_grant;
+GRANT SELECT, INSERT, UPDATE (balance, version) ON accounts
     TO wallet_deposit, wallet_transfer_out, wallet_provider_ack, wallet_bonus_grant;
 GRANT INSERT ON postings
     TO wallet_deposit, wallet_transfer_out, wallet_provider_ack, wallet_bonus_grant;
@@ -30,14 +32,59 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON outbox
     TO wallet_deposit, wallet_transfer_out, wallet_provider_ack, wallet_bonus_grant;
 
 -- transfer-out records each transfer; provider-ack finishes it and its sweeper queries providers.
+-- provider-ack changes a transfer's outcome and the sweeper's state, never what was sent.
 GRANT SELECT, INSERT ON transfers TO wallet_transfer_out;
-GRANT SELECT, UPDATE ON transfers TO wallet_provider_ack;
+REVOKE UPDATE ON transfers FROM wallet_provider_ack;
+GRANT SELECT, UPDATE (status, provider_ref, reason, finished_at, next_check_at, checks,
+                      last_check_at, stuck_at) ON transfers TO wallet_provider_ack;
 
 -- bonus-grant: campaigns are created by walletctl; the function locks and counts them, records
 -- grants, and gives back reservations that never committed.
-GRANT SELECT, UPDATE ON campaigns TO wallet_bonus_grant;
+-- (its counters and its Redis epoch; never its budget or rules).
+REVOKE UPDATE ON campaigns FROM wallet_bonus_grant;
+GRANT SELECT, UPDATE (granted, grants, redis_epoch) ON campaigns TO wallet_bonus_grant;
 GRANT SELECT, INSERT ON grants TO wallet_bonus_grant;
 GRANT SELECT, INSERT ON grant_releases TO wallet_bonus_grant;
 
 -- balance reads wallets when the cache misses.
 GRANT SELECT ON accounts TO wallet_balance;
+
+-- Row-level security: each function's role reaches only its own rows of the tables every
+-- function shares. Its dedup ids (a role that could delete another function's would make that
+-- function apply a command twice); the wallets it creates and moves, by kind (deposit credits
+-- `main`, transfer-out moves `main` to `in_transit`, provider-ack `in_transit` to `game` or back
+-- to `main`, bonus-grant credits `bonus`; deposit and bonus-grant also create their platform
+-- accounts); the postings of its own commands (or its transaction's platform sums, which name
+-- none). The owner (setup, walletctl, the audit) is not subject to these policies. The outbox
+-- stays shared: every function's relay publishes what any crash left behind.
+ALTER TABLE commands ENABLE ROW LEVEL SECURITY;
+ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE postings ENABLE ROW LEVEL SECURITY;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    DROP POLICY IF EXISTS read_wallets ON accounts;
+    CREATE POLICY read_wallets ON accounts FOR SELECT
+        TO wallet_deposit, wallet_transfer_out, wallet_provider_ack, wallet_bonus_grant, wallet_balance
+        USING (true);
+    FOR f IN SELECT * FROM (VALUES
+            ('deposit',      ARRAY['main', 'platform'],           ARRAY['main']),
+            ('transfer-out', ARRAY['main', 'in_transit'],         ARRAY['main', 'in_transit']),
+            ('provider-ack', ARRAY['main', 'in_transit', 'game'], ARRAY['main', 'in_transit', 'game']),
+            ('bonus-grant',  ARRAY['bonus', 'platform'],          ARRAY['bonus'])
+        ) AS t (function, creates, moves) LOOP
+        EXECUTE format('DROP POLICY IF EXISTS %I ON commands', 'own_commands_' || f.function);
+        EXECUTE format('CREATE POLICY %I ON commands TO %I USING (function = %L) WITH CHECK (function = %L)',
+            'own_commands_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.function, f.function);
+        EXECUTE format('DROP POLICY IF EXISTS %I ON accounts', 'creates_' || f.function);
+        EXECUTE format('CREATE POLICY %I ON accounts FOR INSERT TO %I WITH CHECK (kind = ANY (%L))',
+            'creates_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.creates);
+        EXECUTE format('DROP POLICY IF EXISTS %I ON accounts', 'moves_' || f.function);
+        EXECUTE format('CREATE POLICY %I ON accounts FOR UPDATE TO %I USING (kind = ANY (%L)) WITH CHECK (kind = ANY (%L))',
+            'moves_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.moves, f.moves);
+        EXECUTE format('DROP POLICY IF EXISTS %I ON postings', 'posts_' || f.function);
+        EXECUTE format('CREATE POLICY %I ON postings FOR INSERT TO %I WITH CHECK (command IS NULL OR starts_with(command, %L))',
+            'posts_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.function || ':');
+    END LOOP;
+END $$;

@@ -248,6 +248,13 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
                 "SELECT 1 FROM transfers",
                 "UPDATE campaigns SET budget = 1",
                 "DELETE FROM accounts",
+                // Columns: only a balance and its version change.
+                "UPDATE accounts SET owner = 'x'",
+                // Rows (row-level security): another function's dedup ids, wallets it never
+                // creates, postings of another function's commands.
+                "INSERT INTO commands (function, id, fingerprint) VALUES ('transfer-out', 'x', '')",
+                "INSERT INTO accounts (owner, kind, provider, currency) VALUES ('u-x', 'game', 'alpha', 'USD')",
+                "INSERT INTO postings (account_id, amount, command) VALUES (1, 1, 'transfer-out:x')",
             ],
         ),
         (
@@ -261,6 +268,9 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
             &[
                 "INSERT INTO transfers (id) VALUES ('x')",
                 "SELECT 1 FROM campaigns",
+                "UPDATE transfers SET amount = 1",
+                "UPDATE transfers SET user_id = 'x'",
+                "INSERT INTO accounts (owner, kind, provider, currency) VALUES ('u-x', 'bonus', '', 'USD')",
             ],
         ),
         (
@@ -269,6 +279,9 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
             &[
                 "DELETE FROM grants",
                 "INSERT INTO campaigns (id) VALUES ('x')",
+                "UPDATE campaigns SET budget = 1",
+                "UPDATE campaigns SET per_user = 100",
+                "INSERT INTO commands (function, id, fingerprint) VALUES ('deposit', 'x', '')",
             ],
         ),
     ];
@@ -281,6 +294,33 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
             refused(client.execute(*sql, &[]).await);
         }
     }
+    // Rows it may not reach are not there for it: another function's dedup ids cannot be
+    // deleted (the command would be applied again), wallets of kinds it never moves cannot be
+    // changed.
+    let owner = env.pg().await;
+    owner
+        .batch_execute(
+            "INSERT INTO commands (function, id, fingerprint) VALUES ('transfer-out', 't-1', '');
+             INSERT INTO accounts (owner, kind, provider, currency, balance)
+                 VALUES ('u-1', 'game', 'alpha', 'USD', 5), ('u-1', 'main', '', 'USD', 5)",
+        )
+        .await
+        .unwrap();
+    let deposit = as_role("wallet_deposit").await;
+    for (sql, changed) in [
+        ("DELETE FROM commands WHERE function = 'transfer-out'", 0),
+        ("UPDATE accounts SET balance = 1000 WHERE kind = 'game'", 0),
+        ("UPDATE accounts SET balance = 6 WHERE kind = 'main'", 1),
+    ] {
+        assert_eq!(deposit.execute(sql, &[]).await.unwrap(), changed, "{sql}");
+    }
+    let left: i64 = owner
+        .query_one("SELECT count(*) FROM commands WHERE function = 'transfer-out'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1);
+
     // None of them may change the schema.
     for role in [
         "wallet_deposit",
