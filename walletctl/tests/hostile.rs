@@ -1,8 +1,12 @@
-//! Hostile input (issue 7): 10,000 messages no client should send — random bytes, truncated JSON,
-//! deeply nested JSON, huge numbers, wrong types, control characters in ids, invalid UTF-8,
-//! payloads over 64 KiB — spread over every command subject while every function runs. Each
-//! one must end as exactly one dead letter or one rejection, no function may crash, and no
-//! balance may move.
+//! Hostile input, the fuzz run (issues 7 and 20): messages no client should send — random bytes,
+//! truncated JSON, deeply nested JSON, huge numbers, wrong types, control characters, invalid
+//! UTF-8, duplicate keys, payloads over 64 KiB, headers that lie — on every command subject, mixed
+//! with valid deposits, while every function runs. Each hostile one must end as exactly one dead
+//! letter or one rejection (or, over 72 KiB, be refused at publish time), every valid one
+//! completes, no function crashes or grows past its memory bound, and no other balance moves.
+//!
+//! `HOSTILE_PER_SUBJECT` messages per command subject: 2,500 in `make test`, 10,000 in
+//! `make fuzz`; `HOSTILE_SEED` replays a run. The counts are printed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -14,12 +18,22 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use testkit::{TestEnv, commands};
 
-const COUNT: usize = 10_000;
+/// Hostile messages per command subject (`HOSTILE_PER_SUBJECT`).
+fn per_subject() -> usize {
+    std::env::var("HOSTILE_PER_SUBJECT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_500)
+}
+/// A valid deposit after every this many hostile messages.
+const VALID_EVERY: usize = 20;
+/// A function process's peak resident memory must stay under this (its pod's limit is 256 MiB).
+const MEMORY_BOUND_KIB: u64 = 128 * 1024;
 /// Over the 64 KiB a command may be and under the 72 KiB a command stream stores with headers
 /// (a larger one is refused at publish time). A hundred of them, and nesting up to 30,000 deep,
 /// keep the dead letters within the test streams' 64 MiB.
 const HUGE: usize = 70_000;
-const WAIT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(300);
 
 /// A command subject, its id field, the entity of its events, and a valid command to break.
 struct Target {
@@ -135,7 +149,7 @@ fn hostile(
         f[rng.random_range(0..f.len())]
     };
     let to_bytes = |m: &serde_json::Map<String, Value>| serde_json::to_vec(m).unwrap();
-    match rng.random_range(0..10) {
+    match rng.random_range(0..11) {
         0 => {
             let n = rng.random_range(0..512);
             ("random bytes", (0..n).map(|_| rng.random::<u8>()).collect())
@@ -146,7 +160,13 @@ fn hostile(
             ("truncated JSON", full[..cut].to_vec())
         }
         2 => {
-            let depth = [200, 10_000, 30_000][rng.random_range(0..3)];
+            // Deep ones are large: a few hundred of them, or the test's DLQ would fill.
+            let depth = if *huge_left > 0 && rng.random_range(0..4) == 0 {
+                *huge_left -= 1;
+                [10_000, 30_000][rng.random_range(0..2)]
+            } else {
+                200
+            };
             let text = if rng.random::<bool>() {
                 nested(depth)
             } else {
@@ -218,15 +238,24 @@ fn hostile(
             .clone();
             ("JSON that is no object", serde_json::to_vec(&v).unwrap())
         }
-        _ => {
+        9 => {
             cmd.insert(field.into(), bad_value(rng, field));
             ("invalid field values", to_bytes(&cmd))
+        }
+        _ => {
+            // The same key twice, the valid value first: the last one counts.
+            let target = if rng.random::<bool>() { t.id_field } else { field };
+            let mut s = String::from_utf8(to_bytes(&cmd)).unwrap();
+            s.pop();
+            let bad = if target == t.id_field { json!("a b") } else { bad_value(rng, target) };
+            ("duplicate keys", format!("{s},{:?}:{bad}}}", target).into_bytes())
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ten_thousand_hostile_messages_end_as_dead_letters_or_rejections_and_move_nothing() {
+async fn hostile_messages_end_as_dead_letters_or_rejections_and_move_nothing() {
+    let count = per_subject() * TARGETS.len();
     let env = TestEnv::new().await;
     let mut procs: Vec<_> = ["deposit", "transfer-out", "provider-ack", "bonus-grant"]
         .into_iter()
@@ -243,11 +272,14 @@ async fn ten_thousand_hostile_messages_end_as_dead_letters_or_rejections_and_mov
     )
     .await;
     let pg = env.pg().await;
+    // Every balance and every command's posting but the valid deposits' (and the platform's
+    // sums, which name no command).
     let ledger = || async {
         pg.query_one(
             "SELECT coalesce(string_agg(id || ':' || balance || ':' || version, ',' ORDER BY id), ''),
-                    (SELECT count(*) FROM postings)
-             FROM accounts",
+                    (SELECT count(*) FROM postings
+                     WHERE command IS NOT NULL AND NOT starts_with(command, 'deposit:v-'))
+             FROM accounts WHERE owner NOT IN ('', 'u-valid')",
             &[],
         )
         .await
@@ -262,33 +294,79 @@ async fn ten_thousand_hostile_messages_end_as_dead_letters_or_rejections_and_mov
         .unwrap_or_else(rand::random);
     eprintln!("hostile input: seed {seed} (HOSTILE_SEED={seed} replays it)");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut huge_left = 100;
+    let mut huge_left = 300;
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut messages = Vec::with_capacity(COUNT);
+    let mut messages = Vec::with_capacity(count);
+    let mut lying = Vec::new();
     // msg id → what it was, for a failure's message.
     let mut described: HashMap<String, String> = HashMap::new();
     // msg id → the rejection event's msg id, when the command's id is valid.
     let mut rejection_of: HashMap<String, Option<String>> = HashMap::new();
-    for i in 0..COUNT {
+    let mut valid = 0;
+    for i in 0..count {
         let t = &TARGETS[i % TARGETS.len()];
         let id = format!("h-{i}");
-        let (kind, payload) = hostile(&mut rng, t, &id, &mut huge_left);
-        *kinds.entry(kind).or_default() += 1;
+        let (mut kind, payload) = hostile(&mut rng, t, &id, &mut huge_left);
         rejection_of.insert(id.clone(), t.entity.map(|e| format!("{e}:{id}:rejected")));
         let shown = String::from_utf8_lossy(&payload[..payload.len().min(160)]).into_owned();
         described.insert(id.clone(), format!("{kind} on {}: {shown}", t.subject));
-        messages.push((t.subject.to_owned(), id, payload));
+        if rng.random_range(0..25) == 0 {
+            kind = "headers that lie";
+            lying.push((t.subject.to_owned(), id, payload));
+        } else {
+            messages.push((t.subject.to_owned(), id, payload));
+        }
+        *kinds.entry(kind).or_default() += 1;
+        if i % VALID_EVERY == 0 {
+            let v = format!("v-{i}");
+            messages.push(commands::deposit(&v, "u-valid", "0.01", "USD"));
+            valid += 1;
+        }
     }
     env.publish_many(messages).await;
+    // Headers a command may not dictate: an expectation the DLQ would fail, forged dead-letter
+    // headers (the outcome is still found by the runtime's own).
+    for (subject, id, payload) in lying {
+        let stream = match subject.as_str() {
+            "wallet.deposit" => "DEPOSITS",
+            "wallet.transfer-out" => "TRANSFERS",
+            "bonus.grant" => "BONUS",
+            _ => "PROVIDER_ACKS",
+        };
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", id.as_str());
+        h.insert("Nats-Expected-Stream", env.config.names.name(stream).as_str());
+        h.insert("Wallet-Dlq-Msg-Id", "forged");
+        h.insert("Wallet-Dlq-Subject", "wallet.deposit");
+        env.js
+            .publish_with_headers(env.subject(&subject), h, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Bodies of 1 MB: no command stream stores them.
+    let mut refused_at_publish = 0;
+    for t in &TARGETS {
+        let mut cmd = base(t, "h-huge");
+        cmd.insert("padding".into(), json!("x".repeat(1_000_000)));
+        let payload = serde_json::to_vec(&cmd).unwrap();
+        let stored = match env.js.publish(env.subject(t.subject), payload.into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!stored, "a 1 MB command was stored on {}", t.subject);
+        refused_at_publish += 1;
+    }
 
     // Wait until the DLQ and the events stream hold an outcome's worth of messages for each, and
     // every function is drained; then read both streams whole (direct gets: no consumer that
     // could fall behind).
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        // The events stream also holds d-rich's.
-        let stored = env.stored("DLQ").await + env.stored("WALLET_EVENTS").await - 1;
-        if stored >= COUNT as u64 {
+        // The events stream also holds d-rich's and the valid deposits'.
+        let stored = env.stored("DLQ").await + env.stored("WALLET_EVENTS").await - 1 - valid;
+        if stored >= count as u64 {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -302,7 +380,7 @@ async fn ten_thousand_hostile_messages_end_as_dead_letters_or_rejections_and_mov
                 .take(10)
                 .collect();
             panic!(
-                "after {WAIT:?}, {stored} of {COUNT} hostile messages have an outcome; without: {missing:#?}"
+                "after {WAIT:?}, {stored} of {count} hostile messages have an outcome; without: {missing:#?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -341,8 +419,18 @@ async fn ten_thousand_hostile_messages_end_as_dead_letters_or_rejections_and_mov
         }
     }
     let dead_letters = dead.len();
-    assert_eq!(dead_letters + rejected, COUNT, "{kinds:?}");
+    assert_eq!(dead_letters + rejected, count, "{kinds:?}");
+    let completed = events
+        .iter()
+        .filter(|e| e.msg_id.starts_with("deposit:v-") && e.msg_id.ends_with(":completed"))
+        .count();
+    assert_eq!(completed as u64, valid, "every valid deposit completes");
+    assert_eq!(
+        env.stored_balance("u-valid", "main", "USD").await,
+        rust_decimal::Decimal::new(i64::try_from(valid).unwrap(), 2)
+    );
 
+    let mut peaks = Vec::new();
     for (name, p) in &mut procs {
         let status = p.child.try_wait().unwrap();
         assert!(
@@ -350,12 +438,29 @@ async fn ten_thousand_hostile_messages_end_as_dead_letters_or_rejections_and_mov
             "{name} crashed on hostile input: {status:?}"
         );
         env.ready(p).await;
+        let peak = peak_rss_kib(p.child.id());
+        assert!(peak < MEMORY_BOUND_KIB, "{name} peaked at {peak} KiB");
+        peaks.push(format!("{name} {} MiB", peak / 1024));
     }
     assert_eq!(ledger().await, before, "a balance moved");
     assert!(env.audit().await.ok());
     eprintln!(
-        "hostile input: {COUNT} messages {kinds:?}: {dead_letters} dead-lettered, {rejected} rejected, 0 applied, no crash, no balance moved"
+        "hostile input: {count} messages over {} subjects {kinds:?}, with {valid} valid deposits: \
+         {dead_letters} dead-lettered, {rejected} rejected, {refused_at_publish} of 1 MiB refused at \
+         publish, 0 applied, every valid one completed, no crash, peak RSS {}, audit clean",
+        TARGETS.len(),
+        peaks.join(", ")
     );
+}
+
+/// A process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// A stored message: its `Nats-Msg-Id` and, for a dead letter, the original's.
