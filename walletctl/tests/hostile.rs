@@ -244,11 +244,22 @@ fn hostile(
         }
         _ => {
             // The same key twice, the valid value first: the last one counts.
-            let target = if rng.random::<bool>() { t.id_field } else { field };
+            let target = if rng.random::<bool>() {
+                t.id_field
+            } else {
+                field
+            };
             let mut s = String::from_utf8(to_bytes(&cmd)).unwrap();
             s.pop();
-            let bad = if target == t.id_field { json!("a b") } else { bad_value(rng, target) };
-            ("duplicate keys", format!("{s},{:?}:{bad}}}", target).into_bytes())
+            let bad = if target == t.id_field {
+                json!("a b")
+            } else {
+                bad_value(rng, target)
+            };
+            (
+                "duplicate keys",
+                format!("{s},{:?}:{bad}}}", target).into_bytes(),
+            )
         }
     }
 }
@@ -335,7 +346,10 @@ async fn hostile_messages_end_as_dead_letters_or_rejections_and_move_nothing() {
         };
         let mut h = async_nats::HeaderMap::new();
         h.insert("Nats-Msg-Id", id.as_str());
-        h.insert("Nats-Expected-Stream", env.config.names.name(stream).as_str());
+        h.insert(
+            "Nats-Expected-Stream",
+            env.config.names.name(stream).as_str(),
+        );
         h.insert("Wallet-Dlq-Msg-Id", "forged");
         h.insert("Wallet-Dlq-Subject", "wallet.deposit");
         env.js
@@ -446,7 +460,7 @@ async fn hostile_messages_end_as_dead_letters_or_rejections_and_move_nothing() {
     assert!(env.audit().await.ok());
     eprintln!(
         "hostile input: {count} messages over {} subjects {kinds:?}, with {valid} valid deposits: \
-         {dead_letters} dead-lettered, {rejected} rejected, {refused_at_publish} of 1 MiB refused at \
+         {dead_letters} dead-lettered, {rejected} rejected, {refused_at_publish} of 1 MB refused at \
          publish, 0 applied, every valid one completed, no crash, peak RSS {}, audit clean",
         TARGETS.len(),
         peaks.join(", ")

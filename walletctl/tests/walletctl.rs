@@ -315,7 +315,10 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
         assert_eq!(deposit.execute(sql, &[]).await.unwrap(), changed, "{sql}");
     }
     let left: i64 = owner
-        .query_one("SELECT count(*) FROM commands WHERE function = 'transfer-out'", &[])
+        .query_one(
+            "SELECT count(*) FROM commands WHERE function = 'transfer-out'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -6,8 +6,8 @@
 //! totals read in that same transaction; Redis then takes the state unless it already holds this
 //! epoch or a later one. A grant transaction compares its reservation's epoch with PostgreSQL's
 //! under the same lock, so a reservation made before the reload is made again, never committed
-//! uncounted. The committed grants' records are restored too, so that a copy of a granted grant
-//! arriving after Redis lost its data is recognised as a duplicate instead of judged again.
+//! uncounted. Committed grants' own records are not restored (a campaign may have millions): a
+//! copy of one is decided afresh and then recognised in PostgreSQL (see the screen).
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -20,7 +20,6 @@ use crate::reservations::{Reservations, State};
 const LOCK: &str = "SELECT id FROM campaigns WHERE id = $1 FOR UPDATE";
 const BUMP: &str = "UPDATE campaigns SET redis_epoch = redis_epoch + 1 WHERE id = $1 RETURNING redis_epoch, granted";
 const USERS: &str = "SELECT user_id, count(*) FROM grants WHERE campaign_id = $1 GROUP BY user_id";
-const GRANTS: &str = "SELECT id, user_id, amount, token FROM grants WHERE campaign_id = $1";
 
 /// Whether the campaign exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,12 +59,6 @@ pub async fn load(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let grants: Vec<(String, String, Decimal, String)> = tx
-        .query(GRANTS, &[&id])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
     tx.commit().await?;
     let cur = c.currency;
     let state = State {
@@ -81,24 +74,8 @@ pub async fn load(
         },
         users,
     };
-    // Committed grants are remembered first, so that from the moment the campaign appears in
-    // Redis a copy of one is recognised as a duplicate, never judged again (no grant is answered
-    // while the campaign is absent).
-    let committed: Vec<(String, String)> = grants
-        .into_iter()
-        .map(|(grant, user, amount, token)| {
-            let record = format!("C|{}|{token}|{epoch}|{user}|{id}", minor(amount, cur));
-            (grant, record)
-        })
-        .collect();
-    reservations.remember_committed(epoch, &committed).await?;
     if reservations.load(id, &state).await? {
-        tracing::info!(
-            campaign = id,
-            epoch,
-            grants = committed.len(),
-            "campaign loaded into Redis"
-        );
+        tracing::info!(campaign = id, epoch, "campaign loaded into Redis");
     }
     Ok(Loaded::Loaded)
 }

@@ -4,8 +4,23 @@
 //! milliseconds) with `reserved`, the budget taken by committed grants plus live reservations,
 //! and `epoch`; `u:C` a hash of grants per user (committed plus live); `p:C` a sorted set of live
 //! reservations by the time they were made. Per grant, `g:<grant_id>`: its record,
-//! `R|amount|token|epoch|user|campaign` (reserved), `C|…` (committed) or
-//! `X|reason|campaign|user` (rejected, kept 25 hours).
+//! `R|amount|token|epoch|user|campaign` (reserved, until the reconciler settles it), `C|…`
+//! (committed) or `X|reason|campaign|user` (rejected); committed and rejected records are kept
+//! 25 hours.
+//!
+//! So Redis holds, at most: per campaign its parameters, one counter per user it granted to, and
+//! its live reservations (those younger than `BONUS_RESERVATION_TIMEOUT`, or waiting for the
+//! reconciler); per grant, about 100 bytes for 25 hours after it was decided. A grant whose record
+//! expired (or was lost) is decided again, and a decision made afresh is checked against
+//! PostgreSQL before it is answered ([`crate`]'s screen): a copy of a granted grant is never
+//! refused, and never holds budget.
+//!
+//! Under `maxmemory`: `noeviction` (writes then fail, the batch is held as in an outage, and the
+//! alert is Redis's memory) or a `volatile-*` policy, which evicts only records with a TTL (a
+//! rejection or a committed record decided again, checked as above) are safe. An `allkeys-*`
+//! policy may evict a campaign's counters (reloaded from PostgreSQL: safe) or a live reservation
+//! (its budget stays counted until the campaign is next reloaded: grants are refused early, never
+//! granted past the budget).
 //!
 //! [`RESERVE`] decides one grant atomically: a grant id with a record gets that record back (a
 //! redelivery never reserves twice); otherwise the window, the per-user limit and the budget are
@@ -18,7 +33,8 @@ use redis::aio::ConnectionManager;
 use wallet_runtime::StepError;
 use wallet_runtime::names::Names;
 
-/// How long a rejection answered from Redis is remembered (the contract asks at least 24 hours).
+/// How long a rejection answered from Redis is remembered (the contract asks at least 24 hours),
+/// and a committed grant's record.
 pub const REJECTION_TTL_SECS: u64 = 25 * 3600;
 
 /// KEYS: campaign, users, pending, grant. ARGV: grant id, user ('' when invalid), now (ms),
@@ -76,14 +92,15 @@ for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1
 ";
 
-/// KEYS: campaign, users, pending. ARGV: (grant id, token, action, pg token) quadruples, where
+/// KEYS: campaign, users, pending. ARGV: the committed records' TTL, then (grant id, token,
+/// action, pg token) quadruples, where
 /// action is `commit` (PostgreSQL holds this reservation's grant), `duplicate` (it holds the grant
 /// under another reservation), `release` (it never committed) or `forget` (an older epoch).
 /// A record whose token changed meanwhile is left alone.
 const RECONCILE: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local done = 0
-for i = 1, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   local key = KEYS[4] .. ARGV[i]
   local rec = redis.call('GET', key)
   local kind, amount, token, rest = nil, nil, nil, nil
@@ -93,14 +110,14 @@ for i = 1, #ARGV, 4 do
     local action = ARGV[i + 2]
     local counted = rec_epoch == epoch
     if action == 'commit' then
-      redis.call('SET', key, 'C|' .. amount .. '|' .. token .. '|' .. rest)
+      redis.call('SET', key, 'C|' .. amount .. '|' .. token .. '|' .. rest, 'EX', ARGV[1])
     else
       if counted and action ~= 'forget' then
         redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(amount))
         redis.call('HINCRBY', KEYS[2], user, -1)
       end
       if action == 'duplicate' then
-        redis.call('SET', key, 'C|' .. amount .. '|' .. ARGV[i + 3] .. '|' .. rest)
+        redis.call('SET', key, 'C|' .. amount .. '|' .. ARGV[i + 3] .. '|' .. rest, 'EX', ARGV[1])
       else
         redis.call('DEL', key)
       end
@@ -110,23 +127,6 @@ for i = 1, #ARGV, 4 do
   redis.call('ZREM', KEYS[3], ARGV[i])
 end
 return done
-";
-
-/// KEYS: grant records. ARGV: the epoch being loaded, then one committed record per key.
-/// Writes each record unless the key holds a committed record already or a reservation of this
-/// epoch or a later one (the reconciler's to settle): a reservation of an older epoch counts for
-/// nothing once the campaign is loaded, and one left behind would make a copy of a granted grant
-/// reserve again, and be refused.
-const REMEMBER: &str = r"
-for i = 1, #KEYS do
-  local g = redis.call('GET', KEYS[i])
-  local kind, epoch = nil, nil
-  if g then kind, epoch = string.match(g, '^(%a)|[^|]*|[^|]*|([^|]*)|') end
-  if kind ~= 'C' and not (kind == 'R' and tonumber(epoch) >= tonumber(ARGV[1])) then
-    redis.call('SET', KEYS[i], ARGV[i + 1])
-  end
-end
-return 0
 ";
 
 /// A grant's record in Redis.
@@ -148,6 +148,16 @@ pub struct Reservation {
     pub epoch: i64,
     pub user: String,
     pub campaign: String,
+}
+
+impl Reservation {
+    /// Its record once committed.
+    pub fn committed_record(&self) -> String {
+        format!(
+            "C|{}|{}|{}|{}|{}",
+            self.amount_minor, self.token, self.epoch, self.user, self.campaign
+        )
+    }
 }
 
 impl Record {
@@ -228,7 +238,6 @@ pub struct Reservations {
     names: Names,
     reserve: redis::Script,
     load: redis::Script,
-    remember: redis::Script,
     reconcile: redis::Script,
 }
 
@@ -245,7 +254,6 @@ impl Reservations {
             names,
             reserve: redis::Script::new(RESERVE),
             load: redis::Script::new(LOAD),
-            remember: redis::Script::new(REMEMBER),
             reconcile: redis::Script::new(RECONCILE),
         }
     }
@@ -379,27 +387,16 @@ impl Reservations {
         Ok(loaded == 1)
     }
 
-    /// Restores committed grants' records (grant, record) before `epoch` is loaded ([`REMEMBER`]).
-    pub async fn remember_committed(
-        &self,
-        epoch: i64,
-        records: &[(String, String)],
-    ) -> Result<(), StepError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let invocations: Vec<redis::ScriptInvocation> = records
-            .chunks(1000)
-            .map(|chunk| {
-                let mut i = self.remember.prepare_invoke();
-                i.arg(epoch);
-                for (grant, record) in chunk {
-                    i.key(self.grant_key(grant)).arg(record);
-                }
-                i
-            })
-            .collect();
-        let _: Vec<i64> = self.pipeline(&self.remember, &invocations).await?;
+    /// Records `record` for a grant PostgreSQL holds committed (its record had expired or was lost).
+    pub async fn remember_committed(&self, grant: &str, record: &str) -> Result<(), StepError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.grant_key(grant))
+            .arg(record)
+            .arg("EX")
+            .arg(REJECTION_TTL_SECS)
+            .query_async::<()>(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -443,7 +440,8 @@ impl Reservations {
         i.key(self.campaign_key(campaign))
             .key(self.users_key(campaign))
             .key(self.pending_key(campaign))
-            .key(self.grant_key(""));
+            .key(self.grant_key(""))
+            .arg(REJECTION_TTL_SECS);
         for (grant, token, action, pg_token) in decisions {
             let action = match action {
                 Action::Commit => "commit",

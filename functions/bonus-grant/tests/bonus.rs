@@ -603,3 +603,83 @@ async fn one_campaign_that_cannot_be_reconciled_does_not_stop_the_others() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_expire_and_a_copy_of_a_granted_grant_is_recognised_in_postgres() {
+    let env = TestEnv::new().await;
+    create(&env, &args("c-full", "1", "1", 1)).await;
+    create(&env, &args("c-open", "10", "1", 5)).await;
+    let _bonus = env.spawn("bonus-grant", &[]);
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "bonus",
+        vec![grant("g-1", "c-full", "u-1"), grant("g-2", "c-open", "u-2")],
+    )
+    .await;
+    let mut conn = redis_conn(&env).await;
+    let key = |k: &str| env.config.names.redis_key(k);
+    for g in ["bonus:g:g-1", "bonus:g:g-2"] {
+        let committed = eventually(T, "the committed record", || {
+            let (mut conn, k) = (conn.clone(), key(g));
+            async move {
+                let r: Option<String> = redis::cmd("GET")
+                    .arg(k)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                r.filter(|r| r.starts_with("C|"))
+            }
+        })
+        .await;
+        // Kept for a bounded time: Redis does not grow with every grant ever made.
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(key(g))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((1..=25 * 3600).contains(&ttl), "{g}: {committed} ttl {ttl}");
+        // Expired.
+        let _: () = redis::cmd("DEL")
+            .arg(key(g))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // Copies: of a grant whose campaign is exhausted and whose user is at the limit (judged
+    // afresh: refused), and of one whose campaign has budget (judged afresh: reserved again).
+    let copies = [grant("g-1", "c-full", "u-1"), grant("g-2", "c-open", "u-2")]
+        .into_iter()
+        .map(|(s, id, p)| (s, format!("{id}-copy"), p))
+        .collect();
+    env.publish_many(copies).await;
+    env.drained("bonus-grant").await;
+    events.read_for(Duration::from_secs(1)).await;
+    assert!(
+        !events.seen.iter().any(|r| r.msg_id.ends_with(":rejected")),
+        "a granted grant was refused"
+    );
+    assert_eq!(outcomes(&events, "granted").len(), 2);
+    for g in ["bonus:g:g-1", "bonus:g:g-2"] {
+        let r: String = redis::cmd("GET")
+            .arg(key(g))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(r.starts_with("C|"), "{g}: {r}");
+    }
+    // The copy's reservation was given back at once: one grant's worth counted, one per user.
+    let (reserved, count): (i64, i64) = redis::pipe()
+        .cmd("HGET")
+        .arg(key("bonus:c:c-open"))
+        .arg("reserved")
+        .cmd("HGET")
+        .arg(key("bonus:u:c-open"))
+        .arg("u-2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((reserved, count), (100, 1));
+    assert_eq!(granted_total(&env, "c-open").await, (Decimal::from(1), 1));
+    audit_clean(&env).await;
+}
