@@ -5,8 +5,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use wallet_runtime::money::Currency;
 
-/// The largest budget in minor units: Redis's Lua compares counters as doubles, exact to 2^53.
-pub const MAX_MINOR: i64 = 1 << 53;
+/// The largest budget in minor units. Redis's Lua counts in doubles, exact to 2^53: with every
+/// amount at most the budget, a budget of at most 2^52 keeps `reserved + amount` exact.
+pub const MAX_MINOR: i64 = 1 << 52;
 
 /// How much each grant is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,8 @@ pub enum CampaignError {
     Step(#[from] wallet_runtime::StepError),
 }
 
-/// Minor units of `amount` in `currency` (exact: amounts have at most the currency's digits).
+/// Minor units of `amount` in `currency` (exact: amounts have at most the currency's digits, and
+/// a campaign's amounts are at most its budget, itself at most [`MAX_MINOR`]).
 pub fn minor(amount: Decimal, currency: Currency) -> i64 {
     let scaled = amount * Decimal::from(10i64.pow(currency.minor_unit));
     i64::try_from(scaled.trunc()).unwrap_or(i64::MAX)
@@ -74,6 +76,17 @@ impl Campaign {
             && min > max
         {
             return invalid("--amount-min must not exceed --amount-max".into());
+        }
+        // Checked on the amounts themselves: in minor units one could pass i64 (10^15 BTC).
+        let largest = match self.amount {
+            Amount::Fixed(a) | Amount::Between(_, a) => a,
+        };
+        if largest > self.budget {
+            return invalid(format!(
+                "the amount {} is larger than the whole --budget {}",
+                self.currency.format(largest),
+                self.currency.format(self.budget)
+            ));
         }
         if let (Some(s), Some(e)) = (self.starts, self.ends)
             && e <= s
@@ -215,4 +228,51 @@ pub async fn create(
         id: c.id.clone(),
         differences,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign(budget: &str, amount: Amount) -> Campaign {
+        let currencies: wallet_runtime::money::Currencies = "BTC:8".parse().expect("currencies");
+        Campaign {
+            id: "c-1".into(),
+            currency: currencies.get("BTC").expect("BTC"),
+            budget: budget.parse().expect("budget"),
+            amount,
+            per_user: 1,
+            starts: None,
+            ends: None,
+        }
+    }
+
+    #[test]
+    fn amounts_the_scripts_cannot_carry_exactly_are_refused() {
+        let d = |s: &str| s.parse::<Decimal>().expect("decimal");
+        assert!(
+            campaign("2000000", Amount::Fixed(d("1000000")))
+                .validate()
+                .is_ok()
+        );
+        // 2^52 satoshis and no more.
+        assert!(
+            campaign("45035996.27370496", Amount::Fixed(d("1")))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            campaign("45035996.27370497", Amount::Fixed(d("1")))
+                .validate()
+                .is_err()
+        );
+        // 10^15 BTC is 10^23 satoshis, past i64: refused, never saturated.
+        let huge = campaign("1", Amount::Fixed(d("999999999999999")));
+        assert!(huge.validate().is_err());
+        assert!(
+            campaign("1", Amount::Between(d("0.5"), d("2")))
+                .validate()
+                .is_err()
+        );
+    }
 }
