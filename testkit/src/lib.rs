@@ -844,8 +844,21 @@ impl TestEnv {
 
     /// Publishes a command with `Nats-Msg-Id: msg_id`; returns once JetStream stored it.
     pub async fn publish(&self, subject: &str, msg_id: &str, payload: impl Into<Bytes>) {
+        self.publish_with(subject, &[("Nats-Msg-Id", msg_id)], payload)
+            .await;
+    }
+
+    /// Publishes with these headers; returns once JetStream stored it.
+    pub async fn publish_with(
+        &self,
+        subject: &str,
+        headers: &[(&str, &str)],
+        payload: impl Into<Bytes>,
+    ) {
         let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", msg_id);
+        for (k, v) in headers {
+            h.insert(*k, *v);
+        }
         self.js
             .publish_with_headers(self.subject(subject), h, payload.into())
             .await

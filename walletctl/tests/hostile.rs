@@ -344,20 +344,14 @@ async fn hostile_messages_end_as_dead_letters_or_rejections_and_move_nothing() {
             "bonus.grant" => "BONUS",
             _ => "PROVIDER_ACKS",
         };
-        let mut h = async_nats::HeaderMap::new();
-        h.insert("Nats-Msg-Id", id.as_str());
-        h.insert(
-            "Nats-Expected-Stream",
-            env.config.names.name(stream).as_str(),
-        );
-        h.insert("Wallet-Dlq-Msg-Id", "forged");
-        h.insert("Wallet-Dlq-Subject", "wallet.deposit");
-        env.js
-            .publish_with_headers(env.subject(&subject), h, payload.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let expected = env.config.names.name(stream);
+        let headers = [
+            ("Nats-Msg-Id", id.as_str()),
+            ("Nats-Expected-Stream", expected.as_str()),
+            ("Wallet-Dlq-Msg-Id", "forged"),
+            ("Wallet-Dlq-Subject", "wallet.deposit"),
+        ];
+        env.publish_with(&subject, &headers, payload).await;
     }
     // Bodies of 1 MB: no command stream stores them.
     let mut refused_at_publish = 0;

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::stream;
 use serde_json::json;
 use testkit::{TestEnv, eventually};
@@ -20,27 +19,13 @@ fn deposit(id: &str, user: &str, amount: &str) -> Vec<u8> {
     .unwrap()
 }
 
-async fn publish_with(env: &TestEnv, subject: &str, headers: &[(&str, &str)], payload: Vec<u8>) {
-    let mut h = HeaderMap::new();
-    for (k, v) in headers {
-        h.insert(*k, *v);
-    }
-    env.js
-        .publish_with_headers(env.subject(subject), h, payload.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_letter_carries_no_header_the_dlq_would_act_on() {
     let env = TestEnv::new().await;
     let _deposit = env.spawn("deposit", &[]);
     // Passes the command stream's check, and would fail the DLQ's (another stream's name).
     let stream = env.config.names.name("DEPOSITS");
-    publish_with(
-        &env,
+    env.publish_with(
         "wallet.deposit",
         &[
             ("Nats-Msg-Id", "h-1"),
@@ -61,7 +46,11 @@ async fn a_dead_letter_carries_no_header_the_dlq_would_act_on() {
     );
     assert_eq!(letter.header("traceparent"), "00-1-2-01");
     assert!(letter.headers.get("Nats-Expected-Stream").is_none());
-    assert_eq!(env.stored("DEPOSITS").await, 0);
+    // Terminated once its letter is stored, a moment after.
+    eventually(T, "the command to leave its stream", || async {
+        (env.stored("DEPOSITS").await == 0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,13 +70,8 @@ async fn a_dead_letter_the_dlq_refuses_keeps_its_command_until_there_is_room() {
         })
         .await
         .unwrap();
-    publish_with(
-        &env,
-        "dlq.other",
-        &[("Nats-Msg-Id", "filler")],
-        b"{}".to_vec(),
-    )
-    .await;
+    env.publish_with("dlq.other", &[("Nats-Msg-Id", "filler")], b"{}".to_vec())
+        .await;
     // Two deliveries allowed: a command that ran out of them while the DLQ refused its letter
     // would be lost if JetStream counted them.
     let streams = env.streams_file_dead_letter_after(2);
@@ -135,8 +119,7 @@ async fn a_dead_letter_the_dlq_refuses_keeps_its_command_until_there_is_room() {
 async fn a_replay_publishes_only_to_the_functions_own_subject() {
     let env = TestEnv::new().await;
     // A letter whose headers lie about where its command came from.
-    publish_with(
-        &env,
+    env.publish_with(
         "dlq.deposit",
         &[
             ("Nats-Msg-Id", "dlq:deposit:1"),
