@@ -40,6 +40,32 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
         "{changed:#?}"
     );
 
+    // A deployment set up before the runtime counted deliveries itself: its consumers' limit
+    // (max_deliver 20) and streams' message size (1 MiB) are lifted and lowered in place.
+    let stream = env
+        .js
+        .get_stream(env.config.names.name("DEPOSITS"))
+        .await
+        .unwrap();
+    let mut old = topology.consumers[0].config(&env.config.names);
+    old.max_deliver = 20;
+    stream.create_consumer(old).await.unwrap();
+    let mut old_stream = topology.streams[0].config(&env.config.names);
+    old_stream.max_message_size = 1_044_480;
+    env.js.update_stream(old_stream).await.unwrap();
+    let upgraded = walletctl::setup::setup(&env.config, &topology)
+        .await
+        .unwrap();
+    let stream_name = env.config.names.name(&topology.streams[0].name);
+    for line in [
+        format!("consumer {consumer}: updated (max_deliver)"),
+        format!("stream {stream_name}: updated (max_msg_size)"),
+    ] {
+        assert!(upgraded.contains(&line), "{upgraded:#?}");
+    }
+    let info = stream.consumer_info(&consumer).await.unwrap();
+    assert_eq!(info.config.max_deliver, -1);
+
     // One that needs the stream recreated is reported, and the stream is left alone.
     let deposits = topology
         .streams
