@@ -178,7 +178,9 @@ pub async fn process<F: Function>(
             }
         }
     }
-    let failed = |unit: &Unit<F::Command>| failed(delivered(unit.index), dead_letter_after);
+    // A command that failed for a reason that is not an outage, by its delivery count.
+    let retry_or_dead_letter =
+        |unit: &Unit<F::Command>| failed(delivered(unit.index), dead_letter_after);
 
     let valid: Vec<&Unit<F::Command>> = units.iter().filter(|u| u.command.is_ok()).collect();
     let screened = screen(f, ctx, &valid).await?;
@@ -209,7 +211,7 @@ pub async fn process<F: Function>(
             }
             Err(e) => {
                 tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "command failed its screen");
-                out.dispositions[unit.index] = failed(unit);
+                out.dispositions[unit.index] = retry_or_dead_letter(unit);
             }
         }
     }
@@ -220,7 +222,7 @@ pub async fn process<F: Function>(
             Err(e) if e.is_transient() => return Err(e),
             Err(e) if pending.len() == 1 => {
                 tracing::warn!(function = F::NAME, error = %e, "command failed");
-                out.dispositions[pending[0].index] = failed(pending[0]);
+                out.dispositions[pending[0].index] = retry_or_dead_letter(pending[0]);
             }
             Err(e) => {
                 tracing::warn!(function = F::NAME, error = %e, size = pending.len(), "batch failed; deciding its commands one by one");
@@ -232,7 +234,7 @@ pub async fn process<F: Function>(
                         Err(e) if e.is_transient() => return Err(e),
                         Err(e) => {
                             tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "command failed");
-                            out.dispositions[unit.index] = failed(unit);
+                            out.dispositions[unit.index] = retry_or_dead_letter(unit);
                         }
                     }
                 }
@@ -243,7 +245,7 @@ pub async fn process<F: Function>(
     for (at, e) in publish_direct(ctx, direct).await? {
         let unit = &units[at];
         tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "answer not published");
-        out.dispositions[unit.index] = failed(unit);
+        out.dispositions[unit.index] = retry_or_dead_letter(unit);
     }
 
     for (index, leader) in followers {

@@ -57,33 +57,40 @@ GRANT SELECT ON accounts TO wallet_balance;
 -- accounts); the postings of its own commands (or its transaction's platform sums, which name
 -- none). The owner (setup, walletctl, the audit) is not subject to these policies. The outbox
 -- stays shared: every function's relay publishes what any crash left behind.
-ALTER TABLE commands ENABLE ROW LEVEL SECURITY;
-ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;
-ALTER TABLE postings ENABLE ROW LEVEL SECURITY;
+--
+-- Setup runs against a live system: a function's policies are created only when they are
+-- missing, and row security is enabled only where it is off (both take the table's strongest
+-- lock). A change to a policy below must drop the old one by name first.
 DO $$
 DECLARE
     f record;
+    t text;
 BEGIN
-    DROP POLICY IF EXISTS read_wallets ON accounts;
-    CREATE POLICY read_wallets ON accounts FOR SELECT
-        TO wallet_deposit, wallet_transfer_out, wallet_provider_ack, wallet_bonus_grant, wallet_balance
-        USING (true);
+    FOREACH t IN ARRAY ARRAY['commands', 'accounts', 'postings'] LOOP
+        IF NOT (SELECT relrowsecurity FROM pg_class WHERE oid = t::regclass) THEN
+            EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE tablename = 'accounts' AND policyname = 'read_wallets') THEN
+        CREATE POLICY read_wallets ON accounts FOR SELECT
+            TO wallet_deposit, wallet_transfer_out, wallet_provider_ack, wallet_bonus_grant, wallet_balance
+            USING (true);
+    END IF;
     FOR f IN SELECT * FROM (VALUES
             ('deposit',      ARRAY['main', 'platform'],           ARRAY['main']),
             ('transfer-out', ARRAY['main', 'in_transit'],         ARRAY['main', 'in_transit']),
             ('provider-ack', ARRAY['main', 'in_transit', 'game'], ARRAY['main', 'in_transit', 'game']),
             ('bonus-grant',  ARRAY['bonus', 'platform'],          ARRAY['bonus'])
-        ) AS t (function, creates, moves) LOOP
-        EXECUTE format('DROP POLICY IF EXISTS %I ON commands', 'own_commands_' || f.function);
+        ) AS v (function, creates, moves) LOOP
+        IF EXISTS (SELECT 1 FROM pg_policies WHERE policyname = 'own_commands_' || f.function) THEN
+            CONTINUE;
+        END IF;
         EXECUTE format('CREATE POLICY %I ON commands TO %I USING (function = %L) WITH CHECK (function = %L)',
             'own_commands_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.function, f.function);
-        EXECUTE format('DROP POLICY IF EXISTS %I ON accounts', 'creates_' || f.function);
         EXECUTE format('CREATE POLICY %I ON accounts FOR INSERT TO %I WITH CHECK (kind = ANY (%L))',
             'creates_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.creates);
-        EXECUTE format('DROP POLICY IF EXISTS %I ON accounts', 'moves_' || f.function);
         EXECUTE format('CREATE POLICY %I ON accounts FOR UPDATE TO %I USING (kind = ANY (%L)) WITH CHECK (kind = ANY (%L))',
             'moves_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.moves, f.moves);
-        EXECUTE format('DROP POLICY IF EXISTS %I ON postings', 'posts_' || f.function);
         EXECUTE format('CREATE POLICY %I ON postings FOR INSERT TO %I WITH CHECK (command IS NULL OR starts_with(command, %L))',
             'posts_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.function || ':');
     END LOOP;
