@@ -838,6 +838,15 @@ impl TestEnv {
         s.info().await.unwrap().state.messages
     }
 
+    /// Waits (bounded) until the test's stream `stream` holds no message: a work queue's command
+    /// leaves it when settled, a moment after its outcome is visible.
+    pub async fn emptied(&self, stream: &str) {
+        eventually(Duration::from_secs(60), "the stream to empty", || async {
+            (self.stored(stream).await == 0).then_some(())
+        })
+        .await;
+    }
+
     pub fn subject(&self, s: &str) -> String {
         self.config.names.subject(s)
     }

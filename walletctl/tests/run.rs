@@ -7,17 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{TestEnv, eventually};
+use testkit::{FUNCTIONS, TestEnv, eventually};
 
 const T: Duration = Duration::from_secs(60);
-/// Each logs `stopped` when it ends gracefully (provider-sim, a walletctl command, does not).
-const FUNCTIONS: [&str; 5] = [
-    "deposit",
-    "transfer-out",
-    "provider-ack",
-    "bonus-grant",
-    "balance",
-];
 
 fn tmux(args: &[&str]) -> std::process::Output {
     Command::new("tmux").args(args).output().unwrap()
@@ -91,7 +83,8 @@ async fn ctrl_c_in_a_terminal_stops_every_function_gracefully() {
     assert!(log(&out).contains("run: all functions up"), "{}", log(&out));
 
     tmux(&["send-keys", "-t", &session.0, "C-c"]);
-    // The prefixers may print a function's last lines just after the script's own.
+    // Each function logs `stopped` when it ends gracefully (provider-sim, a walletctl command,
+    // does not). The prefixers may print a function's last lines just after the script's own.
     let stopped = |shown: &str| {
         shown.contains("run: stopped")
             && FUNCTIONS.iter().all(|p| {

@@ -47,10 +47,7 @@ async fn a_dead_letter_carries_no_header_the_dlq_would_act_on() {
     assert_eq!(letter.header("traceparent"), "00-1-2-01");
     assert!(letter.headers.get("Nats-Expected-Stream").is_none());
     // Terminated once its letter is stored, a moment after.
-    eventually(T, "the command to leave its stream", || async {
-        (env.stored("DEPOSITS").await == 0).then_some(())
-    })
-    .await;
+    env.emptied("DEPOSITS").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,10 +106,7 @@ async fn a_dead_letter_the_dlq_refuses_keeps_its_command_until_there_is_room() {
             .unwrap()
             > 3
     );
-    eventually(T, "the command to leave its stream", || async {
-        (env.stored("DEPOSITS").await == 0).then_some(())
-    })
-    .await;
+    env.emptied("DEPOSITS").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
