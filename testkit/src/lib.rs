@@ -739,9 +739,13 @@ impl TestEnv {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let path = std::env::temp_dir().join(format!("{}.streams.toml", self.ns));
+        let path = self.streams_file();
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
+    }
+
+    fn streams_file(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}.streams.toml", self.ns))
     }
 
     /// The environment a binary of this test runs with.
@@ -1224,8 +1228,7 @@ impl Drop for TestEnv {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        let _ =
-            std::fs::remove_file(std::env::temp_dir().join(format!("{}.streams.toml", self.ns)));
+        let _ = std::fs::remove_file(self.streams_file());
         let config = self.config.clone();
         // Drop cannot await: clean up on a thread of its own with a runtime of its own.
         let cleanup = std::thread::spawn(move || {

@@ -178,6 +178,12 @@ pub fn check_agreement(specs: &[FunctionSpec], topology: &Topology) -> anyhow::R
     Ok(())
 }
 
+/// The Secret key (and environment variable) of `prefix` for `name`: `DATABASE_URL_PROVIDER_ACK`
+/// for `provider-ack`.
+pub fn secret_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}_{}", name.to_uppercase().replace('-', "_"))
+}
+
 /// An object's metadata; `app.kubernetes.io/part-of` is added to every object by the base's
 /// kustomization.
 fn meta(n: &str) -> String {
@@ -192,7 +198,7 @@ fn deployment(s: &FunctionSpec) -> String {
     let replicas = s.scaling.min_replicas.max(1);
     // Each function connects as its own PostgreSQL role (walletctl/src/roles.sql): its URL is
     // its own key of the Secret, `DATABASE_URL_DEPOSIT` for `deposit`.
-    let database_url_key = format!("DATABASE_URL_{}", n.to_uppercase().replace('-', "_"));
+    let database_url_key = secret_key("DATABASE_URL", n);
     // And as its own NATS user (`walletctl/src/nats_users.rs`, k8s/nats/authorization.conf).
     let nats_password_key = crate::nats_users::password_var(n);
     let mut env = String::new();

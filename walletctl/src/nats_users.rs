@@ -112,7 +112,7 @@ pub fn users(
 /// The environment variable that holds `user`'s password where nats-server and the user's
 /// process run: `NATS_PASSWORD_PROVIDER_ACK` for `provider-ack`.
 pub fn password_var(user: &str) -> String {
-    format!("NATS_PASSWORD_{}", user.to_uppercase().replace('-', "_"))
+    crate::k8s::secret_key("NATS_PASSWORD", user)
 }
 
 /// The `authorization { users = [...] }` block of a nats-server configuration; `password` gives

@@ -65,6 +65,7 @@ DO $$
 DECLARE
     f record;
     t text;
+    r text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['commands', 'accounts', 'postings'] LOOP
         IF NOT (SELECT relrowsecurity FROM pg_class WHERE oid = t::regclass) THEN
@@ -85,13 +86,14 @@ BEGIN
         IF EXISTS (SELECT 1 FROM pg_policies WHERE policyname = 'own_commands_' || f.function) THEN
             CONTINUE;
         END IF;
+        r := 'wallet_' || replace(f.function, '-', '_');
         EXECUTE format('CREATE POLICY %I ON commands TO %I USING (function = %L) WITH CHECK (function = %L)',
-            'own_commands_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.function, f.function);
+            'own_commands_' || f.function, r, f.function, f.function);
         EXECUTE format('CREATE POLICY %I ON accounts FOR INSERT TO %I WITH CHECK (kind = ANY (%L))',
-            'creates_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.creates);
+            'creates_' || f.function, r, f.creates);
         EXECUTE format('CREATE POLICY %I ON accounts FOR UPDATE TO %I USING (kind = ANY (%L)) WITH CHECK (kind = ANY (%L))',
-            'moves_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.moves, f.moves);
+            'moves_' || f.function, r, f.moves, f.moves);
         EXECUTE format('CREATE POLICY %I ON postings FOR INSERT TO %I WITH CHECK (command IS NULL OR starts_with(command, %L))',
-            'posts_' || f.function, 'wallet_' || replace(f.function, '-', '_'), f.function || ':');
+            'posts_' || f.function, r, f.function || ':');
     END LOOP;
 END $$;
