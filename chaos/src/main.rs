@@ -29,7 +29,7 @@ use testkit::{PrivateNats, PrivatePostgres, PrivateRedis};
 use tokio_util::sync::CancellationToken;
 use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
-use walletctl::load::{self, LoadArgs};
+use wallet_load::{self as load, LoadArgs};
 
 use crate::proxy::Proxy;
 
@@ -59,16 +59,6 @@ struct Args {
     logs: PathBuf,
 }
 
-/// The JetStream functions, and `balance`: its reads fill the cache that the others write
-/// through, so that the faults hit the cache as readers use it and the audit has it to check.
-const FUNCTIONS: [&str; 5] = [
-    "deposit",
-    "transfer-out",
-    "provider-ack",
-    "bonus-grant",
-    "balance",
-];
-
 /// One event in this many has its user's balance read.
 const READ_EVERY: u64 = 10;
 
@@ -77,7 +67,7 @@ const READ_EVERY: u64 = 10;
 /// server was down). What the answers say is checked by the audit at the end: every balance the
 /// cache holds must equal PostgreSQL's.
 async fn read_balances(config: Config, stop: CancellationToken) -> anyhow::Result<(u64, u64)> {
-    let nats = walletctl::nats(&config).await?;
+    let nats = wallet_ops::nats(&config).await?;
     let mut events = nats
         .subscribe(config.names.subject("wallet.events.>"))
         .await?;
@@ -141,7 +131,7 @@ impl Fault {
 
 /// One process of ours, restarted with the same arguments and environment.
 struct Replica {
-    name: &'static str,
+    name: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
@@ -150,14 +140,14 @@ struct Replica {
 
 impl Replica {
     fn spawn(
-        name: &'static str,
+        name: &str,
         args: Vec<String>,
         env: Vec<(String, String)>,
         log: PathBuf,
     ) -> anyhow::Result<Self> {
         let child = start(name, &args, &env, &log)?;
         Ok(Self {
-            name,
+            name: name.to_owned(),
             args,
             env,
             log,
@@ -166,7 +156,7 @@ impl Replica {
     }
 
     fn restart(&mut self) -> anyhow::Result<()> {
-        self.child = start(self.name, &self.args, &self.env, &self.log)?;
+        self.child = start(&self.name, &self.args, &self.env, &self.log)?;
         Ok(())
     }
 
@@ -293,23 +283,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         Config::from_lookup(|k| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     let topology = Topology::load(None)?;
-    walletctl::setup::setup(&config, &topology).await?;
+    wallet_ops::setup::setup(&config, &topology).await?;
 
     let mut replicas = Vec::new();
-    for name in FUNCTIONS {
+    for name in wallet_ops::catalog::names() {
         for i in 0..args.replicas {
             let mut e = env.clone();
             e.push((
                 "HTTP_ADDR".into(),
                 format!("127.0.0.1:{}", testkit::free_port()),
             ));
-            let role = walletctl::setup::role(name);
+            let role = wallet_ops::setup::role(&name);
             e.push((
                 "DATABASE_URL".into(),
                 format!("postgres://{role}@127.0.0.1:{}/wallet", proxies[1].1.port),
             ));
             let log = args.logs.join(format!("{name}-{i}.log"));
-            replicas.push(Replica::spawn(name, Vec::new(), e, log)?);
+            replicas.push(Replica::spawn(&name, Vec::new(), e, log)?);
         }
     }
     // The providers' side, in a process of its own like a real provider's adapter; the load
@@ -439,7 +429,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     println!("| verified | {} |", if v.passed { "yes" } else { "**NO**" });
     drop((replicas, providers));
-    walletctl::teardown::teardown(&config, &topology).await.ok();
+    wallet_ops::teardown::teardown(&config, &topology).await.ok();
     Ok(v.passed)
 }
 
@@ -450,15 +440,11 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 fn load_args(args: &Args, seed: u64) -> anyhow::Result<LoadArgs> {
     let line = format!(
-        "walletctl load --mix deposit=60,transfer=25,bonus=15 --rate {} --duration {}s \
+        "--mix deposit=60,transfer=25,bonus=15 --rate {} --duration {}s \
          --users 2000 --duplicates 0.03 --malformed 0.02 --seed {seed} --drain-timeout 10m \
          --providers-elsewhere",
         args.rate,
         args.duration.as_secs()
     );
-    let cli = walletctl::Cli::try_parse_from(line.split_whitespace())?;
-    match cli.command {
-        walletctl::Cmd::Load(a) => Ok(*a),
-        _ => anyhow::bail!("not a load command"),
-    }
+    Ok(LoadArgs::from_line(&line)?)
 }

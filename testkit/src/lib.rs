@@ -62,15 +62,6 @@ pub fn topology() -> Topology {
     topology
 }
 
-/// The function binaries, each connecting to PostgreSQL as its own role.
-pub const FUNCTIONS: [&str; 5] = [
-    "deposit",
-    "transfer-out",
-    "provider-ack",
-    "bonus-grant",
-    "balance",
-];
-
 /// A free TCP port on 127.0.0.1, for a server a test starts.
 ///
 /// Drawn at random below the kernel's ephemeral range (32768 and up), and free when drawn. A
@@ -708,8 +699,8 @@ impl TestEnv {
         ]);
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
-        walletctl::setup::setup(&config, &topology()).await.unwrap();
-        let nats = walletctl::nats(&config).await.unwrap();
+        wallet_ops::setup::setup(&config, &topology()).await.unwrap();
+        let nats = wallet_ops::nats(&config).await.unwrap();
         let js = jetstream::new(nats.clone());
         Self {
             config,
@@ -795,10 +786,10 @@ impl TestEnv {
         cmd.envs(self.env())
             .env("HTTP_ADDR", format!("127.0.0.1:{http}"));
         // Every function runs as its own role, so that every test also proves its grants.
-        if FUNCTIONS.contains(&name) {
+        if wallet_ops::catalog::names().iter().any(|f| f == name) {
             cmd.env(
                 "DATABASE_URL",
-                self.database_url_as(&walletctl::setup::role(name)),
+                self.database_url_as(&wallet_ops::setup::role(name)),
             );
         }
         cmd.envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -885,7 +876,7 @@ impl TestEnv {
         let namespaced = msgs
             .into_iter()
             .map(|(subject, id, payload)| (self.subject(&subject), id, payload));
-        walletctl::load::publish_all(&self.js, namespaced)
+        wallet_client::publish_all(&self.js, namespaced)
             .await
             .unwrap();
     }
@@ -1041,8 +1032,8 @@ impl TestEnv {
     }
 
     /// `walletctl audit` on this namespace.
-    pub async fn audit(&self) -> walletctl::audit::Report {
-        walletctl::audit::audit(&self.config).await.unwrap()
+    pub async fn audit(&self) -> wallet_ops::audit::Report {
+        wallet_ops::audit::audit(&self.config).await.unwrap()
     }
 }
 
@@ -1122,7 +1113,7 @@ impl Drop for Reader {
 
 impl Reader {
     async fn start(env: &TestEnv, stream: &str, filter: &str) -> Self {
-        let mut followed = walletctl::load::follow(
+        let mut followed = wallet_client::follow(
             &env.js,
             &env.config.names,
             stream,
@@ -1238,7 +1229,7 @@ impl Drop for TestEnv {
                 .unwrap();
             rt.block_on(async move {
                 let topology = Topology::load(None).unwrap();
-                if let Err(e) = walletctl::teardown::teardown(&config, &topology).await {
+                if let Err(e) = wallet_ops::teardown::teardown(&config, &topology).await {
                     eprintln!("test cleanup: {e:#}");
                 }
             });

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail, ensure};
-use serde::Deserialize;
+use wallet_ops::catalog::{FunctionSpec, Kind, check_agreement, secret_key, specs};
 use wallet_runtime::streams::Topology;
 
 /// Longer than the runtime's default `SHUTDOWN_GRACE` (25 s): a pod finishes its batch first.
@@ -19,170 +18,6 @@ const TERMINATION_GRACE_SECONDS: u32 = 35;
 /// The NATS monitoring endpoint KEDA reads consumer lag from (the Helm chart's service).
 const NATS_MONITORING: &str = "nats.nats.svc.cluster.local:8222";
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    Jetstream,
-    RequestReply,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Scaling {
-    pub min_replicas: u32,
-    pub max_replicas: u32,
-    pub lag_threshold: Option<u64>,
-    pub activation_lag_threshold: Option<u64>,
-    pub cooldown_seconds: Option<u32>,
-    pub cpu_utilization: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Resources {
-    pub cpu_request: String,
-    pub memory_request: String,
-    pub cpu_limit: String,
-    pub memory_limit: String,
-}
-
-/// A function's `function.toml`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FunctionSpec {
-    pub name: String,
-    pub kind: Kind,
-    pub subject: String,
-    pub stream: Option<String>,
-    /// Subjects it publishes besides its acknowledgements and its dead letters: its NATS
-    /// user may publish these and no other ([`crate::nats_users`]).
-    #[serde(default)]
-    pub publishes: Vec<String>,
-    pub scaling: Scaling,
-    pub resources: Resources,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-}
-
-include!(concat!(env!("OUT_DIR"), "/function_specs.rs"));
-
-/// The function.toml files built into this binary.
-pub fn built_in() -> Vec<FunctionSpec> {
-    FUNCTION_SPECS
-        .iter()
-        .filter_map(|text| toml::from_str(text).ok())
-        .collect()
-}
-
-impl Scaling {
-    /// The replicas KEDA's `nats-jetstream` scaler asks for at this consumer lag (its lag is
-    /// pending plus unacknowledged): none beyond `min_replicas` until the lag passes
-    /// `activation_lag_threshold`, then ceil(lag / `lag_threshold`) within min and max.
-    pub fn keda_replicas(&self, lag: u64) -> u32 {
-        let (Some(threshold), Some(activation)) =
-            (self.lag_threshold, self.activation_lag_threshold)
-        else {
-            return self.min_replicas;
-        };
-        if lag <= activation {
-            return self.min_replicas;
-        }
-        let wanted = lag.div_ceil(threshold.max(1));
-        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
-        wanted.clamp(self.min_replicas.max(1), self.max_replicas.max(1))
-    }
-}
-
-/// Reads every `functions/*/function.toml` under `root`, sorted by name.
-pub fn specs(root: &Path) -> anyhow::Result<Vec<FunctionSpec>> {
-    let mut out = Vec::new();
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("functions"))
-        .with_context(|| format!("reading {}/functions", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    for dir in dirs {
-        let file = dir.join("function.toml");
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("{}: every function folder needs one", file.display()))?;
-        let spec: FunctionSpec =
-            toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
-        let folder = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        ensure!(
-            spec.name == folder,
-            "{}: name `{}` is not its folder `{folder}`",
-            file.display(),
-            spec.name
-        );
-        out.push(spec);
-    }
-    Ok(out)
-}
-
-/// Every way a function's description can disagree with `streams.toml`.
-pub fn check_agreement(specs: &[FunctionSpec], topology: &Topology) -> anyhow::Result<()> {
-    for s in specs {
-        let s_name = &s.name;
-        match s.kind {
-            Kind::Jetstream => {
-                let Some(stream) = &s.stream else {
-                    bail!("{s_name}: a jetstream function names its stream");
-                };
-                let Some(consumer) = topology.consumer(s_name) else {
-                    bail!(
-                        "{s_name}: streams.toml has no [[consumer]] with function = \"{s_name}\""
-                    );
-                };
-                ensure!(
-                    consumer.stream == *stream,
-                    "{s_name}: function.toml says stream {stream}, streams.toml's consumer reads {}",
-                    consumer.stream
-                );
-                ensure!(
-                    consumer.filter_subject == s.subject,
-                    "{s_name}: function.toml says subject {}, streams.toml's consumer filters {}",
-                    s.subject,
-                    consumer.filter_subject
-                );
-                let Some(def) = topology.streams.iter().find(|d| d.name == *stream) else {
-                    bail!("{s_name}: streams.toml has no stream {stream}");
-                };
-                ensure!(
-                    def.subjects.contains(&s.subject),
-                    "{s_name}: stream {stream} does not carry {}",
-                    s.subject
-                );
-                ensure!(
-                    s.scaling.lag_threshold.is_some()
-                        && s.scaling.activation_lag_threshold.is_some(),
-                    "{s_name}: [scaling] needs lag_threshold and activation_lag_threshold"
-                );
-            }
-            Kind::RequestReply => {
-                ensure!(
-                    s.stream.is_none(),
-                    "{s_name}: a request-reply function reads no stream"
-                );
-                ensure!(
-                    s.scaling.cpu_utilization.is_some(),
-                    "{s_name}: [scaling] needs cpu_utilization (it scales on CPU)"
-                );
-            }
-        }
-        ensure!(
-            s.scaling.min_replicas <= s.scaling.max_replicas && s.scaling.max_replicas > 0,
-            "{s_name}: min_replicas must not exceed max_replicas"
-        );
-    }
-    Ok(())
-}
-
-/// The Secret key (and environment variable) of `prefix` for `name`: `DATABASE_URL_PROVIDER_ACK`
-/// for `provider-ack`.
-pub fn secret_key(prefix: &str, name: &str) -> String {
-    format!("{prefix}_{}", name.to_uppercase().replace('-', "_"))
-}
 
 /// An object's metadata; `app.kubernetes.io/part-of` is added to every object by the base's
 /// kustomization.
@@ -196,7 +31,7 @@ fn deployment(s: &FunctionSpec) -> String {
     let n = &s.name;
     let r = &s.resources;
     let replicas = s.scaling.min_replicas.max(1);
-    // Each function connects as its own PostgreSQL role (walletctl/src/roles.sql): its URL is
+    // Each function connects as its own PostgreSQL role (libs/ops/src/roles.sql): its URL is
     // its own key of the Secret, `DATABASE_URL_DEPOSIT` for `deposit`.
     let database_url_key = secret_key("DATABASE_URL", n);
     // And as its own NATS user (`walletctl/src/nats_users.rs`, k8s/nats/authorization.conf).

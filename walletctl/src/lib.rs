@@ -2,23 +2,16 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
 
-pub mod audit;
-pub mod campaign;
-pub mod dlq;
 pub mod k8s;
-pub mod load;
 pub mod nats_users;
-pub mod provider_sim;
 pub mod scaffold;
-pub mod setup;
-pub mod status;
-pub mod teardown;
-pub mod transfer;
+
+use wallet_load as load;
+use wallet_ops::{audit, campaign, dlq, setup, status, teardown, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -314,34 +307,4 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// A NATS connection for one command: fails fast when NATS is down.
-pub async fn nats(config: &Config) -> anyhow::Result<async_nats::Client> {
-    let servers: Vec<&str> = config.nats_url.split(',').map(str::trim).collect();
-    config
-        .nats_auth
-        .options()
-        .await
-        .context("NATS_CREDS")?
-        .name("walletctl")
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(servers.as_slice())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to NATS at {}",
-                wallet_runtime::config::redact(&config.nats_url)
-            )
-        })
-}
-
-/// One PostgreSQL connection for one command.
-pub async fn postgres(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    wallet_runtime::db::client(config).await.with_context(|| {
-        format!(
-            "cannot connect to PostgreSQL at {}",
-            wallet_runtime::config::redact(&config.database_url)
-        )
-    })
 }

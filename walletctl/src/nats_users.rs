@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use wallet_runtime::names::Names;
 use wallet_runtime::streams::Topology;
 
-use crate::k8s::{FunctionSpec, Kind};
+use wallet_ops::catalog::{FunctionSpec, Kind};
 
 /// The commands that platform clients publish (the command streams' subjects).
 const COMMANDS: [&str; 3] = ["wallet.deposit", "wallet.transfer-out", "bonus.grant"];
@@ -112,7 +112,7 @@ pub fn users(
 /// The environment variable that holds `user`'s password where nats-server and the user's
 /// process run: `NATS_PASSWORD_PROVIDER_ACK` for `provider-ack`.
 pub fn password_var(user: &str) -> String {
-    crate::k8s::secret_key("NATS_PASSWORD", user)
+    wallet_ops::catalog::secret_key("NATS_PASSWORD", user)
 }
 
 /// The `authorization { users = [...] }` block of a nats-server configuration; `password` gives
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn a_function_may_publish_only_its_own_subjects() {
-        let specs = crate::k8s::built_in();
+        let specs = wallet_ops::catalog::built_in();
         let topology = Topology::load(None).expect("streams");
         let names = Names::new("t").expect("ns");
         let users = users(&specs, &topology, &["alpha".into()], &names);

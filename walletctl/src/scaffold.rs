@@ -130,7 +130,7 @@ const LIB: &str = r#"//! `{{name}}`: `{ {{snake}}_id, user_id, amount, currency 
 
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
-use wallet_runtime::ledger::WalletKey;
+use wallet_runtime::wallet::WalletKey;
 use wallet_runtime::function::currency_and_amount;
 use wallet_runtime::money::Currency;
 use wallet_runtime::{Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids};

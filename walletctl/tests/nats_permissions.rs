@@ -47,7 +47,7 @@ async fn publish(js: &jetstream::Context, subject: String, msg_id: &str, payload
 async fn every_process_works_as_its_own_user_and_is_refused_the_rest() {
     let ns = testkit::namespace();
     let names = Names::new(&ns).unwrap();
-    let specs = walletctl::k8s::built_in();
+    let specs = wallet_ops::catalog::built_in();
     let users = walletctl::nats_users::users(
         &specs,
         &Topology::load(None).unwrap(),
@@ -82,9 +82,9 @@ async fn every_process_works_as_its_own_user_and_is_refused_the_rest() {
     for p in &procs {
         env.ready(p).await;
     }
-    walletctl::campaign::create(
+    wallet_ops::campaign::create(
         &env.config,
-        &walletctl::campaign::CreateArgs {
+        &wallet_ops::campaign::CreateArgs {
             id: "c-1".into(),
             currency: "USD".into(),
             budget: "10".into(),

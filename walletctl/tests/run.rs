@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{FUNCTIONS, TestEnv, eventually};
+use testkit::{TestEnv, eventually};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -87,7 +87,7 @@ async fn ctrl_c_in_a_terminal_stops_every_function_gracefully() {
     // does not). The prefixers may print a function's last lines just after the script's own.
     let stopped = |shown: &str| {
         shown.contains("run: stopped")
-            && FUNCTIONS.iter().all(|p| {
+            && wallet_ops::catalog::names().iter().all(|p| {
                 shown
                     .lines()
                     .any(|l| l.starts_with(&format!("[{p}]")) && l.contains("stopped"))

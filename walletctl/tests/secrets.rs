@@ -178,7 +178,7 @@ async fn nats_over_tls_with_a_password_and_an_nkey() {
         let vars: HashMap<String, String> = vars.into_iter().collect();
         async move {
             let config = wallet_runtime::Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
-            format!("{:#}", walletctl::nats(&config).await.unwrap_err()).to_lowercase()
+            format!("{:#}", wallet_ops::nats(&config).await.unwrap_err()).to_lowercase()
         }
     };
     let anonymous = refusal(with(&[])).await;
@@ -205,7 +205,7 @@ async fn nats_with_a_token() {
     deposit_completes(&env, &deposit, "u-token", "2.00").await;
     let anonymous =
         wallet_runtime::Config::from_lookup(|k| (k == "NATS_URL").then(|| url.clone())).unwrap();
-    let e = format!("{:#}", walletctl::nats(&anonymous).await.unwrap_err()).to_lowercase();
+    let e = format!("{:#}", wallet_ops::nats(&anonymous).await.unwrap_err()).to_lowercase();
     assert!(e.contains("authoriz"), "{e}");
 }
 

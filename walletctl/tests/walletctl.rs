@@ -9,7 +9,7 @@ use testkit::TestEnv;
 async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
     let env = TestEnv::new().await;
     let mut topology = testkit::topology();
-    let again = walletctl::setup::setup(&env.config, &topology)
+    let again = wallet_ops::setup::setup(&env.config, &topology)
         .await
         .unwrap();
     assert_eq!(
@@ -31,7 +31,7 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
 
     // A change JetStream makes in place is applied and named.
     topology.consumers[0].max_ack_pending += 1;
-    let changed = walletctl::setup::setup(&env.config, &topology)
+    let changed = wallet_ops::setup::setup(&env.config, &topology)
         .await
         .unwrap();
     let consumer = env.config.names.name(&topology.consumers[0].function);
@@ -53,7 +53,7 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
     let mut old_stream = topology.streams[0].config(&env.config.names);
     old_stream.max_message_size = 1_044_480;
     env.js.update_stream(old_stream).await.unwrap();
-    let upgraded = walletctl::setup::setup(&env.config, &topology)
+    let upgraded = wallet_ops::setup::setup(&env.config, &topology)
         .await
         .unwrap();
     let stream_name = env.config.names.name(&topology.streams[0].name);
@@ -74,7 +74,7 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
         .unwrap();
     deposits.retention = wallet_runtime::streams::Retention::Limits;
     env.publish("wallet.deposit", "kept", b"{}".to_vec()).await;
-    let refused = walletctl::setup::setup(&env.config, &topology)
+    let refused = wallet_ops::setup::setup(&env.config, &topology)
         .await
         .unwrap();
     let line = refused.iter().find(|l| l.contains("_DEPOSITS:")).unwrap();
@@ -97,7 +97,7 @@ async fn status_shows_pending_commands_and_dead_letters_per_function() {
     }
     env.publish("dlq.deposit", "dlq:deposit:1", b"{}".to_vec())
         .await;
-    let out = walletctl::status::status(&env.config, &testkit::topology())
+    let out = wallet_ops::status::status(&env.config, &testkit::topology())
         .await
         .unwrap();
     let deposit = out.lines().find(|l| l.starts_with("deposit ")).unwrap();
@@ -127,7 +127,7 @@ fn function_folders_streams_toml_and_k8s_agree() {
     let topology = wallet_runtime::streams::Topology::load(None).unwrap();
     let stale = walletctl::k8s::generate(repo_root(), &topology, true).unwrap();
     assert!(stale.is_empty(), "k8s/ is stale, run `make k8s`: {stale:?}");
-    let specs = walletctl::k8s::specs(repo_root()).unwrap();
+    let specs = wallet_ops::catalog::specs(repo_root()).unwrap();
     for name in [
         "balance",
         "bonus-grant",
@@ -144,10 +144,10 @@ fn function_folders_streams_toml_and_k8s_agree() {
 
 #[test]
 fn a_function_disagreeing_with_streams_toml_fails_the_check() {
-    use walletctl::k8s::check_agreement;
+    use wallet_ops::catalog::check_agreement;
     let topology = wallet_runtime::streams::Topology::load(None).unwrap();
-    let specs = walletctl::k8s::specs(repo_root()).unwrap();
-    let broken = |change: &dyn Fn(&mut walletctl::k8s::FunctionSpec)| {
+    let specs = wallet_ops::catalog::specs(repo_root()).unwrap();
+    let broken = |change: &dyn Fn(&mut wallet_ops::catalog::FunctionSpec)| {
         let mut specs = specs.clone();
         change(specs.iter_mut().find(|s| s.name == "deposit").unwrap());
         check_agreement(&specs, &topology).unwrap_err().to_string()
@@ -160,8 +160,8 @@ fn a_function_disagreeing_with_streams_toml_fails_the_check() {
 
 #[test]
 fn status_predicts_the_replicas_of_kedas_formula() {
-    let specs = walletctl::k8s::built_in();
-    let folders = walletctl::k8s::specs(repo_root()).unwrap();
+    let specs = wallet_ops::catalog::built_in();
+    let folders = wallet_ops::catalog::specs(repo_root()).unwrap();
     assert_eq!(
         specs.len(),
         folders.len(),
@@ -194,7 +194,7 @@ fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_and_k8s() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::copy(repo_root().join("streams.toml"), tmp.join("streams.toml")).unwrap();
-    for spec in walletctl::k8s::specs(repo_root()).unwrap() {
+    for spec in wallet_ops::catalog::specs(repo_root()).unwrap() {
         let dir = tmp.join("functions").join(&spec.name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(

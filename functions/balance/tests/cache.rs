@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 use testkit::TestEnv;
-use wallet_runtime::cache::{BalanceCache, FillTicket, WalletSnapshot};
+use wallet_runtime::cache::{BalanceCache, FillTicket};
+use wallet_runtime::wallet::WalletSnapshot;
 
 /// `user`'s main USD wallet at `version`, with the balance `<version>.00`.
 fn main_usd(user: &str, version: i64) -> WalletSnapshot {

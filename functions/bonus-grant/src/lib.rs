@@ -14,10 +14,7 @@
 //! gives back those that never committed; the loader ([`loader`]) rebuilds a campaign in Redis
 //! from PostgreSQL whenever Redis lost it.
 
-pub mod campaign;
-pub mod loader;
 pub mod reconciler;
-pub mod reservations;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -25,15 +22,16 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
-use wallet_runtime::ledger::{Kind, WalletKey};
+use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::money::Currency;
 use wallet_runtime::{
     CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Screened,
     StepError, dlq, ids,
 };
 
-use crate::loader::Loaded;
-use crate::reservations::{Action, Claim, Record, Reservation, Reservations, Reserved};
+use wallet_campaigns::loader::{self, Loaded};
+use wallet_campaigns::campaign;
+use wallet_campaigns::reservations::{Action, Claim, Record, Reservation, Reservations, Reserved};
 
 const ENTITY: &str = "bonus";
 

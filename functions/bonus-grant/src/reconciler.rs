@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use wallet_runtime::{CancellationToken, Context, StepError};
 
-use crate::loader;
-use crate::reservations::{Action, Record, Reservations};
+use wallet_campaigns::loader;
+use wallet_campaigns::reservations::{Action, Record, Reservations};
 
 /// Reservations looked at per campaign and pass.
 const LIMIT: isize = 1000;

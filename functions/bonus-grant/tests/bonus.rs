@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use testkit::commands::grant;
 use testkit::{Proc, Reader, Received, TestEnv, eventually};
-use walletctl::campaign::CreateArgs;
+use wallet_ops::campaign::CreateArgs;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -30,7 +30,7 @@ fn args(id: &str, budget: &str, amount: &str, per_user: i32) -> CreateArgs {
 }
 
 async fn create(env: &TestEnv, a: &CreateArgs) -> String {
-    walletctl::campaign::create(&env.config, a).await.unwrap()
+    wallet_ops::campaign::create(&env.config, a).await.unwrap()
 }
 
 fn outcomes<'a>(events: &'a Reader, status: &str) -> Vec<&'a Received> {
@@ -83,7 +83,7 @@ async fn every_rejection_reason_in_the_contracts_order() {
         create(&env, &args("c-1", "10.00", "5.00", 1)).await,
         "campaign c-1: unchanged"
     );
-    let e = walletctl::campaign::create(&env.config, &args("c-1", "20", "5", 1))
+    let e = wallet_ops::campaign::create(&env.config, &args("c-1", "20", "5", 1))
         .await
         .unwrap_err();
     assert_eq!(
@@ -176,12 +176,12 @@ async fn every_rejection_reason_in_the_contracts_order() {
     let letter = dlq.count(1, T).await[0].clone();
     assert_eq!(letter.header("Wallet-Dlq-Reason"), "id_conflict");
 
-    let show = walletctl::campaign::show(&env.config, "c-1").await.unwrap();
+    let show = wallet_ops::campaign::show(&env.config, "c-1").await.unwrap();
     assert!(
         show.contains("granted   10.00 in 2 grant(s) to 2 user(s); 0.00 left"),
         "{show}"
     );
-    let list = walletctl::campaign::list(&env.config).await.unwrap();
+    let list = wallet_ops::campaign::list(&env.config).await.unwrap();
     assert_eq!(list.lines().count(), 4, "{list}");
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");

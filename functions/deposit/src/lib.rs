@@ -6,7 +6,8 @@
 
 use rust_decimal::Decimal;
 use wallet_runtime::function::currency_and_amount;
-use wallet_runtime::ledger::{Refused, WalletKey};
+use wallet_runtime::ledger::Refused;
+use wallet_runtime::wallet::WalletKey;
 use wallet_runtime::money::Currency;
 use wallet_runtime::{
     Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids,

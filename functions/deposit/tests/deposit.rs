@@ -279,7 +279,7 @@ async fn malformed_commands_are_dead_lettered_with_their_headers_and_can_be_repl
             "{id}: payload changed"
         );
     }
-    let listed = walletctl::dlq::list(&env.config, Some("deposit"))
+    let listed = wallet_ops::dlq::list(&env.config, Some("deposit"))
         .await
         .unwrap();
     assert_eq!(listed.len(), cases.len());
@@ -289,7 +289,7 @@ async fn malformed_commands_are_dead_lettered_with_their_headers_and_can_be_repl
     // stored again with the new stream sequence; the replayed letter leaves the DLQ.
     let topology = testkit::topology();
     let replay =
-        |id: &'static str| walletctl::dlq::replay(&env.config, &topology, "deposit", Some(id));
+        |id: &'static str| wallet_ops::dlq::replay(&env.config, &topology, "deposit", Some(id));
     assert_eq!(replay("m-1").await.unwrap().replayed, 1);
     dlq.count(cases.len() + 1, T).await;
     let again = &dlq.seen[cases.len()];
@@ -298,7 +298,7 @@ async fn malformed_commands_are_dead_lettered_with_their_headers_and_can_be_repl
             .header("Wallet-Dlq-Msg-Id")
             .starts_with("replay:deposit:")
     );
-    let listed = walletctl::dlq::list(&env.config, Some("deposit"))
+    let listed = wallet_ops::dlq::list(&env.config, Some("deposit"))
         .await
         .unwrap();
     assert_eq!(
@@ -549,7 +549,7 @@ async fn redis_down_holds_commands_without_effect_or_dead_letter_until_it_is_bac
     redis.restart();
     let e = events.by_id("deposit:o-2:completed", T).await;
     assert_eq!(e.body["balance"], "15.00");
-    let dlq = walletctl::dlq::list(&env.config, None).await.unwrap();
+    let dlq = wallet_ops::dlq::list(&env.config, None).await.unwrap();
     assert!(
         dlq.is_empty(),
         "a transient failure was dead-lettered: {dlq:?}"

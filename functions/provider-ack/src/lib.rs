@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
-use wallet_runtime::ledger::{Kind, WalletKey};
+use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::money::Currency;
 use wallet_runtime::{
     CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, StepError,

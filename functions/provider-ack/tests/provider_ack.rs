@@ -195,7 +195,7 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
     );
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
-    let show = walletctl::transfer::show(&env.config, "t-1").await.unwrap();
+    let show = wallet_ops::transfer::show(&env.config, "t-1").await.unwrap();
     assert!(
         show.contains("completed  in_transit:alpha -30.00, game:alpha +30.00"),
         "{show}"
@@ -355,7 +355,7 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
     assert_eq!(failed.body["balance"], "10.00");
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
-    let show = walletctl::transfer::show(&env.config, "t-1").await.unwrap();
+    let show = wallet_ops::transfer::show(&env.config, "t-1").await.unwrap();
     assert!(show.contains("stuck event published"), "{show}");
 }
 
@@ -467,12 +467,15 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
         "7",
     ];
     let _sim = env.spawn_args("walletctl", &sim_args, &[]);
-    let cli = <walletctl::Cli as clap::Parser>::try_parse_from(
-        std::iter::once("walletctl").chain(sim_args.iter().copied()),
-    );
-    let walletctl::Cmd::ProviderSim(opts) = cli.unwrap().command else {
-        unreachable!("parsed as provider-sim")
-    };
+    /// The simulator's options, parsed as `walletctl provider-sim` parses them.
+    #[derive(clap::Parser)]
+    struct Sim {
+        #[command(flatten)]
+        opts: provider_sim::SimOptions,
+    }
+    let opts = <Sim as clap::Parser>::try_parse_from(sim_args.iter().copied())
+        .unwrap()
+        .opts;
     let amount = |i: usize| Decimal::new(100 + (i % 7) as i64 * 25, 2); // 1.00 to 2.50
     let provider = |i: usize| if i.is_multiple_of(3) { "beta" } else { "alpha" };
     let transfers = (0..5000)
@@ -504,12 +507,12 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
     for i in 0..5000 {
         let id = format!("t-{i}");
         let completed = finals[&id] == "completed";
-        if walletctl::provider_sim::contradicts(&opts, &id) {
+        if provider_sim::contradicts(&opts, &id) {
             contradicted += 1;
         } else {
             assert_eq!(
                 completed,
-                walletctl::provider_sim::accepts(&opts, &id),
+                provider_sim::accepts(&opts, &id),
                 "{id}"
             );
         }

@@ -10,7 +10,7 @@
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
 use wallet_runtime::function::currency_and_amount;
-use wallet_runtime::ledger::{Kind, WalletKey};
+use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
 use wallet_runtime::{

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 fn main() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../functions");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
         .map(|d| {

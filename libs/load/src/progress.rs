@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::track::Live;
+use crate::track::Live;
 
 pub struct Progress {
     task: tokio::task::JoinHandle<()>,

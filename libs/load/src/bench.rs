@@ -6,8 +6,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use wallet_runtime::Config;
 
-use super::raw::Raw;
-use super::report::{self, Provenance, Report};
+use crate::raw::Raw;
+use crate::report::Report;
+use crate::results::{self, Failure, Provenance};
 
 /// The profiles of `make bench`, in the order the results list them.
 pub const PROFILES: [&str; 5] = [
@@ -17,10 +18,6 @@ pub const PROFILES: [&str; 5] = [
     "mixed-peak",
     "flash-bonus",
 ];
-
-/// A profile whose run ended without a summary (`make bench` keeps what a run printed on stderr
-/// in `<profile>.err`), and why: the last line it printed.
-pub type Failure = (&'static str, String);
 
 pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Result<String> {
     let read = |file: String| -> anyhow::Result<Option<String>> {
@@ -81,7 +78,7 @@ pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Resul
         commit: commit.to_owned(),
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
     };
-    Ok(report::markdown(
+    Ok(results::markdown(
         &provenance,
         raw.as_ref(),
         &reports,
@@ -134,11 +131,11 @@ fn machine() -> String {
 
 /// The servers' versions, as they report them.
 async fn servers(config: &Config) -> String {
-    let nats = match crate::nats(config).await {
+    let nats = match wallet_ops::nats(config).await {
         Ok(c) => format!("nats-server {}", c.server_info().version),
         Err(_) => "nats-server (unreachable)".into(),
     };
-    let pg = match crate::postgres(config).await {
+    let pg = match wallet_ops::postgres(config).await {
         Ok(c) => match c.query_one("SHOW server_version", &[]).await {
             Ok(r) => format!("PostgreSQL {}", r.get::<_, String>(0)),
             Err(_) => "PostgreSQL (unknown)".into(),

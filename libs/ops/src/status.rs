@@ -13,7 +13,7 @@ pub async fn status(config: &Config, topology: &Topology) -> anyhow::Result<Stri
     let dead = dead_letters_by_function(&js, config)
         .await
         .unwrap_or_default();
-    let specs = crate::k8s::built_in();
+    let specs = crate::catalog::built_in();
     let mut out = String::new();
     writeln!(
         out,

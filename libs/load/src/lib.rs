@@ -18,31 +18,29 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
+
 use async_nats::jetstream;
 use futures::stream::FuturesUnordered;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
 
 pub mod bench;
+mod figures;
 mod lag;
 pub mod plan;
 mod progress;
 pub mod raw;
 pub mod report;
+pub mod results;
 mod track;
 mod verify;
 
-use plan::{Kind, Message, Mix, Plan};
+use plan::{Kind, Mix, Plan};
+use wallet_client::{IN_FLIGHT, publish, publish_all};
 pub use report::Report;
-pub use track::{Followed, follow};
 use track::{Live, SendTimes, Tracker};
-
-/// In-flight publish acks: enough to keep JetStream busy on this machine, bounded so that a
-/// slow server pushes back on the publisher.
-pub const IN_FLIGHT: usize = 2_000;
 
 /// A duplicate copy's `Nats-Msg-Id` is the command's id with this suffix: JetStream stores it, so
 /// only the function's own dedup stands between it and a second effect.
@@ -112,6 +110,19 @@ pub struct LoadArgs {
     pub profile: Option<String>,
 }
 
+impl LoadArgs {
+    /// The arguments of `walletctl load <line>`, parsed as that command parses them.
+    pub fn from_line(line: &str) -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Load {
+            #[command(flatten)]
+            args: LoadArgs,
+        }
+        let words = std::iter::once("load").chain(line.split_whitespace());
+        Ok(<Load as clap::Parser>::try_parse_from(words)?.args)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rate {
     Max,
@@ -155,60 +166,9 @@ fn parse_watch(s: &str) -> Result<(String, u32), String> {
     Ok((name.to_owned(), pid))
 }
 
-/// Publishes `(subject, Nats-Msg-Id, payload)` messages with up to [`IN_FLIGHT`] acks awaited
-/// at once; returns when JetStream has stored every one, or at the first error.
-pub async fn publish_all(
-    js: &jetstream::Context,
-    messages: impl IntoIterator<Item = (String, String, Vec<u8>)>,
-) -> anyhow::Result<()> {
-    futures::stream::iter(messages)
-        .map(|(subject, msg_id, payload)| {
-            publish(
-                js,
-                Message {
-                    subject,
-                    msg_id,
-                    payload: payload.into(),
-                },
-            )
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<()>()
-        .await
-}
-
-/// Publishes one message and waits until JetStream stored it, trying again (same
-/// `Nats-Msg-Id`, so never twice) when the ack does not come, for up to [`PUBLISH_PATIENCE`]:
-/// a NATS restart or a cut connection (`make chaos`) delays commands, it does not end the run.
-async fn publish(js: &jetstream::Context, m: Message) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", m.msg_id.as_str());
-        let sent = async {
-            js.publish_with_headers(m.subject.clone(), headers, m.payload.clone())
-                .await?
-                .await
-        };
-        match sent.await {
-            Ok(_) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() + pause < deadline => {
-                tracing::debug!(error = %e, msg_id = m.msg_id, "publish not acknowledged; again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(e).with_context(|| format!("publishing {}", m.msg_id)),
-        }
-    }
-}
-
-/// How long a command's publish is retried; well inside the streams' 2-minute duplicate window.
-const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
-
 /// Runs a load as `args` says and verifies it.
 pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyhow::Result<Report> {
-    let nats = crate::nats(config).await?;
+    let nats = wallet_ops::nats(config).await?;
     let js = jetstream::new(nats);
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -231,7 +191,7 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
         _ => 100_000.0,
     };
     let providers = (args.mix.has(Kind::Transfer) && !args.no_providers).then_some(
-        crate::provider_sim::SimOptions {
+        provider_sim::SimOptions {
             accept: 0.9,
             latency: args.provider_latency,
             duplicate: 0.0,
@@ -256,7 +216,7 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
         ((expected_commands * args.mix.share(Kind::Bonus) / 10.0).ceil() as u64).max(1)
     });
     if args.mix.has(Kind::Bonus) {
-        let campaign = crate::campaign::CreateArgs {
+        let campaign = wallet_ops::campaign::CreateArgs {
             id: plan.campaign.clone(),
             currency: "USD".into(),
             budget: format!("{envelopes}{}", &plan::GRANT_AMOUNT[1..]),
@@ -267,12 +227,12 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
             starts: None,
             ends: None,
         };
-        crate::campaign::create(config, &campaign).await?;
+        wallet_ops::campaign::create(config, &campaign).await?;
     }
     let stop_sim = CancellationToken::new();
     let sim = providers.filter(|_| !args.providers_elsewhere).map(|opts| {
         let (config, stop) = (config.clone(), stop_sim.clone());
-        tokio::spawn(async move { crate::provider_sim::run(&config, opts, stop).await })
+        tokio::spawn(async move { provider_sim::run(&config, opts, stop).await })
     });
     let outcome = async {
         if plan.mix.has(Kind::Transfer) {
@@ -302,7 +262,7 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
 /// all completed.
 async fn fund(js: &jetstream::Context, plan: &Plan, timeout: Duration) -> anyhow::Result<()> {
     let users = plan.users;
-    let mut completed = track::follow(
+    let mut completed = wallet_client::follow(
         js,
         &plan.names,
         "WALLET_EVENTS",

@@ -6,9 +6,9 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
-use bonus_grant::campaign::{self, Amount, Campaign, Created, from_minor};
-use bonus_grant::loader::{self, Loaded};
-use bonus_grant::reservations::{Record, Reservations};
+use wallet_campaigns::campaign::{self, Amount, Campaign, Created, from_minor};
+use wallet_campaigns::loader::{self, Loaded};
+use wallet_campaigns::reservations::{Record, Reservations};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use wallet_runtime::Config;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use wallet_runtime::names::Names;
 use wallet_runtime::streams::Topology;
 
-use super::track::Live;
+use crate::track::Live;
 
 /// The consumers' lag over a run.
 #[derive(Debug, Default, Clone)]

@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{Expect, FUNDING, Kind, Outcome, Plan, cents};
+use crate::plan::{Expect, FUNDING, Kind, Outcome, Plan, cents};
 
 /// Send times in units of 10 µs since the run's start, plus one (0: not sent); a fixed array so
 /// that the publisher and the tracker share it without a lock.
@@ -57,46 +57,6 @@ impl SendTimes {
         (t > 0).then(|| u64::from(self.now().saturating_sub(t)) * 10)
     }
 }
-
-/// The messages stored on `filter` of `stream`, from `from` on (an ordered consumer: nothing to
-/// clean up afterwards). Poll it without long pauses: a consumer nobody pulls from is deleted by
-/// the server after 30 s, and is then only recreated after two missed heartbeats.
-pub async fn follow(
-    js: &jetstream::Context,
-    names: &wallet_runtime::names::Names,
-    stream: &str,
-    filter: &str,
-    from: consumer::DeliverPolicy,
-) -> anyhow::Result<Followed> {
-    let ordered = js
-        .get_stream(names.name(stream))
-        .await?
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: names.subject(filter),
-            deliver_policy: from,
-            // Pulls of 4 s with a heartbeat every 2 s: a lost server is noticed after two
-            // missed heartbeats, within about 8 s (the defaults, 30 s and 15 s, take a minute).
-            max_expires: Duration::from_secs(4),
-            ..Default::default()
-        })
-        .await?
-        .messages()
-        .await?;
-    // After a first missed heartbeat (a restarted nats-server) async-nats's ordered consumer
-    // answers Pending without arranging to be polled again; a tick polls it again, so it goes on
-    // to recreate itself (without it, `make chaos` saw the outcomes stall for 100 s).
-    let ticks = futures::stream::unfold((), |()| async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        Some((None, ()))
-    });
-    Ok(futures::stream::select(ordered.map(Some), ticks)
-        .filter_map(std::future::ready)
-        .boxed())
-}
-
-/// A followed stream's messages, as [`follow`] gives them.
-pub type Followed =
-    futures::stream::BoxStream<'static, Result<jetstream::Message, consumer::pull::OrderedError>>;
 
 /// Counters the progress bar reads while the run goes on.
 #[derive(Debug, Default)]
@@ -182,8 +142,8 @@ impl Tracker {
     ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Self>>> {
         let names = &self.plan.names;
         let new = || consumer::DeliverPolicy::New;
-        let mut events = follow(js, names, "WALLET_EVENTS", "wallet.events.>", new()).await?;
-        let mut dead = follow(js, names, "DLQ", "dlq.>", new()).await?;
+        let mut events = wallet_client::follow(js, names, "WALLET_EVENTS", "wallet.events.>", new()).await?;
+        let mut dead = wallet_client::follow(js, names, "DLQ", "dlq.>", new()).await?;
         // An ordered consumer reports a lost connection or a restarted server as an error and
         // recreates itself from the last message it delivered on the next read: read on (a
         // short pause keeps an outage from spinning). What it could never deliver shows as
@@ -257,7 +217,7 @@ impl Tracker {
             return;
         };
         let id = id.as_str();
-        if let Some(original) = id.strip_suffix(super::DUPLICATE_SUFFIX) {
+        if let Some(original) = id.strip_suffix(crate::DUPLICATE_SUFFIX) {
             if self.plan.index(original).is_some() {
                 self.repeats += 1;
             }

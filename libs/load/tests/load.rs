@@ -3,17 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use clap::Parser;
 use testkit::TestEnv;
-use walletctl::load::{self, LoadArgs};
-use walletctl::{Cli, Cmd};
+use wallet_load::{self as load, LoadArgs};
 
 fn args(line: &str) -> LoadArgs {
-    let cli = Cli::try_parse_from(format!("walletctl load {line}").split_whitespace()).unwrap();
-    let Cmd::Load(args) = cli.command else {
-        panic!("not a load command")
-    };
-    *args
+    LoadArgs::from_line(line).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,7 +136,7 @@ fn bad_options_are_one_clear_line() {
         ("--count 5 --duration 1m", "cannot be used with"),
         ("--users 0", "0 is not in 1.."),
     ] {
-        let e = Cli::try_parse_from(format!("walletctl load {line}").split_whitespace())
+        let e = LoadArgs::from_line(line)
             .unwrap_err()
             .to_string();
         assert!(e.contains(needle), "{line}: {e}");
@@ -195,7 +189,7 @@ async fn bench_results_report_a_profile_that_ended_without_a_summary() {
     )
     .unwrap();
     std::fs::write(dir.join("per-message.err"), "walletctl: a | b\n").unwrap();
-    let md = walletctl::load::bench::results(&env.config, &dir, "abc1234")
+    let md = wallet_load::bench::results(&env.config, &dir, "abc1234")
         .await
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -266,7 +260,7 @@ async fn bench_results_report_the_fastest_of_several_runs_unless_one_failed() {
         rates: vec![48_000.0, 50_000.0, 49_000.0],
     };
     std::fs::write(dir.join("raw.json"), serde_json::to_vec(&raw).unwrap()).unwrap();
-    let results = || walletctl::load::bench::results(&env.config, &dir, "abc1234");
+    let results = || wallet_load::bench::results(&env.config, &dir, "abc1234");
 
     run(1, 14_000.0, true);
     run(2, 15_500.0, true);

@@ -7,8 +7,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use wallet_runtime::Config;
 
-use super::plan::{Broken, Kind, Outcome, Plan};
-use super::track::Tracker;
+use crate::plan::{Broken, Kind, Outcome, Plan};
+use crate::track::Tracker;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
@@ -97,7 +97,7 @@ pub async fn verify(
             format!("{granted} of {envelopes} envelopes"),
         ));
     }
-    let pg = crate::postgres(config).await?;
+    let pg = wallet_ops::postgres(config).await?;
     let rows = pg.query(RUN_WALLETS, &[&plan.run]).await?;
     let mut expected: HashMap<(String, String, String), Decimal> = tracker
         .balances
@@ -130,7 +130,7 @@ pub async fn verify(
         &sample,
         format!("{} wallets", rows.len()),
     ));
-    let audit = crate::audit::audit(config).await?;
+    let audit = wallet_ops::audit::audit(config).await?;
     let breached: Vec<String> = audit
         .checks
         .iter()

@@ -131,7 +131,7 @@ pub async fn run(
     opts: SimOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<Stats>> {
-    let js = jetstream::new(crate::nats(config).await?);
+    let js = jetstream::new(wallet_ops::nats(config).await?);
     let names = config.names.clone();
     let stream = js
         .get_stream(names.name("PROVIDER_REQUESTS"))

@@ -32,7 +32,7 @@ pub struct Raw {
 impl Raw {
     /// "the fastest of 3 runs: 39,406, 44,920, 51,085/s", when there were several runs.
     pub fn runs(&self) -> Option<String> {
-        super::report::fastest_of(&self.rates)
+        crate::figures::fastest_of(&self.rates)
     }
 }
 
@@ -59,7 +59,7 @@ pub async fn run(config: &Config, count: usize, runs: usize) -> anyhow::Result<R
 }
 
 async fn run_once(config: &Config, count: usize) -> anyhow::Result<Raw> {
-    let js = jetstream::new(crate::nats(config).await?);
+    let js = jetstream::new(wallet_ops::nats(config).await?);
     let name = config.names.name(&format!("RAW{}", std::process::id()));
     let subject = config
         .names
@@ -126,7 +126,7 @@ async fn measure(
         anyhow::Ok(started.elapsed().as_secs_f64())
     });
     let messages = (0..count).map(|i| (subject.to_owned(), format!("raw-{i}"), payload(i)));
-    super::publish_all(js, messages).await?;
+    wallet_client::publish_all(js, messages).await?;
     let publish_seconds = started.elapsed().as_secs_f64();
     let seconds = consume.await??;
     Ok(Raw {

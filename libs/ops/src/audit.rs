@@ -246,7 +246,7 @@ async fn cache_check(config: &Config, pg: &tokio_postgres::Client) -> anyhow::Re
             (
                 (
                     owner,
-                    wallet_runtime::cache::field(&kind, &provider, &currency),
+                    wallet_runtime::wallet::field(&kind, &provider, &currency),
                 ),
                 r.get(4),
             )
@@ -281,8 +281,8 @@ async fn campaign_check(
     pg: &tokio_postgres::Client,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Check> {
-    use bonus_grant::campaign::minor;
-    use bonus_grant::reservations::{Record, Reservations};
+    use wallet_campaigns::campaign::minor;
+    use wallet_campaigns::reservations::{Record, Reservations};
     let name = "Redis campaign counters equal PostgreSQL's committed grants plus live reservations";
     let client = wallet_runtime::cache::client(config)?;
     let reservations = Reservations::new(

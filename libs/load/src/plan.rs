@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use wallet_client::Message;
 use serde::{Deserialize, Serialize};
 
 /// The kinds of command a run mixes.
@@ -238,14 +239,6 @@ impl Expect {
     }
 }
 
-/// One message to publish.
-#[derive(Debug)]
-pub struct Message {
-    pub subject: String,
-    pub msg_id: String,
-    pub payload: bytes::Bytes,
-}
-
 /// The generator of a run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -257,7 +250,7 @@ pub struct Plan {
     pub malformed: f64,
     pub campaign: String,
     /// The simulated providers' acceptance ratio when this run plays them; `None` when it does not.
-    pub providers: Option<crate::provider_sim::SimOptions>,
+    pub providers: Option<provider_sim::SimOptions>,
     pub names: wallet_runtime::names::Names,
 }
 
@@ -443,7 +436,7 @@ impl Plan {
             (_, Broken::InvalidField) => Expect::Exactly(Outcome::Rejected, Some("invalid_amount")),
             (Kind::Deposit, Broken::No) => Expect::Exactly(Outcome::Completed, None),
             (Kind::Transfer, Broken::No) => match &self.providers {
-                Some(sim) if crate::provider_sim::accepts(sim, &self.id(kind, i)) => {
+                Some(sim) if provider_sim::accepts(sim, &self.id(kind, i)) => {
                     Expect::Exactly(Outcome::Completed, None)
                 }
                 Some(_) => Expect::Exactly(Outcome::Failed, None),

@@ -1,0 +1,234 @@
+//! `bench/RESULTS.md`: the profiles of `make bench` side by side, checked against the targets.
+
+use std::fmt::Write as _;
+
+use crate::figures::{fastest_of, ms, rate, thousands};
+use crate::raw::Raw;
+use crate::report::Report;
+
+/// A profile whose run ended without a summary (`make bench` keeps what a run printed on stderr
+/// in `<profile>.err`), and why: the last line it printed.
+pub type Failure = (&'static str, String);
+
+/// What `bench/RESULTS.md` says about the machine and the build.
+#[derive(Debug)]
+pub struct Provenance {
+    pub machine: String,
+    pub servers: String,
+    pub commit: String,
+    pub date: String,
+}
+
+/// The targets of the issue, checked against the profiles found.
+pub const P99_TARGET_MS: f64 = 250.0;
+pub const RSS_TARGET_KIB: u64 = 64 * 1024;
+
+/// Text as one Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+/// `bench/RESULTS.md`: the profiles side by side and the targets.
+/// `failed`: the profiles that ended without a summary; each is a row of its own and fails the
+/// targets it is part of.
+pub fn markdown(
+    p: &Provenance,
+    raw: Option<&Raw>,
+    reports: &[Report],
+    failed: &[Failure],
+) -> String {
+    let mut s = String::new();
+    let find = |name: &str| reports.iter().find(|r| r.profile.as_deref() == Some(name));
+    let failure = |names: &[&str]| {
+        failed
+            .iter()
+            .find(|(n, _)| names.contains(n))
+            .map(|(n, why)| format!("{n} failed: {}", cell(why)))
+    };
+    let _ = writeln!(s, "# Benchmark results\n");
+    let _ = writeln!(
+        s,
+        "`make bench` on {}, commit `{}`, {}.\n\nServers: {}. NATS, PostgreSQL, Redis, the \
+         functions and the load generator all share this machine.\n",
+        p.machine, p.commit, p.date, p.servers
+    );
+    let _ = writeln!(
+        s,
+        "| profile | commands | sent/s | outcomes/s | JetStream msgs/s | p50 ms | p95 ms | p99 ms | max ms | peak lag | lag | peak RSS | verified |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
+    );
+    if let Some(raw) = raw {
+        let _ = writeln!(
+            s,
+            "| raw | {} messages | {} | {} | — | — | — | — | — | — | — | — | — |",
+            thousands(raw.messages as u64),
+            rate(raw.messages as f64 / raw.publish_seconds),
+            rate(raw.rate)
+        );
+    }
+    for r in reports {
+        let l = &r.latency_ms;
+        let rss = r.rss_kib.values().flatten().max().copied();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.profile.as_deref().unwrap_or(&r.run),
+            thousands(r.commands),
+            rate(r.sent_per_second),
+            rate(r.outcomes_per_second),
+            rate(r.jetstream_per_second),
+            ms(l.p50),
+            ms(l.p95),
+            ms(l.p99),
+            ms(l.max),
+            thousands(r.lag.peak),
+            match r.lag.growing {
+                Some(true) => "growing",
+                Some(false) => "flat",
+                None => "short run",
+            },
+            rss.map_or("—".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            if r.verification.passed {
+                "yes"
+            } else {
+                "**NO**"
+            }
+        );
+    }
+    for (name, why) in failed {
+        let _ = writeln!(
+            s,
+            "| {name} | **failed**: {} | — | — | — | — | — | — | — | — | — | — | **NO** |",
+            cell(why)
+        );
+    }
+    let _ = writeln!(s, "\n## Targets\n");
+    let _ = writeln!(s, "| target | measured | met |");
+    let _ = writeln!(s, "|---|---|---|");
+    let mut target = |name: String, measured: String, met: Option<bool>| {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not run",
+        };
+        let _ = writeln!(s, "| {name} | {measured} | {met} |");
+    };
+    let missing = |names: &[&str]| match failure(names) {
+        Some(why) => (why, Some(false)),
+        None => ("—".to_owned(), None),
+    };
+    for name in ["deposit-peak", "mixed-peak"] {
+        match find(name) {
+            Some(r) => {
+                let wanted: Option<f64> = r.rate.parse().ok();
+                let kept = wanted.is_none_or(|w| r.sent_per_second >= 0.98 * w);
+                target(
+                    format!("{name}: rate kept, p99 < {P99_TARGET_MS} ms, lag flat, verified"),
+                    format!(
+                        "{}/s of {}/s for {:.0} s, p99 {} ms, lag {}, {}",
+                        rate(r.sent_per_second),
+                        r.rate,
+                        r.send_seconds,
+                        ms(r.latency_ms.p99),
+                        match r.lag.growing {
+                            Some(true) => "growing",
+                            Some(false) => "flat",
+                            None => "unknown",
+                        },
+                        if r.verification.passed {
+                            "verified"
+                        } else {
+                            "verification failed"
+                        }
+                    ),
+                    Some(
+                        kept && r.latency_ms.p99 < P99_TARGET_MS
+                            && r.lag.growing == Some(false)
+                            && r.verification.passed,
+                    ),
+                );
+            }
+            None => {
+                let (measured, met) = missing(&[name]);
+                target(
+                    format!("{name}: rate kept, p99 < {P99_TARGET_MS} ms, lag flat, verified"),
+                    measured,
+                    met,
+                )
+            }
+        }
+    }
+    match (find("deposit-max"), raw) {
+        (Some(d), Some(raw)) => {
+            let share = d.outcomes_per_second / raw.rate;
+            target(
+                "deposit-max ≥ 0.3 × raw".into(),
+                format!(
+                    "{}/s ÷ {}/s = {share:.3}{}",
+                    rate(d.outcomes_per_second),
+                    rate(raw.rate),
+                    [("deposit-max", fastest_of(&d.rates)), ("raw", raw.runs())]
+                        .into_iter()
+                        .filter_map(|(name, runs)| Some(format!(" ({name}: {})", runs?)))
+                        .collect::<String>()
+                ),
+                Some(share >= 0.3),
+            );
+        }
+        _ => {
+            let (measured, met) = missing(&["deposit-max"]);
+            target("deposit-max ≥ 0.3 × raw".into(), measured, met)
+        }
+    }
+    match (find("deposit-max"), find("per-message")) {
+        (Some(d), Some(p)) => {
+            let x = d.outcomes_per_second / p.outcomes_per_second;
+            target(
+                "batch path ≥ 5 × per-message".into(),
+                format!(
+                    "{}/s ÷ {}/s = {x:.1}×",
+                    rate(d.outcomes_per_second),
+                    rate(p.outcomes_per_second)
+                ),
+                Some(x >= 5.0),
+            );
+        }
+        _ => {
+            let (measured, met) = missing(&["deposit-max", "per-message"]);
+            target("batch path ≥ 5 × per-message".into(), measured, met)
+        }
+    }
+    let mut peak: Option<(String, u64)> = None;
+    for r in reports {
+        for (name, kib) in &r.rss_kib {
+            if let Some(kib) = kib
+                && peak.as_ref().is_none_or(|(_, k)| kib > k)
+            {
+                peak = Some((
+                    format!("{name} in {}", r.profile.as_deref().unwrap_or("?")),
+                    *kib,
+                ));
+            }
+        }
+    }
+    match peak {
+        Some((who, kib)) => target(
+            "every function process < 64 MiB RSS".into(),
+            format!("largest: {who}, {:.1} MiB", kib as f64 / 1024.0),
+            Some(kib < RSS_TARGET_KIB),
+        ),
+        None => target(
+            "every function process < 64 MiB RSS".into(),
+            "—".into(),
+            None,
+        ),
+    }
+    let _ = writeln!(s, "\n## Profiles\n");
+    for r in reports {
+        let _ = writeln!(s, "### {}\n\n{}", r.profile.as_deref().unwrap_or(&r.run), r);
+    }
+    s
+}
