@@ -27,9 +27,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use testkit::{PrivateNats, PrivatePostgres, PrivateRedis};
 use tokio_util::sync::CancellationToken;
+use wallet_load::{self as load, LoadArgs};
 use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
-use wallet_load::{self as load, LoadArgs};
 
 use crate::proxy::Proxy;
 
@@ -429,7 +429,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     println!("| verified | {} |", if v.passed { "yes" } else { "**NO**" });
     drop((replicas, providers));
-    wallet_ops::teardown::teardown(&config, &topology).await.ok();
+    wallet_ops::teardown::teardown(&config, &topology)
+        .await
+        .ok();
     Ok(v.passed)
 }
 

@@ -19,14 +19,9 @@ use crate::dlq;
 use crate::error::StepError;
 use crate::events::Event;
 use crate::function::{Command, Function, Invalid, Outcome, Payload, Screened};
+use crate::metrics;
 use crate::outbox::{self, OutboxMessage, Row};
-
-/// The largest command the contract accepts.
-pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
-
-/// The largest message a command stream stores, headers included (its `max_msg_size` in
-/// streams.toml): a command and 8 KiB of headers. Larger ones are refused at publish time.
-pub const MAX_STORED_COMMAND_BYTES: usize = MAX_COMMAND_BYTES + 8 * 1024;
+use crate::streams::MAX_COMMAND_BYTES;
 
 /// What to do with a delivered message once the batch's transaction has committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +193,7 @@ pub async fn process<F: Function>(
         };
         match screened {
             Ok(Screened::Answered(event)) => {
-                if event.status == "rejected" {
+                if event.is_rejection() {
                     out.tally.rejected += 1;
                 } else {
                     out.tally.completed += 1;
@@ -226,8 +221,7 @@ pub async fn process<F: Function>(
             }
             Err(e) => {
                 tracing::warn!(function = F::NAME, error = %e, size = pending.len(), "batch failed; deciding its commands one by one");
-                metrics::counter!("wallet_batch_fallbacks_total", "function" => F::NAME)
-                    .increment(1);
+                metrics::batch_fallback(F::NAME);
                 for unit in &pending {
                     match decide(f, ctx, &[unit]).await {
                         Ok(decided) => absorb(&mut out, decided),
@@ -362,13 +356,10 @@ async fn decide<F: Function>(
     let tx = client.transaction().await?;
     let started = Instant::now();
     let decided = decide_in(f, ctx, &tx, units).await?;
-    metrics::histogram!("wallet_handler_seconds", "function" => F::NAME)
-        .record(started.elapsed().as_secs_f64());
+    metrics::handler_seconds(F::NAME, started.elapsed().as_secs_f64());
     let committing = Instant::now();
     tx.commit().await?;
-    metrics::histogram!("wallet_commit_seconds", "function" => F::NAME)
-        .record(committing.elapsed().as_secs_f64());
-    metrics::counter!("wallet_transactions_total", "function" => F::NAME).increment(1);
+    metrics::committed(F::NAME, committing.elapsed().as_secs_f64());
     Ok(decided)
 }
 
@@ -418,7 +409,7 @@ async fn decide_in<F: Function>(
         for (unit, outcome) in fresh.iter().zip(outcomes) {
             let disposition = match outcome {
                 Outcome::Done(out) => {
-                    if out.iter().any(|m| m.subject.ends_with(".rejected")) {
+                    if out.iter().any(|m| m.rejection) {
                         d.tally.rejected += 1;
                     } else {
                         d.tally.completed += 1;

@@ -28,13 +28,11 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::StepError;
-use crate::ledger::WalletKey;
 use crate::names::Names;
+use crate::wallet::WalletSnapshot;
 
 /// A client for the configured Redis: TLS for `rediss://` URLs, trusting `REDIS_TLS_CA` when
 /// set. Connects lazily.
@@ -55,36 +53,6 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 /// Fields that are not wallets start with `~`: the complete mark and a fill's ticket.
 const COMPLETE: &str = "~all";
 const TICKET: &str = "~fill";
-
-/// A wallet's balance after some posting, as the cache stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WalletSnapshot {
-    pub owner: String,
-    /// `main:USD`, `game:alpha:USD`, …
-    pub field: String,
-    pub version: i64,
-    /// Exactly the currency's minor-unit digits.
-    pub balance: String,
-}
-
-impl WalletSnapshot {
-    pub fn new(key: &WalletKey, version: i64, balance: Decimal) -> Self {
-        Self {
-            owner: key.owner.clone(),
-            field: field(key.kind.as_str(), &key.provider, key.currency.code()),
-            version,
-            balance: key.currency.format(balance),
-        }
-    }
-}
-
-pub fn field(kind: &str, provider: &str, currency: &str) -> String {
-    if provider.is_empty() {
-        format!("{kind}:{currency}")
-    } else {
-        format!("{kind}:{provider}:{currency}")
-    }
-}
 
 /// `KEYS` the users' hashes; `ARGV[1]` a fill's ticket when the triples are all of the one user's
 /// wallets (the call writes nothing and returns 0 unless the ticket is still in the hash), else

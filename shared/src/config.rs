@@ -9,19 +9,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::error::ConfigError;
 use crate::money::Currencies;
 use crate::names::Names;
 use crate::nats_auth::NatsAuth;
 
 /// The exit code of a binary started with a bad configuration (`EX_USAGE` of sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid {var}: {message}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub message: String,
-}
 
 #[derive(Clone)]
 pub struct Config {
@@ -176,7 +170,7 @@ impl Config {
             batch_max_bytes: number(
                 "BATCH_MAX_BYTES",
                 "4194304",
-                crate::batch::MAX_STORED_COMMAND_BYTES,
+                crate::streams::MAX_STORED_COMMAND_BYTES,
                 1 << 30,
             )?,
             fetch_wait: duration("FETCH_WAIT", "5s")?,

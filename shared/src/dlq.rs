@@ -8,6 +8,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, Message};
 
 use crate::error::StepError;
+use crate::metrics;
 use crate::names::Names;
 
 pub const MALFORMED: &str = "malformed";
@@ -90,8 +91,7 @@ pub async fn publish(
     .map_err(StepError::transient)?
     .await
     .map_err(StepError::transient)?;
-    metrics::counter!("wallet_dead_letters_total", "function" => function.to_owned(), "reason" => reason.to_owned())
-        .increment(1);
+    metrics::dead_lettered(function, reason);
     tracing::warn!(function, reason, stream_seq, "dead-lettered");
     Ok(())
 }

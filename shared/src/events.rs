@@ -4,19 +4,79 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::cache::WalletSnapshot;
 use crate::outbox::OutboxMessage;
+use crate::wallet::WalletSnapshot;
+
+/// An event's status, the last token of its subject (`wallet.events.deposit.completed`).
+/// Typed so that a status is never a stray string: the contract's are constants here, and a
+/// function with statuses of its own names them once with [`Status::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Status(&'static str);
+
+impl Status {
+    pub const COMPLETED: Status = Status("completed");
+    pub const REJECTED: Status = Status("rejected");
+    pub const PENDING: Status = Status("pending");
+    pub const FAILED: Status = Status("failed");
+    pub const STUCK: Status = Status("stuck");
+    pub const GRANTED: Status = Status("granted");
+
+    /// A function's own status: lower-case, a subject token.
+    pub const fn new(status: &'static str) -> Self {
+        Self(status)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Why a command was rejected: the `reason` of its `rejected` event (CONTRACT §5). The
+/// contract's are constants here; a function with rules of its own names its reasons once with
+/// [`Reason::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Reason(&'static str);
+
+impl Reason {
+    pub const INVALID_USER_ID: Reason = Reason("invalid_user_id");
+    pub const INVALID_AMOUNT: Reason = Reason("invalid_amount");
+    pub const UNKNOWN_CURRENCY: Reason = Reason("unknown_currency");
+    pub const INSUFFICIENT_FUNDS: Reason = Reason("insufficient_funds");
+    pub const BALANCE_LIMIT: Reason = Reason("balance_limit");
+    pub const UNKNOWN_PROVIDER: Reason = Reason("unknown_provider");
+    pub const UNKNOWN_CAMPAIGN: Reason = Reason("unknown_campaign");
+    pub const CAMPAIGN_INACTIVE: Reason = Reason("campaign_inactive");
+    pub const LIMIT_REACHED: Reason = Reason("limit_reached");
+    pub const CAMPAIGN_EXHAUSTED: Reason = Reason("campaign_exhausted");
+
+    /// A function's own reason: lower-case, snake_case.
+    pub const fn new(reason: &'static str) -> Self {
+        Self(reason)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub id: String,
     pub entity: &'static str,
-    pub status: &'static str,
+    pub status: Status,
     pub user_id: Option<String>,
     pub currency: Option<String>,
     pub amount: Option<String>,
     pub balance: Option<String>,
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
     /// Entity-specific fields (`provider`, `campaign_id`).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -24,7 +84,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(entity: &'static str, id: &str, status: &'static str) -> Self {
+    pub fn new(entity: &'static str, id: &str, status: Status) -> Self {
         Self {
             id: id.to_owned(),
             entity,
@@ -39,11 +99,15 @@ impl Event {
         }
     }
 
-    pub fn rejected(entity: &'static str, id: &str, reason: &'static str) -> Self {
+    pub fn rejected(entity: &'static str, id: &str, reason: Reason) -> Self {
         Self {
             reason: Some(reason),
-            ..Self::new(entity, id, "rejected")
+            ..Self::new(entity, id, Status::REJECTED)
         }
+    }
+
+    pub fn is_rejection(&self) -> bool {
+        self.status == Status::REJECTED
     }
 
     /// Adds an entity-specific field (`provider`, `campaign_id`); `None` is `null`.
@@ -68,6 +132,7 @@ impl Event {
             msg_id: self.msg_id(),
             payload: serde_json::to_vec(&self).unwrap_or_default().into(),
             wallets,
+            rejection: self.is_rejection(),
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use crate::error::StepError;
-use crate::events::Event;
+use crate::events::{Event, Reason};
 use crate::money::{Currency, parse_amount};
 use crate::outbox::OutboxMessage;
 
@@ -77,11 +77,11 @@ pub fn currency_and_amount(
         .and_then(|c| c.as_str())
         .and_then(|c| ctx.config.currencies.get(c))
     else {
-        rejection.reason = Some("unknown_currency");
+        rejection.reason = Some(Reason::UNKNOWN_CURRENCY);
         return Err(rejection.into());
     };
     let Ok(amount) = parse_amount(p.get("amount"), currency) else {
-        rejection.reason = Some("invalid_amount");
+        rejection.reason = Some(Reason::INVALID_AMOUNT);
         rejection.currency = Some(currency.code().to_owned());
         return Err(rejection.into());
     };

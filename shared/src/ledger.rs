@@ -21,80 +21,10 @@ use deadpool_postgres::Transaction;
 use foldhash::{HashMap, HashMapExt, HashSet};
 use rust_decimal::Decimal;
 
-use crate::cache::WalletSnapshot;
 use crate::error::StepError;
+use crate::events::Reason;
 use crate::money::{Currency, exact_add};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Main,
-    Bonus,
-    Game,
-    InTransit,
-    Platform,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Main => "main",
-            Kind::Bonus => "bonus",
-            Kind::Game => "game",
-            Kind::InTransit => "in_transit",
-            Kind::Platform => "platform",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "main" => Kind::Main,
-            "bonus" => Kind::Bonus,
-            "game" => Kind::Game,
-            "in_transit" => Kind::InTransit,
-            "platform" => Kind::Platform,
-            _ => return None,
-        })
-    }
-}
-
-/// A wallet: its owner, kind, provider (game and in_transit; a platform account's purpose) and
-/// currency. The derived order is the order in which new wallets are created.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WalletKey {
-    pub owner: String,
-    pub kind: Kind,
-    pub provider: String,
-    pub currency: Currency,
-}
-
-impl WalletKey {
-    pub fn user(owner: &str, kind: Kind, provider: &str, currency: Currency) -> Self {
-        Self {
-            owner: owner.to_owned(),
-            kind,
-            provider: provider.to_owned(),
-            currency,
-        }
-    }
-
-    pub fn main(owner: &str, currency: Currency) -> Self {
-        Self::user(owner, Kind::Main, "", currency)
-    }
-
-    /// A platform account, named by what it counts (`deposits`, `bonus:<campaign>`, …).
-    pub fn platform(purpose: &str, currency: Currency) -> Self {
-        Self {
-            owner: String::new(),
-            kind: Kind::Platform,
-            provider: purpose.to_owned(),
-            currency,
-        }
-    }
-
-    pub fn is_platform(&self) -> bool {
-        self.kind == Kind::Platform
-    }
-}
+use crate::wallet::{WalletKey, WalletSnapshot};
 
 /// Why a command could not be applied; nothing moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +37,10 @@ pub enum Refused {
 
 impl Refused {
     /// The rejection reason of the contract.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            Refused::Overdraft => "insufficient_funds",
-            Refused::BalanceLimit => "balance_limit",
+            Refused::Overdraft => Reason::INSUFFICIENT_FUNDS,
+            Refused::BalanceLimit => Reason::BALANCE_LIMIT,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod function;
 pub mod http;
 pub mod ids;
 pub mod ledger;
+pub mod metrics;
 pub mod money;
 pub mod names;
 pub mod nats_auth;
@@ -29,21 +30,22 @@ pub mod runtime;
 pub mod streams;
 pub mod telemetry;
 pub mod text;
+pub mod wallet;
 
-/// Every binary that links the runtime allocates through jemalloc. A batch allocates and frees
+/// The allocator every function binary installs (`#[global_allocator]` in its `main.rs`; the
+/// CLI, the tools and the test binaries keep the system's). A batch allocates and frees
 /// thousands of small, short-lived values (messages, keys, events, statement parameters) across
 /// the runtime's threads; under glibc's malloc that was a third of the `deposit` process's CPU
 /// (`_int_malloc`, `unlink_chunk`, `malloc_consolidate`). Measured in `deposit-max`: the
 /// process's CPU and the run's time both fell by about a sixth, peak RSS 35 → 42 MiB.
 /// (mimalloc, tried first, saved little here and took RSS past 80 MiB.) Its options are built
 /// in (`.cargo/config.toml`).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+pub use tikv_jemallocator::Jemalloc as Allocator;
 
 pub use config::Config;
 pub use context::Context;
 pub use error::StepError;
-pub use events::Event;
+pub use events::{Event, Reason, Status};
 pub use function::{Command, Function, Invalid, Outcome, Payload, Screened};
 pub use runtime::{Responder, run, serve};
 pub use tokio_util::sync::CancellationToken;

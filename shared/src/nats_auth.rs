@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use async_nats::ConnectOptions;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct NatsAuth {

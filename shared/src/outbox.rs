@@ -18,9 +18,11 @@ use async_nats::jetstream;
 use deadpool_postgres::{Pool, Transaction};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{BalanceCache, WalletSnapshot};
+use crate::cache::BalanceCache;
 use crate::error::StepError;
+use crate::metrics;
 use crate::names::Names;
+use crate::wallet::WalletSnapshot;
 
 #[derive(Debug, Clone)]
 pub struct OutboxMessage {
@@ -31,6 +33,21 @@ pub struct OutboxMessage {
     pub payload: bytes::Bytes,
     /// Balances to put in the cache before the message is published.
     pub wallets: Vec<WalletSnapshot>,
+    /// A `rejected` event (counted as a rejection, not stored).
+    pub rejection: bool,
+}
+
+impl OutboxMessage {
+    /// A message that is not an outcome event (a request to a provider, a status query).
+    pub fn new(subject: String, msg_id: String, payload: serde_json::Value) -> Self {
+        Self {
+            subject,
+            msg_id,
+            payload: serde_json::to_vec(&payload).unwrap_or_default().into(),
+            wallets: Vec::new(),
+            rejection: false,
+        }
+    }
 }
 
 /// One transaction's messages, in publishing order: a row the current process committed, or the
@@ -97,6 +114,7 @@ fn messages(r: &tokio_postgres::Row) -> Result<Vec<OutboxMessage>, StepError> {
             msg_id,
             payload: payload.into(),
             wallets: serde_json::from_str(&wallets).unwrap_or_default(),
+            rejection: false,
         })
         .collect())
 }
@@ -138,7 +156,7 @@ impl Publisher {
     async fn send(&self, rows: Vec<Row>) -> Result<Vec<i64>, StepError> {
         let messages = rows.iter().flat_map(|r| &r.messages);
         self.send_messages(messages.clone()).await?;
-        metrics::counter!("wallet_outbox_published_total").increment(messages.count() as u64);
+        metrics::outbox_published(messages.count());
         Ok(rows.iter().map(|r| r.id).collect())
     }
 

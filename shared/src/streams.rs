@@ -15,6 +15,13 @@ use serde::Deserialize;
 
 use crate::names::Names;
 
+/// The largest command the contract accepts.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// The largest message a command stream stores, headers included (its `max_msg_size` in
+/// streams.toml): a command and 8 KiB of headers. Larger ones are refused at publish time.
+pub const MAX_STORED_COMMAND_BYTES: usize = MAX_COMMAND_BYTES + 8 * 1024;
+
 /// The `streams.toml` at the repository root, compiled in.
 pub const BUILT_IN: &str = include_str!("../../streams.toml");
 

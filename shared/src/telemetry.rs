@@ -7,7 +7,7 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// The log filter from `RUST_LOG`; a value that does not parse is a configuration error.
 pub fn filter() -> Result<EnvFilter, ConfigError> {
@@ -63,6 +63,7 @@ pub fn init_metrics() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
+            crate::metrics::describe();
             let seconds = [
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ];
@@ -72,7 +73,10 @@ pub fn init_metrics() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
                 .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full("wallet_batch_size".into()), &sizes)
+                    b.set_buckets_for_metric(
+                        Matcher::Full(crate::metrics::BATCH_SIZE.into()),
+                        &sizes,
+                    )
                 });
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => handle,

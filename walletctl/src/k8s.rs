@@ -18,7 +18,6 @@ const TERMINATION_GRACE_SECONDS: u32 = 35;
 /// The NATS monitoring endpoint KEDA reads consumer lag from (the Helm chart's service).
 const NATS_MONITORING: &str = "nats.nats.svc.cluster.local:8222";
 
-
 /// An object's metadata; `app.kubernetes.io/part-of` is added to every object by the base's
 /// kustomization.
 fn meta(n: &str) -> String {

@@ -1,6 +1,6 @@
 //! `walletctl new-function NAME` (`make new-function NAME=…`): a working function folder.
 //!
-//! Writes `functions/<name>/` (Cargo.toml, function.toml, a three-line `main.rs`, a handler with
+//! Writes `functions/<name>/` from `walletctl/template/` (Cargo.toml, function.toml, a `main.rs` of one call, a handler with
 //! one example rule, an integration test), appends the function's stream and consumer to
 //! `streams.toml`, and generates its Kubernetes manifests. The new function credits a user's
 //! `main` wallet from a platform account of its own and rejects amounts above 1,000
@@ -57,234 +57,31 @@ impl Names {
         })
     }
 
+    /// `template` with the template's names replaced by these.
     fn fill(&self, template: &str) -> String {
         template
-            .replace("{{name}}", &self.name)
-            .replace("{{snake}}", &self.snake)
-            .replace("{{Camel}}", &self.camel)
-            .replace("{{STREAM}}", &self.stream)
-            .replace("{{subject}}", &self.subject)
+            .replace("ScaffoldExample", &self.camel)
+            .replace("SCAFFOLD_EXAMPLE", &self.stream)
+            .replace("scaffold_example", &self.snake)
+            .replace("scaffold-example", &self.name)
     }
 }
 
-const CARGO: &str = r#"[package]
-name = "{{name}}"
-version = "0.1.0"
-description = "The {{name}} function."
-edition.workspace = true
-rust-version.workspace = true
-license.workspace = true
-publish.workspace = true
-
-[dependencies]
-wallet-runtime.workspace = true
-rust_decimal.workspace = true
-
-[dev-dependencies]
-testkit.workspace = true
-tokio.workspace = true
-serde_json.workspace = true
-
-[lints]
-workspace = true
-"#;
-
-const FUNCTION_TOML: &str = r#"# The one description of the `{{name}}` function. `walletctl k8s` generates its Kubernetes manifests
-# from this file, and a test fails the build when this file, streams.toml and k8s/ disagree.
-
-name = "{{name}}"
-kind = "jetstream"
-subject = "{{subject}}"
-stream = "{{STREAM}}"
-# What it publishes besides its consumer's acks and its dead letters (NATS permissions).
-publishes = ["wallet.events.{{snake}}.>"]
-
-[scaling]
-min_replicas = 0
-max_replicas = 10
-lag_threshold = 5000
-activation_lag_threshold = 1
-cooldown_seconds = 120
-
-[resources]
-cpu_request = "250m"
-memory_request = "64Mi"
-cpu_limit = "2"
-memory_limit = "256Mi"
-
-[env]
-"#;
-
-const MAIN: &str = r#"//! `{{name}}`: consumes `{{subject}}` (stream `{{STREAM}}`, consumer `{{name}}`).
-
-fn main() -> std::process::ExitCode {
-    wallet_runtime::run({{snake}}::{{Camel}})
-}
-"#;
-
-const LIB: &str = r#"//! `{{name}}`: `{ {{snake}}_id, user_id, amount, currency }` credits the user's `main` wallet from
-//! the platform's `{{name}}` account, up to 1,000 per command.
-//!
-//! Scaffolded by `walletctl new-function`: change the payload, the rules and the postings here;
-//! the runtime does the rest (dedup, the transaction, the outbox, acknowledgements, dead letters).
-
-use rust_decimal::Decimal;
-use wallet_runtime::function::Transaction;
-use wallet_runtime::wallet::WalletKey;
-use wallet_runtime::function::currency_and_amount;
-use wallet_runtime::money::Currency;
-use wallet_runtime::{Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids};
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct {{Camel}};
-
-#[derive(Debug)]
-pub struct {{Camel}}Command {
-    pub user_id: String,
-    pub currency: Currency,
-    pub amount: Decimal,
-}
-
-const ENTITY: &str = "{{snake}}";
-
-/// The example rule: no command moves more than this.
-pub const LIMIT: Decimal = Decimal::from_parts(1000, 0, 0, false, 0);
-
-impl Function for {{Camel}} {
-    const NAME: &'static str = "{{name}}";
-    const ENTITY: &'static str = ENTITY;
-    const ID_FIELD: &'static str = "{{snake}}_id";
-    const FIELDS: &'static [&'static str] = &["{{snake}}_id", "user_id", "amount", "currency"];
-    type Command = {{Camel}}Command;
-
-    fn validate(
-        &self,
-        ctx: &Context,
-        _subject: &str,
-        id: &str,
-        p: &Payload,
-    ) -> Result<{{Camel}}Command, Invalid> {
-        let mut rejection = Event::rejected(ENTITY, id, "invalid_user_id");
-        let Some(user_id) = ids::from_value(p.get("user_id")) else {
-            return Err(rejection.into());
-        };
-        rejection.user_id = Some(user_id.to_owned());
-        let (currency, amount) = currency_and_amount(ctx, p, rejection.clone())?;
-        rejection.currency = Some(currency.code().to_owned());
-        if amount > LIMIT {
-            rejection.reason = Some("over_limit");
-            rejection.amount = Some(currency.format(amount));
-            return Err(rejection.into());
-        }
-        Ok({{Camel}}Command {
-            user_id: user_id.to_owned(),
-            currency,
-            amount,
-        })
-    }
-
-    async fn apply<'a>(
-        &'a self,
-        ctx: &'a Context,
-        tx: &'a Transaction<'a>,
-        commands: &'a [&'a Command<{{Camel}}Command>],
-    ) -> Result<Vec<Outcome>, StepError> {
-        let wallets = |c: &{{Camel}}Command| {
-            (
-                WalletKey::main(&c.user_id, c.currency),
-                WalletKey::platform("{{name}}", c.currency),
-            )
-        };
-        let keys = commands.iter().flat_map(|c| {
-            let (main, platform) = wallets(&c.body);
-            [main, platform]
-        });
-        let mut book = ctx.ledger.open(tx, keys).await?;
-        let mut outcomes = Vec::with_capacity(commands.len());
-        for command in commands {
-            let c = &command.body;
-            let (main, platform) = wallets(c);
-            book.post(
-                &format!("{}:{}", Self::NAME, command.key),
-                &[(&main, c.amount), (&platform, -c.amount)],
-            )?
-            .map_err(|_| StepError::permanent("a credit cannot overdraw"))?;
-            let snapshot = book
-                .snapshot(&main)
-                .ok_or_else(|| StepError::permanent("main wallet not opened"))?;
-            let event = Event {
-                user_id: Some(c.user_id.clone()),
-                currency: Some(c.currency.code().to_owned()),
-                amount: Some(c.currency.format(c.amount)),
-                balance: Some(snapshot.balance.clone()),
-                ..Event::new(ENTITY, &command.id, "completed")
-            };
-            outcomes.push(Outcome::Done(vec![event.into_outbox(vec![snapshot])]));
-        }
-        book.write(tx).await?;
-        Ok(outcomes)
-    }
-}
-"#;
-
-const TEST: &str = r#"//! `{{name}}` against the real NATS, PostgreSQL and Redis.
-
-#![allow(clippy::unwrap_used)]
-
-use std::time::Duration;
-
-use serde_json::json;
-use testkit::TestEnv;
-
-fn command(id: &str, amount: &str) -> (String, String, Vec<u8>) {
-    let body = json!({"{{snake}}_id": id, "user_id": "u-1", "amount": amount, "currency": "USD"});
-    ("{{subject}}".into(), id.into(), serde_json::to_vec(&body).unwrap())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn credits_main_and_rejects_over_the_limit() {
-    let env = TestEnv::new().await;
-    let _f = env.spawn("{{name}}", &[]);
-    let mut events = env.events().await;
-    env.run_commands(
-        &mut events,
-        "{{snake}}",
-        vec![command("x-1", "10"), command("x-2", "1000.01")],
-    )
-    .await;
-    let done = events.by_id("{{snake}}:x-1:completed", Duration::from_secs(30)).await;
-    assert_eq!(done.body["balance"], "10.00");
-    let over = events.by_id("{{snake}}:x-2:rejected", Duration::from_secs(30)).await;
-    assert_eq!(over.body["reason"], "over_limit");
-    assert_eq!(
-        env.stored_balance("u-1", "main", "USD").await,
-        rust_decimal::Decimal::from(10)
-    );
-    let audit = env.audit().await;
-    assert!(audit.ok(), "{audit}");
-}
-"#;
-
-const STREAMS: &str = r#"
-# --- {{name}} (added by `walletctl new-function`) ---------------------------------------------
-
-[[stream]]
-name = "{{STREAM}}"
-subjects = ["{{subject}}"]
-retention = "workqueue"
-discard = "new"
-duplicate_window = "30s"
-max_bytes = 268_435_456
-max_msg_size = 1_048_576
-
-[[consumer]]
-function = "{{name}}"
-stream = "{{STREAM}}"
-filter_subject = "{{subject}}"
-ack_wait = "30s"
-dead_letter_after = 20
-max_ack_pending = 20_000
-"#;
+/// The template: `walletctl/template/`, a real function crate (`scaffold-example`) that the
+/// workspace builds and tests like any other, so that a change to the runtime that would break
+/// a scaffolded function breaks the build first. Its stream and consumer, in its own
+/// `tests/streams.toml`, exist only in its tests; a new function's are appended to the repository's.
+const TEMPLATE: [(&str, &str); 5] = [
+    ("Cargo.toml", include_str!("../template/Cargo.toml")),
+    ("function.toml", include_str!("../template/function.toml")),
+    ("src/main.rs", include_str!("../template/src/main.rs")),
+    ("src/lib.rs", include_str!("../template/src/lib.rs")),
+    (
+        "tests/scaffold_example.rs",
+        include_str!("../template/tests/scaffold_example.rs"),
+    ),
+];
+const STREAMS: &str = include_str!("../template/tests/streams.toml");
 
 /// Scaffolds the function `name` in the repository at `root`; returns what it wrote.
 pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
@@ -308,19 +105,13 @@ pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
             n.subject
         );
     }
-    let updated = format!("{}{}", streams, n.fill(STREAMS));
+    let updated = format!("{}\n{}", streams.trim_end(), n.fill(STREAMS));
     let topology = Topology::parse(&updated)?;
 
-    let files = [
-        ("Cargo.toml", CARGO),
-        ("function.toml", FUNCTION_TOML),
-        ("src/main.rs", MAIN),
-        ("src/lib.rs", LIB),
-        (&format!("tests/{}.rs", n.snake) as &str, TEST),
-    ];
     let mut wrote = Vec::new();
-    for (path, template) in files {
-        let full = dir.join(path);
+    for (path, template) in TEMPLATE {
+        let path = n.fill(path);
+        let full = dir.join(&path);
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent)?;
         }

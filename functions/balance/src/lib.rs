@@ -7,8 +7,8 @@
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-use wallet_runtime::wallet::{Kind, WalletSnapshot, field};
 use wallet_runtime::runtime::Responder;
+use wallet_runtime::wallet::{Kind, WalletSnapshot, field};
 use wallet_runtime::{Context, StepError, ids};
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo run --bin balance`, then `nats req wallet.balance.get '{"user_id":"u-7"}'`.
 
+#[global_allocator]
+static ALLOCATOR: wallet_runtime::Allocator = wallet_runtime::Allocator;
+
 fn main() -> std::process::ExitCode {
     wallet_runtime::serve(balance::Balance)
 }

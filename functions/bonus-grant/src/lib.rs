@@ -22,15 +22,15 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
-use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::money::Currency;
+use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
-    CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Screened,
-    StepError, dlq, ids,
+    CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Reason,
+    Screened, Status, StepError, dlq, ids,
 };
 
-use wallet_campaigns::loader::{self, Loaded};
 use wallet_campaigns::campaign;
+use wallet_campaigns::loader::{self, Loaded};
 use wallet_campaigns::reservations::{Action, Claim, Record, Reservation, Reservations, Reserved};
 
 const ENTITY: &str = "bonus";
@@ -68,7 +68,7 @@ impl BonusGrant {
     }
 }
 
-fn rejection(id: &str, reason: &'static str, campaign: Option<&str>, user: Option<&str>) -> Event {
+fn rejection(id: &str, reason: Reason, campaign: Option<&str>, user: Option<&str>) -> Event {
     Event {
         user_id: user.map(str::to_owned),
         ..Event::rejected(ENTITY, id, reason)
@@ -76,14 +76,14 @@ fn rejection(id: &str, reason: &'static str, campaign: Option<&str>, user: Optio
     .with("campaign_id", campaign)
 }
 
-/// The contract's reasons, as `&'static str` for events.
-fn reason(r: &str) -> &'static str {
+/// The contract's reason a reservation script answered with.
+fn reason(r: &str) -> Reason {
     match r {
-        "unknown_campaign" => "unknown_campaign",
-        "invalid_user_id" => "invalid_user_id",
-        "campaign_inactive" => "campaign_inactive",
-        "limit_reached" => "limit_reached",
-        _ => "campaign_exhausted",
+        "unknown_campaign" => Reason::UNKNOWN_CAMPAIGN,
+        "invalid_user_id" => Reason::INVALID_USER_ID,
+        "campaign_inactive" => Reason::CAMPAIGN_INACTIVE,
+        "limit_reached" => Reason::LIMIT_REACHED,
+        _ => Reason::CAMPAIGN_EXHAUSTED,
     }
 }
 
@@ -233,7 +233,7 @@ impl Function for BonusGrant {
         p: &Payload,
     ) -> Result<GrantCommand, Invalid> {
         let Some(campaign) = ids::from_value(p.get("campaign_id")) else {
-            return Err(rejection(id, "unknown_campaign", None, None).into());
+            return Err(rejection(id, Reason::UNKNOWN_CAMPAIGN, None, None).into());
         };
         Ok(GrantCommand {
             campaign_id: campaign.to_owned(),
@@ -311,7 +311,7 @@ impl Function for BonusGrant {
                             user.unwrap_or(""),
                         )
                         .await?;
-                    Screened::Answered(rejection(&command.id, "unknown_campaign", None, None))
+                    Screened::Answered(rejection(&command.id, Reason::UNKNOWN_CAMPAIGN, None, None))
                 }
                 Reserved::Missing => {
                     // Lost again right after loading (Redis restarting): retry the batch.
@@ -327,8 +327,13 @@ impl Function for BonusGrant {
                         user: u,
                     } if same(&campaign, &u) => {
                         let r = reason(&r);
-                        let known_user = if r == "invalid_user_id" { None } else { user };
-                        let campaign = (r != "unknown_campaign").then_some(c.campaign_id.as_str());
+                        let known_user = if r == Reason::INVALID_USER_ID {
+                            None
+                        } else {
+                            user
+                        };
+                        let campaign =
+                            (r != Reason::UNKNOWN_CAMPAIGN).then_some(c.campaign_id.as_str());
                         Screened::Answered(rejection(&command.id, r, campaign, known_user))
                     }
                     Record::Reserved(r) | Record::Committed(r) if same(&r.campaign, &r.user) => {
@@ -407,7 +412,8 @@ impl Function for BonusGrant {
             };
             let Some(campaign) = campaigns.get_mut(&c.campaign_id) else {
                 outcomes.push(Some(Outcome::Done(vec![
-                    rejection(&command.id, "unknown_campaign", None, None).into_outbox(Vec::new()),
+                    rejection(&command.id, Reason::UNKNOWN_CAMPAIGN, None, None)
+                        .into_outbox(Vec::new()),
                 ])));
                 continue;
             };
@@ -426,14 +432,14 @@ impl Function for BonusGrant {
                 .entry((c.campaign_id.clone(), user.to_owned()))
                 .or_default();
             let refused = if *count + 1 > campaign.per_user {
-                Some("limit_reached")
+                Some(Reason::LIMIT_REACHED)
             } else if campaign.granted + campaign.added + amount > campaign.budget {
-                Some("campaign_exhausted")
+                Some(Reason::CAMPAIGN_EXHAUSTED)
             } else {
                 None
             };
             if let Some(reason) = refused {
-                tracing::warn!(grant = %command.id, reason, "PostgreSQL refused a grant Redis reserved");
+                tracing::warn!(grant = %command.id, reason = reason.as_str(), "PostgreSQL refused a grant Redis reserved");
                 outcomes.push(Some(Outcome::Done(vec![
                     rejection(&command.id, reason, Some(&c.campaign_id), Some(user))
                         .into_outbox(Vec::new()),
@@ -489,7 +495,7 @@ impl Function for BonusGrant {
                 currency: Some(currency.code().to_owned()),
                 amount: Some(currency.format(amount)),
                 balance: Some(snapshot.balance.clone()),
-                ..Event::new(ENTITY, &command.id, "granted")
+                ..Event::new(ENTITY, &command.id, Status::GRANTED)
             }
             .with("campaign_id", Some(campaign));
             outcomes[index] = Some(Outcome::Done(vec![event.into_outbox(vec![snapshot])]));

@@ -3,6 +3,9 @@
 //! alone; PostgreSQL commits the reserved ones (bonus wallet credited). Every replica also runs
 //! the reservation reconciler. Idempotency key: `grant_id`.
 
+#[global_allocator]
+static ALLOCATOR: wallet_runtime::Allocator = wallet_runtime::Allocator;
+
 fn main() -> std::process::ExitCode {
     wallet_runtime::run(bonus_grant::BonusGrant::default())
 }

@@ -17,10 +17,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wallet_runtime::{CancellationToken, Context, StepError};
+use wallet_runtime::{CancellationToken, Context, StepError, metrics};
 
 use wallet_campaigns::loader;
 use wallet_campaigns::reservations::{Action, Record, Reservations};
+
+/// Campaigns a pass could not reconcile (each is tried again on the next pass).
+const RECONCILE_ERRORS: &str = "wallet_bonus_reconcile_errors_total";
+/// Reservations given back (never committed in time, or committed under another token).
+const RELEASES: &str = "wallet_bonus_reservations_released_total";
 
 /// Reservations looked at per campaign and pass.
 const LIMIT: isize = 1000;
@@ -63,7 +68,7 @@ pub async fn pass(ctx: &Context, reservations: &Reservations) -> Result<(), Step
     let mut first_error = None;
     for (campaign, pg_epoch) in campaigns {
         if let Err(e) = pass_one(ctx, reservations, &campaign, pg_epoch).await {
-            metrics::counter!("wallet_bonus_reconcile_errors_total").increment(1);
+            metrics::counter(RECONCILE_ERRORS).increment(1);
             tracing::warn!(campaign, error = %e, "bonus reconciler: campaign not reconciled this pass");
             if e.is_transient() {
                 return Err(e);
@@ -158,8 +163,7 @@ async fn reconcile(
             released = to_release.0.len(),
             "bonus reservations not committed in time given back"
         );
-        metrics::counter!("wallet_bonus_reservations_released_total")
-            .increment(to_release.0.len() as u64);
+        metrics::counter(RELEASES).increment(to_release.0.len() as u64);
     }
     tx.commit().await?;
     drop(client);

@@ -176,7 +176,9 @@ async fn every_rejection_reason_in_the_contracts_order() {
     let letter = dlq.count(1, T).await[0].clone();
     assert_eq!(letter.header("Wallet-Dlq-Reason"), "id_conflict");
 
-    let show = wallet_ops::campaign::show(&env.config, "c-1").await.unwrap();
+    let show = wallet_ops::campaign::show(&env.config, "c-1")
+        .await
+        .unwrap();
     assert!(
         show.contains("granted   10.00 in 2 grant(s) to 2 user(s); 0.00 left"),
         "{show}"

@@ -7,10 +7,10 @@
 use rust_decimal::Decimal;
 use wallet_runtime::function::currency_and_amount;
 use wallet_runtime::ledger::Refused;
-use wallet_runtime::wallet::WalletKey;
 use wallet_runtime::money::Currency;
+use wallet_runtime::wallet::WalletKey;
 use wallet_runtime::{
-    Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids,
+    Command, Context, Event, Function, Invalid, Outcome, Payload, Reason, Status, StepError, ids,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,11 +41,11 @@ impl Function for Deposit {
     ) -> Result<DepositCommand, Invalid> {
         let rejection = |reason| Event::rejected(ENTITY, id, reason);
         let Some(user_id) = ids::from_value(p.get("user_id")) else {
-            return Err(rejection("invalid_user_id").into());
+            return Err(rejection(Reason::INVALID_USER_ID).into());
         };
         let known = Event {
             user_id: Some(user_id.to_owned()),
-            ..rejection("unknown_currency")
+            ..rejection(Reason::UNKNOWN_CURRENCY)
         };
         let (currency, amount) = currency_and_amount(ctx, p, known)?;
         Ok(DepositCommand {
@@ -104,7 +104,7 @@ impl Function for Deposit {
                 currency: Some(c.currency.code().to_owned()),
                 amount: Some(c.currency.format(c.amount)),
                 balance: Some(snapshot.balance.clone()),
-                ..Event::new(ENTITY, &command.id, "completed")
+                ..Event::new(ENTITY, &command.id, Status::COMPLETED)
             };
             outcomes.push(Outcome::Done(vec![event.into_outbox(vec![snapshot])]));
         }

@@ -4,6 +4,9 @@
 //!
 //! Run: `walletctl setup && cargo run --bin deposit` (configuration: see the README).
 
+#[global_allocator]
+static ALLOCATOR: wallet_runtime::Allocator = wallet_runtime::Allocator;
+
 fn main() -> std::process::ExitCode {
     wallet_runtime::run(deposit::Deposit)
 }

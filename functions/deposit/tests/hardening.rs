@@ -125,9 +125,10 @@ async fn a_replay_publishes_only_to_the_functions_own_subject() {
         br#"{"transfer_id":"x-1"}"#.to_vec(),
     )
     .await;
-    let done = wallet_ops::dlq::replay(&env.config, &testkit::topology(), "deposit", Some("forged"))
-        .await
-        .unwrap();
+    let done =
+        wallet_ops::dlq::replay(&env.config, &testkit::topology(), "deposit", Some("forged"))
+            .await
+            .unwrap();
     assert_eq!((done.replayed, done.refused), (0, 1));
     assert_eq!(env.stored("TRANSFERS").await, 0);
     assert_eq!(

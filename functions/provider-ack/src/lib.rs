@@ -17,11 +17,11 @@ use std::time::{Duration, SystemTime};
 
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
-use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::money::Currency;
+use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
-    CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, StepError,
-    text,
+    CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Status,
+    StepError, text,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -232,9 +232,9 @@ impl Function for ProviderAck {
                 return Err(StepError::permanent("transfer wallets not opened"));
             };
             let status = if f.command.body.accepted {
-                "completed"
+                Status::COMPLETED
             } else {
-                "failed"
+                Status::FAILED
             };
             let event = Event {
                 user_id: Some(f.transfer.user_id.clone()),
@@ -246,7 +246,7 @@ impl Function for ProviderAck {
             .with("provider", Some(&f.transfer.provider));
             outcomes[f.index] = Some(Outcome::Done(vec![event.into_outbox(vec![from, to])]));
             ids.push(f.command.id.as_str());
-            statuses.push(status);
+            statuses.push(status.as_str());
             refs.push(f.command.body.provider_ref.as_deref());
             reasons.push(f.command.body.reason.as_deref());
         }

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use wallet_runtime::outbox::{self, OutboxMessage};
-use wallet_runtime::{CancellationToken, Context, Event, StepError};
+use wallet_runtime::{CancellationToken, Context, Event, Status, StepError, metrics};
+
+/// Status queries sent to providers about transfers still pending.
+const STATUS_QUERIES: &str = "wallet_transfer_status_queries_total";
 
 /// The longest wait between two status queries of one transfer (CONTRACT §5).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -111,14 +114,11 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
             row.try_get(5)?,
             row.try_get(6)?,
         );
-        messages.push(OutboxMessage {
-            subject: format!("provider.{provider}.status"),
-            msg_id: format!("{id}:status:{checks}"),
-            payload: serde_json::to_vec(&serde_json::json!({ "transfer_id": id }))
-                .unwrap_or_default()
-                .into(),
-            wallets: Vec::new(),
-        });
+        messages.push(OutboxMessage::new(
+            format!("provider.{provider}.status"),
+            format!("{id}:status:{checks}"),
+            serde_json::json!({ "transfer_id": id }),
+        ));
         if stuck {
             tracing::warn!(transfer = %id, provider, "transfer stuck: no answer from its provider");
             let amount = match ctx.config.currencies.get(&currency) {
@@ -129,7 +129,7 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
                 user_id: Some(user_id),
                 currency: Some(currency),
                 amount: Some(amount),
-                ..Event::new("transfer", &id, "stuck")
+                ..Event::new("transfer", &id, Status::STUCK)
             }
             .with("provider", Some(&provider));
             messages.push(event.into_outbox(Vec::new()));
@@ -138,7 +138,7 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
     let published = outbox::insert(&tx, messages).await?;
     tx.commit().await?;
     drop(client);
-    metrics::counter!("wallet_transfer_status_queries_total").increment(rows.len() as u64);
+    metrics::counter(STATUS_QUERIES).increment(rows.len() as u64);
     if let Err(e) = ctx
         .publisher()
         .publish(published.into_iter().collect())

@@ -195,7 +195,9 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
     );
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
-    let show = wallet_ops::transfer::show(&env.config, "t-1").await.unwrap();
+    let show = wallet_ops::transfer::show(&env.config, "t-1")
+        .await
+        .unwrap();
     assert!(
         show.contains("completed  in_transit:alpha -30.00, game:alpha +30.00"),
         "{show}"
@@ -355,7 +357,9 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
     assert_eq!(failed.body["balance"], "10.00");
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
-    let show = wallet_ops::transfer::show(&env.config, "t-1").await.unwrap();
+    let show = wallet_ops::transfer::show(&env.config, "t-1")
+        .await
+        .unwrap();
     assert!(show.contains("stuck event published"), "{show}");
 }
 
@@ -510,11 +514,7 @@ async fn five_thousand_transfers_through_a_faulty_provider_all_finish_with_exact
         if provider_sim::contradicts(&opts, &id) {
             contradicted += 1;
         } else {
-            assert_eq!(
-                completed,
-                provider_sim::accepts(&opts, &id),
-                "{id}"
-            );
+            assert_eq!(completed, provider_sim::accepts(&opts, &id), "{id}");
         }
         let user = format!("u-{}", i % 50);
         if completed {

@@ -10,11 +10,11 @@
 use rust_decimal::Decimal;
 use wallet_runtime::function::Transaction;
 use wallet_runtime::function::currency_and_amount;
-use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
+use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
-    Command, Context, Event, Function, Invalid, Outcome, Payload, StepError, ids,
+    Command, Context, Event, Function, Invalid, Outcome, Payload, Reason, Status, StepError, ids,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,7 +43,7 @@ impl TransferCommand {
     }
 
     /// A transfer event with the command's fields.
-    fn event(&self, id: &str, status: &'static str) -> Event {
+    fn event(&self, id: &str, status: Status) -> Event {
         Event {
             user_id: Some(self.user_id.clone()),
             currency: Some(self.currency.code().to_owned()),
@@ -78,7 +78,7 @@ impl Function for TransferOut {
         p: &Payload,
     ) -> Result<TransferCommand, Invalid> {
         // Each rejection reports the fields checked before the one that failed.
-        let mut event = Event::rejected(ENTITY, id, "invalid_user_id").with("provider", None);
+        let mut event = Event::rejected(ENTITY, id, Reason::INVALID_USER_ID).with("provider", None);
         let Some(user_id) = ids::from_value(p.get("user_id")) else {
             return Err(event.into());
         };
@@ -88,7 +88,7 @@ impl Function for TransferOut {
             .and_then(|v| v.as_str())
             .filter(|p| ctx.config.providers.iter().any(|known| known == p))
         else {
-            event.reason = Some("unknown_provider");
+            event.reason = Some(Reason::UNKNOWN_PROVIDER);
             return Err(event.into());
         };
         event = event.with("provider", Some(provider));
@@ -123,7 +123,7 @@ impl Function for TransferOut {
             if let Err(refused) = posted {
                 let event = Event {
                     reason: Some(refused.reason()),
-                    ..c.event(&command.id, "rejected")
+                    ..c.event(&command.id, Status::REJECTED)
                 };
                 outcomes.push(Outcome::Done(vec![event.into_outbox(Vec::new())]));
                 continue;
@@ -134,7 +134,7 @@ impl Function for TransferOut {
             };
             let event = Event {
                 balance: Some(main.balance.clone()),
-                ..c.event(&command.id, "pending")
+                ..c.event(&command.id, Status::PENDING)
             };
             outcomes.push(Outcome::Done(vec![
                 event.into_outbox(vec![main, in_transit]),
@@ -168,10 +168,9 @@ fn request(id: &str, c: &TransferCommand) -> OutboxMessage {
         "amount": c.currency.format(c.amount),
         "currency": c.currency.code(),
     });
-    OutboxMessage {
-        subject: format!("provider.{}.transfer", c.provider),
-        msg_id: id.to_owned(),
-        payload: serde_json::to_vec(&payload).unwrap_or_default().into(),
-        wallets: Vec::new(),
-    }
+    OutboxMessage::new(
+        format!("provider.{}.transfer", c.provider),
+        id.to_owned(),
+        payload,
+    )
 }

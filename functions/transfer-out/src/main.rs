@@ -3,6 +3,9 @@
 //! it (`provider.<provider>.transfer`); publishes `wallet.events.transfer.pending` or `.rejected`.
 //! Idempotency key: `transfer_id`.
 
+#[global_allocator]
+static ALLOCATOR: wallet_runtime::Allocator = wallet_runtime::Allocator;
+
 fn main() -> std::process::ExitCode {
     wallet_runtime::run(transfer_out::TransferOut)
 }

@@ -81,7 +81,9 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
 
-    let show = wallet_ops::transfer::show(&env.config, "t-1").await.unwrap();
+    let show = wallet_ops::transfer::show(&env.config, "t-1")
+        .await
+        .unwrap();
     assert!(show.contains("status    pending"), "{show}");
     assert!(
         show.contains("main -30.50, in_transit:alpha +30.50"),

@@ -44,4 +44,3 @@ pub async fn follow(
 /// A followed stream's messages, as [`follow`] gives them.
 pub type Followed =
     futures::stream::BoxStream<'static, Result<jetstream::Message, consumer::pull::OrderedError>>;
-

@@ -71,4 +71,3 @@ pub async fn publish(js: &jetstream::Context, m: Message) -> anyhow::Result<()> 
 
 /// How long a command's publish is retried; well inside the streams' 2-minute duplicate window.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
-

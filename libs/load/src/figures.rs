@@ -30,4 +30,3 @@ pub fn ms(v: f64) -> String {
         format!("{v:.0}")
     }
 }
-

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use async_nats::jetstream;
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
@@ -38,9 +38,9 @@ mod track;
 mod verify;
 
 use plan::{Kind, Mix, Plan};
-use wallet_client::{IN_FLIGHT, publish, publish_all};
 pub use report::Report;
 use track::{Live, SendTimes, Tracker};
+use wallet_client::{IN_FLIGHT, publish, publish_all};
 
 /// A duplicate copy's `Nats-Msg-Id` is the command's id with this suffix: JetStream stores it, so
 /// only the function's own dedup stands between it and a second effect.
@@ -190,8 +190,8 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
         (None, Some(d), Rate::PerSecond(r)) => r * d.as_secs_f64(),
         _ => 100_000.0,
     };
-    let providers = (args.mix.has(Kind::Transfer) && !args.no_providers).then_some(
-        provider_sim::SimOptions {
+    let providers =
+        (args.mix.has(Kind::Transfer) && !args.no_providers).then_some(provider_sim::SimOptions {
             accept: 0.9,
             latency: args.provider_latency,
             duplicate: 0.0,
@@ -199,8 +199,7 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
             contradict: 0.0,
             drop: 0.0,
             seed: args.seed,
-        },
-    );
+        });
     let plan = Arc::new(Plan {
         campaign: format!("{run}-red"),
         run,

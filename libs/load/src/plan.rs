@@ -7,8 +7,8 @@
 
 use std::fmt;
 
-use wallet_client::Message;
 use serde::{Deserialize, Serialize};
+use wallet_client::Message;
 
 /// The kinds of command a run mixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -2,15 +2,15 @@
 //! `bench/RESULTS.md`.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::LoadArgs;
+use crate::figures::{ms, rate, thousands};
 use crate::lag::LagSeries;
 use crate::plan::{Kind, Plan};
-use crate::raw::Raw;
 use crate::track::Tracker;
 use crate::verify::Verification;
 
@@ -329,4 +329,3 @@ impl fmt::Display for Report {
         )
     }
 }
-

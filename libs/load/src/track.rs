@@ -142,7 +142,8 @@ impl Tracker {
     ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Self>>> {
         let names = &self.plan.names;
         let new = || consumer::DeliverPolicy::New;
-        let mut events = wallet_client::follow(js, names, "WALLET_EVENTS", "wallet.events.>", new()).await?;
+        let mut events =
+            wallet_client::follow(js, names, "WALLET_EVENTS", "wallet.events.>", new()).await?;
         let mut dead = wallet_client::follow(js, names, "DLQ", "dlq.>", new()).await?;
         // An ordered consumer reports a lost connection or a restarted server as an error and
         // recreates itself from the last message it delivered on the next read: read on (a

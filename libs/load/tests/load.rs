@@ -136,9 +136,7 @@ fn bad_options_are_one_clear_line() {
         ("--count 5 --duration 1m", "cannot be used with"),
         ("--users 0", "0 is not in 1.."),
     ] {
-        let e = LoadArgs::from_line(line)
-            .unwrap_err()
-            .to_string();
+        let e = LoadArgs::from_line(line).unwrap_err().to_string();
         assert!(e.contains(needle), "{line}: {e}");
     }
 }

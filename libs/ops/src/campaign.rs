@@ -6,11 +6,11 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use wallet_campaigns::campaign::{self, Amount, Campaign, Created, from_minor};
 use wallet_campaigns::loader::{self, Loaded};
 use wallet_campaigns::reservations::{Record, Reservations};
-use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use wallet_runtime::Config;
 use wallet_runtime::money::{Currency, parse_amount};
 

@@ -1,0 +1,129 @@
+//! Connecting: NATS, PostgreSQL and Redis at start-up, the function's consumer once it exists,
+//! and the backoff every wait for a dependency uses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{PullConsumer, pull};
+use tokio_util::sync::CancellationToken;
+
+use super::StartError;
+use crate::cache::BalanceCache;
+use crate::config::Config;
+use crate::context::Context;
+use crate::db;
+use crate::ledger::Ledger;
+use crate::streams::ConsumerDef;
+
+/// Connects to NATS, PostgreSQL and Redis. NATS and PostgreSQL connect lazily and reconnect by
+/// themselves; Redis is awaited here. `Ok(None)`: shut down while waiting.
+pub(super) async fn connect(
+    name: &str,
+    config: Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<Context>>, StartError> {
+    let nats = config
+        .nats_auth
+        .options()
+        .await
+        .map_err(StartError::NatsCreds)?
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(
+            config
+                .nats_url
+                .split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        )
+        .await
+        .map_err(StartError::Nats)?;
+    let js = jetstream::new(nats.clone());
+    let pool = db::pool(&config).map_err(StartError::Postgres)?;
+    let client = crate::cache::client(&config).map_err(StartError::Redis)?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    let mut backoff = Backoff::default();
+    let redis = loop {
+        match redis::aio::ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable; retrying");
+                if !pause(backoff.next(), shutdown).await {
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    let names = config.names.clone();
+    Ok(Some(Arc::new(Context {
+        cache: BalanceCache::new(redis.clone(), names.clone()),
+        redis,
+        ledger: Ledger::default(),
+        names,
+        nats,
+        js,
+        pool,
+        config,
+    })))
+}
+
+/// Exponential backoff from 100 ms to 5 s: short enough to keep held messages alive (progress
+/// acks go out at every step), long enough not to hammer a dependency that is down.
+#[derive(Debug, Default)]
+pub(super) struct Backoff(u32);
+
+impl Backoff {
+    pub(super) fn next(&mut self) -> Duration {
+        let d = Duration::from_millis(100 << self.0.min(6)).min(Duration::from_secs(5));
+        self.0 += 1;
+        d
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// Sleeps `d`; false when `shutdown` came first.
+pub(super) async fn pause(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}
+
+pub(super) async fn bind(
+    ctx: &Context,
+    def: &ConsumerDef,
+    shutdown: &CancellationToken,
+) -> Option<PullConsumer> {
+    let (stream, name) = (ctx.names.name(&def.stream), ctx.names.name(&def.function));
+    let mut backoff = Backoff::default();
+    loop {
+        let found = async {
+            ctx.js
+                .get_stream_no_info(&stream)
+                .await?
+                .get_consumer::<pull::Config>(&name)
+                .await
+        };
+        match found.await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::warn!(stream, consumer = name, error = %e, "consumer unavailable (has `walletctl setup` run?); retrying")
+            }
+        }
+        if !pause(backoff.next(), shutdown).await {
+            return None;
+        }
+    }
+}

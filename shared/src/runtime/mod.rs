@@ -1,0 +1,188 @@
+//! Running a function: start-up, the consume loop, request-reply serving and shutdown.
+//!
+//! A binary's `main` is one call: [`run`] for a JetStream function, [`serve`] for a request-reply
+//! one. Start-up reads the configuration (a bad value: one line on stderr, exit 64), starts
+//! `/healthz`, `/readyz` and `/metrics`, connects (waiting out dependencies that are down), and
+//! runs until SIGTERM or SIGINT. Then it stops fetching, finishes and acknowledges what it holds,
+//! and exits 0 within `SHUTDOWN_GRACE`; a second signal ends it at once (exit 128 + signal).
+//!
+//! The tasks beside the work (the outbox relay, a function's background work such as a sweeper,
+//! the HTTP server, the event publisher) are supervised ([`tasks`]): one that panics is logged,
+//! shuts the process down and makes its exit a failure, so that a replica never goes on without
+//! its relay or its sweeper unnoticed.
+
+mod connect;
+mod consume;
+mod fetch;
+mod lag;
+mod respond;
+mod settle;
+mod signals;
+mod tasks;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+pub use respond::Responder;
+use tasks::Tasks;
+
+use crate::config::{Config, EXIT_CONFIG};
+use crate::context::Context;
+use crate::db::DbError;
+use crate::error::ConfigError;
+use crate::function::Function;
+use crate::streams::{Topology, TopologyError};
+use crate::{http, outbox, telemetry};
+
+/// Why a function could not start: each is one line on stderr and exit 64 ([`EXIT_CONFIG`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("invalid STREAMS_FILE: {0}")]
+    Streams(#[from] TopologyError),
+    #[error("cannot listen on HTTP_ADDR {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("NATS_CREDS: {0}")]
+    NatsCreds(std::io::Error),
+    #[error("NATS_URL: {0}")]
+    Nats(async_nats::ConnectError),
+    #[error("DATABASE_URL: {0}")]
+    Postgres(DbError),
+    #[error("REDIS_URL: {0}")]
+    Redis(redis::RedisError),
+    #[error("no consumer for function `{0}` in the streams file")]
+    NoConsumer(&'static str),
+    #[error(
+        "invalid BATCH_MAX_BYTES: {batch_max_bytes} bytes; stream {stream} may store larger messages (max_msg_size {largest:?}), which no fetch could take"
+    )]
+    FetchTooSmall {
+        batch_max_bytes: usize,
+        stream: String,
+        largest: Option<usize>,
+    },
+}
+
+/// Runs the JetStream function `f` until a signal; the whole `main` of its binary.
+pub fn run<F: Function>(f: F) -> ExitCode {
+    start(F::NAME, move |ctx, topology, tasks| async move {
+        let def = topology
+            .consumer(F::NAME)
+            .cloned()
+            .ok_or(StartError::NoConsumer(F::NAME))?;
+        let largest = topology
+            .streams
+            .iter()
+            .find(|s| s.name == def.stream)
+            .and_then(|s| usize::try_from(s.max_msg_size).ok())
+            .filter(|&n| n > 0);
+        if largest.is_none_or(|n| n > ctx.config.batch_max_bytes) {
+            return Err(StartError::FetchTooSmall {
+                batch_max_bytes: ctx.config.batch_max_bytes,
+                stream: def.stream,
+                largest,
+            });
+        }
+        tasks.spawn("background", f.background(ctx.clone(), tasks.shutdown()));
+        consume::consume(Arc::new(f), ctx, def, tasks).await;
+        Ok(())
+    })
+}
+
+/// Runs the request-reply function `r` until a signal; the whole `main` of its binary.
+pub fn serve<R: Responder>(r: R) -> ExitCode {
+    start(R::NAME, move |ctx, _, tasks| async move {
+        respond::respond_loop(Arc::new(r), ctx, tasks.shutdown()).await;
+        Ok(())
+    })
+}
+
+fn start<M, Fut>(name: &'static str, main: M) -> ExitCode
+where
+    M: FnOnce(Arc<Context>, Topology, Tasks) -> Fut,
+    Fut: Future<Output = Result<(), StartError>>,
+{
+    let setup = || -> Result<_, StartError> {
+        let config = Config::from_env()?;
+        let topology = Topology::load(config.streams_file.as_deref())?;
+        Ok((config, topology, telemetry::filter()?))
+    };
+    let (config, topology, filter) = match setup() {
+        Ok(s) => s,
+        Err(e) => return refused(name, &e),
+    };
+    telemetry::init_logs(filter, config.json_logs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            telemetry::report(format_args!("{name}: cannot start the async runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        signals::watch_signals(name, shutdown.clone());
+        let listener = match tokio::net::TcpListener::bind(config.http_addr).await {
+            Ok(l) => l,
+            Err(source) => {
+                let addr = config.http_addr;
+                return refused(name, &StartError::Listen { addr, source });
+            }
+        };
+        let grace = config.shutdown_grace;
+        let tasks = Tasks::new(name, shutdown.clone());
+        let slot = Arc::new(OnceLock::new());
+        let metrics = telemetry::init_metrics();
+        tasks.spawn("http", http::serve(listener, slot.clone(), metrics, shutdown.clone()));
+        tracing::info!(function = name, config = ?config, "starting");
+        let ctx = match connect::connect(name, config, &shutdown).await {
+            Ok(Some(ctx)) => ctx,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => return refused(name, &e),
+        };
+        let _ = slot.set(ctx.clone());
+        let interval = ctx.config.outbox_relay_interval;
+        tasks.spawn("outbox relay", outbox::relay(ctx.publisher(), interval, shutdown.clone()));
+        let work = main(ctx.clone(), topology, tasks.clone());
+        tokio::pin!(work);
+        let result = tokio::select! {
+            r = &mut work => r,
+            () = shutdown.cancelled() => match tokio::time::timeout(grace, &mut work).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(function = name, ?grace, "shutdown grace elapsed with work in flight; it will be redelivered");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        shutdown.cancel();
+        let _ = ctx.nats.flush().await;
+        let Ok(healthy) = tokio::time::timeout(grace, tasks.join()).await else {
+            tracing::warn!(function = name, ?grace, "shutdown grace elapsed with tasks still running");
+            return ExitCode::FAILURE;
+        };
+        match result {
+            Err(e) => refused(name, &e),
+            Ok(()) if !healthy => ExitCode::FAILURE,
+            Ok(()) => {
+                tracing::info!(function = name, "stopped");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+/// One line on stderr (and in the logs), exit 64.
+fn refused(name: &str, e: &StartError) -> ExitCode {
+    telemetry::report(format_args!("{name}: {e}"));
+    ExitCode::from(EXIT_CONFIG)
+}

@@ -1,0 +1,364 @@
+//! The runtime against real servers, through its own test function, `probe`
+//! (`shared/tests/probe`): batches, poison isolation, retries and dead letters, the linger, the
+//! outbox relay, supervised tasks, shutdown and exit codes. The functions' tests check their
+//! rules; these check what every function gets from the runtime.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use testkit::{Received, TestEnv, eventually};
+
+const T: Duration = Duration::from_secs(60);
+
+fn probe(id: &str, user: &str, amount: &str, currency: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({ "probe_id": id, "user_id": user, "amount": amount, "currency": currency }),
+    )
+    .unwrap()
+}
+
+/// A probe command that asks for `act` (`poison`, `retry`).
+fn act(id: &str, act: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({ "probe_id": id, "user_id": "u-1", "amount": "1", "currency": "USD", "act": act }),
+    )
+    .unwrap()
+}
+
+fn completed(seen: &[Received]) -> std::collections::HashSet<String> {
+    seen.iter()
+        .filter(|r| r.msg_id.ends_with(":completed"))
+        .map(|r| r.msg_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_0_and_bad_config_exits_64_with_one_line() {
+    let env = TestEnv::new().await;
+    let mut p = env.spawn("probe", &[]);
+    env.ready(&p).await;
+    let status = p
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20))
+        .await;
+    assert_eq!(status.code(), Some(0));
+
+    let out = std::process::Command::new(testkit::binary("probe"))
+        .env("BATCH_MAX", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("BATCH_MAX"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_message_is_isolated_then_dead_lettered_on_its_last_delivery() {
+    let env = TestEnv::new().await;
+    // Published before the function starts, so that they arrive in one batch.
+    for id in ["p-1", "p-2", "p-3", "p-4"] {
+        env.publish("wallet.probe", id, probe(id, "u-1", "1", "USD"))
+            .await;
+        if id == "p-2" {
+            env.publish("wallet.probe", "poison", act("poison", "poison"))
+                .await;
+        }
+    }
+    let streams = env.streams_file_dead_letter_after(3);
+    let probe_proc = env.spawn("probe", &[("STREAMS_FILE", &streams)]);
+    let mut events = env.events().await;
+    for id in ["p-1", "p-2", "p-3", "p-4"] {
+        events.by_id(&format!("probe:{id}:completed"), T).await;
+    }
+    let mut dlq = env.dead_letters().await;
+    dlq.count(1, T).await;
+    let letter = &dlq.seen[0];
+    assert_eq!(letter.header("Wallet-Dlq-Msg-Id"), "poison");
+    assert_eq!(letter.header("Wallet-Dlq-Reason"), "max_deliver");
+    assert_eq!(letter.header("Wallet-Dlq-Deliveries"), "3");
+    assert!(probe_proc.metric("wallet_batch_fallbacks_total").await >= 1.0);
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(4)
+    );
+    let remembered: i64 = env
+        .pg()
+        .await
+        .query_one("SELECT count(*) FROM commands WHERE id = 'poison'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        remembered, 0,
+        "a command that never took effect must not be remembered"
+    );
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_pooled_connection_is_enough() {
+    // A task that held one connection and asked the pool for another would wait on itself.
+    let env = TestEnv::new().await;
+    let _probe = env.spawn("probe", &[("PG_POOL_SIZE", "1")]);
+    let mut events = env.events().await;
+    // A currency nobody deposited yet: its platform account is created in the batch.
+    env.publish("wallet.probe", "c-1", probe("c-1", "u-1", "0.5", "EUR"))
+        .await;
+    env.publish("wallet.probe", "c-2", probe("c-2", "u-1", "0.25", "EUR"))
+        .await;
+    // Two consume loops (BATCHES_IN_FLIGHT) may take them in either order: whichever commits
+    // second reports both.
+    let mut balances = Vec::new();
+    for id in ["probe:c-1:completed", "probe:c-2:completed"] {
+        let e = events.by_id(id, Duration::from_secs(20)).await;
+        balances.push(e.body["balance"].as_str().unwrap().to_owned());
+    }
+    balances.sort();
+    assert!(
+        balances == ["0.50", "0.75"] || balances == ["0.25", "0.75"],
+        "{balances:?}"
+    );
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_of_one_id_inside_one_batch_have_one_effect() {
+    let env = TestEnv::new().await;
+    // Published before the function starts, so that one fetch takes them all; one consume loop,
+    // as JetStream shares messages round-robin between pulls waiting at once.
+    env.publish("wallet.probe", "a", probe("d-1", "u-1", "10", "USD"))
+        .await;
+    env.publish("wallet.probe", "b", probe("d-1", "u-1", "10", "USD"))
+        .await;
+    env.publish("wallet.probe", "c", probe("d-1", "u-1", "99", "USD"))
+        .await;
+    env.publish("wallet.probe", "d", probe("d-2", "u-1", "1", "USD"))
+        .await;
+    let probe_proc = env.spawn("probe", &[("BATCHES_IN_FLIGHT", "1")]);
+    let mut events = env.events().await;
+    events.by_id("probe:d-2:completed", T).await;
+    let mut dlq = env.dead_letters().await;
+    let letters = dlq.count(1, T).await;
+    assert_eq!(letters[0].header("Wallet-Dlq-Msg-Id"), "c");
+    assert_eq!(letters[0].header("Wallet-Dlq-Reason"), "id_conflict");
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(11)
+    );
+    assert_eq!(
+        events.seen.iter().filter(|r| r.body["id"] == "d-1").count(),
+        1
+    );
+    assert_eq!(
+        probe_proc.metric("wallet_commands_duplicate_total").await,
+        1.0
+    );
+    assert_eq!(
+        probe_proc.metric("wallet_batch_size_count").await,
+        1.0,
+        "not one batch: the test proves less than it says"
+    );
+    assert!(env.audit().await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an_older_balance() {
+    let env = TestEnv::new().await;
+    // Two rows as a crash between commit and publish leaves them, the newer balance first.
+    let row = |id: &str, version: i64, balance: &str| {
+        let wallets =
+            json!([{"owner": "u-9", "field": "main:USD", "version": version, "balance": balance}]);
+        let event = json!({"id": id, "entity": "probe", "status": "completed", "balance": balance});
+        (
+            format!("probe:{id}:completed"),
+            serde_json::to_vec(&event).unwrap(),
+            wallets.to_string(),
+        )
+    };
+    let pg = env.pg().await;
+    for (msg_id, payload, wallets) in [row("late-5", 5, "50.00"), row("late-3", 3, "30.00")] {
+        pg.execute(
+            "INSERT INTO outbox (subjects, msg_ids, payloads, wallets, created_at)
+             VALUES (ARRAY['wallet.events.probe.completed'], ARRAY[$1], ARRAY[$2::bytea],
+                     ARRAY[$3], now() - interval '1 minute')",
+            &[&msg_id, &payload, &wallets],
+        )
+        .await
+        .unwrap();
+    }
+    // A batch-sized row is stored compressed with lz4 (V7), and read back as it was written.
+    let bulk: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let id = format!("bulk-{i:03}");
+            let event = json!({"id": id, "entity": "probe", "status": "completed"});
+            (
+                format!("probe:{id}:completed"),
+                serde_json::to_vec(&event).unwrap(),
+            )
+        })
+        .collect();
+    let (ids, payloads): (Vec<&str>, Vec<&[u8]>) =
+        bulk.iter().map(|(i, p)| (i.as_str(), p.as_slice())).unzip();
+    pg.execute(
+        "INSERT INTO outbox (subjects, msg_ids, payloads, wallets, created_at)
+         SELECT array_fill('wallet.events.probe.completed'::text, ARRAY[300]), $1, $2,
+                array_fill('[]'::text, ARRAY[300]), now() - interval '1 minute'",
+        &[&ids, &payloads],
+    )
+    .await
+    .unwrap();
+    let compression: Option<String> = pg
+        .query_one(
+            "SELECT pg_column_compression(payloads) FROM outbox WHERE cardinality(payloads) = 300",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(compression.as_deref(), Some("lz4"));
+    env.cache_holds("u-9").await;
+    let _probe = env.spawn("probe", &[("OUTBOX_RELAY_INTERVAL", "100ms")]);
+    let mut events = env.events().await;
+    events.by_id("probe:late-5:completed", T).await;
+    events.by_id("probe:late-3:completed", T).await;
+    let last = events.by_id("probe:bulk-299:completed", T).await;
+    assert_eq!(last.body["id"], "bulk-299");
+    eventually(T, "the outbox to empty", || async {
+        let left: i64 = pg
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.cached("u-9", "main:USD").await.as_deref(),
+        Some("5|50.00"),
+        "an older version overwrote a newer one"
+    );
+}
+
+/// Commands arriving one after another within `BATCH_LINGER` are decided in one transaction;
+/// without the linger the first one would go alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_arriving_within_the_linger_share_one_transaction() {
+    let env = TestEnv::new().await;
+    let probe_proc = env.spawn(
+        "probe",
+        &[("BATCH_LINGER", "3s"), ("BATCHES_IN_FLIGHT", "1")],
+    );
+    env.ready(&probe_proc).await;
+    let mut events = env.events().await;
+    for i in 0..5 {
+        let id = format!("l-{i}");
+        env.publish("wallet.probe", &id, probe(&id, "u-1", "1", "USD"))
+            .await;
+        // Spaced on purpose: each arrives on its own, well inside the linger.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..5 {
+        events.by_id(&format!("probe:l-{i}:completed"), T).await;
+    }
+    assert_eq!(probe_proc.metric("wallet_transactions_total").await, 1.0);
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(5)
+    );
+}
+
+/// Two batches that both meet a platform account that does not exist yet: one creates it, the
+/// other waits for that and must then find it, not fail as if PostgreSQL were down (the first
+/// batches of every fresh `make bench` run did, and waited out a retry).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_batches_creating_the_platform_account_both_commit() {
+    let env = TestEnv::new().await;
+    let msgs: Vec<_> = (0..1000)
+        .map(|i| {
+            let id = format!("p-{i}");
+            let body = probe(&id, &format!("u-{i}"), "1", "USD");
+            ("wallet.probe".to_owned(), id, body)
+        })
+        .collect();
+    // Queued before the process starts, so that its loops begin at once, each with a batch.
+    env.publish_many(msgs).await;
+    let mut events = env.events().await;
+    let probe_proc = env.spawn("probe", &[("BATCH_MAX", "100"), ("BATCHES_IN_FLIGHT", "4")]);
+    events
+        .until(T * 2, "1000 completed probes", |s| {
+            completed(s).len() >= 1000
+        })
+        .await;
+    assert_eq!(
+        probe_proc.metric("wallet_transient_errors_total").await,
+        0.0,
+        "a batch failed as if a dependency were down"
+    );
+    let report = env.audit().await;
+    assert!(report.ok(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_still_undecidable_on_its_last_delivery_is_dead_lettered_with_its_reason() {
+    let env = TestEnv::new().await;
+    let _probe = env.spawn("probe", &[]);
+    let mut events = env.events().await;
+    env.publish("wallet.probe", "r-1", act("r-1", "retry"))
+        .await;
+    env.publish("wallet.probe", "c-1", probe("c-1", "u-2", "2", "USD"))
+        .await;
+    events.by_id("probe:c-1:completed", T).await;
+    let mut dlq = env.dead_letters().await;
+    let letter = dlq.count(1, T).await[0].clone();
+    assert_eq!(letter.header("Wallet-Dlq-Msg-Id"), "r-1");
+    assert_eq!(letter.header("Wallet-Dlq-Reason"), probe::PROBE_RETRY);
+    // streams.toml of these tests: dead_letter_after = 5 for the probe.
+    assert_eq!(letter.header("Wallet-Dlq-Deliveries"), "5");
+    assert!(events.seen.iter().all(|e| e.body["id"] != "r-1"));
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::ZERO
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_background_task_that_panics_stops_the_process_with_a_failure() {
+    let env = TestEnv::new().await;
+    let log = std::env::temp_dir().join(format!("{}.probe.log", env.config.names.namespace()));
+    let mut p = env.spawn_logged("probe", &[("PROBE_BACKGROUND", "panic")], &log);
+    let status = p.wait(T).await;
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("task panicked"), "{output}");
+    assert!(output.contains("background"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_of_a_full_batch_reports_the_batch() {
+    let env = TestEnv::new().await;
+    let msgs: Vec<_> = (0..50)
+        .map(|i| {
+            let id = format!("b-{i:02}");
+            let body = probe(&id, "u-1", "1", "USD");
+            ("wallet.probe".to_owned(), id, body)
+        })
+        .collect();
+    // Queued before the process starts, and one consume loop: one fetch takes them all.
+    env.publish_many(msgs).await;
+    let mut events = env.events().await;
+    let probe_proc = env.spawn("probe", &[("BATCHES_IN_FLIGHT", "1")]);
+    let seen = events
+        .until(T, "50 completed probes", |s| completed(s).len() >= 50)
+        .await;
+    assert!(seen.iter().all(|e| e.body["batch"] == "50"), "{seen:?}");
+    assert_eq!(probe_proc.metric("wallet_transactions_total").await, 1.0);
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(50)
+    );
+    let report = env.audit().await;
+    assert!(report.ok(), "{report}");
+}
