@@ -12,6 +12,7 @@ pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod context;
+pub mod credit;
 pub mod db;
 pub mod dedup;
 pub mod dlq;
