@@ -12,16 +12,17 @@
 //! command must have (so nothing transient was dead-lettered), every wallet equals its accepted
 //! commands, the campaign granted exactly its envelopes, `walletctl audit` is clean.
 
+mod faults;
 mod proxy;
+mod reads;
+mod replica;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Parser;
-use futures::StreamExt as _;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -31,7 +32,10 @@ use wallet_load::{self as load, LoadArgs};
 use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
 
+use crate::faults::Fault;
 use crate::proxy::Proxy;
+use crate::reads::read_balances;
+use crate::replica::Replica;
 
 #[derive(Debug, Parser)]
 #[command(about = "Inject faults while a mixed load runs, then check every command.")]
@@ -57,155 +61,6 @@ struct Args {
     /// Where the processes' logs go.
     #[arg(long, default_value = ".chaos")]
     logs: PathBuf,
-}
-
-/// One event in this many has its user's balance read.
-const READ_EVERY: u64 = 10;
-
-/// Reads the balance of the user of every [`READ_EVERY`]th event until `stop`, one request at a
-/// time; returns the answers and the requests that failed (timed out, or `unavailable` while a
-/// server was down). What the answers say is checked by the audit at the end: every balance the
-/// cache holds must equal PostgreSQL's.
-async fn read_balances(config: Config, stop: CancellationToken) -> anyhow::Result<(u64, u64)> {
-    let nats = wallet_ops::nats(&config).await?;
-    let mut events = nats
-        .subscribe(config.names.subject("wallet.events.>"))
-        .await?;
-    let subject = config.names.subject("wallet.balance.get");
-    let (mut seen, mut answered, mut failed) = (0u64, 0u64, 0u64);
-    loop {
-        let event = tokio::select! {
-            () = stop.cancelled() => return Ok((answered, failed)),
-            e = events.next() => match e {
-                Some(e) => e,
-                None => return Ok((answered, failed)),
-            },
-        };
-        seen += 1;
-        if seen % READ_EVERY != 0 {
-            continue;
-        }
-        let event: serde_json::Value = serde_json::from_slice(&event.payload).unwrap_or_default();
-        let Some(user) = event["user_id"].as_str() else {
-            continue;
-        };
-        let request = serde_json::json!({ "user_id": user }).to_string();
-        let reply = tokio::time::timeout(
-            Duration::from_secs(2),
-            nats.request(subject.clone(), request.into()),
-        )
-        .await;
-        let ok = matches!(&reply, Ok(Ok(r))
-            if serde_json::from_slice::<serde_json::Value>(&r.payload)
-                .is_ok_and(|v| v["wallets"].is_array()));
-        if ok {
-            answered += 1;
-        } else {
-            failed += 1;
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Fault {
-    Kill9,
-    Sigterm,
-    NatsRestart,
-    PostgresStop,
-    RedisRestart,
-    ConnectionsCut,
-}
-
-impl Fault {
-    fn name(self) -> &'static str {
-        match self {
-            Fault::Kill9 => "kill -9 of a replica",
-            Fault::Sigterm => "SIGTERM of a replica",
-            Fault::NatsRestart => "nats-server restarted",
-            Fault::PostgresStop => "PostgreSQL stopped (immediate), then started",
-            Fault::RedisRestart => "Redis restarted empty",
-            Fault::ConnectionsCut => "connections cut at a proxy",
-        }
-    }
-}
-
-/// One process of ours, restarted with the same arguments and environment.
-struct Replica {
-    name: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Child,
-}
-
-impl Replica {
-    fn spawn(
-        name: &str,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-        log: PathBuf,
-    ) -> anyhow::Result<Self> {
-        let child = start(name, &args, &env, &log)?;
-        Ok(Self {
-            name: name.to_owned(),
-            args,
-            env,
-            log,
-            child,
-        })
-    }
-
-    fn restart(&mut self) -> anyhow::Result<()> {
-        self.child = start(&self.name, &self.args, &self.env, &self.log)?;
-        Ok(())
-    }
-
-    fn signal(&mut self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, signal);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The binaries sit next to this one (target/<profile>/).
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::current_exe()?
-        .parent()
-        .context("no folder for the binaries")?
-        .to_owned();
-    let path = dir.join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: cargo build --workspace --bins",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn start(
-    name: &str,
-    args: &[String],
-    env: &[(String, String)],
-    log: &Path,
-) -> anyhow::Result<Child> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    Ok(Command::new(binary(name)?)
-        .args(args)
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()?)
 }
 
 #[tokio::main]

@@ -6,34 +6,70 @@
 //! fault of the data or the code: the runtime isolates the message that causes it and, once its
 //! deliveries are used up, dead-letters it.
 
+//!
+//! The error that caused it is kept as its [`source`](std::error::Error::source) (a
+//! `tokio_postgres::Error` with its SQLSTATE, a `RedisError`, a NATS error), and its `Display`
+//! names what failed followed by the whole chain of causes: tokio-postgres' own `Display` hides
+//! the server's message.
+
+/// What a step's error came from.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    #[error("{0}")]
-    Transient(String),
-    #[error("{0}")]
-    Permanent(String),
+    #[error("{}", describe(what, source.as_ref()))]
+    Transient {
+        /// The dependency or the step (`postgres`, `redis`), or empty.
+        what: &'static str,
+        #[source]
+        source: Source,
+    },
+    #[error("{}", describe(what, source.as_ref()))]
+    Permanent {
+        what: &'static str,
+        #[source]
+        source: Source,
+    },
+}
+
+fn describe(what: &str, source: &(dyn std::error::Error + 'static)) -> String {
+    match what {
+        "" => error_chain(source),
+        what => format!("{what}: {}", error_chain(source)),
+    }
 }
 
 impl StepError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
+        matches!(self, Self::Transient { .. })
     }
 
-    pub fn transient(e: impl std::fmt::Display) -> Self {
-        Self::Transient(e.to_string())
+    /// An outage; `e` is an error (kept as the source) or a message.
+    pub fn transient(e: impl Into<Source>) -> Self {
+        Self::Transient {
+            what: "",
+            source: e.into(),
+        }
     }
 
-    pub fn permanent(e: impl std::fmt::Display) -> Self {
-        Self::Permanent(e.to_string())
+    /// A fault of the data or the code; `e` is an error (kept as the source) or a message.
+    pub fn permanent(e: impl Into<Source>) -> Self {
+        Self::Permanent {
+            what: "",
+            source: e.into(),
+        }
     }
 }
 
 impl From<tokio_postgres::Error> for StepError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let message = format!("postgres: {}", error_chain(&e));
+        let what = "postgres";
         let Some(state) = e.code() else {
             // No SQLSTATE: the connection failed, closed or timed out.
-            return Self::Transient(message);
+            return Self::Transient {
+                what,
+                source: e.into(),
+            };
         };
         let code = state.code();
         // 08: connection exception, 40: transaction rollback (serialisation, deadlock),
@@ -42,9 +78,15 @@ impl From<tokio_postgres::Error> for StepError {
             .iter()
             .any(|class| code.starts_with(class))
         {
-            Self::Transient(message)
+            Self::Transient {
+                what,
+                source: e.into(),
+            }
         } else {
-            Self::Permanent(message)
+            Self::Permanent {
+                what,
+                source: e.into(),
+            }
         }
     }
 }
@@ -53,7 +95,10 @@ impl From<deadpool_postgres::PoolError> for StepError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => Self::Transient(format!("postgres pool: {other}")),
+            other => Self::Transient {
+                what: "postgres pool",
+                source: other.into(),
+            },
         }
     }
 }
@@ -62,7 +107,10 @@ impl From<redis::RedisError> for StepError {
     // Redis only holds what PostgreSQL can rebuild, and our scripts are fixed: every Redis error
     // is an outage to wait out.
     fn from(e: redis::RedisError) -> Self {
-        Self::Transient(format!("redis: {e}"))
+        Self::Transient {
+            what: "redis",
+            source: e.into(),
+        }
     }
 }
 
@@ -86,11 +134,11 @@ impl From<async_nats::jetstream::context::PublishError> for StepError {
                 }),
             _ => false,
         };
-        let message = format!("jetstream publish: {}", error_chain(&e));
+        let (what, source) = ("jetstream publish", e.into());
         if refused {
-            Self::Permanent(message)
+            Self::Permanent { what, source }
         } else {
-            Self::Transient(message)
+            Self::Transient { what, source }
         }
     }
 }

@@ -249,28 +249,21 @@ async fn apply_stream(
             have.retention, have.storage, want.retention, want.storage
         ));
     }
-    let mut changed = Vec::new();
-    if have.subjects != want.subjects {
-        changed.push("subjects");
-    }
-    if have.discard != want.discard {
-        changed.push("discard");
-    }
-    if have.duplicate_window != want.duplicate_window {
-        changed.push("duplicate_window");
-    }
-    if have.max_age != want.max_age {
-        changed.push("max_age");
-    }
-    if have.max_bytes != want.max_bytes {
-        changed.push("max_bytes");
-    }
-    if have.max_message_size != want.max_message_size {
-        changed.push("max_msg_size");
-    }
-    if have.num_replicas != want.num_replicas {
-        changed.push("replicas");
-    }
+    let changed = differing([
+        ("subjects", have.subjects != want.subjects),
+        ("discard", have.discard != want.discard),
+        (
+            "duplicate_window",
+            have.duplicate_window != want.duplicate_window,
+        ),
+        ("max_age", have.max_age != want.max_age),
+        ("max_bytes", have.max_bytes != want.max_bytes),
+        (
+            "max_msg_size",
+            have.max_message_size != want.max_message_size,
+        ),
+        ("replicas", have.num_replicas != want.num_replicas),
+    ]);
     if changed.is_empty() {
         return Ok(format!("stream {name}: unchanged"));
     }
@@ -285,12 +278,26 @@ async fn apply_stream(
         num_replicas: want.num_replicas,
         ..have
     };
-    match js.update_stream(update).await {
-        Ok(_) => Ok(format!("stream {name}: updated ({})", changed.join(", "))),
-        Err(e) => Ok(format!(
-            "stream {name}: NOT APPLIED: the server refused to change {} in place: {e}",
-            changed.join(", ")
-        )),
+    let result = js.update_stream(update).await;
+    Ok(updated(&format!("stream {name}"), &changed, result))
+}
+
+/// The names of the settings that differ between the server and the file.
+fn differing<const N: usize>(settings: [(&'static str, bool); N]) -> Vec<&'static str> {
+    settings
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+}
+
+/// The line that reports an update of `what` (`stream X`, `consumer Y`) changing `changed`.
+fn updated<T, E: std::fmt::Display>(what: &str, changed: &[&str], result: Result<T, E>) -> String {
+    let changed = changed.join(", ");
+    match result {
+        Ok(_) => format!("{what}: updated ({changed})"),
+        Err(e) => {
+            format!("{what}: NOT APPLIED: the server refused to change {changed} in place: {e}")
+        }
     }
 }
 
@@ -314,32 +321,21 @@ async fn apply_consumer(
         stream.create_consumer(want).await.map_err(nats_err)?;
         return Ok(format!("consumer {name}: created"));
     };
-    let mut changed = Vec::new();
-    if have.filter_subject != want.filter_subject {
-        changed.push("filter_subject");
-    }
-    if have.ack_wait != want.ack_wait {
-        changed.push("ack_wait");
-    }
-    if have.max_deliver != want.max_deliver {
-        changed.push("max_deliver");
-    }
-    if have.backoff != want.backoff {
-        changed.push("backoff");
-    }
-    if have.max_ack_pending != want.max_ack_pending {
-        changed.push("max_ack_pending");
-    }
+    let changed = differing([
+        ("filter_subject", have.filter_subject != want.filter_subject),
+        ("ack_wait", have.ack_wait != want.ack_wait),
+        ("max_deliver", have.max_deliver != want.max_deliver),
+        ("backoff", have.backoff != want.backoff),
+        (
+            "max_ack_pending",
+            have.max_ack_pending != want.max_ack_pending,
+        ),
+    ]);
     if changed.is_empty() {
         return Ok(format!("consumer {name}: unchanged"));
     }
-    match stream.create_consumer(want).await {
-        Ok(_) => Ok(format!("consumer {name}: updated ({})", changed.join(", "))),
-        Err(e) => Ok(format!(
-            "consumer {name}: NOT APPLIED: the server refused to change {} in place: {e}",
-            changed.join(", ")
-        )),
-    }
+    let result = stream.create_consumer(want).await;
+    Ok(updated(&format!("consumer {name}"), &changed, result))
 }
 
 #[cfg(test)]

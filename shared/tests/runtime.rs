@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use testkit::{Received, TestEnv, eventually};
+use testkit::{TestEnv, completed, eventually};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -25,13 +25,6 @@ fn act(id: &str, act: &str) -> Vec<u8> {
         &json!({ "probe_id": id, "user_id": "u-1", "amount": "1", "currency": "USD", "act": act }),
     )
     .unwrap()
-}
-
-fn completed(seen: &[Received]) -> std::collections::HashSet<String> {
-    seen.iter()
-        .filter(|r| r.msg_id.ends_with(":completed"))
-        .map(|r| r.msg_id.clone())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -287,9 +280,7 @@ async fn concurrent_batches_creating_the_platform_account_both_commit() {
     let mut events = env.events().await;
     let probe_proc = env.spawn("probe", &[("BATCH_MAX", "100"), ("BATCHES_IN_FLIGHT", "4")]);
     events
-        .until(T * 2, "1000 completed probes", |s| {
-            completed(s).len() >= 1000
-        })
+        .until(T * 2, "1000 completed probes", |s| completed(s) >= 1000)
         .await;
     assert_eq!(
         probe_proc.metric("wallet_transient_errors_total").await,
@@ -351,7 +342,7 @@ async fn commands_queued_before_a_start_are_one_fetch_and_one_transaction() {
     let mut events = env.events().await;
     let probe_proc = env.spawn("probe", &[("BATCHES_IN_FLIGHT", "1")]);
     let seen = events
-        .until(T, "50 completed probes", |s| completed(s).len() >= 50)
+        .until(T, "50 completed probes", |s| completed(s) >= 50)
         .await;
     assert_eq!(seen.len(), 50);
     assert_eq!(probe_proc.metric("wallet_batch_size_count").await, 1.0);

@@ -22,7 +22,7 @@ use wallet_runtime::streams::Topology;
 pub use certs::TestCerts;
 pub use env::TestEnv;
 pub use process::{Proc, binary, free_port, http_get};
-pub use reader::{Reader, Received};
+pub use reader::{Reader, Received, completed};
 pub use servers::{PrivateNats, PrivatePostgres, PrivateRedis};
 
 pub fn nats_url() -> String {

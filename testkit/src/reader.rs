@@ -39,6 +39,15 @@ impl Received {
     }
 }
 
+/// The distinct `completed` events among `seen` (a redelivered event counts once).
+pub fn completed(seen: &[Received]) -> usize {
+    seen.iter()
+        .filter(|r| r.msg_id.ends_with(":completed"))
+        .map(|r| r.msg_id.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 /// Reads a stream in order and keeps everything it read.
 ///
 /// A task of its own reads on while the test does something else: JetStream deletes an ordered

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use testkit::{Received, TestEnv, eventually};
+use testkit::{TestEnv, completed, eventually};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -15,13 +15,6 @@ fn deposit(id: &str, user: &str, amount: &str, currency: &str) -> Vec<u8> {
         &json!({ "deposit_id": id, "user_id": user, "amount": amount, "currency": currency }),
     )
     .unwrap()
-}
-
-fn completed(seen: &[Received]) -> std::collections::HashSet<String> {
-    seen.iter()
-        .filter(|r| r.msg_id.ends_with(":completed"))
-        .map(|r| r.msg_id.clone())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -439,9 +432,7 @@ async fn two_replicas_share_5000_deposits_for_50_users_exactly() {
         .collect();
     env.publish_many(msgs).await;
     events
-        .until(T * 2, "5000 completed deposits", |s| {
-            completed(s).len() >= 5000
-        })
+        .until(T * 2, "5000 completed deposits", |s| completed(s) >= 5000)
         .await;
     assert_eq!(expected.len(), 50);
     for (user, total) in &expected {
@@ -480,19 +471,17 @@ async fn kill_9_with_2000_deposits_in_flight_then_restart_applies_each_exactly_o
         .collect();
     env.publish_many(msgs).await;
     events
-        .until(T, "some deposits done", |s| completed(s).len() >= 200)
+        .until(T, "some deposits done", |s| completed(s) >= 200)
         .await;
     first.kill9();
-    let done_before = completed(&events.seen).len();
+    let done_before = completed(&events.seen);
     assert!(
         done_before < 2000,
         "the crash came too late to prove anything"
     );
     let _second = env.spawn("deposit", &[("BATCH_MAX", "100")]);
     events
-        .until(T * 2, "2000 completed deposits", |s| {
-            completed(s).len() >= 2000
-        })
+        .until(T * 2, "2000 completed deposits", |s| completed(s) >= 2000)
         .await;
     for u in 0..20 {
         // 100 deposits of 1.25 each.

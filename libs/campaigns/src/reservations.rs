@@ -40,94 +40,19 @@ pub const REJECTION_TTL_SECS: u64 = 25 * 3600;
 /// KEYS: campaign, users, pending, grant. ARGV: grant id, user ('' when invalid), now (ms),
 /// token for a new reservation, rejection TTL, campaign id.
 /// Returns {'missing'} | {'known', record} | {'new', record}.
-const RESERVE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local g = redis.call('GET', KEYS[4])
-local c = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'per_user', 'budget', 'reserved', 'epoch', 'amount', 'min', 'max')
-if g then
-  -- A reservation of an older epoch was lost with Redis's data: it counts for nothing.
-  local kind, epoch = string.match(g, '^(%a)|[^|]*|[^|]*|([^|]*)|')
-  if kind ~= 'R' or epoch == c[6] then return {'known', g} end
-end
-local function reject(reason)
-  local rec = 'X|' .. reason .. '|' .. ARGV[6] .. '|' .. ARGV[2]
-  redis.call('SET', KEYS[4], rec, 'EX', ARGV[5])
-  return {'new', rec}
-end
-if ARGV[2] == '' then return reject('invalid_user_id') end
-local now = tonumber(ARGV[3])
-if c[1] ~= '' and now < tonumber(c[1]) then return reject('campaign_inactive') end
-if c[2] ~= '' and now >= tonumber(c[2]) then return reject('campaign_inactive') end
-if tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(c[3]) then
-  return reject('limit_reached')
-end
-local amount
-if c[7] ~= '' then
-  amount = tonumber(c[7])
-else
-  -- Drawn from the grant id: the same id always draws the same amount.
-  local lo, hi = tonumber(c[8]), tonumber(c[9])
-  amount = lo + tonumber(string.sub(redis.sha1hex(ARGV[1]), 1, 12), 16) % (hi - lo + 1)
-end
-if tonumber(c[5]) + amount > tonumber(c[4]) then return reject('campaign_exhausted') end
-redis.call('HINCRBY', KEYS[1], 'reserved', amount)
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
--- %d: Lua's `..` prints a number of 15 digits or more as `1e+14`.
-local rec = 'R|' .. string.format('%d', amount) .. '|' .. ARGV[4] .. '|' .. c[6] .. '|' .. ARGV[2] .. '|' .. ARGV[6]
-redis.call('SET', KEYS[4], rec)
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-return {'new', rec}
-";
+const RESERVE: &str = include_str!("scripts/reserve.lua");
 
 /// KEYS: campaign, users, pending. ARGV: epoch, reserved, starts, ends, per_user, budget,
 /// amount, min, max, then (user, grants) pairs. Replaces the campaign's state unless Redis
 /// already holds this epoch or a later one. Returns 1 when it loaded.
-const LOAD: &str = r"
-local have = redis.call('HGET', KEYS[1], 'epoch')
-if have and tonumber(have) >= tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'reserved', ARGV[2], 'starts', ARGV[3], 'ends', ARGV[4],
-  'per_user', ARGV[5], 'budget', ARGV[6], 'amount', ARGV[7], 'min', ARGV[8], 'max', ARGV[9])
-for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-return 1
-";
+const LOAD: &str = include_str!("scripts/load.lua");
 
 /// KEYS: campaign, users, pending. ARGV: the committed records' TTL, then (grant id, token,
 /// action, pg token) quadruples, where
 /// action is `commit` (PostgreSQL holds this reservation's grant), `duplicate` (it holds the grant
 /// under another reservation), `release` (it never committed) or `forget` (an older epoch).
 /// A record whose token changed meanwhile is left alone.
-const RECONCILE: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local done = 0
-for i = 2, #ARGV, 4 do
-  local key = KEYS[4] .. ARGV[i]
-  local rec = redis.call('GET', key)
-  local kind, amount, token, rest = nil, nil, nil, nil
-  if rec then kind, amount, token, rest = string.match(rec, '^(%a)|([^|]*)|([^|]*)|(.*)$') end
-  if kind == 'R' and token == ARGV[i + 1] then
-    local rec_epoch, user = string.match(rest, '^([^|]*)|([^|]*)|')
-    local action = ARGV[i + 2]
-    local counted = rec_epoch == epoch
-    if action == 'commit' then
-      redis.call('SET', key, 'C|' .. amount .. '|' .. token .. '|' .. rest, 'EX', ARGV[1])
-    else
-      if counted and action ~= 'forget' then
-        redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(amount))
-        redis.call('HINCRBY', KEYS[2], user, -1)
-      end
-      if action == 'duplicate' then
-        redis.call('SET', key, 'C|' .. amount .. '|' .. ARGV[i + 3] .. '|' .. rest, 'EX', ARGV[1])
-      else
-        redis.call('DEL', key)
-      end
-    end
-    done = done + 1
-  end
-  redis.call('ZREM', KEYS[3], ARGV[i])
-end
-return done
-";
+const RECONCILE: &str = include_str!("scripts/reconcile.lua");
 
 /// A grant's record in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,227 @@
+//! The PostgreSQL side of a batch of reserved grants: one transaction locks each campaign's row
+//! once (in id order), checks the budget and the per-user limit again (the last line of
+//! defence), credits the `bonus` wallets, records the grants with their reservation's token and
+//! adds the batch's total to each campaign, one update per campaign, never per grant.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use wallet_campaigns::campaign;
+use wallet_runtime::function::Transaction;
+use wallet_runtime::money::Currency;
+use wallet_runtime::wallet::{Kind, WalletKey};
+use wallet_runtime::{Command, Context, Event, Function, Outcome, Reason, Status, StepError};
+
+use crate::{BonusGrant, ENTITY, GrantCommand, RESERVATION_UNRESOLVED, rejection};
+
+/// A grant the transaction credits.
+struct Granted<'a> {
+    index: usize,
+    command: &'a Command<GrantCommand>,
+    user: &'a str,
+    currency: Currency,
+    amount: Decimal,
+    token: &'a str,
+}
+
+/// A campaign as a grant transaction finds it, locked.
+struct Locked {
+    currency: Currency,
+    budget: Decimal,
+    per_user: i64,
+    granted: Decimal,
+    epoch: i64,
+    /// Added by this batch.
+    added: Decimal,
+    count: i64,
+}
+
+const LOCK: &str = "
+    SELECT id, currency, budget, per_user, granted, redis_epoch FROM campaigns
+    WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+const RELEASED: &str = "SELECT grant_id, token FROM grant_releases WHERE grant_id = ANY($1)";
+
+const USER_GRANTS: &str = "
+    SELECT campaign_id, user_id, count(*) FROM grants
+    WHERE campaign_id = ANY($1) AND user_id = ANY($2) GROUP BY 1, 2";
+
+const RECORD: &str = "
+    INSERT INTO grants (id, campaign_id, user_id, amount, token)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[])";
+
+const ADD: &str = "
+    UPDATE campaigns c SET granted = c.granted + u.amount, grants = c.grants + u.n
+    FROM unnest($1::text[], $2::numeric[], $3::bigint[]) AS u (id, amount, n)
+    WHERE c.id = u.id";
+
+/// Applies `commands` (grants Redis reserved) in the batch's transaction; one outcome each.
+pub(crate) async fn apply(
+    ctx: &Context,
+    tx: &Transaction<'_>,
+    commands: &[&Command<GrantCommand>],
+) -> Result<Vec<Outcome>, StepError> {
+    let mut campaign_ids: Vec<&str> = commands
+        .iter()
+        .map(|c| c.body.campaign_id.as_str())
+        .collect();
+    campaign_ids.sort_unstable();
+    campaign_ids.dedup();
+    let mut campaigns: HashMap<String, Locked> = HashMap::new();
+    for row in tx.query(LOCK, &[&campaign_ids]).await? {
+        let Some(currency) = ctx.config.currencies.get(row.get::<_, &str>(1)) else {
+            continue;
+        };
+        let locked = Locked {
+            currency,
+            budget: row.get(2),
+            per_user: i64::from(row.get::<_, i32>(3)),
+            granted: row.get(4),
+            epoch: row.get(5),
+            added: Decimal::ZERO,
+            count: 0,
+        };
+        campaigns.insert(row.get(0), locked);
+    }
+    let grant_ids: Vec<&str> = commands.iter().map(|c| c.id.as_str()).collect();
+    let released: HashSet<(String, String)> = tx
+        .query(RELEASED, &[&grant_ids])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let users: Vec<&str> = commands
+        .iter()
+        .filter_map(|c| c.body.user_id.as_deref())
+        .collect();
+    let mut per_user: HashMap<(String, String), i64> = tx
+        .query(USER_GRANTS, &[&campaign_ids, &users])
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+
+    // Decide each grant in order; then credit only those granted.
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
+    let mut granted: Vec<Granted> = Vec::new();
+    for (index, command) in commands.iter().enumerate() {
+        let c = &command.body;
+        let (Some(r), Some(user)) = (c.reservation.get(), c.user_id.as_deref()) else {
+            return Err(StepError::permanent(format!(
+                "grant {} reached the transaction unreserved",
+                command.id
+            )));
+        };
+        let Some(campaign) = campaigns.get_mut(&c.campaign_id) else {
+            outcomes.push(Some(Outcome::Done(vec![
+                rejection(&command.id, Reason::UNKNOWN_CAMPAIGN, None, None)
+                    .into_outbox(Vec::new()),
+            ])));
+            continue;
+        };
+        if r.epoch != campaign.epoch || released.contains(&(command.id.clone(), r.token.clone())) {
+            // Its reservation was lost with Redis's data or given back: reserve again.
+            outcomes.push(Some(Outcome::Retry {
+                after: Duration::from_millis(200),
+                reason: RESERVATION_UNRESOLVED,
+            }));
+            continue;
+        }
+        let amount = campaign::from_minor(r.amount_minor, campaign.currency);
+        let count = per_user
+            .entry((c.campaign_id.clone(), user.to_owned()))
+            .or_default();
+        let refused = if *count + 1 > campaign.per_user {
+            Some(Reason::LIMIT_REACHED)
+        } else if campaign.granted + campaign.added + amount > campaign.budget {
+            Some(Reason::CAMPAIGN_EXHAUSTED)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            tracing::warn!(grant = %command.id, reason = reason.as_str(), "PostgreSQL refused a grant Redis reserved");
+            outcomes.push(Some(Outcome::Done(vec![
+                rejection(&command.id, reason, Some(&c.campaign_id), Some(user))
+                    .into_outbox(Vec::new()),
+            ])));
+            continue;
+        }
+        *count += 1;
+        campaign.added += amount;
+        campaign.count += 1;
+        granted.push(Granted {
+            index,
+            command,
+            user,
+            currency: campaign.currency,
+            amount,
+            token: &r.token,
+        });
+        outcomes.push(None);
+    }
+
+    let wallets = |user: &str, currency: Currency, campaign: &str| {
+        (
+            WalletKey::user(user, Kind::Bonus, "", currency),
+            WalletKey::platform(&format!("bonus:{campaign}"), currency),
+        )
+    };
+    let keys = granted.iter().flat_map(|g| {
+        let (bonus, platform) = wallets(g.user, g.currency, &g.command.body.campaign_id);
+        [bonus, platform]
+    });
+    let mut book = ctx.ledger.open(tx, keys).await?;
+    for &Granted {
+        index,
+        command,
+        user,
+        currency,
+        amount,
+        ..
+    } in &granted
+    {
+        let campaign = &command.body.campaign_id;
+        let (bonus, platform) = wallets(user, currency, campaign);
+        book.post(
+            &format!("{}:{}", <BonusGrant as Function>::NAME, command.key),
+            &[(&bonus, amount), (&platform, -amount)],
+        )?
+        .map_err(|_| StepError::permanent("a grant cannot overdraw"))?;
+        let snapshot = book
+            .snapshot(&bonus)
+            .ok_or_else(|| StepError::permanent("bonus wallet not opened"))?;
+        let event = Event {
+            user_id: Some(user.to_owned()),
+            currency: Some(currency.code().to_owned()),
+            amount: Some(currency.format(amount)),
+            balance: Some(snapshot.balance.clone()),
+            ..Event::new(ENTITY, &command.id, Status::GRANTED)
+        }
+        .with("campaign_id", Some(campaign));
+        outcomes[index] = Some(Outcome::Done(vec![event.into_outbox(vec![snapshot])]));
+    }
+    book.write(tx).await?;
+    if !granted.is_empty() {
+        let ids: Vec<&str> = granted.iter().map(|g| g.command.id.as_str()).collect();
+        let campaigns_of: Vec<&str> = granted
+            .iter()
+            .map(|g| g.command.body.campaign_id.as_str())
+            .collect();
+        let users: Vec<&str> = granted.iter().map(|g| g.user).collect();
+        let amounts: Vec<Decimal> = granted.iter().map(|g| g.amount).collect();
+        let tokens: Vec<&str> = granted.iter().map(|g| g.token).collect();
+        tx.execute(RECORD, &[&ids, &campaigns_of, &users, &amounts, &tokens])
+            .await?;
+        let changed: Vec<(&String, &Locked)> =
+            campaigns.iter().filter(|(_, l)| l.count > 0).collect();
+        let ids: Vec<&str> = changed.iter().map(|(id, _)| id.as_str()).collect();
+        let amounts: Vec<Decimal> = changed.iter().map(|(_, l)| l.added).collect();
+        let counts: Vec<i64> = changed.iter().map(|(_, l)| l.count).collect();
+        tx.execute(ADD, &[&ids, &amounts, &counts]).await?;
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Done(Vec::new())))
+        .collect())
+}
