@@ -7,7 +7,7 @@
 //! dead-lettered once its deliveries are used up). The result says what to do with each message;
 //! nothing is acknowledged here, so the caller acknowledges only what has committed.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::Message;
 use deadpool_postgres::Transaction;
@@ -18,10 +18,15 @@ use crate::dedup::{self, Claim, Fingerprint};
 use crate::dlq;
 use crate::error::StepError;
 use crate::events::Event;
-use crate::function::{Command, Function, Invalid, Outcome, Payload, Screened};
+use crate::function::{Command, Function, Outcome, Screened};
 use crate::metrics;
 use crate::outbox::{self, OutboxMessage, Row};
-use crate::streams::MAX_COMMAND_BYTES;
+
+mod decode;
+mod screen;
+
+use decode::{Decoded, decode};
+use screen::{publish_direct, screen};
 
 /// What to do with a delivered message once the batch's transaction has committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,66 +61,12 @@ impl std::ops::AddAssign for Tally {
     }
 }
 
-/// A message as the runtime sees it before any transaction.
-#[allow(clippy::large_enum_variant)] // Short-lived, one per message of a batch.
-enum Decoded<C> {
-    Malformed,
-    Command {
-        key: String,
-        print: Fingerprint,
-        /// `Ok`: valid; `Err`: its rejection event.
-        command: Result<Command<C>, Event>,
-    },
-}
-
-/// The first step of decoding, before any function's rules: a JSON object of at most 64 KiB
-/// whose `id_field` holds a valid id. `None`: the message is malformed.
-fn parse(payload: &[u8], id_field: &str) -> Option<(Payload, String)> {
-    if payload.len() > MAX_COMMAND_BYTES {
-        return None;
-    }
-    let object = serde_json::from_slice::<Payload>(payload).ok()?;
-    let id = crate::ids::from_value(object.get(id_field))?.to_owned();
-    Some((object, id))
-}
-
-/// Decodes one message: [`parse`], then the function's validation.
-fn decode<F: Function>(f: &F, ctx: &Context, message: &Message) -> Decoded<F::Command> {
-    let Some((object, id)) = parse(&message.payload, F::ID_FIELD) else {
-        return Decoded::Malformed;
-    };
-    let id = id.as_str();
-    let subject = ctx.names.strip(&message.subject);
-    let stored_at = message
-        .info()
-        .map(|i| SystemTime::from(i.published))
-        .unwrap_or_else(|_| SystemTime::now());
-    match f.validate(ctx, subject, id, &object) {
-        Err(Invalid::Malformed) => Decoded::Malformed,
-        Err(Invalid::Rejected(event)) => Decoded::Command {
-            key: id.to_owned(),
-            print: dedup::fingerprint(&object, F::FIELDS),
-            command: Err(event),
-        },
-        Ok(body) => Decoded::Command {
-            key: F::key(id, &body),
-            print: dedup::fingerprint(&object, F::FIELDS),
-            command: Ok(Command {
-                id: id.to_owned(),
-                key: F::key(id, &body),
-                body,
-                stored_at,
-            }),
-        },
-    }
-}
-
 /// A distinct command of the batch (the first message carrying its key).
 struct Unit<C> {
     index: usize,
     key: String,
     print: Fingerprint,
-    command: Result<Command<C>, Event>,
+    pub(super) command: Result<Command<C>, Event>,
     /// Its last allowed delivery: a command still undecided now is dead-lettered, not retried.
     last: bool,
 }
@@ -254,71 +205,6 @@ pub async fn process<F: Function>(
     Ok(out)
 }
 
-/// [`Function::screen`] for `units`, one result per unit. When the whole batch's screen fails
-/// for a reason that is not an outage, each command is screened alone, so that one poison
-/// command (a record Redis cannot answer for) fails alone instead of holding the batch.
-async fn screen<F: Function>(
-    f: &F,
-    ctx: &Context,
-    units: &[&Unit<F::Command>],
-) -> Result<Vec<Result<Screened, StepError>>, StepError> {
-    let commands: Vec<&Command<F::Command>> = units
-        .iter()
-        .filter_map(|u| u.command.as_ref().ok())
-        .collect();
-    match f.screen(ctx, &commands).await {
-        Ok(s) if s.len() == commands.len() => return Ok(s.into_iter().map(Ok).collect()),
-        Ok(s) => {
-            return Err(StepError::permanent(format!(
-                "{}: screen answered {} of {} commands",
-                F::NAME,
-                s.len(),
-                commands.len()
-            )));
-        }
-        Err(e) if e.is_transient() => return Err(e),
-        Err(e) if commands.len() == 1 => return Ok(vec![Err(e)]),
-        Err(_) => {}
-    }
-    let mut results = Vec::with_capacity(commands.len());
-    for command in &commands {
-        results.push(match f.screen(ctx, std::slice::from_ref(command)).await {
-            Ok(mut s) if s.len() == 1 => Ok(s.remove(0)),
-            Ok(_) => Err(StepError::permanent("screen answered no command")),
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => Err(e),
-        });
-    }
-    Ok(results)
-}
-
-/// Publishes answers decided without a transaction, waiting until JetStream stored them all.
-/// `Err` for an outage; otherwise the messages (by index) that JetStream refused for a reason of
-/// their own, each published alone to tell which.
-async fn publish_direct(
-    ctx: &Context,
-    direct: Vec<(usize, OutboxMessage)>,
-) -> Result<Vec<(usize, StepError)>, StepError> {
-    let publisher = ctx.publisher();
-    match publisher
-        .publish_direct(direct.iter().map(|(_, m)| m))
-        .await
-    {
-        Ok(()) => return Ok(Vec::new()),
-        Err(e) if e.is_transient() => return Err(e),
-        Err(_) => {}
-    }
-    let mut refused = Vec::new();
-    for (index, message) in direct {
-        match publisher.publish_direct(std::iter::once(&message)).await {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => refused.push((index, e)),
-        }
-    }
-    Ok(refused)
-}
-
 /// A command that failed for a reason that is not an outage: retry it later, or dead-letter it
 /// on its last allowed delivery so that it is never left behind undecided.
 fn failed(delivered: i64, dead_letter_after: i64) -> Disposition {
@@ -436,66 +322,4 @@ async fn decide_in<F: Function>(
     }
     d.rows.extend(outbox::insert(tx, messages).await?);
     Ok(d)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::arbitrary::json_value;
-    use proptest::prelude::*;
-    use serde_json::{Value, json};
-
-    proptest! {
-        #[test]
-        fn any_bytes_are_a_command_or_malformed(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-            if let Some((object, id)) = parse(&bytes, "deposit_id") {
-                prop_assert!(crate::ids::is_valid(&id));
-                prop_assert_eq!(object.get("deposit_id").and_then(Value::as_str), Some(id.as_str()));
-            }
-        }
-
-        #[test]
-        fn any_json_is_a_command_only_with_a_valid_id(v in json_value()) {
-            let bytes = serde_json::to_vec(&v).unwrap();
-            let id = v.get("deposit_id").and_then(Value::as_str).filter(|i| crate::ids::is_valid(i));
-            let parsed = parse(&bytes, "deposit_id");
-            prop_assert_eq!(
-                parsed.as_ref().map(|(_, id)| id.as_str()),
-                id.filter(|_| v.is_object() && bytes.len() <= MAX_COMMAND_BYTES)
-            );
-        }
-
-        #[test]
-        fn the_fingerprint_ignores_key_order_spacing_and_unknown_fields(
-            id in "[a-z0-9-]{1,20}",
-            user in any::<String>(),
-            amount in any::<String>(),
-            extra in any::<i64>(),
-        ) {
-            let fields = &["deposit_id", "user_id", "amount"];
-            let a = format!(
-                r#"{{"deposit_id":{},"user_id":{},"amount":{}}}"#,
-                json!(id), json!(user), json!(amount)
-            );
-            let b = format!(
-                r#"{{ "amount" : {}, "x": {extra}, "user_id": {}, "deposit_id": {} }}"#,
-                json!(amount), json!(user), json!(id)
-            );
-            let (pa, _) = parse(a.as_bytes(), "deposit_id").unwrap();
-            let (pb, _) = parse(b.as_bytes(), "deposit_id").unwrap();
-            prop_assert_eq!(dedup::fingerprint(&pa, fields), dedup::fingerprint(&pb, fields));
-            let other = json!({"deposit_id": id, "user_id": user, "amount": format!("{amount}0")});
-            let (pc, _) = parse(&serde_json::to_vec(&other).unwrap(), "deposit_id").unwrap();
-            prop_assert_ne!(dedup::fingerprint(&pa, fields), dedup::fingerprint(&pc, fields));
-        }
-    }
-
-    #[test]
-    fn a_command_over_64_kib_is_malformed() {
-        let big = json!({"deposit_id": "d-1", "pad": "x".repeat(MAX_COMMAND_BYTES)});
-        assert!(parse(&serde_json::to_vec(&big).unwrap(), "deposit_id").is_none());
-        assert!(parse(br#"{"deposit_id":"d-1"}"#, "deposit_id").is_some());
-        assert!(parse(br#"["deposit_id","d-1"]"#, "deposit_id").is_none());
-    }
 }
