@@ -5,6 +5,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 
+use crate::ClientError;
+
 /// The messages stored on `filter` of `stream`, from `from` on (an ordered consumer: nothing to
 /// clean up afterwards). Poll it without long pauses: a consumer nobody pulls from is deleted by
 /// the server after 30 s, and is then only recreated after two missed heartbeats.
@@ -14,10 +16,15 @@ pub async fn follow(
     stream: &str,
     filter: &str,
     from: consumer::DeliverPolicy,
-) -> anyhow::Result<Followed> {
+) -> Result<Followed, ClientError> {
+    let failed = |e: async_nats::Error| ClientError::Follow {
+        stream: stream.to_owned(),
+        source: e,
+    };
     let ordered = js
         .get_stream(names.name(stream))
-        .await?
+        .await
+        .map_err(|e| failed(e.into()))?
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: names.subject(filter),
             deliver_policy: from,
@@ -26,9 +33,11 @@ pub async fn follow(
             max_expires: Duration::from_secs(4),
             ..Default::default()
         })
-        .await?
+        .await
+        .map_err(|e| failed(e.into()))?
         .messages()
-        .await?;
+        .await
+        .map_err(|e| failed(e.into()))?;
     // After a first missed heartbeat (a restarted nats-server) async-nats's ordered consumer
     // answers Pending without arranging to be polled again; a tick polls it again, so it goes on
     // to recreate itself (without it, `make chaos` saw the outcomes stall for 100 s).

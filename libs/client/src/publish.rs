@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt};
+
+use crate::ClientError;
 
 /// One message to publish.
 #[derive(Debug)]
@@ -26,7 +27,7 @@ pub const IN_FLIGHT: usize = 2_000;
 pub async fn publish_all(
     js: &jetstream::Context,
     messages: impl IntoIterator<Item = (String, String, Vec<u8>)>,
-) -> anyhow::Result<()> {
+) -> Result<(), ClientError> {
     futures::stream::iter(messages)
         .map(|(subject, msg_id, payload)| {
             publish(
@@ -46,7 +47,7 @@ pub async fn publish_all(
 /// Publishes one message and waits until JetStream stored it, trying again (same
 /// `Nats-Msg-Id`, so never twice) when the ack does not come, for up to [`PUBLISH_PATIENCE`]:
 /// a NATS restart or a cut connection (`make chaos`) delays commands, it does not end the run.
-pub async fn publish(js: &jetstream::Context, m: Message) -> anyhow::Result<()> {
+pub async fn publish(js: &jetstream::Context, m: Message) -> Result<(), ClientError> {
     let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
     let mut pause = Duration::from_millis(100);
     loop {
@@ -64,7 +65,12 @@ pub async fn publish(js: &jetstream::Context, m: Message) -> anyhow::Result<()> 
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
-            Err(e) => return Err(e).with_context(|| format!("publishing {}", m.msg_id)),
+            Err(e) => {
+                return Err(ClientError::Publish {
+                    msg_id: m.msg_id,
+                    source: e,
+                });
+            }
         }
     }
 }
