@@ -1,5 +1,6 @@
-//! Builds every `functions/*/function.toml` into walletctl, so that `walletctl status` knows each
-//! function's scaling from any working directory (the files stay the one place it is written).
+//! Builds every `functions/*/function.toml` into the catalogue (`src/catalog.rs`), so that the CLI,
+//! the test kit and `chaos` know every function from any working directory (the files stay the
+//! one place a function is described).
 
 use std::fmt::Write as _;
 
