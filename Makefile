@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release test chaos fuzz run bench lint fmt clean-dev k8s image new-function validate-k8s
+.PHONY: build release test test-deps chaos fuzz run bench lint fmt clean-dev k8s image new-function validate-k8s
 
 build:
 	$(CARGO) build --workspace --bins
@@ -11,11 +11,16 @@ release:
 	$(CARGO) build --release --workspace --bins
 
 # Integration tests start the real binaries: build them first, then run every test; then render
-# and validate the Kubernetes manifests.
-test: build
+# and validate the Kubernetes manifests, then two minutes of chaos.
+test: test-deps build
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(MAKE) validate-k8s
 	$(MAKE) chaos
+
+# What the tests need on a fresh machine: the three servers running, nextest, tmux, kubectl and a
+# virtual environment with kubernetes-validate (scripts/test-deps.sh says what it would need root for).
+test-deps:
+	bash scripts/test-deps.sh
 
 # Faults (kill -9, SIGTERM, nats-server restart, PostgreSQL down 30 s, Redis restarted empty,
 # connections cut) while a mixed load runs on private servers, then every command checked.
@@ -35,9 +40,9 @@ fuzz: build
 	HOSTILE_PER_SUBJECT=$(HOSTILE_PER_SUBJECT) $(CARGO) nextest run -p walletctl --test hostile --no-capture
 
 # Every overlay rendered (kubectl kustomize) and every object validated against the Kubernetes
-# schemas and KEDA's ScaledObject schema (needs kubectl and `pip install kubernetes-validate`).
-validate-k8s:
-	python3 .ci/validate-k8s
+# schemas and KEDA's ScaledObject schema (kubectl and kubernetes-validate, from `make test-deps`).
+validate-k8s: test-deps
+	.dev/venv/bin/python .ci/validate-k8s
 
 # NATS, PostgreSQL and Redis (private ones under .dev/ when the usual ones are not up),
 # `walletctl setup`, then every function with prefixed logs. Ctrl-C stops everything.

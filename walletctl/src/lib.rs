@@ -11,7 +11,7 @@ pub mod nats_users;
 pub mod scaffold;
 
 use wallet_load as load;
-use wallet_ops::{audit, campaign, dlq, setup, status, teardown, transfer};
+use wallet_ops::{audit, campaign, client, dlq, setup, status, teardown, transfer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +78,17 @@ pub enum Cmd {
         #[command(subcommand)]
         command: CampaignCmd,
     },
+    /// Publish one command, as a client does: JSON to SUBJECT (`wallet.deposit`, …) with
+    /// `Nats-Msg-Id: ID`, waiting until JetStream stored it.
+    Publish {
+        subject: String,
+        payload: String,
+        /// The command's id (its `Nats-Msg-Id`).
+        #[arg(long)]
+        id: String,
+    },
+    /// Ask `wallet.balance.get` for a user's wallets and print the reply.
+    Balance { user_id: String },
     /// Transfers to game providers.
     Transfer {
         #[command(subcommand)]
@@ -278,6 +289,21 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 CampaignCmd::Show { id } => print!("{}", campaign::show(&config, &id).await?),
                 CampaignCmd::List => print!("{}", campaign::list(&config).await?),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Publish {
+            subject,
+            payload,
+            id,
+        } => {
+            println!(
+                "{}",
+                client::publish(&config, &subject, &id, &payload).await?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Balance { user_id } => {
+            println!("{}", client::balance(&config, &user_id).await?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Transfer {

@@ -364,3 +364,54 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
         );
     }
 }
+
+/// `walletctl publish` and `walletctl balance`: what the README's "try it" uses instead of the
+/// `nats` CLI, against running functions.
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_sends_a_command_once_and_balance_reads_it_back() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let balance = env.spawn("balance", &[]);
+    env.ready(&balance).await;
+    let mut events = env.events().await;
+    let walletctl = |args: &[&str]| {
+        std::process::Command::new(testkit::binary("walletctl"))
+            .args(args)
+            .envs(env.env())
+            .output()
+            .unwrap()
+    };
+    let deposit = r#"{"deposit_id":"d-1","user_id":"u-1","amount":"10","currency":"USD"}"#;
+    let stored = walletctl(&["publish", "wallet.deposit", deposit, "--id", "d-1"]);
+    let stdout = String::from_utf8_lossy(&stored.stdout);
+    assert!(stored.status.success(), "{stored:?}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "stored in {}_DEPOSITS as message 1",
+            env.config.names.namespace()
+        )
+    );
+    let again = walletctl(&["publish", "wallet.deposit", deposit, "--id", "d-1"]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).starts_with("duplicate of d-1"),
+        "{again:?}"
+    );
+    events
+        .by_id("deposit:d-1:completed", std::time::Duration::from_secs(30))
+        .await;
+
+    let read = walletctl(&["balance", "u-1"]);
+    assert!(read.status.success(), "{read:?}");
+    let reply: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(
+        reply["wallets"],
+        serde_json::json!([{"kind": "main", "currency": "USD", "balance": "10.00"}])
+    );
+
+    let refused = walletctl(&["publish", "wallet.deposit", "{not json", "--id", "d-2"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not JSON"), "{stderr}");
+}

@@ -10,6 +10,7 @@ use wallet_runtime::Config;
 pub mod audit;
 pub mod campaign;
 pub mod catalog;
+pub mod client;
 pub mod dlq;
 pub mod setup;
 pub mod status;
