@@ -25,6 +25,7 @@ const DEAD_LETTERS: &str = "wallet_dead_letters_total";
 const DEAD_LETTERS_REFUSED: &str = "wallet_dead_letters_refused_total";
 const OUTBOX_PUBLISHED: &str = "wallet_outbox_published_total";
 const TASK_FAILURES: &str = "wallet_task_failures_total";
+const BUILD_INFO: &str = "wallet_build_info";
 
 /// Registers every runtime metric's help text (shown by `/metrics`).
 pub fn describe() {
@@ -136,4 +137,10 @@ pub fn outbox_published(messages: usize) {
 
 pub fn task_failed(function: &'static str, task: &'static str) {
     ::metrics::counter!(TASK_FAILURES, "function" => function, "task" => task).increment(1);
+}
+
+/// Which function and runtime version this process is (`wallet_build_info{function, version} 1`).
+pub fn build_info(function: &'static str) {
+    ::metrics::gauge!(BUILD_INFO, "function" => function, "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
 }

@@ -28,7 +28,7 @@ fn act(id: &str, act: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_exits_0_and_bad_config_exits_64_with_one_line() {
+async fn sigterm_exits_0_bad_config_and_arguments_exit_64_with_one_line_and_help_exits_0() {
     let env = TestEnv::new().await;
     let mut p = env.spawn("probe", &[]);
     env.ready(&p).await;
@@ -45,6 +45,24 @@ async fn sigterm_exits_0_and_bad_config_exits_64_with_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("BATCH_MAX"), "{stderr}");
+
+    // Arguments: --help says what it is without starting; anything else is refused in one line.
+    let help = std::process::Command::new(testkit::binary("probe"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    let usage = String::from_utf8_lossy(&help.stdout);
+    assert!(usage.starts_with("probe: a wallet function"), "{usage}");
+    assert!(usage.contains("DATABASE_URL"), "{usage}");
+    let bogus = std::process::Command::new(testkit::binary("probe"))
+        .arg("--listen")
+        .output()
+        .unwrap();
+    assert_eq!(bogus.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&bogus.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("takes no arguments"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -348,6 +366,15 @@ async fn commands_queued_before_a_start_are_one_fetch_and_one_transaction() {
     assert_eq!(probe_proc.metric("wallet_batch_size_count").await, 1.0);
     assert_eq!(probe_proc.metric("wallet_batch_size_sum").await, 50.0);
     assert_eq!(probe_proc.metric("wallet_transactions_total").await, 1.0);
+    assert_eq!(probe_proc.metric("wallet_build_info").await, 1.0);
+    assert!(
+        probe_proc.metrics().await.contains(&format!(
+            "wallet_build_info{{function=\"probe\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        probe_proc.counters().await
+    );
     assert_eq!(
         env.stored_balance("u-1", "main", "USD").await,
         rust_decimal::Decimal::from(50)

@@ -415,3 +415,25 @@ async fn publish_sends_a_command_once_and_balance_reads_it_back() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not JSON"), "{stderr}");
 }
+
+/// KEDA (or the HPA) owns a function's replica count: a Deployment that set one would reset it
+/// to that number on every `kubectl apply`.
+#[test]
+fn generated_deployments_leave_the_replica_count_to_the_autoscaler() {
+    let files = walletctl::k8s::render(&wallet_ops::catalog::built_in());
+    let functions: Vec<&String> = files
+        .iter()
+        .filter(|(path, _)| !path.ends_with("kustomization.yaml"))
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(functions.len(), wallet_ops::catalog::names().len());
+    for body in functions {
+        let deployment = body.split("\n---\n").next().unwrap();
+        assert!(deployment.contains("kind: Deployment"), "{deployment}");
+        assert!(!deployment.contains("replicas:"), "{deployment}");
+        assert!(
+            body.contains("kind: ScaledObject") || body.contains("kind: HorizontalPodAutoscaler"),
+            "{body}"
+        );
+    }
+}

@@ -108,6 +108,9 @@ where
     M: FnOnce(Arc<Context>, Topology, Tasks) -> Fut,
     Fut: Future<Output = Result<(), StartError>>,
 {
+    if let Some(code) = arguments(name) {
+        return code;
+    }
     let setup = || -> Result<_, StartError> {
         let config = Config::from_env()?;
         let topology = Topology::load(config.streams_file.as_deref())?;
@@ -142,6 +145,7 @@ where
         let tasks = Tasks::new(name, shutdown.clone());
         let slot = Arc::new(OnceLock::new());
         let metrics = telemetry::init_metrics();
+        crate::metrics::build_info(name);
         tasks.spawn("http", http::serve(listener, slot.clone(), metrics, shutdown.clone()));
         tracing::info!(function = name, config = ?config, "starting");
         let ctx = match connect::connect(name, config, &shutdown).await {
@@ -179,6 +183,35 @@ where
             }
         }
     })
+}
+
+/// A function takes no arguments (its configuration is its environment): `--help` prints what it
+/// is and exits 0, anything else is refused in one line with exit 64; `None`: start.
+fn arguments(name: &str) -> Option<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => None,
+        Some("-h" | "--help") if args.len() == 1 => {
+            println!(
+                "{name}: a wallet function (wallet-runtime {}).\n\n\
+                 Usage: {name}\n\n\
+                 It takes no arguments: its configuration is its environment (NATS_URL, \
+                 DATABASE_URL, REDIS_URL, WALLET_NAMESPACE, HTTP_ADDR, …; docs/configuration.md), \
+                 and a bad value is one line on stderr and exit 64. It serves /healthz, /readyz \
+                 and /metrics on HTTP_ADDR and runs until SIGTERM or SIGINT, then finishes what \
+                 it holds and exits 0.",
+                env!("CARGO_PKG_VERSION")
+            );
+            Some(ExitCode::SUCCESS)
+        }
+        Some(_) => {
+            telemetry::report(format_args!(
+                "{name}: takes no arguments, got `{}` (its configuration is its environment; see --help)",
+                args.join(" ")
+            ));
+            Some(ExitCode::from(EXIT_CONFIG))
+        }
+    }
 }
 
 /// One line on stderr (and in the logs), exit 64.
