@@ -30,7 +30,6 @@ use testkit::{PrivateNats, PrivatePostgres, PrivateRedis};
 use tokio_util::sync::CancellationToken;
 use wallet_load::{self as load, LoadArgs};
 use wallet_runtime::Config;
-use wallet_runtime::streams::Topology;
 
 use crate::faults::Fault;
 use crate::proxy::Proxy;
@@ -137,7 +136,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let config =
         Config::from_lookup(|k| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let topology = Topology::load(None)?;
+    // Small streams (testkit's, 64 MiB each): JetStream reserves every stream's max_bytes against
+    // the disk it finds free whenever it starts, and a restarted server that cannot reserve a
+    // stream does not recreate it. The production sizes (9.5 GiB in all) made a restart on a
+    // machine short of disk lose WALLET_EVENTS, and the run stalled.
+    let topology = testkit::topology();
     wallet_ops::setup::setup(&config, &topology).await?;
 
     let mut replicas = Vec::new();
