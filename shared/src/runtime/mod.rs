@@ -89,6 +89,13 @@ pub fn run<F: Function>(f: F) -> ExitCode {
                 largest,
             });
         }
+        // Only a function that writes an outbox relays it: a request-reply one (balance) only
+        // reads, and its role may not touch the outbox.
+        let interval = ctx.config.outbox_relay_interval;
+        tasks.spawn(
+            "outbox relay",
+            outbox::relay(ctx.publisher(), interval, tasks.shutdown()),
+        );
         tasks.spawn("background", f.background(ctx.clone(), tasks.shutdown()));
         consume::consume(Arc::new(f), ctx, def, tasks).await;
         Ok(())
@@ -154,8 +161,6 @@ where
             Err(e) => return refused(name, &e),
         };
         let _ = slot.set(ctx.clone());
-        let interval = ctx.config.outbox_relay_interval;
-        tasks.spawn("outbox relay", outbox::relay(ctx.publisher(), interval, shutdown.clone()));
         let work = main(ctx.clone(), topology, tasks.clone());
         tokio::pin!(work);
         let result = tokio::select! {
