@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build release test test-deps chaos fuzz run bench lint fmt clean-dev k8s image new-function validate-k8s
+.PHONY: build release test test-deps chaos fuzz run bench lint fmt clean-dev k8s interface image new-function validate-k8s
 
 build:
 	$(CARGO) build --workspace --bins
@@ -67,6 +67,11 @@ clean-dev:
 # Regenerate k8s/base/functions/ from every functions/*/function.toml.
 k8s: build
 	./target/debug/walletctl k8s
+
+# Regenerate asyncapi.yaml and schemas/ from every function's payload types (each binary's
+# --interface) and function.toml; a test fails when the committed ones are stale.
+interface: build
+	./target/debug/walletctl interface
 
 # The container image of every binary (needs Docker with BuildKit).
 image:

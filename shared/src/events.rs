@@ -1,6 +1,7 @@
 //! Outcome events (CONTRACT §4): `wallet.events.<entity>.<status>`, `Nats-Msg-Id`
 //! `<entity>:<id>:<status>`.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -67,25 +68,49 @@ impl Reason {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The version of the events' schema, in every event as `schema_version`: a change that
+/// breaks a reader raises it; a new optional field does not.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// An outcome event. Its JSON Schema (`schemas/<function>/event.json`) is generated from this
+/// type, its `entity`, `status` and `reason` narrowed per function ([`crate::interface`]).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(description = "An outcome event (CONTRACT §4)")]
 pub struct Event {
+    /// [`EVENT_SCHEMA_VERSION`].
+    #[schemars(range(min = 1))]
+    pub schema_version: u32,
+    /// The command's id (`deposit_id`, `transfer_id`, `grant_id`).
+    #[schemars(with = "crate::interface::Id")]
     pub id: String,
+    #[schemars(with = "String")]
     pub entity: &'static str,
+    #[schemars(with = "String")]
     pub status: Status,
+    #[schemars(with = "Option<crate::interface::Id>")]
     pub user_id: Option<String>,
+    #[schemars(with = "Option<crate::interface::CurrencyCode>")]
     pub currency: Option<String>,
+    /// The command's amount, with the currency's minor-unit digits.
+    #[schemars(with = "Option<crate::interface::Balance>")]
     pub amount: Option<String>,
+    /// The changed wallet's balance right after this command (CONTRACT §4).
+    #[schemars(with = "Option<crate::interface::Balance>")]
     pub balance: Option<String>,
+    #[schemars(with = "Option<String>")]
     pub reason: Option<Reason>,
     /// Entity-specific fields (`provider`, `campaign_id`).
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: Map<String, Value>,
+    #[schemars(with = "crate::interface::Timestamp")]
     pub at: String,
 }
 
 impl Event {
     pub fn new(entity: &'static str, id: &str, status: Status) -> Self {
         Self {
+            schema_version: EVENT_SCHEMA_VERSION,
             id: id.to_owned(),
             entity,
             status,
@@ -132,7 +157,9 @@ impl Event {
             msg_id: self.msg_id(),
             payload: serde_json::to_vec(&self).unwrap_or_default().into(),
             wallets,
-            rejection: self.is_rejection(),
+            rejection: self
+                .is_rejection()
+                .then_some(self.reason.unwrap_or(Reason::new("unspecified"))),
         }
     }
 }

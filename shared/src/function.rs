@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::context::Context;
 use crate::error::StepError;
 use crate::events::{Event, Reason};
+use crate::interface::Interface;
 use crate::money::{Currency, parse_amount};
 use crate::outbox::OutboxMessage;
 
@@ -114,6 +115,10 @@ pub trait Function: Send + Sync + Sized + 'static {
     const FIELDS: &'static [&'static str];
 
     type Command: Send + Sync + 'static;
+
+    /// The messages it reads and writes, with their schemas generated from its payload types
+    /// (`--interface`; `walletctl interface` makes asyncapi.yaml and schemas/ of them).
+    fn interface() -> Interface;
 
     // A rejection is an event that moves once into the outbox; boxing it buys nothing.
     #[allow(clippy::result_large_err)]

@@ -21,6 +21,7 @@ pub mod events;
 pub mod function;
 pub mod http;
 pub mod ids;
+pub mod interface;
 pub mod ledger;
 pub mod metrics;
 pub mod money;

@@ -2,10 +2,15 @@
 //! each its Prometheus help text. The functions' own metrics (the bonus reconciler's, the
 //! transfer sweeper's) are named in their crates, through [`counter`].
 //!
-//! Labels: `function` on everything per function; `reason` on dead letters (the contract's
-//! reasons), `task` on task failures.
+//! Labels: `function` on every metric (a global label of the recorder, so a function's own
+//! metrics carry it too); `reason` on rejections and dead letters (the contract's reasons),
+//! `task` on task failures.
+
+use std::time::SystemTime;
 
 use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+use crate::events::Reason;
 
 const FALLBACKS: &str = "wallet_batch_fallbacks_total";
 const HANDLER_SECONDS: &str = "wallet_handler_seconds";
@@ -26,6 +31,12 @@ const DEAD_LETTERS_REFUSED: &str = "wallet_dead_letters_refused_total";
 const OUTBOX_PUBLISHED: &str = "wallet_outbox_published_total";
 const TASK_FAILURES: &str = "wallet_task_failures_total";
 const BUILD_INFO: &str = "wallet_build_info";
+/// Its histogram has buckets of its own, to ten minutes (`telemetry::init_metrics`).
+pub const COMMAND_AGE: &str = "wallet_command_age_seconds";
+const OUTBOX_BACKLOG: &str = "wallet_outbox_backlog";
+const OUTBOX_OLDEST: &str = "wallet_outbox_oldest_seconds";
+const REQUESTS: &str = "wallet_requests_total";
+const REQUEST_SECONDS: &str = "wallet_request_seconds";
 
 /// Registers every runtime metric's help text (shown by `/metrics`).
 pub fn describe() {
@@ -50,7 +61,31 @@ pub fn describe() {
         "Batches held because a dependency was unavailable"
     );
     describe_counter!(PROCESSED, "Commands completed");
-    describe_counter!(REJECTED, "Commands rejected (a rejected event)");
+    describe_counter!(REJECTED, "Commands rejected (a rejected event), by reason");
+    describe_histogram!(
+        COMMAND_AGE,
+        Unit::Seconds,
+        "From a command's publication (stored in its stream) to the commit of its effect"
+    );
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        "Outbox rows not yet published (every function's), as the relay last counted them"
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST,
+        Unit::Seconds,
+        "Age of the oldest outbox row not yet published (0 when none)"
+    );
+    describe_counter!(REQUESTS, "Requests answered (request-reply functions)");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "From a request's arrival to its reply being sent"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "1, labelled with the function and its runtime version"
+    );
     describe_counter!(
         DUPLICATES,
         "Commands already applied (a redelivery or a replayed id)"
@@ -84,6 +119,11 @@ pub fn counter(name: &'static str) -> ::metrics::Counter {
     ::metrics::counter!(name)
 }
 
+/// Gives a function's own counter its help text (call once the process runs).
+pub fn describe_counter(name: &'static str, help: &'static str) {
+    describe_counter!(name, help);
+}
+
 pub fn batch_fallback(function: &'static str) {
     ::metrics::counter!(FALLBACKS, "function" => function).increment(1);
 }
@@ -108,11 +148,35 @@ pub fn transient_error(function: &'static str) {
     ::metrics::counter!(TRANSIENT_ERRORS, "function" => function).increment(1);
 }
 
-/// A batch settled: how its commands ended.
-pub fn settled(function: &'static str, completed: usize, rejected: usize, duplicates: usize) {
+/// A batch settled: how its commands ended (a rejection by its reason).
+pub fn settled(function: &'static str, completed: usize, rejected: &[Reason], duplicates: usize) {
     ::metrics::counter!(PROCESSED, "function" => function).increment(completed as u64);
-    ::metrics::counter!(REJECTED, "function" => function).increment(rejected as u64);
+    for reason in rejected {
+        ::metrics::counter!(REJECTED, "function" => function, "reason" => reason.as_str())
+            .increment(1);
+    }
     ::metrics::counter!(DUPLICATES, "function" => function).increment(duplicates as u64);
+}
+
+/// Commands stored in their stream at `stored` had their effect committed now.
+pub fn committed_commands(function: &'static str, stored: impl Iterator<Item = SystemTime>) {
+    let now = SystemTime::now();
+    let histogram = ::metrics::histogram!(COMMAND_AGE, "function" => function);
+    for at in stored {
+        histogram.record(now.duration_since(at).unwrap_or_default().as_secs_f64());
+    }
+}
+
+/// The outbox's unpublished rows and the age of the oldest.
+pub fn outbox_backlog(rows: i64, oldest_seconds: f64) {
+    ::metrics::gauge!(OUTBOX_BACKLOG).set(rows as f64);
+    ::metrics::gauge!(OUTBOX_OLDEST).set(oldest_seconds);
+}
+
+/// A request was answered in `seconds`.
+pub fn answered(function: &'static str, seconds: f64) {
+    ::metrics::counter!(REQUESTS, "function" => function).increment(1);
+    ::metrics::histogram!(REQUEST_SECONDS, "function" => function).record(seconds);
 }
 
 /// The consumer's backlog, as the server reports it.

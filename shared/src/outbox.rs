@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::BalanceCache;
 use crate::error::StepError;
+use crate::events::Reason;
 use crate::metrics;
 use crate::names::Names;
 use crate::wallet::WalletSnapshot;
@@ -33,19 +34,19 @@ pub struct OutboxMessage {
     pub payload: bytes::Bytes,
     /// Balances to put in the cache before the message is published.
     pub wallets: Vec<WalletSnapshot>,
-    /// A `rejected` event (counted as a rejection, not stored).
-    pub rejection: bool,
+    /// The reason of a `rejected` event (counted as a rejection by reason, not stored).
+    pub rejection: Option<Reason>,
 }
 
 impl OutboxMessage {
     /// A message that is not an outcome event (a request to a provider, a status query).
-    pub fn new(subject: String, msg_id: String, payload: serde_json::Value) -> Self {
+    pub fn new(subject: String, msg_id: String, payload: &impl serde::Serialize) -> Self {
         Self {
             subject,
             msg_id,
-            payload: serde_json::to_vec(&payload).unwrap_or_default().into(),
+            payload: serde_json::to_vec(payload).unwrap_or_default().into(),
             wallets: Vec::new(),
-            rejection: false,
+            rejection: None,
         }
     }
 }
@@ -69,6 +70,11 @@ const CLAIM_STALE: &str = "
     FOR UPDATE SKIP LOCKED";
 
 const DELETE: &str = "DELETE FROM outbox WHERE id = ANY($1)";
+
+/// Rows are deleted once published, so the table holds only the backlog: counting it is cheap.
+const BACKLOG: &str = "
+    SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+    FROM outbox";
 
 /// Inserts `messages` as one row in the caller's transaction; returns it, to publish after the
 /// commit (none without messages).
@@ -114,7 +120,7 @@ fn messages(r: &tokio_postgres::Row) -> Result<Vec<OutboxMessage>, StepError> {
             msg_id,
             payload: payload.into(),
             wallets: serde_json::from_str(&wallets).unwrap_or_default(),
-            rejection: false,
+            rejection: None,
         })
         .collect())
 }
@@ -214,6 +220,12 @@ impl Publisher {
         tx.commit().await?;
         Ok(count)
     }
+
+    /// The unpublished rows and the age of the oldest, in seconds.
+    pub async fn backlog(&self) -> Result<(i64, f64), StepError> {
+        let row = self.pool.get().await?.query_one(BACKLOG, &[]).await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
 }
 
 /// Rows the relay claims at a time: a row holds up to `BATCH_MAX` messages.
@@ -227,6 +239,10 @@ pub async fn relay(publisher: Publisher, interval: Duration, shutdown: Cancellat
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
+        }
+        match publisher.backlog().await {
+            Ok((rows, oldest)) => metrics::outbox_backlog(rows, oldest),
+            Err(e) => tracing::debug!(error = %e, "outbox backlog not measured"),
         }
         loop {
             match publisher.sweep(age, RELAY_ROWS).await {

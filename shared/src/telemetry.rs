@@ -58,31 +58,45 @@ pub fn report(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// Installs the Prometheus recorder (once per process) and returns its handle.
-pub fn init_metrics() -> PrometheusHandle {
+/// Installs the Prometheus recorder (once per process) and returns its handle; every metric is
+/// labelled `function="<function>"`.
+pub fn init_metrics(function: &str) -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            crate::metrics::describe();
             let seconds = [
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ];
             let sizes = [
                 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
             ];
+            // A command waits seconds in a flash crowd, minutes while a dependency is down.
+            let ages = [
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+            ];
             let builder = PrometheusBuilder::new()
+                .add_global_label("function", function)
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(crate::metrics::COMMAND_AGE.into()),
+                        &ages,
+                    )
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(crate::metrics::BATCH_SIZE.into()),
                         &sizes,
                     )
                 });
-            match builder.and_then(|b| b.install_recorder()) {
+            let handle = match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => handle,
                 // Another recorder is installed (a test binary): render an empty, private one.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
+            };
+            // Described once the recorder is installed: before, the help texts went nowhere.
+            crate::metrics::describe();
+            handle
         })
         .clone()
 }

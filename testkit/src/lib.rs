@@ -13,6 +13,7 @@ pub mod commands;
 mod env;
 mod process;
 mod reader;
+pub mod schemas;
 mod servers;
 
 use std::time::{Duration, Instant};

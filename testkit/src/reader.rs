@@ -146,6 +146,7 @@ impl Reader {
             .unwrap_or_default();
         let body = serde_json::from_slice(&m.payload)
             .unwrap_or(Value::String(String::from_utf8_lossy(&m.payload).into()));
+        crate::schemas::check(&m.subject, &body);
         self.seen.push(Received {
             subject: m.subject.to_string(),
             msg_id,

@@ -6,6 +6,9 @@ use clap::{Parser, Subcommand};
 use wallet_runtime::Config;
 use wallet_runtime::streams::Topology;
 
+pub mod asyncapi;
+pub mod compose;
+pub mod generated;
 pub mod k8s;
 pub mod nats_users;
 pub mod scaffold;
@@ -40,9 +43,18 @@ pub enum Cmd {
         confirm: String,
     },
     /// Per consumer: pending, ack-pending, redelivered; dead letters per function.
-    Status,
-    /// Check every ledger invariant against PostgreSQL (and the cache against it); exit 1 on a breach.
-    Audit,
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every ledger invariant against PostgreSQL (and the cache against it); exit 1 on a
+    /// breach, 2 when it could not check.
+    Audit {
+        /// Print JSON: {"ok", "checks": [{"name", "breaches"}], "notes"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a mix of commands at a rate, follow each to its outcome, and verify the run:
     /// outcomes, balances, audit. Exit 1 when the verification fails.
     Load(Box<load::LoadArgs>),
@@ -56,14 +68,27 @@ pub enum Cmd {
         #[command(subcommand)]
         command: DlqCmd,
     },
-    /// Generate k8s/base/functions/ from every functions/*/function.toml (checked against
-    /// streams.toml); with --check, only report whether the committed files are current.
+    /// Generate k8s/base/functions/, k8s/nats/authorization.conf and compose.yaml from every
+    /// functions/*/function.toml (checked against streams.toml); with --check, only report
+    /// whether the committed files are current.
     K8s {
         #[arg(long)]
         check: bool,
         /// The repository root.
         #[arg(long, default_value = ".")]
         root: std::path::PathBuf,
+    },
+    /// Generate asyncapi.yaml and schemas/ from every function folder (each function's binary
+    /// prints its interface with --interface); with --check, only report whether they are current.
+    Interface {
+        #[arg(long)]
+        check: bool,
+        /// The repository root.
+        #[arg(long, default_value = ".")]
+        root: std::path::PathBuf,
+        /// Where the function binaries are (default: beside walletctl).
+        #[arg(long)]
+        bin_dir: Option<std::path::PathBuf>,
     },
     /// Scaffold a new JetStream function: its folder, its stream and consumer in streams.toml,
     /// its Kubernetes manifests. It builds, passes its test and runs under `make run` as is.
@@ -128,15 +153,29 @@ pub enum CampaignCmd {
     /// nothing, other ones are refused.
     Create(campaign::CreateArgs),
     /// A campaign: parameters, granted so far, what Redis holds.
-    Show { id: String },
+    Show {
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Every campaign.
-    List,
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TransferCmd {
     /// A transfer, its state and its history (postings, status queries, stuck event).
-    Show { id: String },
+    Show {
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +184,9 @@ pub enum DlqCmd {
     List {
         #[arg(long)]
         function: Option<String>,
+        /// Print JSON: every letter with its headers and payload.
+        #[arg(long)]
+        json: bool,
     },
     /// Publish dead letters again to their original subject, under a new Nats-Msg-Id, and remove them.
     Replay {
@@ -182,17 +224,17 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status => {
-            print!("{}", status::status(&config, &topology).await?);
+        Cmd::Status { json } => {
+            show(&status::status(&config, &topology).await?, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Audit => {
+        Cmd::Audit { json } => {
             let report = audit::audit(&config).await?;
-            print!("{report}");
+            show(&report, json)?;
             Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(EXIT_FOUND)
             })
         }
         Cmd::Load(args) => {
@@ -205,7 +247,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             Ok(if report.verification.passed {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(EXIT_FOUND)
             })
         }
         Cmd::Bench {
@@ -232,10 +274,14 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dlq {
-            command: DlqCmd::List { function },
+            command: DlqCmd::List { function, json },
         } => {
             let letters = dlq::list(&config, function.as_deref()).await?;
-            print!("{}", dlq::render(&letters));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                print!("{}", dlq::render(&letters));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dlq {
@@ -248,36 +294,40 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                     "left {} dead letter(s) whose subject {function} does not read",
                     done.refused
                 );
-                return Ok(ExitCode::FAILURE);
+                return Ok(ExitCode::from(EXIT_FOUND));
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::K8s { check, root } => {
             let differ = k8s::generate(&root, &topology, check)?;
-            for p in &differ {
-                println!(
-                    "{} {}",
-                    if check { "stale:" } else { "wrote:" },
-                    p.display()
-                );
-            }
-            if check && !differ.is_empty() {
-                eprintln!(
-                    "walletctl: k8s/ is out of date with the function folders: run `make k8s`"
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            if differ.is_empty() {
-                println!("k8s: up to date");
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(report_generated("k8s/", "make k8s", &differ, check))
+        }
+        Cmd::Interface {
+            check,
+            root,
+            bin_dir,
+        } => {
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default(),
+            };
+            let differ = asyncapi::generate(&root, &bin_dir, check)?;
+            Ok(report_generated(
+                "asyncapi.yaml and schemas/",
+                "make interface",
+                &differ,
+                check,
+            ))
         }
         Cmd::NewFunction { name, root } => {
             for line in scaffold::new_function(&root, &name)? {
                 println!("wrote {line}");
             }
             println!(
-                "next: `make test` runs its test; `make run` starts it; publish to wallet.{name}"
+                "next: `make interface` documents it; `make test` runs its test; `make run` starts it; publish to wallet.{name}"
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -286,8 +336,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 CampaignCmd::Create(args) => {
                     println!("{}", campaign::create(&config, &args).await?)
                 }
-                CampaignCmd::Show { id } => print!("{}", campaign::show(&config, &id).await?),
-                CampaignCmd::List => print!("{}", campaign::list(&config).await?),
+                CampaignCmd::Show { id, json } => show(&campaign::show(&config, &id).await?, json)?,
+                CampaignCmd::List { json } => show(&campaign::list(&config).await?, json)?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -307,9 +357,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Transfer {
-            command: TransferCmd::Show { id },
+            command: TransferCmd::Show { id, json },
         } => {
-            print!("{}", transfer::show(&config, &id).await?);
+            show(&transfer::show(&config, &id).await?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::ProviderSim(opts) => {
@@ -333,4 +383,40 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Exit codes, the same for every command, so that a script can tell "found a problem" from
+/// "could not look": 0 done (and, for a check, clean); 1 a check found a problem (an audit breach,
+/// a load that failed its verification, dead letters a replay left, stale generated files);
+/// 2 it could not run or check (a server unreachable, a bad argument: clap's usage errors are 2
+/// too); 64 a bad configuration.
+pub const EXIT_FOUND: u8 = 1;
+pub const EXIT_COULD_NOT: u8 = 2;
+
+/// Prints a command's result: its table or text, or with `json` its JSON.
+fn show(view: &(impl serde::Serialize + std::fmt::Display), json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+    } else {
+        print!("{view}");
+    }
+    Ok(())
+}
+
+/// Prints what a generator wrote or found stale; with `check`, stale files are exit 1.
+fn report_generated(what: &str, fix: &str, differ: &[std::path::PathBuf], check: bool) -> ExitCode {
+    for p in differ {
+        println!(
+            "{} {}",
+            if check { "stale:" } else { "wrote:" },
+            p.display()
+        );
+    }
+    if differ.is_empty() {
+        println!("{what}: up to date");
+    } else if check {
+        eprintln!("walletctl: {what} out of date with the function folders: run `{fix}`");
+        return ExitCode::from(EXIT_FOUND);
+    }
+    ExitCode::SUCCESS
 }

@@ -21,14 +21,14 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("walletctl: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(walletctl::EXIT_COULD_NOT);
         }
     };
     match runtime.block_on(walletctl::run(cli, config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("walletctl: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(walletctl::EXIT_COULD_NOT)
         }
     }
 }

@@ -97,9 +97,24 @@ async fn status_shows_pending_commands_and_dead_letters_per_function() {
     }
     env.publish("dlq.deposit", "dlq:deposit:1", b"{}".to_vec())
         .await;
-    let out = wallet_ops::status::status(&env.config, &testkit::topology())
+    let status = wallet_ops::status::status(&env.config, &testkit::topology())
         .await
         .unwrap();
+    // What `--json` prints: the same numbers, named.
+    let json = serde_json::to_value(&status).unwrap();
+    let deposit = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["function"] == "deposit")
+        .unwrap();
+    assert_eq!(deposit["state"]["pending"], 3);
+    assert_eq!(deposit["dead_letters"], 1);
+    assert_eq!(
+        deposit["state"]["keda_replicas"],
+        serde_json::json!({"wanted": 1, "min": 0, "max": 20})
+    );
+    let out = status.to_string();
     let deposit = out.lines().find(|l| l.starts_with("deposit ")).unwrap();
     let columns: Vec<&str> = deposit.split_whitespace().collect();
     // FUNCTION CONSUMER PENDING ACK_PENDING REDELIVERED DEAD_LETTERS KEDA_LAG KEDA_REPLICAS
@@ -228,7 +243,7 @@ fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_and_k8s() {
     );
     let yaml = std::fs::read_to_string(tmp.join("k8s/base/functions/cash-back.yaml")).unwrap();
     assert!(
-        yaml.contains("stream: \"CASH_BACK\"") && yaml.contains("consumer: \"cash-back\""),
+        yaml.contains("stream: CASH_BACK") && yaml.contains("consumer: cash-back"),
         "{yaml}"
     );
     assert!(
@@ -411,7 +426,7 @@ async fn publish_sends_a_command_once_and_balance_reads_it_back() {
 
     let refused = walletctl(&["publish", "wallet.deposit", "{not json", "--id", "d-2"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2), "could not run: exit 2");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not JSON"), "{stderr}");
 }

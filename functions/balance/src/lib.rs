@@ -6,7 +6,10 @@
 //! PostgreSQL.
 
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use serde::Serialize;
+use wallet_runtime::interface::{Balance as BalanceString, CurrencyCode, Id, Interface, Provider};
+use wallet_runtime::metrics as runtime_metrics;
 use wallet_runtime::runtime::Responder;
 use wallet_runtime::wallet::{Kind, WalletSnapshot, field};
 use wallet_runtime::{Context, StepError, ids};
@@ -14,12 +17,58 @@ use wallet_runtime::{Context, StepError, ids};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Balance;
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// `wallet.balance.get` (CONTRACT §7).
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)] // Its schema is the documentation; `respond` reads the payload.
+pub struct BalanceRequest {
+    user_id: Id,
+}
+
+/// The answer to a balance request: the user's wallets, or an error.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum BalanceReply<'a> {
+    Wallets {
+        #[schemars(with = "Id")]
+        user_id: &'a str,
+        /// Every wallet of the user that has ever had a posting.
+        wallets: Vec<Wallet>,
+    },
+    Error {
+        error: ReplyError,
+    },
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReplyError {
+    pub code: ErrorCode,
+    /// For a person; `code` is for programs.
+    pub message: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a JSON object.
+    InvalidRequest,
+    /// `user_id` missing or not an id.
+    InvalidUserId,
+    /// PostgreSQL cannot answer now; retry.
+    Unavailable,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq, JsonSchema)]
 pub struct Wallet {
+    /// `main`, `bonus`, `game` or `in_transit`.
+    #[schemars(regex(pattern = "^(main|bonus|game|in_transit)$"))]
     pub kind: String,
+    /// For `game` and `in_transit` only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Provider>")]
     pub provider: Option<String>,
+    #[schemars(with = "CurrencyCode")]
     pub currency: String,
+    #[schemars(with = "BalanceString")]
     pub balance: String,
 }
 
@@ -31,24 +80,31 @@ impl Responder for Balance {
     const NAME: &'static str = "balance";
     const SUBJECT: &'static str = "wallet.balance.get";
 
+    fn interface() -> Interface {
+        Interface::new(Self::NAME).request_reply::<BalanceRequest, BalanceReply>(Self::SUBJECT)
+    }
+
     async fn respond<'a>(&'a self, ctx: &'a Context, payload: &'a [u8]) -> Vec<u8> {
         let request: Result<serde_json::Map<String, serde_json::Value>, _> =
             serde_json::from_slice(payload);
         let reply = match request {
             Err(_) => error(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "the request must be a JSON object {\"user_id\": …}",
             ),
-            Ok(r) => match ids::from_value(r.get("user_id")) {
+            Ok(ref r) => match ids::from_value(r.get("user_id")) {
                 None => error(
-                    "invalid_user_id",
+                    ErrorCode::InvalidUserId,
                     "user_id must be 1 to 128 characters from A-Z a-z 0-9 _ . : -",
                 ),
-                Some(user) => match wallets(ctx, user).await {
-                    Ok(wallets) => serde_json::json!({ "user_id": user, "wallets": wallets }),
+                Some(user_id) => match wallets(ctx, user_id).await {
+                    Ok(wallets) => BalanceReply::Wallets { user_id, wallets },
                     Err(e) => {
                         tracing::warn!(error = %e, "balance unavailable");
-                        error("unavailable", "balances are unavailable right now; retry")
+                        error(
+                            ErrorCode::Unavailable,
+                            "balances are unavailable right now; retry",
+                        )
                     }
                 },
             },
@@ -57,8 +113,37 @@ impl Responder for Balance {
     }
 }
 
-fn error(code: &str, message: &str) -> serde_json::Value {
-    serde_json::json!({ "error": { "code": code, "message": message } })
+/// Balance errors by code, and cache hits and misses: what the runtime's request metrics cannot
+/// tell.
+const ERRORS: &str = "wallet_balance_errors_total";
+const CACHE: &str = "wallet_balance_cache_total";
+
+/// Registers this function's metrics' help texts.
+fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        runtime_metrics::describe_counter(
+            ERRORS,
+            "Balance requests answered with an error, by code",
+        );
+        runtime_metrics::describe_counter(
+            CACHE,
+            "Balance reads by where they were answered: result=hit (Redis) or miss (PostgreSQL)",
+        );
+    });
+}
+
+fn error(code: ErrorCode, message: &'static str) -> BalanceReply<'static> {
+    describe();
+    let label = match code {
+        ErrorCode::InvalidRequest => "invalid_request",
+        ErrorCode::InvalidUserId => "invalid_user_id",
+        ErrorCode::Unavailable => "unavailable",
+    };
+    metrics::counter!(ERRORS, "code" => label).increment(1);
+    BalanceReply::Error {
+        error: ReplyError { code, message },
+    }
 }
 
 /// The user's wallets, from the cache when it holds them all, else from PostgreSQL.
@@ -68,6 +153,9 @@ pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError
         tracing::debug!(error = %e, "cache unavailable");
         None
     });
+    describe();
+    let result = if cached.is_some() { "hit" } else { "miss" };
+    metrics::counter!(CACHE, "result" => result).increment(1);
     let mut wallets: Vec<Wallet> = match cached {
         Some(fields) => fields
             .into_iter()

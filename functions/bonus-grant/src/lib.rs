@@ -22,16 +22,36 @@ pub mod reconciler;
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
+use schemars::JsonSchema;
 use wallet_runtime::function::Transaction;
+use wallet_runtime::interface::{Id, Interface};
 use wallet_runtime::{
     CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Reason,
-    Screened, StepError, dlq, ids,
+    Screened, Status, StepError, dlq, ids,
 };
 
 use wallet_campaigns::loader::{self, Loaded};
 use wallet_campaigns::reservations::{Claim, Record, Reservation, Reservations, Reserved};
 
 const ENTITY: &str = "bonus";
+
+/// `bonus.grant` (CONTRACT §3, §6): a claim of a campaign's red envelope by a user.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)] // Its schema is the documentation; `validate` reads the payload.
+pub struct BonusGrantCommand {
+    /// The command's id: one grant, whatever its redeliveries.
+    grant_id: Id,
+    campaign_id: Id,
+    user_id: Id,
+}
+
+/// What a bonus event adds to the common fields.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)]
+pub struct CampaignField {
+    /// The campaign; null when the command's `campaign_id` was not a valid id.
+    campaign_id: Option<Id>,
+}
 
 /// The dead-letter reason of a grant whose reservation was still lost or given back on its last
 /// allowed delivery (Redis kept losing it): reserved again by a replay.
@@ -91,6 +111,22 @@ impl Function for BonusGrant {
     const ID_FIELD: &'static str = "grant_id";
     const FIELDS: &'static [&'static str] = &["grant_id", "campaign_id", "user_id"];
     type Command = GrantCommand;
+
+    fn interface() -> Interface {
+        use Reason as R;
+        Interface::of::<Self>()
+            .command::<BonusGrantCommand>("bonus.grant", &[RESERVATION_UNRESOLVED])
+            .events::<CampaignField>(
+                &[Status::GRANTED, Status::REJECTED],
+                &[
+                    R::UNKNOWN_CAMPAIGN,
+                    R::INVALID_USER_ID,
+                    R::CAMPAIGN_INACTIVE,
+                    R::LIMIT_REACHED,
+                    R::CAMPAIGN_EXHAUSTED,
+                ],
+            )
+    }
 
     fn validate(
         &self,

@@ -39,6 +39,14 @@ const RELEASE: &str = "
     SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING";
 
 pub async fn run(ctx: Arc<Context>, reservations: Reservations, shutdown: CancellationToken) {
+    metrics::describe_counter(
+        RECONCILE_ERRORS,
+        "Campaigns a reconciler pass could not reconcile (tried again next pass)",
+    );
+    metrics::describe_counter(
+        RELEASES,
+        "Bonus reservations given back: never committed in time, or under another token",
+    );
     let interval = (ctx.config.bonus_reservation_timeout / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(1));
     loop {

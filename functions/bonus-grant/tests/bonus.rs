@@ -66,12 +66,12 @@ async fn every_rejection_reason_in_the_contracts_order() {
     assert_eq!(g1.subject, env.subject("wallet.events.bonus.granted"));
     assert_eq!(
         g1.without_at(),
-        json!({"id": "g-1", "entity": "bonus", "status": "granted", "user_id": "u-1",
+        json!({"schema_version": 1, "id": "g-1", "entity": "bonus", "status": "granted", "user_id": "u-1",
                "currency": "USD", "amount": "5.00", "balance": "5.00", "reason": null,
                "campaign_id": "c-1"})
     );
     let rejected = |id: &str, reason: &str, campaign: Option<&str>, user: Option<&str>| {
-        json!({"id": id, "entity": "bonus", "status": "rejected", "user_id": user,
+        json!({"schema_version": 1, "id": id, "entity": "bonus", "status": "rejected", "user_id": user,
                "currency": null, "amount": null, "balance": null, "reason": reason,
                "campaign_id": campaign})
     };
@@ -122,11 +122,18 @@ async fn every_rejection_reason_in_the_contracts_order() {
     let show = wallet_ops::campaign::show(&env.config, "c-1")
         .await
         .unwrap();
+    assert_eq!(
+        (show.granted.as_str(), show.grants, show.users),
+        ("10.00", 2, 2)
+    );
+    let show = show.to_string();
     assert!(
         show.contains("granted   10.00 in 2 grant(s) to 2 user(s); 0.00 left"),
         "{show}"
     );
     let list = wallet_ops::campaign::list(&env.config).await.unwrap();
+    assert_eq!(list.0.len(), 3);
+    let list = list.to_string();
     assert_eq!(list.lines().count(), 4, "{list}");
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");

@@ -17,7 +17,7 @@ fn deposit(id: &str, user: &str, amount: &str, currency: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deposit_completes_with_the_contract_event_and_reads_back() {
     let env = TestEnv::new().await;
-    let _deposit = env.spawn("deposit", &[]);
+    let deposit_proc = env.spawn("deposit", &[]);
     let balance = env.spawn("balance", &[]);
     let mut events = env.events().await;
 
@@ -33,7 +33,7 @@ async fn a_deposit_completes_with_the_contract_event_and_reads_back() {
     let at = body.as_object_mut().unwrap().remove("at").unwrap();
     assert_eq!(
         body,
-        json!({"id": "d-1", "entity": "deposit", "status": "completed", "user_id": "u-7",
+        json!({"schema_version": 1, "id": "d-1", "entity": "deposit", "status": "completed", "user_id": "u-7",
                "currency": "USD", "amount": "10.50", "balance": "10.50", "reason": null})
     );
     let at = at.as_str().unwrap();
@@ -100,12 +100,38 @@ async fn a_deposit_completes_with_the_contract_event_and_reads_back() {
     let bad: Value = serde_json::from_slice(&bad.payload).unwrap();
     assert_eq!(bad["error"]["code"], "invalid_request");
     assert!(env.audit().await.ok());
+
+    // Metrics: three commands from publication to commit; five requests, two errors by code,
+    // two reads from PostgreSQL (u-7's first, nobody's) and one from the cache.
+    assert_eq!(
+        deposit_proc
+            .metric("wallet_command_age_seconds_count")
+            .await,
+        3.0
+    );
+    testkit::eventually(
+        Duration::from_secs(10),
+        "five balance requests counted",
+        || async { (balance.metric("wallet_requests_total").await == 5.0).then_some(()) },
+    )
+    .await;
+    let text = balance.metrics().await;
+    for line in [
+        r#"wallet_requests_total{function="balance"} 5"#,
+        r#"wallet_balance_errors_total{function="balance",code="invalid_user_id"} 1"#,
+        r#"wallet_balance_errors_total{function="balance",code="invalid_request"} 1"#,
+        r#"wallet_balance_cache_total{function="balance",result="miss"} 2"#,
+        r#"wallet_balance_cache_total{function="balance",result="hit"} 1"#,
+        r#"wallet_request_seconds_count{function="balance"} 5"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_fields_are_rejected_in_contract_order_and_change_nothing() {
     let env = TestEnv::new().await;
-    let _deposit = env.spawn("deposit", &[]);
+    let deposit_proc = env.spawn("deposit", &[]);
     let mut events = env.events().await;
     // (id, payload, reason, the fields the rejection reports)
     let cases: Vec<(&str, Value, &str, Value)> = vec![
@@ -212,6 +238,39 @@ async fn invalid_fields_are_rejected_in_contract_order_and_change_nothing() {
         .get(0);
     assert_eq!(wallets, 0, "a rejection created a wallet");
     assert!(env.audit().await.ok());
+
+    // Rejections are counted by reason; every metric carries its function and a help text, and
+    // the outbox relay reports the backlog it found.
+    let text = testkit::eventually(T, "the outbox backlog gauge", || async {
+        let text = deposit_proc.metrics().await;
+        text.contains("wallet_outbox_backlog{").then_some(text)
+    })
+    .await;
+    for (reason, n) in [
+        ("invalid_user_id", 3),
+        ("unknown_currency", 2),
+        ("invalid_amount", 8),
+    ] {
+        let line = format!(
+            r#"wallet_commands_rejected_total{{function="deposit",reason="{reason}"}} {n}"#
+        );
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    for sample in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(sample.contains(r#"function="deposit""#), "{sample}");
+        let name = sample.split(['{', ' ']).next().unwrap();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            text.contains(&format!("# HELP {base} ")),
+            "{base} has no HELP text"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::stream;
-use serde_json::json;
+use serde_json::{Value, json};
 use testkit::{TestEnv, eventually};
 
 const T: Duration = Duration::from_secs(60);
@@ -144,6 +144,22 @@ async fn a_replay_publishes_only_to_the_functions_own_subject() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not one deposit reads"));
+
+    // The letter left, as a script reads it.
+    let out = std::process::Command::new(testkit::binary("walletctl"))
+        .args(["dlq", "list", "--function", "deposit", "--json"])
+        .envs(env.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let letters: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["function"], "deposit");
+    assert_eq!(
+        letters[0]["headers"]["Wallet-Dlq-Function"], "deposit",
+        "{letters:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

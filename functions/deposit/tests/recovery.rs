@@ -205,6 +205,39 @@ async fn audit_fails_on_a_tampered_balance() {
         report.contains("FAIL  every posting to a user wallet names its command"),
         "{report}"
     );
+
+    // As a script sees it: `walletctl audit --json` exits 1 on a breach and names it; exit 2
+    // when it could not check at all.
+    let audit = |extra: &[(&str, &str)]| {
+        std::process::Command::new(testkit::binary("walletctl"))
+            .args(["audit", "--json"])
+            .envs(env.env())
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let breached = audit(&[]);
+    assert_eq!(breached.status.code(), Some(1), "{breached:?}");
+    let json: serde_json::Value = serde_json::from_slice(&breached.stdout).unwrap();
+    assert_eq!(json["ok"], false);
+    let failed: Vec<&str> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["breaches"].as_array().unwrap().is_empty())
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|c| c.starts_with("every posting to a user wallet names its command")),
+        "{failed:?}"
+    );
+    let port = testkit::free_port().to_string();
+    let unreachable = format!("postgres://postgres@127.0.0.1:{port}/nothing");
+    let could_not = audit(&[("DATABASE_URL", unreachable.as_str())]);
+    assert_eq!(could_not.status.code(), Some(2), "{could_not:?}");
+    assert!(could_not.stdout.is_empty(), "{could_not:?}");
 }
 
 /// Two deposits of 10 USD to u-1 (the first creates its wallet and the platform account, the

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use wallet_runtime::function::Transaction;
+use wallet_runtime::interface::{Id, Interface, ProviderField};
 use wallet_runtime::money::Currency;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
@@ -44,6 +46,29 @@ impl Ack {
             "rejected"
         }
     }
+}
+
+/// `provider.<provider>.ack` (CONTRACT §3): a provider's answer to `provider.<provider>.transfer`.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)] // Its schema is the documentation; `validate` reads the payload.
+pub struct AckCommand {
+    /// The transfer it answers.
+    transfer_id: Id,
+    status: AckStatus,
+    /// The provider's own reference, kept with the transfer.
+    provider_ref: Option<String>,
+    /// Why the provider refused, kept with the transfer.
+    reason: Option<String>,
+}
+
+#[derive(Debug, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum AckStatus {
+    /// The provider credited its game wallet: the transfer completes.
+    Accepted,
+    /// The provider refused: the amount returns to `main` and the transfer fails.
+    Rejected,
 }
 
 pub const ACK_CONFLICT: &str = "ack_conflict";
@@ -102,6 +127,21 @@ impl Function for ProviderAck {
     const ID_FIELD: &'static str = "transfer_id";
     const FIELDS: &'static [&'static str] = &["transfer_id", "status"];
     type Command = Ack;
+
+    fn interface() -> Interface {
+        Interface::of::<Self>()
+            .command::<AckCommand>(
+                "provider.{provider}.ack",
+                &[ACK_CONFLICT, PROVIDER_MISMATCH, UNKNOWN_TRANSFER],
+            )
+            .events::<ProviderField>(&[Status::COMPLETED, Status::FAILED, Status::STUCK], &[])
+            .sends::<sweeper::StatusQuery>(
+                "provider-status",
+                "provider.{provider}.status",
+                "Asks the provider about a transfer that has waited too long for its ack",
+                "`<transfer_id>:status:<n>`, n the query's number",
+            )
+    }
 
     fn validate(
         &self,

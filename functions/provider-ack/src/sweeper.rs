@@ -20,6 +20,15 @@ use wallet_runtime::{CancellationToken, Context, Event, Status, StepError, metri
 
 /// Status queries sent to providers about transfers still pending.
 const STATUS_QUERIES: &str = "wallet_transfer_status_queries_total";
+/// Transfers reported `stuck` (their `stuck` event committed).
+const STUCK: &str = "wallet_transfers_stuck_total";
+
+/// `provider.<provider>.status` (CONTRACT §3): asks the provider to answer for a transfer.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct StatusQuery {
+    #[schemars(with = "wallet_runtime::interface::Id")]
+    pub transfer_id: String,
+}
 
 /// The longest wait between two status queries of one transfer (CONTRACT §5).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -58,6 +67,14 @@ const ADVANCE: &str = "
 
 /// Sweeps until `shutdown`, often enough for short test timeouts, at most every second.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    metrics::describe_counter(
+        STATUS_QUERIES,
+        "Status queries published to providers about transfers waiting for their ack",
+    );
+    metrics::describe_counter(
+        STUCK,
+        "Transfers reported stuck: no answer from their provider after TRANSFER_STUCK_AFTER",
+    );
     let interval = (ctx.config.transfers.ack_timeout / 2).min(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -96,6 +113,7 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
         )
         .await?;
     let mut messages = Vec::with_capacity(rows.len());
+    let mut stuck_now = 0u64;
     for row in &rows {
         let (id, user_id, provider, currency, amount, checks, stuck): (
             String,
@@ -117,9 +135,12 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
         messages.push(OutboxMessage::new(
             format!("provider.{provider}.status"),
             format!("{id}:status:{checks}"),
-            serde_json::json!({ "transfer_id": id }),
+            &StatusQuery {
+                transfer_id: id.clone(),
+            },
         ));
         if stuck {
+            stuck_now += 1;
             tracing::warn!(transfer = %id, provider, "transfer stuck: no answer from its provider");
             let amount = match ctx.config.currencies.get(&currency) {
                 Some(c) => c.format(amount),
@@ -139,6 +160,7 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
     tx.commit().await?;
     drop(client);
     metrics::counter(STATUS_QUERIES).increment(rows.len() as u64);
+    metrics::counter(STUCK).increment(stuck_now);
     if let Err(e) = ctx
         .publisher()
         .publish(published.into_iter().collect())

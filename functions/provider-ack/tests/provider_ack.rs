@@ -43,14 +43,14 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
     );
     assert_eq!(
         done.without_at(),
-        json!({"id": "t-1", "entity": "transfer", "status": "completed", "user_id": "u-0",
+        json!({"schema_version": 1, "id": "t-1", "entity": "transfer", "status": "completed", "user_id": "u-0",
                "currency": "USD", "amount": "30.00", "balance": "30.00", "reason": null,
                "provider": "alpha"})
     );
     let failed = events.by_id("transfer:t-2:failed", T).await;
     assert_eq!(
         failed.without_at(),
-        json!({"id": "t-2", "entity": "transfer", "status": "failed", "user_id": "u-0",
+        json!({"schema_version": 1, "id": "t-2", "entity": "transfer", "status": "failed", "user_id": "u-0",
                "currency": "USD", "amount": "20.00", "balance": "70.00", "reason": null,
                "provider": "alpha"})
     );
@@ -137,8 +137,11 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
     let show = wallet_ops::transfer::show(&env.config, "t-1")
         .await
         .unwrap();
+    assert_eq!(show.status, "completed");
     assert!(
-        show.contains("completed  in_transit:alpha -30.00, game:alpha +30.00"),
+        show.history
+            .iter()
+            .any(|h| h.what == "completed: in_transit:alpha -30.00, game:alpha +30.00"),
         "{show}"
     );
 }
@@ -261,7 +264,7 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
     assert_eq!(stuck.len(), 1);
     assert_eq!(
         stuck[0].without_at(),
-        json!({"id": "t-1", "entity": "transfer", "status": "stuck", "user_id": "u-0",
+        json!({"schema_version": 1, "id": "t-1", "entity": "transfer", "status": "stuck", "user_id": "u-0",
                "currency": "USD", "amount": "4.00", "balance": null, "reason": null,
                "provider": "alpha"})
     );
@@ -298,6 +301,7 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
     assert!(audit.ok(), "{audit}");
     let show = wallet_ops::transfer::show(&env.config, "t-1")
         .await
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(show.contains("stuck event published"), "{show}");
 }

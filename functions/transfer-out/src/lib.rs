@@ -8,8 +8,13 @@
 //! `rejected` with `insufficient_funds`. `provider-ack` finishes what this starts.
 
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
+use serde::Serialize;
 use wallet_runtime::function::Transaction;
 use wallet_runtime::function::currency_and_amount;
+use wallet_runtime::interface::{
+    Amount, Balance, CurrencyCode, Id, Interface, Provider, ProviderField,
+};
 use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
 use wallet_runtime::wallet::{Kind, WalletKey};
@@ -69,6 +74,29 @@ impl Function for TransferOut {
     const FIELDS: &'static [&'static str] =
         &["transfer_id", "user_id", "provider", "amount", "currency"];
     type Command = TransferCommand;
+
+    fn interface() -> Interface {
+        use Reason as R;
+        Interface::of::<Self>()
+            .command::<TransferOutCommand>("wallet.transfer-out", &[])
+            .events::<ProviderField>(
+                &[Status::PENDING, Status::REJECTED],
+                &[
+                    R::INVALID_USER_ID,
+                    R::UNKNOWN_PROVIDER,
+                    R::UNKNOWN_CURRENCY,
+                    R::INVALID_AMOUNT,
+                    R::INSUFFICIENT_FUNDS,
+                    R::BALANCE_LIMIT,
+                ],
+            )
+            .sends::<ProviderTransfer>(
+                "provider-transfer",
+                "provider.{provider}.transfer",
+                "Asks the provider's adapter to credit its game wallet; published if and only if the debit committed",
+                "the transfer's id",
+            )
+    }
 
     fn validate(
         &self,
@@ -160,17 +188,43 @@ impl Function for TransferOut {
     }
 }
 
-/// `provider.<provider>.transfer`: what the provider's adapter needs to credit its game wallet.
+/// `provider.<provider>.transfer` (CONTRACT §3): what the provider's adapter needs to credit
+/// its game wallet.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProviderTransfer<'a> {
+    /// The transfer's id: the provider's ack names it.
+    #[schemars(with = "Id")]
+    transfer_id: &'a str,
+    #[schemars(with = "Id")]
+    user_id: &'a str,
+    #[schemars(with = "Balance")]
+    amount: String,
+    #[schemars(with = "CurrencyCode")]
+    currency: &'a str,
+}
+
 fn request(id: &str, c: &TransferCommand) -> OutboxMessage {
-    let payload = serde_json::json!({
-        "transfer_id": id,
-        "user_id": c.user_id,
-        "amount": c.currency.format(c.amount),
-        "currency": c.currency.code(),
-    });
     OutboxMessage::new(
         format!("provider.{}.transfer", c.provider),
         id.to_owned(),
-        payload,
+        &ProviderTransfer {
+            transfer_id: id,
+            user_id: &c.user_id,
+            amount: c.currency.format(c.amount),
+            currency: c.currency.code(),
+        },
     )
+}
+
+/// `wallet.transfer-out` (CONTRACT §3): move `amount` from the user's `main` wallet to
+/// `provider`'s game wallet.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)] // Its schema is the documentation; `validate` reads the payload.
+pub struct TransferOutCommand {
+    /// The command's id, and the transfer's.
+    transfer_id: Id,
+    user_id: Id,
+    provider: Provider,
+    amount: Amount,
+    currency: CurrencyCode,
 }

@@ -33,7 +33,7 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     assert_eq!(e.subject, env.subject("wallet.events.transfer.pending"));
     assert_eq!(
         e.without_at(),
-        json!({"id": "t-1", "entity": "transfer", "status": "pending", "user_id": "u-1",
+        json!({"schema_version": 1, "id": "t-1", "entity": "transfer", "status": "pending", "user_id": "u-1",
                "currency": "USD", "amount": "30.50", "balance": "69.50", "reason": null,
                "provider": "alpha"})
     );
@@ -84,10 +84,14 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     let show = wallet_ops::transfer::show(&env.config, "t-1")
         .await
         .unwrap();
-    assert!(show.contains("status    pending"), "{show}");
-    assert!(
-        show.contains("main -30.50, in_transit:alpha +30.50"),
-        "{show}"
+    assert!(show.to_string().contains("status    pending"), "{show}");
+    // The same as a script reads it (`walletctl transfer show --json`).
+    let json = serde_json::to_value(&show).unwrap();
+    assert_eq!(json["status"], "pending");
+    assert_eq!(json["amount"], "30.50");
+    assert_eq!(
+        json["history"][0]["what"],
+        "pending: main -30.50, in_transit:alpha +30.50"
     );
 }
 

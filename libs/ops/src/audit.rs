@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::fmt;
 
 use rust_decimal::Decimal;
+use serde::Serialize;
 use wallet_runtime::Config;
 
 /// One invariant and what was found.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct Check {
     pub name: &'static str,
     pub breaches: Vec<String>,
@@ -19,6 +20,18 @@ pub struct Check {
 pub struct Report {
     pub checks: Vec<Check>,
     pub notes: Vec<String>,
+}
+
+/// `--json`: `{"ok": …, "checks": [{"name", "breaches"}], "notes": […]}`.
+impl Serialize for Report {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("Report", 3)?;
+        m.serialize_field("ok", &self.ok())?;
+        m.serialize_field("checks", &self.checks)?;
+        m.serialize_field("notes", &self.notes)?;
+        m.end()
+    }
 }
 
 impl Report {

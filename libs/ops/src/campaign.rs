@@ -3,11 +3,12 @@
 //! A campaign is created in PostgreSQL, then loaded into Redis by the same loader `bonus-grant`
 //! uses when Redis lost it, so there is one definition of the Redis state.
 
-use std::fmt::Write as _;
+use std::fmt;
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use serde::Serialize;
 use wallet_campaigns::campaign::{self, Amount, Campaign, Created, from_minor};
 use wallet_campaigns::loader::{self, Loaded};
 use wallet_campaigns::reservations::{Record, Reservations};
@@ -126,7 +127,49 @@ pub async fn create(config: &Config, args: &CreateArgs) -> anyhow::Result<String
 }
 
 /// One campaign: parameters, what PostgreSQL committed, what Redis holds.
-pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
+#[derive(Debug, Serialize)]
+pub struct CampaignView {
+    pub id: String,
+    pub parameters: Vec<(&'static str, String)>,
+    pub granted: String,
+    pub grants: i64,
+    pub users: i64,
+    pub left: String,
+    /// `None`: not loaded in Redis (the next grant loads it).
+    pub redis: Option<RedisView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RedisView {
+    pub epoch: i64,
+    pub postgres_epoch: i64,
+    pub reserved: String,
+    pub reservations_in_flight: usize,
+}
+
+impl fmt::Display for CampaignView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "campaign  {}", self.id)?;
+        for (k, v) in &self.parameters {
+            writeln!(f, "{k:<9} {v}")?;
+        }
+        writeln!(
+            f,
+            "granted   {} in {} grant(s) to {} user(s); {} left",
+            self.granted, self.grants, self.users, self.left
+        )?;
+        match &self.redis {
+            None => writeln!(f, "redis     not loaded (the next grant loads it)"),
+            Some(r) => writeln!(
+                f,
+                "redis     epoch {} (PostgreSQL {}), reserved {} with {} reservation(s) in flight",
+                r.epoch, r.postgres_epoch, r.reserved, r.reservations_in_flight
+            ),
+        }
+    }
+}
+
+pub async fn show(config: &Config, id: &str) -> anyhow::Result<CampaignView> {
     let pg = crate::postgres(config).await?;
     let Some(row) = pg
         .query_opt(&format!("{} WHERE id = $1", campaign::SELECT), &[&id])
@@ -146,44 +189,73 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
     let (granted, grants, epoch, users): (Decimal, i64, i64, i64) =
         (totals.get(0), totals.get(1), totals.get(2), totals.get(3));
     let cur = c.currency;
-    let mut out = String::new();
-    writeln!(out, "campaign  {id}")?;
-    for (k, v) in c.lines() {
-        writeln!(out, "{k:<9} {v}")?;
-    }
-    writeln!(
-        out,
-        "granted   {} in {grants} grant(s) to {users} user(s); {} left",
-        cur.format(granted),
-        cur.format(c.budget - granted)
-    )?;
     let reservations = reservations(config).await?;
-    match reservations.counters(id).await? {
-        None => writeln!(out, "redis     not loaded (the next grant loads it)")?,
+    let redis = match reservations.counters(id).await? {
+        None => None,
         Some((redis_epoch, reserved, _)) => {
             let live = reservations.pending(id, 100_000).await?;
             let live = live
                 .iter()
                 .filter(|(_, _, r)| matches!(r, Some(Record::Reserved(_))))
                 .count();
-            writeln!(
-                out,
-                "redis     epoch {redis_epoch} (PostgreSQL {epoch}), reserved {} with {live} reservation(s) in flight",
-                cur.format(from_minor(reserved, cur))
-            )?;
+            Some(RedisView {
+                epoch: redis_epoch,
+                postgres_epoch: epoch,
+                reserved: cur.format(from_minor(reserved, cur)),
+                reservations_in_flight: live,
+            })
         }
-    }
-    Ok(out)
+    };
+    Ok(CampaignView {
+        id: id.to_owned(),
+        parameters: c.lines(),
+        granted: cur.format(granted),
+        grants,
+        users,
+        left: cur.format(c.budget - granted),
+        redis,
+    })
 }
 
-/// Every campaign, one line each.
-pub async fn list(config: &Config) -> anyhow::Result<String> {
+/// A line of `walletctl campaign list`.
+#[derive(Debug, Serialize)]
+pub struct CampaignRow {
+    pub id: String,
+    pub currency: String,
+    pub budget: String,
+    pub granted: String,
+    pub grants: i64,
+    pub per_user: i64,
+    pub amount: String,
+}
+
+/// Every campaign; `Display` is the table.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct CampaignList(pub Vec<CampaignRow>);
+
+impl fmt::Display for CampaignList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<24} {:<4} {:>14} {:>14} {:>8} {:>8}  AMOUNT",
+            "CAMPAIGN", "CUR", "BUDGET", "GRANTED", "GRANTS", "PER_USER"
+        )?;
+        for c in &self.0 {
+            writeln!(
+                f,
+                "{:<24} {:<4} {:>14} {:>14} {:>8} {:>8}  {}",
+                c.id, c.currency, c.budget, c.granted, c.grants, c.per_user, c.amount
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn list(config: &Config) -> anyhow::Result<CampaignList> {
     let pg = crate::postgres(config).await?;
     let rows = pg.query(campaign::LIST, &[]).await?;
-    let mut out = format!(
-        "{:<24} {:<4} {:>14} {:>14} {:>8} {:>8}  {}\n",
-        "CAMPAIGN", "CUR", "BUDGET", "GRANTED", "GRANTS", "PER_USER", "AMOUNT"
-    );
+    let mut out = Vec::new();
     for row in rows {
         let Some(c) = campaign::from_row(&row, &config.currencies) else {
             continue;
@@ -195,17 +267,15 @@ pub async fn list(config: &Config) -> anyhow::Result<String> {
             .find(|(k, _)| *k == "amount")
             .map(|(_, v)| v)
             .unwrap_or_default();
-        writeln!(
-            out,
-            "{:<24} {:<4} {:>14} {:>14} {:>8} {:>8}  {}",
-            c.id,
-            c.currency.code(),
-            c.currency.format(c.budget),
-            c.currency.format(granted),
+        out.push(CampaignRow {
+            id: c.id.clone(),
+            currency: c.currency.code().to_owned(),
+            budget: c.currency.format(c.budget),
+            granted: c.currency.format(granted),
             grants,
-            c.per_user,
-            amount
-        )?;
+            per_user: i64::from(c.per_user),
+            amount,
+        });
     }
-    Ok(out)
+    Ok(CampaignList(out))
 }

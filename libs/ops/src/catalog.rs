@@ -28,6 +28,8 @@ pub struct Scaling {
     pub lag_threshold: Option<u64>,
     pub activation_lag_threshold: Option<u64>,
     pub cooldown_seconds: Option<u32>,
+    /// KEDA: how often it reads the consumer's lag (its default, 30 s, is slow for a flash crowd).
+    pub polling_interval_seconds: Option<u32>,
     pub cpu_utilization: Option<u32>,
 }
 

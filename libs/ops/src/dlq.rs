@@ -83,6 +83,32 @@ async fn list_with(
     Ok(letters)
 }
 
+/// `--json`: every field, the headers as a map and the payload as text (lossy for bytes that are
+/// not UTF-8).
+impl serde::Serialize for DeadLetter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let headers: std::collections::BTreeMap<String, String> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let values: Vec<&str> = v.iter().map(|v| v.as_str()).collect();
+                (k.to_string(), values.join(", "))
+            })
+            .collect();
+        let mut m = s.serialize_struct("DeadLetter", 8)?;
+        m.serialize_field("seq", &self.seq)?;
+        m.serialize_field("function", &self.function)?;
+        m.serialize_field("reason", &self.reason)?;
+        m.serialize_field("deliveries", &self.deliveries)?;
+        m.serialize_field("subject", &self.subject)?;
+        m.serialize_field("msg_id", &self.msg_id)?;
+        m.serialize_field("headers", &headers)?;
+        m.serialize_field("payload", &String::from_utf8_lossy(&self.payload))?;
+        m.end()
+    }
+}
+
 pub fn render(letters: &[DeadLetter]) -> String {
     let mut out = String::new();
     let _ = writeln!(

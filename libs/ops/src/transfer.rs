@@ -1,10 +1,11 @@
 //! `walletctl transfer show ID`: one transfer and its history, from PostgreSQL.
 
-use std::fmt::Write as _;
+use std::fmt;
 
 use anyhow::bail;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
+use serde::Serialize;
 use wallet_runtime::Config;
 
 const TRANSFER: &str = "
@@ -18,8 +19,8 @@ const POSTINGS: &str = "
     FROM postings p JOIN accounts a ON a.id = p.account_id
     WHERE p.command = ANY($1) ORDER BY p.id";
 
-/// The transfer `id`, rendered for a terminal; an error when there is none.
-pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
+/// The transfer `id`; an error when there is none.
+pub async fn show(config: &Config, id: &str) -> anyhow::Result<TransferView> {
     let pg = crate::postgres(config).await?;
     let Some(t) = pg.query_opt(TRANSFER, &[&id]).await? else {
         bail!("no transfer `{id}` (a rejected transfer moves nothing and is not recorded)");
@@ -51,11 +52,11 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
             .collect();
         let Some(first) = legs.first() else { continue };
         let what = if command.starts_with("transfer-out:") {
-            "pending  "
+            "pending"
         } else if command.ends_with(":accepted") {
             "completed"
         } else {
-            "failed   "
+            "failed"
         };
         let legs: Vec<String> = legs
             .iter()
@@ -74,7 +75,7 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
                 )
             })
             .collect();
-        history.push((first.get(4), format!("{what}  {}", legs.join(", "))));
+        history.push((first.get(4), format!("{what}: {}", legs.join(", "))));
     }
     if let Some(at) = last_check {
         history.push((
@@ -87,29 +88,73 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<String> {
     }
     history.sort_by_key(|(at, _)| *at);
 
-    let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    let mut out = String::new();
-    writeln!(out, "transfer  {id}")?;
-    writeln!(out, "user      {user}")?;
-    writeln!(out, "provider  {provider}")?;
-    writeln!(out, "amount    {} {currency}", money(amount))?;
-    let mut line = format!("status    {status}");
-    if let Some(r) = &provider_ref {
-        write!(line, " (provider_ref {r})")?;
+    Ok(TransferView {
+        id: id.to_owned(),
+        user_id: user,
+        provider,
+        amount: money(amount),
+        currency,
+        status,
+        provider_ref,
+        reason,
+        created_at: created,
+        finished_at: finished,
+        next_check_at: if finished.is_none() { next_check } else { None },
+        history: history
+            .into_iter()
+            .map(|(at, what)| HistoryEntry { at, what })
+            .collect(),
+    })
+}
+
+/// A transfer, its state and its history.
+#[derive(Debug, Serialize)]
+pub struct TransferView {
+    pub id: String,
+    pub user_id: String,
+    pub provider: String,
+    pub amount: String,
+    pub currency: String,
+    pub status: String,
+    pub provider_ref: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub what: String,
+}
+
+impl fmt::Display for TransferView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+        writeln!(f, "transfer  {}", self.id)?;
+        writeln!(f, "user      {}", self.user_id)?;
+        writeln!(f, "provider  {}", self.provider)?;
+        writeln!(f, "amount    {} {}", self.amount, self.currency)?;
+        write!(f, "status    {}", self.status)?;
+        if let Some(r) = &self.provider_ref {
+            write!(f, " (provider_ref {r})")?;
+        }
+        if let Some(r) = &self.reason {
+            write!(f, " (reason {r})")?;
+        }
+        writeln!(f)?;
+        writeln!(f, "created   {}", time(&self.created_at))?;
+        if let Some(t) = &self.finished_at {
+            writeln!(f, "finished  {}", time(t))?;
+        } else if let Some(t) = &self.next_check_at {
+            writeln!(f, "next status query due {}", time(t))?;
+        }
+        writeln!(f, "history")?;
+        for h in &self.history {
+            writeln!(f, "  {}  {}", time(&h.at), h.what)?;
+        }
+        Ok(())
     }
-    if let Some(r) = &reason {
-        write!(line, " (reason {r})")?;
-    }
-    writeln!(out, "{line}")?;
-    writeln!(out, "created   {}", time(&created))?;
-    if let Some(f) = finished {
-        writeln!(out, "finished  {}", time(&f))?;
-    } else if let Some(n) = next_check {
-        writeln!(out, "next status query due {}", time(&n))?;
-    }
-    writeln!(out, "history")?;
-    for (at, what) in history {
-        writeln!(out, "  {}  {what}", time(&at))?;
-    }
-    Ok(out)
 }

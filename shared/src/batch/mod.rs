@@ -17,7 +17,7 @@ use crate::context::Context;
 use crate::dedup::{self, Claim, Fingerprint};
 use crate::dlq;
 use crate::error::StepError;
-use crate::events::Event;
+use crate::events::{Event, Reason};
 use crate::function::{Command, Function, Outcome, Screened};
 use crate::metrics;
 use crate::outbox::{self, OutboxMessage, Row};
@@ -46,17 +46,18 @@ pub struct Processed {
 }
 
 /// How the batch's commands ended, for the metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tally {
     pub completed: usize,
-    pub rejected: usize,
+    /// Each rejection's reason.
+    pub rejected: Vec<Reason>,
     pub duplicates: usize,
 }
 
 impl std::ops::AddAssign for Tally {
     fn add_assign(&mut self, o: Self) {
         self.completed += o.completed;
-        self.rejected += o.rejected;
+        self.rejected.extend(o.rejected);
         self.duplicates += o.duplicates;
     }
 }
@@ -144,12 +145,12 @@ pub async fn process<F: Function>(
         };
         match screened {
             Ok(Screened::Answered(event)) => {
-                if event.is_rejection() {
-                    out.tally.rejected += 1;
-                } else {
-                    out.tally.completed += 1;
+                let message = event.into_outbox(Vec::new());
+                match message.rejection {
+                    Some(reason) => out.tally.rejected.push(reason),
+                    None => out.tally.completed += 1,
                 }
-                direct.push((at, event.into_outbox(Vec::new())));
+                direct.push((at, message));
             }
             Ok(Screened::Proceed) => pending.push(unit),
             Ok(Screened::DeadLetter(reason)) => {
@@ -270,8 +271,9 @@ async fn decide_in<F: Function>(
                 .dispositions
                 .push((unit.index, Disposition::DeadLetter(dlq::ID_CONFLICT))),
             (Claim::New, Err(rejection)) => {
-                d.tally.rejected += 1;
-                messages.push(rejection.clone().into_outbox(Vec::new()));
+                let message = rejection.clone().into_outbox(Vec::new());
+                d.tally.rejected.extend(message.rejection);
+                messages.push(message);
                 d.dispositions.push((unit.index, Disposition::Ack));
             }
             (Claim::New, Ok(_)) => fresh.push(unit),
@@ -295,10 +297,9 @@ async fn decide_in<F: Function>(
         for (unit, outcome) in fresh.iter().zip(outcomes) {
             let disposition = match outcome {
                 Outcome::Done(out) => {
-                    if out.iter().any(|m| m.rejection) {
-                        d.tally.rejected += 1;
-                    } else {
-                        d.tally.completed += 1;
+                    match out.iter().find_map(|m| m.rejection) {
+                        Some(reason) => d.tally.rejected.push(reason),
+                        None => d.tally.completed += 1,
                     }
                     messages.extend(out);
                     Disposition::Ack

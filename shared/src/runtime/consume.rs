@@ -2,6 +2,7 @@
 //! of them per replica on one consumer.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
@@ -154,12 +155,20 @@ async fn consume_loop<F: Function>(
         // Shut down during an outage: what we hold is redelivered after its ack wait.
         let Some(processed) = processed else { break };
         backoff.reset();
+        // Decided (effect, rejection or duplicate committed); not those put back for later.
+        metrics::committed_commands(
+            F::NAME,
+            msgs.iter()
+                .zip(&processed.dispositions)
+                .filter(|(_, d)| matches!(d, batch::Disposition::Ack))
+                .filter_map(|(m, _)| m.info().ok().map(|i| SystemTime::from(i.published))),
+        );
         settle(&ctx, F::NAME, &msgs, &processed.dispositions)
             .instrument(span)
             .await;
 
         let t = &processed.tally;
-        metrics::settled(F::NAME, t.completed, t.rejected, t.duplicates);
+        metrics::settled(F::NAME, t.completed, &t.rejected, t.duplicates);
         if events.send(processed.rows).await.is_err() {
             break;
         }

@@ -34,6 +34,7 @@ use crate::context::Context;
 use crate::db::DbError;
 use crate::error::ConfigError;
 use crate::function::Function;
+use crate::interface::Interface;
 use crate::streams::{Topology, TopologyError};
 use crate::{http, outbox, telemetry};
 
@@ -71,51 +72,55 @@ pub enum StartError {
 
 /// Runs the JetStream function `f` until a signal; the whole `main` of its binary.
 pub fn run<F: Function>(f: F) -> ExitCode {
-    start(F::NAME, move |ctx, topology, tasks| async move {
-        let def = topology
-            .consumer(F::NAME)
-            .cloned()
-            .ok_or(StartError::NoConsumer(F::NAME))?;
-        let largest = topology
-            .streams
-            .iter()
-            .find(|s| s.name == def.stream)
-            .and_then(|s| usize::try_from(s.max_msg_size).ok())
-            .filter(|&n| n > 0);
-        if largest.is_none_or(|n| n > ctx.config.batch_max_bytes) {
-            return Err(StartError::FetchTooSmall {
-                batch_max_bytes: ctx.config.batch_max_bytes,
-                stream: def.stream,
-                largest,
-            });
-        }
-        // Only a function that writes an outbox relays it: a request-reply one (balance) only
-        // reads, and its role may not touch the outbox.
-        let interval = ctx.config.outbox_relay_interval;
-        tasks.spawn(
-            "outbox relay",
-            outbox::relay(ctx.publisher(), interval, tasks.shutdown()),
-        );
-        tasks.spawn("background", f.background(ctx.clone(), tasks.shutdown()));
-        consume::consume(Arc::new(f), ctx, def, tasks).await;
-        Ok(())
-    })
+    start(
+        F::NAME,
+        F::interface,
+        move |ctx, topology, tasks| async move {
+            let def = topology
+                .consumer(F::NAME)
+                .cloned()
+                .ok_or(StartError::NoConsumer(F::NAME))?;
+            let largest = topology
+                .streams
+                .iter()
+                .find(|s| s.name == def.stream)
+                .and_then(|s| usize::try_from(s.max_msg_size).ok())
+                .filter(|&n| n > 0);
+            if largest.is_none_or(|n| n > ctx.config.batch_max_bytes) {
+                return Err(StartError::FetchTooSmall {
+                    batch_max_bytes: ctx.config.batch_max_bytes,
+                    stream: def.stream,
+                    largest,
+                });
+            }
+            // Only a function that writes an outbox relays it: a request-reply one (balance) only
+            // reads, and its role may not touch the outbox.
+            let interval = ctx.config.outbox_relay_interval;
+            tasks.spawn(
+                "outbox relay",
+                outbox::relay(ctx.publisher(), interval, tasks.shutdown()),
+            );
+            tasks.spawn("background", f.background(ctx.clone(), tasks.shutdown()));
+            consume::consume(Arc::new(f), ctx, def, tasks).await;
+            Ok(())
+        },
+    )
 }
 
 /// Runs the request-reply function `r` until a signal; the whole `main` of its binary.
 pub fn serve<R: Responder>(r: R) -> ExitCode {
-    start(R::NAME, move |ctx, _, tasks| async move {
+    start(R::NAME, R::interface, move |ctx, _, tasks| async move {
         respond::respond_loop(Arc::new(r), ctx, tasks.shutdown()).await;
         Ok(())
     })
 }
 
-fn start<M, Fut>(name: &'static str, main: M) -> ExitCode
+fn start<M, Fut>(name: &'static str, interface: fn() -> Interface, main: M) -> ExitCode
 where
     M: FnOnce(Arc<Context>, Topology, Tasks) -> Fut,
     Fut: Future<Output = Result<(), StartError>>,
 {
-    if let Some(code) = arguments(name) {
+    if let Some(code) = arguments(name, interface) {
         return code;
     }
     let setup = || -> Result<_, StartError> {
@@ -151,7 +156,7 @@ where
         let grace = config.shutdown_grace;
         let tasks = Tasks::new(name, shutdown.clone());
         let slot = Arc::new(OnceLock::new());
-        let metrics = telemetry::init_metrics();
+        let metrics = telemetry::init_metrics(name);
         crate::metrics::build_info(name);
         tasks.spawn("http", http::serve(listener, slot.clone(), metrics, shutdown.clone()));
         tracing::info!(function = name, config = ?config, "starting");
@@ -191,8 +196,9 @@ where
 }
 
 /// A function takes no arguments (its configuration is its environment): `--help` prints what it
-/// is and exits 0, anything else is refused in one line with exit 64; `None`: start.
-fn arguments(name: &str) -> Option<ExitCode> {
+/// is and `--interface` its messages' schemas (JSON, for `walletctl interface`), and exit 0;
+/// anything else is refused in one line with exit 64; `None`: start.
+fn arguments(name: &str, interface: fn() -> Interface) -> Option<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => None,
@@ -204,9 +210,20 @@ fn arguments(name: &str) -> Option<ExitCode> {
                  DATABASE_URL, REDIS_URL, WALLET_NAMESPACE, HTTP_ADDR, …; docs/configuration.md), \
                  and a bad value is one line on stderr and exit 64. It serves /healthz, /readyz \
                  and /metrics on HTTP_ADDR and runs until SIGTERM or SIGINT, then finishes what \
-                 it holds and exits 0.",
+                 it holds and exits 0. `{name} --interface` prints the JSON Schemas of the \
+                 messages it reads and writes (docs/CONTRACT.md, asyncapi.yaml).",
                 env!("CARGO_PKG_VERSION")
             );
+            Some(ExitCode::SUCCESS)
+        }
+        Some("--interface") if args.len() == 1 => {
+            match serde_json::to_string_pretty(&interface()) {
+                Ok(json) => println!("{json}"),
+                Err(e) => {
+                    telemetry::report(format_args!("{name}: cannot print its interface: {e}"));
+                    return Some(ExitCode::FAILURE);
+                }
+            }
             Some(ExitCode::SUCCESS)
         }
         Some(_) => {

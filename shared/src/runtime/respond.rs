@@ -9,12 +9,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect::{Backoff, pause};
 use crate::context::Context;
+use crate::interface::Interface;
 
 /// A request-reply function (core NATS, queue group `<ns>_<NAME>`).
 pub trait Responder: Send + Sync + 'static {
     const NAME: &'static str;
     /// The subject it answers, without the namespace prefix.
     const SUBJECT: &'static str;
+
+    /// Its request and reply, with their schemas ([`Interface::request_reply`]).
+    fn interface() -> Interface;
 
     fn respond<'a>(
         &'a self,
@@ -63,10 +67,12 @@ pub(super) async fn respond_loop<R: Responder>(
         };
         let (r, ctx) = (r.clone(), ctx.clone());
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let answer = r.respond(&ctx, &msg.payload).await;
             if let Err(e) = ctx.nats.publish(reply, answer.into()).await {
                 tracing::debug!(error = %e, "reply not sent");
             }
+            crate::metrics::answered(R::NAME, started.elapsed().as_secs_f64());
             drop(permit);
         });
     }

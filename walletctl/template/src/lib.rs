@@ -5,9 +5,13 @@
 //! the runtime does the rest (dedup, the transaction, the outbox, acknowledgements, dead letters).
 
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use wallet_runtime::credit::{self, Credit};
 use wallet_runtime::function::Transaction;
-use wallet_runtime::{Command, Context, Function, Invalid, Outcome, Payload, Reason, StepError};
+use wallet_runtime::interface::{Amount, CurrencyCode, Id, Interface, NoFields};
+use wallet_runtime::{
+    Command, Context, Function, Invalid, Outcome, Payload, Reason, Status, StepError,
+};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScaffoldExample;
@@ -19,6 +23,18 @@ pub const LIMIT: Decimal = Decimal::from_parts(1000, 0, 0, false, 0);
 /// ...or it is rejected with this reason.
 pub const OVER_LIMIT: Reason = Reason::new("over_limit");
 
+/// The command (`function.toml`'s subject): its schema documents it (`--interface`,
+/// `make interface`), in the order of `FIELDS`.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)] // Its schema is the documentation; `validate` reads the payload.
+pub struct ScaffoldExampleCommand {
+    /// The command's id: one effect, whatever its redeliveries.
+    scaffold_example_id: Id,
+    user_id: Id,
+    amount: Amount,
+    currency: CurrencyCode,
+}
+
 impl Function for ScaffoldExample {
     const NAME: &'static str = "scaffold-example";
     const ENTITY: &'static str = ENTITY;
@@ -26,6 +42,23 @@ impl Function for ScaffoldExample {
     const FIELDS: &'static [&'static str] =
         &["scaffold_example_id", "user_id", "amount", "currency"];
     type Command = Credit;
+
+    /// What it reads and writes; every reason `validate` and `apply` can give is listed.
+    fn interface() -> Interface {
+        use Reason as R;
+        Interface::of::<Self>()
+            .command::<ScaffoldExampleCommand>("wallet.scaffold-example", &[])
+            .events::<NoFields>(
+                &[Status::COMPLETED, Status::REJECTED],
+                &[
+                    R::INVALID_USER_ID,
+                    R::UNKNOWN_CURRENCY,
+                    R::INVALID_AMOUNT,
+                    OVER_LIMIT,
+                    R::BALANCE_LIMIT,
+                ],
+            )
+    }
 
     /// The payload's fields in the contract's order, then this function's own rule.
     fn validate(

@@ -48,6 +48,10 @@ impl Function for Probe {
     const FIELDS: &'static [&'static str] = &["probe_id", "user_id", "amount", "currency", "act"];
     type Command = ProbeCommand;
 
+    fn interface() -> wallet_runtime::interface::Interface {
+        wallet_runtime::interface::Interface::of::<Self>()
+    }
+
     fn validate(
         &self,
         ctx: &Context,
