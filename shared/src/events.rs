@@ -160,6 +160,7 @@ impl Event {
             rejection: self
                 .is_rejection()
                 .then_some(self.reason.unwrap_or(Reason::new("unspecified"))),
+            traceparent: None,
         }
     }
 }

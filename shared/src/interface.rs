@@ -211,14 +211,28 @@ pub fn schema_of<T: JsonSchema>() -> Value {
 }
 
 fn headers(fields: &[(&str, Value)]) -> Value {
-    let properties: serde_json::Map<String, Value> = fields
+    let mut properties: serde_json::Map<String, Value> = fields
         .iter()
         .map(|(name, schema)| ((*name).to_owned(), schema.clone()))
         .collect();
+    let required: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+    if !required.is_empty() {
+        properties.insert(crate::trace::TRACEPARENT.to_owned(), traceparent());
+    }
     json!({
         "type": "object",
         "properties": properties,
-        "required": fields.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        "required": required,
+    })
+}
+
+/// The W3C Trace Context header ([`crate::trace`]): optional on a command (one without starts a
+/// trace), on every message the functions publish.
+fn traceparent() -> Value {
+    json!({
+        "type": "string",
+        "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        "description": "W3C traceparent: the command's trace, continued by every message it causes"
     })
 }
 

@@ -32,6 +32,7 @@ pub mod runtime;
 pub mod streams;
 pub mod telemetry;
 pub mod text;
+pub mod trace;
 pub mod wallet;
 
 /// The allocator every function binary installs (`#[global_allocator]` in its `main.rs`; the

@@ -36,6 +36,9 @@ pub struct OutboxMessage {
     pub wallets: Vec<WalletSnapshot>,
     /// The reason of a `rejected` event (counted as a rejection by reason, not stored).
     pub rejection: Option<Reason>,
+    /// The W3C `traceparent` of the command it came from ([`crate::trace`]), published as a
+    /// header so that whoever reads it continues the trace.
+    pub traceparent: Option<String>,
 }
 
 impl OutboxMessage {
@@ -47,6 +50,7 @@ impl OutboxMessage {
             payload: serde_json::to_vec(payload).unwrap_or_default().into(),
             wallets: Vec::new(),
             rejection: None,
+            traceparent: None,
         }
     }
 }
@@ -60,11 +64,12 @@ pub struct Row {
 }
 
 const INSERT: &str = "
-    INSERT INTO outbox (subjects, msg_ids, payloads, wallets) VALUES ($1, $2, $3, $4)
+    INSERT INTO outbox (subjects, msg_ids, payloads, wallets, traceparents)
+    VALUES ($1, $2, $3, $4, $5)
     RETURNING id";
 
 const CLAIM_STALE: &str = "
-    SELECT id, subjects, msg_ids, payloads, wallets FROM outbox
+    SELECT id, subjects, msg_ids, payloads, wallets, traceparents FROM outbox
     WHERE created_at < now() - $1::bigint * interval '1 millisecond'
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED";
@@ -92,10 +97,11 @@ pub async fn insert(
         .iter()
         .map(|m| serde_json::to_string(&m.wallets).unwrap_or_else(|_| "[]".into()))
         .collect();
+    let traces: Vec<Option<&str>> = messages.iter().map(|m| m.traceparent.as_deref()).collect();
     let row = tx
         .query_one(
             &tx.prepare_cached(INSERT).await?,
-            &[&subjects, &ids, &payloads, &wallets],
+            &[&subjects, &ids, &payloads, &wallets, &traces],
         )
         .await?;
     Ok(Some(Row {
@@ -110,6 +116,9 @@ fn messages(r: &tokio_postgres::Row) -> Result<Vec<OutboxMessage>, StepError> {
     let msg_ids: Vec<String> = r.try_get(2)?;
     let payloads: Vec<Vec<u8>> = r.try_get(3)?;
     let wallets: Vec<String> = r.try_get(4)?;
+    // NULL in rows written before V8.
+    let traces: Option<Vec<Option<String>>> = r.try_get(5)?;
+    let mut traces = traces.unwrap_or_default().into_iter();
     Ok(subjects
         .into_iter()
         .zip(msg_ids)
@@ -121,6 +130,7 @@ fn messages(r: &tokio_postgres::Row) -> Result<Vec<OutboxMessage>, StepError> {
             payload: payload.into(),
             wallets: serde_json::from_str(&wallets).unwrap_or_default(),
             rejection: None,
+            traceparent: traces.next().flatten(),
         })
         .collect())
 }
@@ -182,6 +192,9 @@ impl Publisher {
         for message in messages {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", message.msg_id.as_str());
+            if let Some(traceparent) = &message.traceparent {
+                headers.insert(crate::trace::TRACEPARENT, traceparent.as_str());
+            }
             let subject = self.names.subject(&message.subject);
             let ack = self
                 .js

@@ -382,3 +382,82 @@ async fn commands_queued_before_a_start_are_one_fetch_and_one_transaction() {
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, a function exports its spans over OTLP/HTTP: a
+/// command's span, in the trace its `traceparent` named, reaches the collector (here a listener
+/// that records what is POSTed to it).
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = collector.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Head, then as many body bytes as Content-Length says.
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        let line = head.lines().next().unwrap_or_default().to_owned();
+                        let _ = tx.send((line, buf[end + 4..end + 4 + length].to_vec()));
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let _probe = env.spawn(
+        "probe",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent = format!("00-{trace}-b7ad6b7169203331-01");
+    let mut events = env.events().await;
+    env.publish_with(
+        "wallet.probe",
+        &[("Nats-Msg-Id", "o-1"), ("traceparent", parent.as_str())],
+        probe("o-1", "u-1", "1", "USD"),
+    )
+    .await;
+    let event = events.by_id("probe:o-1:completed", T).await;
+    assert!(event.header("traceparent").contains(trace));
+    // The trace id's 16 bytes, as the protobuf body carries them.
+    let id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (line, body) = tokio::time::timeout_at(deadline, received.recv())
+            .await
+            .expect("no span exported within the limit")
+            .unwrap();
+        assert_eq!(line, "post /v1/traces http/1.1");
+        if body.windows(16).any(|w| w == id.as_slice()) {
+            break;
+        }
+    }
+}

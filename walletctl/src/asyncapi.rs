@@ -198,11 +198,19 @@ pub fn render(
             let message_ref = json!({ "$ref": format!("#/channels/{id}/messages/{message_id}") });
             match m.operation {
                 Operation::Receive => {
+                    // The NATS binding: a request-reply function answers in a queue group of
+                    // its name; a JetStream function reads through its durable consumer
+                    // (`x-jetstream` on the channel).
+                    let mut nats = json!({ "bindingVersion": "0.1.0" });
+                    if spec.kind == Kind::RequestReply {
+                        nats["queue"] = Value::from(spec.name.clone());
+                    }
                     let mut op = json!({
                         "action": "receive",
                         "channel": { "$ref": format!("#/channels/{id}") },
                         "summary": m.summary,
                         "messages": [message_ref],
+                        "bindings": { "nats": nats },
                     });
                     if let Some(reply) = i.messages.iter().find(|r| r.operation == Operation::Reply)
                     {

@@ -305,3 +305,68 @@ async fn a_transfer_without_answer_is_queried_with_backoff_and_reported_stuck_on
         .to_string();
     assert!(show.contains("stuck event published"), "{show}");
 }
+
+/// The trace id of a message's `traceparent` header (W3C: `00-<trace>-<span>-<flags>`).
+fn trace_id(r: &Received) -> String {
+    let traceparent = r.header("traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!((parts[1].len(), parts[2].len()), (32, 16), "{traceparent}");
+    parts[1].to_owned()
+}
+
+/// One trace follows a transfer: the command's `traceparent` is on its `pending` event, on the
+/// request to the provider, on the provider's ack (the simulator continues it, as an adapter
+/// should) and on the `completed` event; each hop is a span of its own. A command without one
+/// starts a trace, which its events share.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_follows_a_transfer_from_command_to_provider_to_ack() {
+    let (env, mut events, _procs) = funded(&[], 1, "100").await;
+    let _ack = env.spawn("provider-ack", &[]);
+    let _sim = env.spawn_args(
+        "walletctl",
+        &["provider-sim", "--accept", "1", "--latency", "1ms"],
+        &[],
+    );
+    let mut requests = env.provider_requests().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let (subject, id, payload) = transfer("t-1", "u-0", "alpha", "30", "USD");
+    let headers = [
+        ("Nats-Msg-Id", id.as_str()),
+        ("traceparent", parent.as_str()),
+    ];
+    env.publish_with(&subject, &headers, payload).await;
+
+    let pending = events.by_id("transfer:t-1:pending", T).await;
+    let request = requests.by_id("t-1", T).await;
+    // The ack is not read here (its stream is a work queue): `completed`, decided from it, is
+    // in the transfer's trace only if the ack carried it.
+    let completed = events.by_id("transfer:t-1:completed", T).await;
+    for hop in [&pending, &request, &completed] {
+        assert_eq!(trace_id(hop), trace, "{}", hop.subject);
+    }
+    // A span of its own per command, not the caller's span passed along.
+    assert_ne!(pending.header("traceparent"), parent);
+    assert_eq!(
+        pending.header("traceparent"),
+        request.header("traceparent"),
+        "one command, one span"
+    );
+    assert_ne!(
+        completed.header("traceparent"),
+        pending.header("traceparent")
+    );
+
+    // Without a traceparent (run_commands publishes none): a new trace, shared by its events.
+    env.run_commands(
+        &mut events,
+        "transfer",
+        vec![transfer("t-2", "u-0", "alpha", "5", "USD")],
+    )
+    .await;
+    let pending = events.by_id("transfer:t-2:pending", T).await;
+    let completed = events.by_id("transfer:t-2:completed", T).await;
+    assert_eq!(trace_id(&pending), trace_id(&completed));
+    assert_ne!(trace_id(&pending), trace);
+}

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use wallet_runtime::Config;
 use wallet_runtime::names::Names;
+use wallet_runtime::trace::TRACEPARENT;
 
 /// In-flight requests (each one a task waiting out its latency).
 const IN_FLIGHT: usize = 10_000;
@@ -203,12 +204,25 @@ impl Sim {
             let _ = message.ack().await;
             return;
         };
+        // The ack continues the request's trace, as a provider's adapter should.
+        let trace = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(TRACEPARENT))
+            .map(|v| v.as_str().to_owned());
+        let trace = trace.as_deref();
         let result = match *kind {
-            "transfer" => self.transfer(provider, &transfer).await,
+            "transfer" => self.transfer(provider, &transfer, trace).await,
             _ => {
                 self.stats.status_queries.fetch_add(1, Ordering::Relaxed);
-                self.ack(provider, &transfer, accepts(&self.opts, &transfer), "")
-                    .await
+                self.ack(
+                    provider,
+                    &transfer,
+                    accepts(&self.opts, &transfer),
+                    "",
+                    trace,
+                )
+                .await
             }
         };
         let _ = match result {
@@ -222,7 +236,12 @@ impl Sim {
         };
     }
 
-    async fn transfer(&self, provider: &str, transfer: &str) -> anyhow::Result<()> {
+    async fn transfer(
+        &self,
+        provider: &str,
+        transfer: &str,
+        trace: Option<&str>,
+    ) -> anyhow::Result<()> {
         let (o, stats) = (&self.opts, &self.stats);
         let chance = |aspect: &str, p: f64| p > 0.0 && draw(o.seed, aspect, transfer) < p;
         stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -238,7 +257,7 @@ impl Sim {
                 + Duration::from_millis((draw(o.seed, "hold", transfer) * 100.0) as u64);
         }
         tokio::time::sleep(delay).await;
-        self.ack(provider, transfer, accepted, "").await?;
+        self.ack(provider, transfer, accepted, "", trace).await?;
         if accepted {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -246,12 +265,13 @@ impl Sim {
         }
         if chance("duplicate", o.duplicate) {
             stats.duplicated.fetch_add(1, Ordering::Relaxed);
-            self.ack(provider, transfer, accepted, ":copy").await?;
+            self.ack(provider, transfer, accepted, ":copy", trace)
+                .await?;
         }
         if contradicts(o, transfer) {
             stats.contradicted.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(o.latency).await;
-            self.ack(provider, transfer, !accepted, "").await?;
+            self.ack(provider, transfer, !accepted, "", trace).await?;
         }
         Ok(())
     }
@@ -263,6 +283,7 @@ impl Sim {
         transfer: &str,
         accepted: bool,
         id_suffix: &str,
+        trace: Option<&str>,
     ) -> anyhow::Result<()> {
         let status = if accepted { "accepted" } else { "rejected" };
         let mut payload = serde_json::json!({
@@ -278,6 +299,9 @@ impl Sim {
             "Nats-Msg-Id",
             format!("{provider}:{transfer}:{status}{id_suffix}").as_str(),
         );
+        if let Some(traceparent) = trace {
+            headers.insert(TRACEPARENT, traceparent);
+        }
         self.js
             .publish_with_headers(
                 self.names.subject(&format!("provider.{provider}.ack")),

@@ -21,6 +21,7 @@ use crate::events::{Event, Reason};
 use crate::function::{Command, Function, Outcome, Screened};
 use crate::metrics;
 use crate::outbox::{self, OutboxMessage, Row};
+use crate::trace::{self, CommandSpan};
 
 mod decode;
 mod screen;
@@ -70,6 +71,8 @@ struct Unit<C> {
     pub(super) command: Result<Command<C>, Event>,
     /// Its last allowed delivery: a command still undecided now is dead-lettered, not retried.
     last: bool,
+    /// Its span; what it publishes carries its `traceparent`.
+    trace: CommandSpan,
 }
 
 /// Decides `messages`; a message is delivered at most `dead_letter_after` times before it is
@@ -121,10 +124,13 @@ pub async fn process<F: Function>(
                     print,
                     command,
                     last: delivered(index) >= dead_letter_after,
+                    trace: CommandSpan::start(F::NAME, &message.subject, message.headers.as_ref()),
                 });
             }
         }
     }
+    // Ended when the batch is decided, as the commands' spans.
+    let _batch = trace::batch(F::NAME, units.iter().map(|u| &u.trace));
     // A command that failed for a reason that is not an outage, by its delivery count.
     let retry_or_dead_letter =
         |unit: &Unit<F::Command>| failed(delivered(unit.index), dead_letter_after);
@@ -145,7 +151,8 @@ pub async fn process<F: Function>(
         };
         match screened {
             Ok(Screened::Answered(event)) => {
-                let message = event.into_outbox(Vec::new());
+                let mut message = event.into_outbox(Vec::new());
+                unit.trace.stamp(&mut message);
                 match message.rejection {
                     Some(reason) => out.tally.rejected.push(reason),
                     None => out.tally.completed += 1,
@@ -271,7 +278,8 @@ async fn decide_in<F: Function>(
                 .dispositions
                 .push((unit.index, Disposition::DeadLetter(dlq::ID_CONFLICT))),
             (Claim::New, Err(rejection)) => {
-                let message = rejection.clone().into_outbox(Vec::new());
+                let mut message = rejection.clone().into_outbox(Vec::new());
+                unit.trace.stamp(&mut message);
                 d.tally.rejected.extend(message.rejection);
                 messages.push(message);
                 d.dispositions.push((unit.index, Disposition::Ack));
@@ -296,7 +304,8 @@ async fn decide_in<F: Function>(
         let mut undecided: Vec<&str> = Vec::new();
         for (unit, outcome) in fresh.iter().zip(outcomes) {
             let disposition = match outcome {
-                Outcome::Done(out) => {
+                Outcome::Done(mut out) => {
+                    out.iter_mut().for_each(|m| unit.trace.stamp(m));
                     match out.iter().find_map(|m| m.rejection) {
                         Some(reason) => d.tally.rejected.push(reason),
                         None => d.tally.completed += 1,

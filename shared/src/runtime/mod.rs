@@ -126,6 +126,7 @@ where
     let setup = || -> Result<_, StartError> {
         let config = Config::from_env()?;
         let topology = Topology::load(config.streams_file.as_deref())?;
+        crate::trace::init(name)?;
         Ok((config, topology, telemetry::filter()?))
     };
     let (config, topology, filter) = match setup() {
@@ -180,6 +181,8 @@ where
         };
         shutdown.cancel();
         let _ = ctx.nats.flush().await;
+        // The exporter's HTTP client blocks: off the async workers.
+        let _ = tokio::task::spawn_blocking(crate::trace::shutdown).await;
         let Ok(healthy) = tokio::time::timeout(grace, tasks.join()).await else {
             tracing::warn!(function = name, ?grace, "shutdown grace elapsed with tasks still running");
             return ExitCode::FAILURE;
