@@ -22,116 +22,87 @@ use crate::dlq;
 use crate::events::{Event, Reason, Status};
 use crate::function::Function;
 
-/// An id of the contract (CONTRACT §2): 1 to 128 characters from `A-Z a-z 0-9 _ . : -`.
-#[derive(Debug)]
-pub struct Id;
+/// A schema-only type: a string with the contract's grammar, named once.
+macro_rules! string_schema {
+    ($(#[$doc:meta])* $name:ident, $schema:tt) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name;
 
-impl JsonSchema for Id {
-    fn schema_name() -> Cow<'static, str> {
-        "Id".into()
-    }
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": "^[A-Za-z0-9_.:-]{1,128}$",
-            "description": "1 to 128 characters from A-Z a-z 0-9 _ . : -"
-        })
-    }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!($schema)
+            }
+        }
+    };
 }
 
-/// An amount (CONTRACT §2): a JSON string holding a positive decimal, no exponent.
-#[derive(Debug)]
-pub struct Amount;
-
-impl JsonSchema for Amount {
-    fn schema_name() -> Cow<'static, str> {
-        "Amount".into()
+string_schema!(
+    /// An id of the contract (CONTRACT §2): 1 to 128 characters from `A-Z a-z 0-9 _ . : -`.
+    Id,
+    {
+        "type": "string",
+        "pattern": "^[A-Za-z0-9_.:-]{1,128}$",
+        "description": "1 to 128 characters from A-Z a-z 0-9 _ . : -"
     }
+);
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": "^[0-9]{1,15}(\\.[0-9]+)?$",
-            "description": "a decimal as a string: at most 15 digits before the point and no more after it than the currency's minor unit; positive in commands",
-            "examples": ["10.50"]
-        })
+string_schema!(
+    /// An amount (CONTRACT §2): a JSON string holding a positive decimal, no exponent.
+    Amount,
+    {
+        "type": "string",
+        "pattern": "^[0-9]{1,15}(\\.[0-9]+)?$",
+        "description": "a decimal as a string: at most 15 digits before the point and no more after it than the currency's minor unit; positive in commands",
+        "examples": ["10.50"]
     }
-}
+);
 
-/// A balance as reported (CONTRACT §4): exactly the currency's minor-unit digits.
-#[derive(Debug)]
-pub struct Balance;
-
-impl JsonSchema for Balance {
-    fn schema_name() -> Cow<'static, str> {
-        "Balance".into()
+string_schema!(
+    /// A balance as reported (CONTRACT §4): exactly the currency's minor-unit digits.
+    Balance,
+    {
+        "type": "string",
+        "pattern": "^-?[0-9]+(\\.[0-9]+)?$",
+        "description": "a decimal as a string with exactly the currency's minor-unit digits",
+        "examples": ["110.50"]
     }
+);
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": "^-?[0-9]+(\\.[0-9]+)?$",
-            "description": "a decimal as a string with exactly the currency's minor-unit digits",
-            "examples": ["110.50"]
-        })
+string_schema!(
+    /// A configured currency code (CONTRACT §2).
+    CurrencyCode,
+    {
+        "type": "string",
+        "pattern": "^[A-Z0-9]{1,12}$",
+        "description": "a configured currency code (default: USD, EUR, VND, BTC)",
+        "examples": ["USD"]
     }
-}
+);
 
-/// A configured currency code (CONTRACT §2).
-#[derive(Debug)]
-pub struct CurrencyCode;
-
-impl JsonSchema for CurrencyCode {
-    fn schema_name() -> Cow<'static, str> {
-        "CurrencyCode".into()
+string_schema!(
+    /// A provider's name (CONTRACT §2): `[a-z0-9-]{1,32}`.
+    Provider,
+    {
+        "type": "string",
+        "pattern": "^[a-z0-9-]{1,32}$",
+        "description": "a configured provider (default: alpha, beta)"
     }
+);
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": "^[A-Z0-9]{1,12}$",
-            "description": "a configured currency code (default: USD, EUR, VND, BTC)",
-            "examples": ["USD"]
-        })
+string_schema!(
+    /// A point in time: RFC 3339 in UTC with milliseconds.
+    Timestamp,
+    {
+        "type": "string",
+        "format": "date-time",
+        "examples": ["2026-11-22T10:00:00.123Z"]
     }
-}
-
-/// A provider's name (CONTRACT §2): `[a-z0-9-]{1,32}`.
-#[derive(Debug)]
-pub struct Provider;
-
-impl JsonSchema for Provider {
-    fn schema_name() -> Cow<'static, str> {
-        "Provider".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": "^[a-z0-9-]{1,32}$",
-            "description": "a configured provider (default: alpha, beta)"
-        })
-    }
-}
-
-/// A point in time: RFC 3339 in UTC with milliseconds.
-#[derive(Debug)]
-pub struct Timestamp;
-
-impl JsonSchema for Timestamp {
-    fn schema_name() -> Cow<'static, str> {
-        "Timestamp".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "format": "date-time",
-            "examples": ["2026-11-22T10:00:00.123Z"]
-        })
-    }
-}
+);
 
 /// The field events about a provider's transfer add.
 #[derive(Debug, JsonSchema)]

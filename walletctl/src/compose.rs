@@ -77,6 +77,15 @@ fn ours(command: &[&str]) -> Service {
     }
 }
 
+/// Checked every 2 s, up to a minute.
+fn health(test: &[&'static str]) -> Option<Healthcheck> {
+    Some(Healthcheck {
+        test: test.to_vec(),
+        interval: "2s",
+        retries: 30,
+    })
+}
+
 fn healthy(names: &[&'static str], condition: &'static str) -> BTreeMap<&'static str, Condition> {
     names
         .iter()
@@ -96,11 +105,7 @@ pub fn render(specs: &[FunctionSpec]) -> String {
                 .to_vec(),
             ports: vec!["4222:4222".to_owned(), "8222:8222".to_owned()],
             volumes: vec!["nats:/data"],
-            healthcheck: Some(Healthcheck {
-                test: vec!["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8222/healthz"],
-                interval: "2s",
-                retries: 30,
-            }),
+            healthcheck: health(&["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8222/healthz"]),
             ..Service::default()
         },
     );
@@ -114,11 +119,7 @@ pub fn render(specs: &[FunctionSpec]) -> String {
             )]),
             ports: vec!["5432:5432".to_owned()],
             volumes: vec!["postgres:/var/lib/postgresql/data"],
-            healthcheck: Some(Healthcheck {
-                test: vec!["CMD", "pg_isready", "-U", "postgres"],
-                interval: "2s",
-                retries: 30,
-            }),
+            healthcheck: health(&["CMD", "pg_isready", "-U", "postgres"]),
             ..Service::default()
         },
     );
@@ -131,11 +132,7 @@ pub fn render(specs: &[FunctionSpec]) -> String {
                 .map(str::to_owned)
                 .to_vec(),
             ports: vec!["6379:6379".to_owned()],
-            healthcheck: Some(Healthcheck {
-                test: vec!["CMD", "redis-cli", "ping"],
-                interval: "2s",
-                retries: 30,
-            }),
+            healthcheck: health(&["CMD", "redis-cli", "ping"]),
             ..Service::default()
         },
     );
