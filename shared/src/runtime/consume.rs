@@ -11,13 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::connect::{Backoff, bind, pause};
-use super::fetch::fetch;
+use super::fetch::Batches;
 use super::lag::watch_lag;
 use super::settle::{publish_committed, settle};
 use super::tasks::Tasks;
 use crate::batch;
 use crate::context::Context;
-use crate::error::StepError;
 use crate::function::Function;
 use crate::metrics;
 use crate::outbox::Row;
@@ -81,42 +80,17 @@ async fn consume_loop<F: Function>(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
-    // Under a backlog (a full batch) the next batch is fetched while this one is decided: a fetch
-    // of 1,000 messages takes tens of milliseconds the loop would otherwise spend waiting. A short
-    // batch means the consumer has caught up: the next fetch then starts after this batch, and
-    // takes everything that arrived meanwhile (fewer, larger transactions at a steady rate).
-    let (max, wait, linger) = (
+    let mut batches = Batches::new(
+        consumer,
         (ctx.config.batch_max, ctx.config.batch_max_bytes),
         ctx.config.fetch_wait,
         ctx.config.batch_linger,
     );
-    let fetch_now = || {
-        let consumer = consumer.clone();
-        tokio::spawn(async move { fetch(&consumer, max, wait, linger).await })
-    };
-    let mut next = None;
     loop {
-        let mut fetching = match next.take() {
-            Some(f) => f,
-            None if shutdown.is_cancelled() => break,
-            None => fetch_now(),
-        };
-        let fetched = tokio::select! {
-            biased;
-            // A batch already fetched is decided before stopping; one still arriving is dropped
-            // (its messages come back after their ack wait).
-            () = shutdown.cancelled(), if !fetching.is_finished() => {
-                fetching.abort();
-                break;
-            }
-            r = &mut fetching => r.unwrap_or_else(|e| Err(StepError::transient(e))),
-        };
-        if fetched.as_ref().is_ok_and(|m| m.len() >= max.0) && !shutdown.is_cancelled() {
-            next = Some(fetch_now());
-        }
-        let msgs = match fetched {
-            Ok(m) if m.is_empty() => continue,
-            Ok(m) => m,
+        let msgs = match batches.next(&shutdown).await {
+            Ok(None) => break,
+            Ok(Some(m)) if m.is_empty() => continue,
+            Ok(Some(m)) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "fetch failed; retrying");
                 pause(backoff.next(), &shutdown).await;
@@ -173,4 +147,5 @@ async fn consume_loop<F: Function>(
             break;
         }
     }
+    batches.release().await;
 }

@@ -1,90 +1,174 @@
-//! Fetching a batch: what is ready, else one message within `FETCH_WAIT`, then a short linger
-//! for more; bounded in messages, bytes and time.
+//! Batches from the consumer: one long-lived pull subscription per consume loop, cut into
+//! batches of what has arrived, bounded in messages and bytes.
+//!
+//! Why a long-lived pull (async-nats's `Consumer::stream`) and not one pull request per batch:
+//! - Messages arrive while the previous batch is being decided, so a batch is what came in
+//!   meanwhile: one message when it is quiet (no fetch round trip, no wait), hundreds under load.
+//! - A replicated consumer (a cluster, R3) sends a message only once the cluster agreed it was
+//!   delivered, but its `409 Batch Completed` status at once: the status can overtake the last
+//!   messages of its request. A one-shot pull ends at that status and drops the messages still on
+//!   their way; they were redelivered after their ack wait, into the same race, again and again
+//!   (1.5 % of deposits on a 3-node 2.12 cluster, never decided). The long-lived pull counts a
+//!   status by its pending headers and keeps its subscription, so late messages still land.
+//!
+//! A stream that reports an error (a missed heartbeat: the server holding its pull request died
+//! or was cut off) is dropped and a new one made; what it had delivered and not handed out comes
+//! back after its ack wait, as after a crash.
 
 use std::time::Duration;
 
-use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
-use futures::StreamExt;
+use async_nats::jetstream::consumer::pull::Stream;
+use async_nats::jetstream::{AckKind, Message};
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::StepError;
 
-/// Takes what is ready, up to `max`; when nothing is, waits up to `wait` for one message and
-/// then takes what else is ready. A batch still short of `max` then waits up to `linger` for
-/// more: under a steady load that is not enough to fill batches, it turns many small batches,
-/// each paying its round trips and two commits, into fewer larger ones (what keeps the peak
-/// profile from saturating the machine). A shutdown strands at most the deliveries of the
-/// requests in flight, which come back after their ack wait.
-///
-/// Every pull is also bounded here: a pull request dies with the server that held it (a
-/// nats-server restart, a cut connection), and then no end-of-request status ever comes, so
-/// without a deadline of its own the loop would wait forever (`make chaos` found it).
-pub(super) async fn fetch(
-    consumer: &PullConsumer,
-    (max, max_bytes): (usize, usize),
+/// A pull request lives this long; the stream renews it before it runs out.
+const EXPIRES: Duration = Duration::from_secs(30);
+/// The server says it is alive this often while it has nothing to send; two missed mean the
+/// request is gone with its server, and the stream is made again.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A batch of at least this many messages means messages arrive faster than batches are decided:
+/// the next batch then waits up to `BATCH_LINGER` for more, turning many small transactions into
+/// fewer larger ones. A smaller one means it is quiet, and a message is decided as soon as it is
+/// there. The load alone decides; nothing is tuned per deployment.
+const LINGER_FROM: usize = 16;
+
+/// One consume loop's source of batches.
+pub(super) struct Batches {
+    consumer: PullConsumer,
+    max: usize,
+    max_bytes: usize,
     wait: Duration,
     linger: Duration,
-) -> Result<Vec<Message>, StepError> {
-    let deadline = tokio::time::Instant::now() + wait + PULL_MARGIN;
-    let drain = |s| drain_until(s, deadline);
-    async fn drain_until(
-        mut s: impl futures::Stream<Item = Result<Message, impl std::fmt::Display>> + Unpin,
-        deadline: tokio::time::Instant,
-    ) -> Vec<Message> {
-        let mut out = Vec::new();
-        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, s.next()).await {
-            match m {
-                Ok(m) => out.push(m),
-                Err(e) => {
-                    tracing::debug!(error = %e, "fetch ended early");
-                    break;
-                }
-            }
-        }
-        out
-    }
-    // What is ready now, up to `n` messages and `bytes` (a no-wait pull).
-    let ready = |n: usize, bytes: usize| async move {
-        let s = consumer
-            .fetch()
-            .max_messages(n)
-            .max_bytes(bytes)
-            .messages()
-            .await
-            .map_err(StepError::transient)?;
-        Ok::<_, StepError>(drain(s).await)
-    };
-    let size = |msgs: &[Message]| msgs.iter().map(|m| m.length).sum::<usize>();
-    let mut msgs = ready(max, max_bytes).await?;
-    if msgs.is_empty() {
-        msgs = drain(
-            consumer
-                .batch()
-                .max_messages(1)
-                .max_bytes(max_bytes)
-                .expires(wait)
-                .messages()
-                .await
-                .map_err(StepError::transient)?,
-        )
-        .await;
-        let left = max_bytes.saturating_sub(size(&msgs));
-        if !msgs.is_empty() && max > 1 && left > 0 {
-            msgs.extend(ready(max - 1, left).await?);
-        }
-    }
-    if !msgs.is_empty() && msgs.len() < max && !linger.is_zero() {
-        // Waited out here, then what is ready is taken: a pull request with a short expiry is
-        // not reliable, nats-server 2.9 sometimes lets one lapse without its end-of-request
-        // status. A failed request costs only the extra messages: what is held is decided.
-        tokio::time::sleep(linger).await;
-        let left = max_bytes.saturating_sub(size(&msgs));
-        if left > 0 {
-            msgs.extend(ready(max - msgs.len(), left).await.unwrap_or_default());
-        }
-    }
-    Ok(msgs)
+    messages: Option<Stream>,
+    /// A message that did not fit the last batch's bytes: it opens the next one.
+    carried: Option<Message>,
+    last_size: usize,
 }
 
-/// How long past its own expiry a pull may take before the runtime gives up on it.
-const PULL_MARGIN: Duration = Duration::from_secs(5);
+impl Batches {
+    pub(super) fn new(
+        consumer: PullConsumer,
+        (max, max_bytes): (usize, usize),
+        wait: Duration,
+        linger: Duration,
+    ) -> Self {
+        Self {
+            consumer,
+            max,
+            max_bytes,
+            wait,
+            linger,
+            messages: None,
+            carried: None,
+            last_size: 0,
+        }
+    }
+
+    /// The next batch: empty when nothing came within `wait`, `None` once `shutdown` is
+    /// cancelled before a message came.
+    pub(super) async fn next(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Message>>, StepError> {
+        let first = match self.carried.take() {
+            Some(m) => m,
+            None => {
+                let wait = self.wait;
+                let messages = self.messages().await?;
+                let next = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(None),
+                    next = tokio::time::timeout(wait, messages.next()) => next,
+                };
+                match next {
+                    Err(_) => return Ok(Some(Vec::new())),
+                    Ok(next) => self.took(next)?,
+                }
+            }
+        };
+        let mut bytes = first.length;
+        let mut batch = vec![first];
+        let linger_until = (self.last_size >= LINGER_FROM && !self.linger.is_zero())
+            .then(|| tokio::time::Instant::now() + self.linger);
+        while batch.len() < self.max {
+            let Some(messages) = self.messages.as_mut() else {
+                break;
+            };
+            // What has arrived is taken at once; more is waited for only while lingering.
+            let next = match messages.next().now_or_never() {
+                Some(next) => next,
+                None => match linger_until {
+                    Some(until) => match tokio::time::timeout_at(until, messages.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    },
+                    None => break,
+                },
+            };
+            let Ok(m) = self.took(next) else { break };
+            if bytes + m.length > self.max_bytes {
+                self.carried = Some(m);
+                break;
+            }
+            bytes += m.length;
+            batch.push(m);
+        }
+        self.last_size = batch.len();
+        Ok(Some(batch))
+    }
+
+    /// At shutdown: the messages delivered to this loop and not yet handed out go back to the
+    /// consumer at once (a negative acknowledgement) for the other replicas, instead of waiting
+    /// out their ack wait.
+    pub(super) async fn release(mut self) {
+        let mut held: Vec<Message> = self.carried.take().into_iter().collect();
+        if let Some(messages) = self.messages.as_mut() {
+            while let Some(Some(Ok(m))) = messages.next().now_or_never() {
+                held.push(m);
+            }
+        }
+        for m in held {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+
+    async fn messages(&mut self) -> Result<&mut Stream, StepError> {
+        if self.messages.is_none() {
+            let stream = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.max)
+                .max_bytes_per_batch(self.max_bytes)
+                .expires(EXPIRES)
+                .heartbeat(HEARTBEAT)
+                .messages()
+                .await
+                .map_err(StepError::transient)?;
+            self.messages = Some(stream);
+        }
+        Ok(self.messages.as_mut().expect("made above"))
+    }
+
+    /// A message from the stream; an error or the stream's end drops the stream (the next batch
+    /// makes a new one) and is reported as transient.
+    fn took<E: std::fmt::Display>(
+        &mut self,
+        next: Option<Result<Message, E>>,
+    ) -> Result<Message, StepError> {
+        match next {
+            Some(Ok(m)) => Ok(m),
+            Some(Err(e)) => {
+                self.messages = None;
+                Err(StepError::transient(format!("pull subscription: {e}")))
+            }
+            None => {
+                self.messages = None;
+                Err(StepError::transient("pull subscription ended"))
+            }
+        }
+    }
+}
