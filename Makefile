@@ -50,7 +50,7 @@ run: release
 	bash scripts/run.sh
 
 # The standard load profiles (raw ceiling, deposit-max, per-message, deposit-peak, mixed-peak,
-# flash-bonus), each on a fresh `bench` namespace; writes bench/RESULTS.md. About 15 minutes.
+# flash-bonus, quiet), each on a fresh `bench` namespace; writes bench/RESULTS.md. About 17 minutes.
 bench: release
 	bash scripts/bench.sh
 

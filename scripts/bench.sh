@@ -18,7 +18,7 @@ export RUST_LOG="${RUST_LOG:-warn}"
 OUT=bench/runs
 # Results of one run only: RESULTS.md never mixes commits.
 rm -rf "$OUT"; mkdir -p "$OUT"
-PROFILES="${PROFILES:-raw deposit-max per-message deposit-peak mixed-peak flash-bonus}"
+PROFILES="${PROFILES:-raw deposit-max per-message deposit-peak mixed-peak flash-bonus quiet}"
 PEAK_DURATION="${PEAK_DURATION:-5m}"
 # Runs of raw and of deposit-max, whose ratio is a target.
 RUNS="${RAW_RUNS:-3}"
@@ -31,6 +31,8 @@ MIX_RATE=3030
 pids=()
 watch=()
 stop_functions() {
+  # (Not `wait` with no pid: that waits for the private servers too.)
+  [ ${#pids[@]} -gt 0 ] || return 0
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait "${pids[@]}" 2>/dev/null || true
   pids=(); watch=()
@@ -100,6 +102,10 @@ for profile in $PROFILES; do
     flash-bonus)
       fresh; start bonus-grant
       load flash-bonus --mix bonus=100 --count 100000 --envelopes 10000 ;;
+    quiet)
+      # A night's load: what one deposit waits, publish to event.
+      fresh; start deposit
+      load quiet --rate 100 --duration "${QUIET_DURATION:-2m}" --users 10000 ;;
     *) echo "bench: unknown profile $profile" >&2; exit 2 ;;
   esac
 done

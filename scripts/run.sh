@@ -49,12 +49,7 @@ start() {
 }
 trap stop INT TERM EXIT
 
-# A cluster just started answers JetStream requests once it elected its leaders (seconds).
-for attempt in $(seq 1 30); do
-  "$BIN/walletctl" setup && break
-  [ "$attempt" = 30 ] && exit 1
-  echo "run: walletctl setup failed (servers still starting?); retrying"; sleep 1
-done
+"$BIN/walletctl" setup
 
 port="${HTTP_PORT_BASE:-8081}"
 for f in functions/*/; do

@@ -44,6 +44,13 @@ start_cluster() {
     started+=($!)
   done
   for i in 1 2 3; do wait_up 127.0.0.1 "423$i" "cluster-n$i"; done
+  # JetStream answers once the nodes elected a meta leader (seconds after they start).
+  local jsz
+  for _ in $(seq 1 150); do
+    jsz="$( (exec 3<>/dev/tcp/127.0.0.1/8231; printf 'GET /jsz HTTP/1.0\r\n\r\n' >&3; cat <&3) 2>/dev/null || true)"
+    grep -q '"leader": *"n' <<<"$jsz" && break
+    sleep 0.2
+  done
   export NATS_URL="$routes" STREAM_REPLICAS=3
 }
 

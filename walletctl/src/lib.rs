@@ -134,6 +134,9 @@ pub enum BenchCmd {
         /// Measure this many times and keep the fastest run (the ceiling).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
         runs: u16,
+        /// The stream's replicas, as `walletctl setup` gives the platform's (3 on a cluster).
+        #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: u8,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -251,9 +254,15 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             })
         }
         Cmd::Bench {
-            command: BenchCmd::Raw { count, runs, json },
+            command:
+                BenchCmd::Raw {
+                    count,
+                    runs,
+                    replicas,
+                    json,
+                },
         } => {
-            let raw = load::raw::run(&config, count, usize::from(runs)).await?;
+            let raw = load::raw::run(&config, count, usize::from(runs), replicas.into()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&raw)?);
             } else {

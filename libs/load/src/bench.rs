@@ -11,12 +11,13 @@ use crate::report::Report;
 use crate::results::{self, Failure, Provenance};
 
 /// The profiles of `make bench`, in the order the results list them.
-pub const PROFILES: [&str; 5] = [
+pub const PROFILES: [&str; 6] = [
     "deposit-max",
     "per-message",
     "deposit-peak",
     "mixed-peak",
     "flash-bonus",
+    "quiet",
 ];
 
 pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Result<String> {

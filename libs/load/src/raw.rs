@@ -41,11 +41,16 @@ const BATCH: usize = 1_000;
 
 /// `runs` measurements, one after another; the fastest is the ceiling. One run on a shared
 /// 2-core host varies by ±20 %, and a slow `raw` would flatter every ratio taken against it.
-pub async fn run(config: &Config, count: usize, runs: usize) -> anyhow::Result<Raw> {
+pub async fn run(
+    config: &Config,
+    count: usize,
+    runs: usize,
+    replicas: usize,
+) -> anyhow::Result<Raw> {
     let mut best: Option<Raw> = None;
     let mut rates = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
-        let raw = run_once(config, count).await?;
+        let raw = run_once(config, count, replicas).await?;
         rates.push(raw.rate);
         if best.as_ref().is_none_or(|b| raw.rate > b.rate) {
             best = Some(raw);
@@ -58,7 +63,7 @@ pub async fn run(config: &Config, count: usize, runs: usize) -> anyhow::Result<R
     Ok(best)
 }
 
-async fn run_once(config: &Config, count: usize) -> anyhow::Result<Raw> {
+async fn run_once(config: &Config, count: usize, replicas: usize) -> anyhow::Result<Raw> {
     let js = jetstream::new(wallet_ops::nats(config).await?);
     let name = config.names.name(&format!("RAW{}", std::process::id()));
     let subject = config
@@ -71,6 +76,7 @@ async fn run_once(config: &Config, count: usize) -> anyhow::Result<Raw> {
             storage: stream::StorageType::File,
             // As the command streams (streams.toml).
             duplicate_window: Duration::from_secs(30),
+            num_replicas: replicas,
             ..Default::default()
         })
         .await

@@ -21,6 +21,9 @@ pub struct Provenance {
 
 /// The targets of the issue, checked against the profiles found.
 pub const P99_TARGET_MS: f64 = 250.0;
+/// The `quiet` profile's targets: publish-to-event latency at 100 deposits/s.
+pub const QUIET_P50_MS: f64 = 10.0;
+pub const QUIET_P99_MS: f64 = 50.0;
 pub const RSS_TARGET_KIB: u64 = 64 * 1024;
 
 /// Text as one Markdown table cell.
@@ -159,6 +162,36 @@ pub fn markdown(
                     met,
                 )
             }
+        }
+    }
+    // A wallet user's wait when it is quiet: nothing lingers or waits for a fetch.
+    let quiet = format!(
+        "quiet: 100 deposits/s, p50 < {QUIET_P50_MS} ms, p99 < {QUIET_P99_MS} ms, verified"
+    );
+    match find("quiet") {
+        Some(r) => target(
+            quiet,
+            format!(
+                "{}/s for {:.0} s, p50 {} ms, p99 {} ms, {}",
+                rate(r.sent_per_second),
+                r.send_seconds,
+                ms(r.latency_ms.p50),
+                ms(r.latency_ms.p99),
+                if r.verification.passed {
+                    "verified"
+                } else {
+                    "verification failed"
+                }
+            ),
+            Some(
+                r.latency_ms.p50 < QUIET_P50_MS
+                    && r.latency_ms.p99 < QUIET_P99_MS
+                    && r.verification.passed,
+            ),
+        ),
+        None => {
+            let (measured, met) = missing(&["quiet"]);
+            target(quiet, measured, met)
         }
     }
     match (find("deposit-max"), raw) {

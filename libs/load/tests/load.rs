@@ -145,7 +145,7 @@ fn bad_options_are_one_clear_line() {
 async fn raw_keeps_the_fastest_of_its_runs_and_leaves_no_stream_behind() {
     use futures::TryStreamExt;
     let env = TestEnv::new().await;
-    let raw = load::raw::run(&env.config, 2_000, 3).await.unwrap();
+    let raw = load::raw::run(&env.config, 2_000, 3, 1).await.unwrap();
     assert_eq!(raw.messages, 2_000);
     assert_eq!(raw.rates.len(), 3, "{raw:?}");
     let fastest = raw.rates.iter().copied().fold(f64::MIN, f64::max);
@@ -166,7 +166,7 @@ async fn raw_keeps_the_fastest_of_its_runs_and_leaves_no_stream_behind() {
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
     // One run keeps its JSON as before: no list of rates.
-    let one = load::raw::run(&env.config, 500, 1).await.unwrap();
+    let one = load::raw::run(&env.config, 500, 1, 1).await.unwrap();
     assert!(one.rates.is_empty() && one.runs().is_none());
     assert!(!serde_json::to_string(&one).unwrap().contains("rates"));
 }
