@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::db;
 use crate::ledger::Ledger;
+use crate::outbox;
 use crate::streams::ConsumerDef;
 
 /// Connects to NATS, PostgreSQL and Redis. NATS and PostgreSQL connect lazily and reconnect by
@@ -41,7 +42,9 @@ pub(super) async fn connect(
         )
         .await
         .map_err(StartError::Nats)?;
-    let js = jetstream::new(nats.clone());
+    let js = jetstream::ContextBuilder::new()
+        .max_ack_inflight(acks_in_flight(config.batches_in_flight))
+        .build(nats.clone());
     let pool = db::pool(&config).map_err(StartError::Postgres)?;
     let client = crate::cache::client(&config).map_err(StartError::Redis)?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
@@ -126,4 +129,13 @@ pub(super) async fn bind(
             return None;
         }
     }
+}
+
+/// The publish acks a process may await at once, for `loops` consume loops: more than its senders
+/// can hold together while one of them waits for a permit, so that none waits for good (see
+/// [`outbox::ACKS_PER_ROUND`]). Senders of many messages (each loop's screened answers and its
+/// committed events, the outbox relay, a function's sweeper) hold at most one round each; dead
+/// letters, one ack each, at most what a loop settles at once.
+fn acks_in_flight(loops: usize) -> usize {
+    (2 * loops + 2) * outbox::ACKS_PER_ROUND + loops * super::settle::SETTLING_AT_ONCE
 }

@@ -63,7 +63,7 @@ async fn settle_one(ctx: &Context, function: &str, m: &Message, d: Disposition) 
 const DEAD_LETTER_AGAIN: Duration = Duration::from_secs(10);
 
 /// Acknowledgements and dead letters of one batch in flight at once.
-const SETTLING_AT_ONCE: usize = 256;
+pub(super) const SETTLING_AT_ONCE: usize = 256;
 
 /// Publishes committed batches' events, up to `at_once` batches at a time.
 pub(super) async fn publish_committed(
