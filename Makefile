@@ -25,11 +25,14 @@ test-deps:
 # Faults (kill -9, SIGTERM, nats-server restart, PostgreSQL down 30 s, Redis restarted empty,
 # connections cut) while a mixed load runs on private servers, then every command checked.
 # 2 minutes by default (part of `make test`); `make chaos DURATION=30m` soaks; CHAOS_SEED=N
-# replays a schedule. Debug binaries; CHAOS_PROFILE=release for the release ones.
+# replays a schedule; RATE=N commands/s (150). CLUSTER=3: NATS as in production, three nodes with
+# R3 streams and fsync on every write, and the cluster's faults (a node killed, leaders stepped
+# down, a node cut off, a rolling restart). Debug binaries; CHAOS_PROFILE=release for the
+# release ones.
 CHAOS_PROFILE ?= debug
 chaos:
 	$(CARGO) build --workspace --bins $(if $(filter release,$(CHAOS_PROFILE)),--release)
-	./target/$(CHAOS_PROFILE)/chaos $(if $(DURATION),--duration $(DURATION)) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
+	./target/$(CHAOS_PROFILE)/chaos $(if $(DURATION),--duration $(DURATION)) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(if $(RATE),--rate $(RATE)) $(if $(CLUSTER),--cluster $(CLUSTER))
 
 # Hostile input against every function (walletctl/tests/hostile.rs): 10,000 generated hostile
 # messages per command subject mixed with valid deposits; prints what became of them, the

@@ -38,6 +38,7 @@ start_cluster() {
     up 127.0.0.1 "423$i" && continue
     echo "run: starting cluster node n$i on 127.0.0.1:423$i (data in .dev/cluster/n$i)"
     NATS_NODE="n$i" NATS_PORT="423$i" NATS_HTTP_PORT="823$i" NATS_CLUSTER_PORT="623$i" \
+      NATS_CLUSTER_ADVERTISE="127.0.0.1:623$i" \
       NATS_STORE="$DEV/cluster/n$i" NATS_ROUTE_1=nats-route://127.0.0.1:6231 \
       NATS_ROUTE_2=nats-route://127.0.0.1:6232 NATS_ROUTE_3=nats-route://127.0.0.1:6233 \
       setsid "$bin" -c nats/cluster.conf >"$DEV/cluster-n$i.log" 2>&1 &

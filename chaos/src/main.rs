@@ -8,11 +8,18 @@
 //! drawn from a printed seed: replicas killed with SIGKILL or stopped with SIGTERM and
 //! restarted, nats-server restarted on its store, PostgreSQL stopped (`-m immediate`) for
 //! `--pg-outage`, Redis restarted empty, every connection through a proxy cut and restored.
+//! With `--cluster 3` (`make chaos CLUSTER=3`) NATS is the production shape instead: three
+//! nodes of the pinned nats-server with fsync on every write and R3 streams, a proxy in front of
+//! each node and on every route between two, and the cluster's faults join the schedule: a node
+//! killed with SIGKILL and restarted on its store, a stream's or consumer's leader asked to step
+//! down, a node cut off from the other two and from the clients for up to 10 s, a rolling
+//! restart of the three.
 //! Then the load's verification: every command has exactly one terminal outcome and the one its
 //! command must have (so nothing transient was dead-lettered), every wallet equals its accepted
 //! commands, the campaign granted exactly its envelopes, `walletctl audit` is clean.
 
 mod faults;
+mod nats;
 mod proxy;
 mod reads;
 mod replica;
@@ -26,12 +33,13 @@ use clap::Parser;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use testkit::{PrivateNats, PrivatePostgres, PrivateRedis};
+use testkit::{PrivatePostgres, PrivateRedis};
 use tokio_util::sync::CancellationToken;
 use wallet_load::{self as load, LoadArgs};
 use wallet_runtime::Config;
 
 use crate::faults::Fault;
+use crate::nats::Nats;
 use crate::proxy::Proxy;
 use crate::reads::read_balances;
 use crate::replica::Replica;
@@ -46,8 +54,11 @@ struct Args {
     #[arg(long, env = "CHAOS_SEED")]
     seed: Option<u64>,
     /// Commands per second.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, env = "RATE", default_value_t = 150)]
     rate: u64,
+    /// NATS servers: 1, or a cluster of 3 with R3 streams and the cluster's faults.
+    #[arg(long, env = "CLUSTER", default_value_t = 1)]
+    cluster: usize,
     /// Processes of each JetStream function.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -57,6 +68,10 @@ struct Args {
     /// How long PostgreSQL stays down.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pg_outage: Duration,
+    /// On a failed verification, keep every server and process running (their addresses are
+    /// printed) until Ctrl-C, to look at what went wrong.
+    #[arg(long)]
+    hold: bool,
     /// Where the processes' logs go.
     #[arg(long, default_value = ".chaos")]
     logs: PathBuf,
@@ -107,27 +122,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut rng = StdRng::seed_from_u64(seed);
     std::fs::create_dir_all(&args.logs)?;
 
-    let nats = PrivateNats::start();
+    let nats = Nats::start(args.cluster).await?;
     let pg = PrivatePostgres::start(&[], None);
     let redis = PrivateRedis::start();
     let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let proxies = [
-        ("NATS", Proxy::start(local(nats.port)).await?),
-        ("PostgreSQL", Proxy::start(local(pg.port)).await?),
-        ("Redis", Proxy::start(local(redis.port())).await?),
-    ];
+    let pg_proxy = Proxy::start(local(pg.port)).await?;
+    let redis_proxy = Proxy::start(local(redis.port())).await?;
     let env: Vec<(String, String)> = vec![
-        (
-            "NATS_URL".into(),
-            format!("nats://127.0.0.1:{}", proxies[0].1.port),
-        ),
+        ("NATS_URL".into(), nats.url()),
         (
             "DATABASE_URL".into(),
-            format!("postgres://postgres@127.0.0.1:{}/wallet", proxies[1].1.port),
+            format!("postgres://postgres@127.0.0.1:{}/wallet", pg_proxy.port),
         ),
         (
             "REDIS_URL".into(),
-            format!("redis://127.0.0.1:{}", proxies[2].1.port),
+            format!("redis://127.0.0.1:{}", redis_proxy.port),
         ),
         ("WALLET_NAMESPACE".into(), "chaos".into()),
         ("RUST_LOG".into(), "warn".into()),
@@ -140,7 +149,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // the disk it finds free whenever it starts, and a restarted server that cannot reserve a
     // stream does not recreate it. The production sizes (9.5 GiB in all) made a restart on a
     // machine short of disk lose WALLET_EVENTS, and the run stalled.
-    let topology = testkit::topology();
+    let mut topology = testkit::topology();
+    for s in &mut topology.streams {
+        s.replicas = nats.replicas();
+    }
     wallet_ops::setup::setup(&config, &topology).await?;
 
     let mut replicas = Vec::new();
@@ -154,7 +166,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             let role = wallet_ops::setup::role(&name);
             e.push((
                 "DATABASE_URL".into(),
-                format!("postgres://{role}@127.0.0.1:{}/wallet", proxies[1].1.port),
+                format!("postgres://{role}@127.0.0.1:{}/wallet", pg_proxy.port),
             ));
             let log = args.logs.join(format!("{name}-{i}.log"));
             replicas.push(Replica::spawn(&name, Vec::new(), e, log)?);
@@ -181,29 +193,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // Faults from a few seconds in (the load funds its users and opens its campaign first) until
     // the load stops sending.
     let mut faults: BTreeMap<Fault, u32> = BTreeMap::new();
-    let mut first_round = vec![
-        Fault::Kill9,
-        Fault::Sigterm,
-        Fault::ConnectionsCut,
-        Fault::NatsRestart,
-        Fault::RedisRestart,
-        Fault::PostgresStop,
-    ];
+    let cluster = args.cluster > 1;
+    let control = wallet_ops::nats(&config).await?;
+    let mut first_round = Fault::kinds(cluster);
     first_round.shuffle(&mut rng);
     let mut last_fault = started;
+    // Faults that did not take (a node not cut off) or a cluster that did not recover from one
+    // (a node not current again): either fails the run.
+    let mut not_applied = 0;
     tokio::time::sleep(Duration::from_secs(10)).await;
     while started.elapsed() + args.every < args.duration && !load.is_finished() {
         // Every kind once, in an order of the seed's, then as the weights draw them.
         let fault = match first_round.pop() {
             Some(f) => f,
-            None => match rng.random_range(0..100) {
-                0..30 => Fault::Kill9,
-                30..45 => Fault::Sigterm,
-                45..60 => Fault::ConnectionsCut,
-                60..75 => Fault::NatsRestart,
-                75..88 => Fault::RedisRestart,
-                _ => Fault::PostgresStop,
-            },
+            None => Fault::draw(&mut rng, cluster),
         };
         let at = started.elapsed();
         let detail = match fault {
@@ -220,11 +223,47 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 replica.restart()?;
                 replica.name.to_owned()
             }
-            Fault::NatsRestart => {
-                blocking(|| nats.stop());
+            Fault::NatsRestart | Fault::NodeKill => {
+                let node = rng.random_range(0..args.cluster);
+                blocking(|| nats.stop(node));
                 tokio::time::sleep(Duration::from_millis(rng.random_range(200..2000))).await;
-                blocking(|| nats.start_again());
-                String::new()
+                blocking(|| nats.start_again(node));
+                if cluster {
+                    format!("n{node}")
+                } else {
+                    String::new()
+                }
+            }
+            Fault::LeaderStepdown => {
+                let c = &topology.consumers[rng.random_range(0..topology.consumers.len())];
+                let stream = config.names.name(&c.stream);
+                let api = if rng.random_bool(0.5) {
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}")
+                } else {
+                    let consumer = config.names.name(&c.function);
+                    format!("$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}")
+                };
+                format!("{api}: {}", stepdown(&control, &api).await)
+            }
+            Fault::NodeIsolated => {
+                let node = rng.random_range(0..args.cluster);
+                let secs = rng.random_range(2.0..10.0);
+                let isolated = nats.isolate(node, true).await;
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                nats.isolate(node, false).await;
+                if isolated {
+                    format!("n{node} for {secs:.1} s")
+                } else {
+                    not_applied += 1;
+                    format!("n{node}: NOT cut off, it kept a route past the proxies")
+                }
+            }
+            Fault::RollingRestart => {
+                let (took, all_current) = nats.rolling_restart().await;
+                if !all_current {
+                    not_applied += 1;
+                }
+                took
             }
             Fault::PostgresStop => {
                 blocking(|| pg.stop());
@@ -240,11 +279,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 String::new()
             }
             Fault::ConnectionsCut => {
-                let (name, proxy) = &proxies[rng.random_range(0..proxies.len())];
-                proxy.cut();
+                let (name, proxies) = match rng.random_range(0..3) {
+                    0 => ("NATS", nats.client_proxies()),
+                    1 => ("PostgreSQL", vec![&pg_proxy]),
+                    _ => ("Redis", vec![&redis_proxy]),
+                };
+                proxies.iter().for_each(|p| p.cut());
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..5000))).await;
-                proxy.restore();
-                (*name).to_owned()
+                proxies.iter().for_each(|p| p.restore());
+                name.to_owned()
             }
         };
         println!(
@@ -270,6 +313,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         humantime::format_duration(args.duration)
     );
     println!("| replicas per function | {} |", args.replicas);
+    println!(
+        "| NATS | {} |",
+        if cluster {
+            "3 nodes, R3 streams, fsync on every write"
+        } else {
+            "one server"
+        }
+    );
+    println!("| rate | {} commands/s |", args.rate);
     println!("| commands sent | {} |", report.commands);
     for (fault, n) in &faults {
         println!("| fault: {} | {n} |", fault.name());
@@ -285,12 +337,47 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "| drained after the last fault | {:.1} s |",
         drained.as_secs_f64()
     );
-    println!("| verified | {} |", if v.passed { "yes" } else { "**NO**" });
+    if not_applied > 0 {
+        println!("| faults not taken or not recovered from | **{not_applied}** |");
+    }
+    let passed = v.passed && not_applied == 0;
+    println!("| verified | {} |", if passed { "yes" } else { "**NO**" });
+    if !passed && args.hold {
+        println!(
+            "\nchaos: holding for inspection (Ctrl-C ends it): NATS_URL={} DATABASE_URL=postgres://postgres@127.0.0.1:{}/wallet WALLET_NAMESPACE=chaos; logs in {}{}",
+            nats.url(),
+            pg.port,
+            args.logs.display(),
+            nats.store()
+                .map(|d| format!(", NATS stores and logs in {d}"))
+                .unwrap_or_default()
+        );
+        std::future::pending::<()>().await;
+    }
     drop((replicas, providers));
     wallet_ops::teardown::teardown(&config, &topology)
         .await
         .ok();
-    Ok(v.passed)
+    Ok(passed)
+}
+
+/// Asks for a leader to step down; says how that went (a step-down refused or unanswered while
+/// another fault is on is part of the run, not its failure).
+async fn stepdown(control: &async_nats::Client, api: &str) -> String {
+    let asked = tokio::time::timeout(
+        Duration::from_secs(5),
+        control.request(api.to_owned(), bytes::Bytes::new()),
+    )
+    .await;
+    match asked {
+        Err(_) => "no answer in 5 s".into(),
+        Ok(Err(e)) => format!("not asked: {e}"),
+        Ok(Ok(reply)) => match serde_json::from_slice::<serde_json::Value>(&reply.payload) {
+            Ok(v) if v["success"] == true => "done".into(),
+            Ok(v) => format!("refused: {}", v["error"]["description"]),
+            Err(e) => format!("unreadable answer: {e}"),
+        },
+    }
 }
 
 /// The servers' helpers wait synchronously; the load runs on the other workers meanwhile.

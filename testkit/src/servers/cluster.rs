@@ -37,6 +37,8 @@ struct Node {
     port: u16,
     http_port: u16,
     cluster_port: u16,
+    /// The port this node dials to reach each node (its cluster port, or a proxy in front).
+    routes: Vec<u16>,
     child: Mutex<Option<Child>>,
 }
 
@@ -46,39 +48,84 @@ pub struct PrivateCluster {
     bin: PathBuf,
     dir: PathBuf,
     nodes: Vec<Node>,
+    /// The route address every node gossips to the others: its own cluster port, or, once a
+    /// route goes through a proxy, a port nothing listens on, so that no node learns a way
+    /// around the proxies (a gossiped route is tried once and given up).
+    advertise: Option<u16>,
 }
 
 impl PrivateCluster {
     /// Starts the three nodes and waits until the cluster has a JetStream meta leader.
     pub async fn start() -> Self {
+        let c = Self::new();
+        c.start_all().await;
+        c
+    }
+
+    /// Three nodes with their ports chosen, not started: [`PrivateCluster::route_through`] may
+    /// put proxies between them first, then [`PrivateCluster::start_all`].
+    pub fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("cluster-{}", uuid::Uuid::new_v4().simple()));
         let nodes = (0..3)
             .map(|_| Node {
                 port: free_port(),
                 http_port: free_port(),
                 cluster_port: free_port(),
+                routes: Vec::new(),
                 child: Mutex::new(None),
             })
+            .collect::<Vec<_>>();
+        let direct: Vec<u16> = nodes.iter().map(|n| n.cluster_port).collect();
+        let nodes = nodes
+            .into_iter()
+            .map(|n| Node {
+                routes: direct.clone(),
+                ..n
+            })
             .collect();
-        let c = Self {
+        Self {
             bin: pinned_nats_server(),
             dir,
             nodes,
-        };
-        for i in 0..3 {
-            c.start_node(i);
+            advertise: None,
         }
-        c.wait_for_meta_leader().await;
-        c
+    }
+
+    /// Node `from` reaches node `to` through `port` (a proxy in front of `to`'s cluster port).
+    pub fn route_through(&mut self, from: usize, to: usize, port: u16) {
+        self.nodes[from].routes[to] = port;
+        self.advertise.get_or_insert_with(free_port);
+    }
+
+    /// Starts every node and waits until the cluster has a JetStream meta leader.
+    pub async fn start_all(&self) {
+        for i in 0..self.nodes.len() {
+            self.start_node(i);
+        }
+        self.wait_for_meta_leader().await;
     }
 
     /// Every node's client URL, comma-separated, as `NATS_URL` takes them.
     pub fn url(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+        (0..self.nodes.len())
+            .map(|i| format!("nats://127.0.0.1:{}", self.client_port(i)))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The folder of the nodes' stores and logs (`n<i>/`, `n<i>.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Node `i`'s client port.
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// Node `i`'s route port.
+    pub fn cluster_port(&self, i: usize) -> u16 {
+        self.nodes[i].cluster_port
     }
 
     /// Starts node `i` (again) on its ports and store folder; waits until it accepts clients.
@@ -91,6 +138,7 @@ impl PrivateCluster {
             .append(true)
             .open(self.dir.join(format!("n{i}.log")))
             .unwrap();
+        let advertise = self.advertise.unwrap_or(n.cluster_port);
         let mut cmd = Command::new(&self.bin);
         cmd.arg("-c")
             .arg(workspace_root().join("nats/cluster.conf"))
@@ -98,11 +146,12 @@ impl PrivateCluster {
             .env("NATS_PORT", n.port.to_string())
             .env("NATS_HTTP_PORT", n.http_port.to_string())
             .env("NATS_CLUSTER_PORT", n.cluster_port.to_string())
+            .env("NATS_CLUSTER_ADVERTISE", format!("127.0.0.1:{advertise}"))
             .env("NATS_STORE", &store);
-        for (j, peer) in self.nodes.iter().enumerate() {
+        for (j, port) in n.routes.iter().enumerate() {
             cmd.env(
                 format!("NATS_ROUTE_{}", j + 1),
-                format!("nats-route://127.0.0.1:{}", peer.cluster_port),
+                format!("nats-route://127.0.0.1:{port}"),
             );
         }
         let child = cmd
@@ -116,6 +165,29 @@ impl PrivateCluster {
             assert!(Instant::now() < deadline, "cluster node n{i} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM of node `i` (a graceful stop, as a rolling upgrade does); waits until it exited.
+    pub fn stop_node(&self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.lock().unwrap().take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits (up to `timeout`) until node `i` says it is healthy: `/healthz` answers 200 once
+    /// its JetStream assets are current with their leaders, which is what a rolling upgrade
+    /// waits for before it takes the next node down. False if it did not.
+    pub async fn wait_healthy(&self, i: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some((200, _)) = crate::http_get(self.nodes[i].http_port, "/healthz").await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// SIGKILL of node `i` (its store stays for a restart).
@@ -151,6 +223,12 @@ impl PrivateCluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Default for PrivateCluster {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
