@@ -5,8 +5,12 @@
 # the running stack's (started privately when not reachable, as `make run` does). Every profile
 # writes its JSON summary to bench/runs/; bench/RESULTS.md is rendered from them.
 #
-#   PROFILES="raw deposit-max" make bench     # a subset
+#   PROFILES="raw deposit-max" make bench     # a subset (rendered to bench/runs/RESULTS.md)
 #   PEAK_DURATION=1m make bench                # shorter peak profiles (the targets say 5m)
+#   HISTORY_COMMANDS=5000000 make bench        # a smaller history (the target says 50,000,000)
+#
+# The -r3 profiles run on the production shape: the 3-node cluster of `make run CLUSTER=3`
+# (started here when it is not up; fsync on every write), streams with 3 replicas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="$PWD/target/release"
@@ -18,7 +22,11 @@ export RUST_LOG="${RUST_LOG:-warn}"
 OUT=bench/runs
 # Results of one run only: RESULTS.md never mixes commits.
 rm -rf "$OUT"; mkdir -p "$OUT"
-PROFILES="${PROFILES:-raw deposit-max per-message deposit-peak mixed-peak flash-bonus quiet}"
+ALL="raw deposit-max per-message deposit-peak mixed-peak flash-bonus quiet history raw-r3 deposit-max-r3 mixed-r3"
+PROFILES="${PROFILES:-$ALL}"
+# bench/RESULTS.md is one run of every profile; a subset is rendered beside its runs.
+RESULTS=bench/RESULTS.md
+[ "$PROFILES" = "$ALL" ] || RESULTS="$OUT/RESULTS.md"
 PEAK_DURATION="${PEAK_DURATION:-5m}"
 # Runs of raw and of deposit-max, whose ratio is a target.
 RUNS="${RAW_RUNS:-3}"
@@ -27,6 +35,17 @@ RUNS="${RAW_RUNS:-3}"
 # provider's ack and the final event): 8,333 messages/s is 3,030 commands/s.
 MIX="deposit=60,transfer=25,bonus=15"
 MIX_RATE=3030
+
+# The NATS the profiles use: the one server (NATS_URL), or for the -r3 profiles the cluster.
+single_url="$NATS_URL"
+cluster_url=""
+on_cluster() {
+  if [ -z "$cluster_url" ]; then start_cluster; cluster_url="$NATS_URL"; fi
+  export NATS_URL="$cluster_url" STREAM_REPLICAS=3
+}
+on_single() {
+  export NATS_URL="$single_url"; unset STREAM_REPLICAS
+}
 
 pids=()
 watch=()
@@ -66,7 +85,8 @@ load() {
   local profile="$1"; shift
   local file="$OUT/$profile${RUN:+.$RUN}"
   echo "bench: $profile${RUN:+ (run $RUN)}"
-  if ! "$BIN/walletctl" load --profile "$profile" --json --drain-timeout 30m "${watch[@]}" "$@" \
+  if ! "$BIN/walletctl" load --profile "$profile" --json --drain-timeout 30m "${watch[@]}" \
+    --cpu nats-server --cpu postgres --cpu redis-server "$@" \
     >"$file.json" 2> >(tee "$file.err" >&2); then
     if [ -s "$file.json" ]; then
       echo "bench: $profile: verification FAILED (see $file.json)"
@@ -77,7 +97,23 @@ load() {
   stop_functions
 }
 
+# probe RATE: one minute of the mix at RATE on the cluster; true if it held (walletctl bench
+# holds: every command sent at the rate, p99 < 250 ms, lag flat, verified).
+probe() {
+  fresh
+  for f in deposit transfer-out provider-ack bonus-grant; do start "$f"; done
+  RUN="$1" load mixed-r3-probe --mix "$MIX" --rate "$1" --duration "${PROBE_DURATION:-1m}" --users 10000
+  local line
+  line="$("$BIN/walletctl" bench holds "$OUT/mixed-r3-probe.$1.json" 2>&1)" && held=0 || held=$?
+  echo "$1/s $line" | tee -a "$OUT/mixed-r3-search.txt"
+  return "$held"
+}
+
 for profile in $PROFILES; do
+  case "$profile" in
+    *-r3) on_cluster ;;
+    *) on_single ;;
+  esac
   case "$profile" in
     raw)
       echo "bench: raw"
@@ -106,14 +142,61 @@ for profile in $PROFILES; do
       # A night's load: what one deposit waits, publish to event.
       fresh; start deposit
       load quiet --rate 100 --duration "${QUIET_DURATION:-2m}" --users 10000 ;;
+    history)
+      # Months of remembered ids: deposit-max on a fresh database, then on one seeded with
+      # HISTORY_COMMANDS deposits (scripts/seed-history.sql: bulk SQL, not the functions).
+      for run in $(seq 1 "$RUNS"); do
+        fresh; start deposit
+        RUN=$run load history-fresh --count 300000 --users 10000
+      done
+      fresh
+      echo "bench: history: seeding ${HISTORY_COMMANDS:-50000000} remembered deposits"
+      { time psql -q -X "$DATABASE_URL" -v commands="${HISTORY_COMMANDS:-50000000}" \
+          -v users=1000000 -f scripts/seed-history.sql; } >"$OUT/history-seed.txt" 2>&1
+      # Each run adds to the history: nothing is torn down between them. The audit reads the
+      # whole database (minutes at this size): after the last run only.
+      for run in $(seq 1 "$RUNS"); do
+        start deposit
+        RUN=$run load history --count 300000 --users 10000 $([ "$run" = "$RUNS" ] || echo --no-audit)
+      done ;;
+    raw-r3)
+      echo "bench: raw-r3"
+      "$BIN/walletctl" bench raw --count 30000 --runs "$RUNS" --json >"$OUT/raw-r3.json" ;;
+    deposit-max-r3)
+      for run in $(seq 1 "$RUNS"); do
+        fresh; start deposit
+        RUN=$run load deposit-max-r3 --count 30000 --users 10000
+      done ;;
+    mixed-r3)
+      # The highest rate of the mix the cluster holds, found: one-minute probes from 100/s,
+      # doubled while they hold, then two halvings between the last that held and the first
+      # that did not; the rate found is then run for PEAK_DURATION, and stepped down by a tenth
+      # (at most three times) if that run does not hold.
+      : >"$OUT/mixed-r3-search.txt"
+      lo=0; hi=100
+      while probe "$hi"; do lo=$hi; hi=$((hi * 2)); done
+      for _ in 1 2; do
+        mid=$(((lo + hi) / 2))
+        [ "$mid" -gt "$lo" ] || break
+        if probe "$mid"; then lo=$mid; else hi=$mid; fi
+      done
+      for _ in 1 2 3; do
+        [ "$lo" -gt 0 ] || break
+        fresh
+        for f in deposit transfer-out provider-ack bonus-grant; do start "$f"; done
+        load mixed-r3 --mix "$MIX" --rate "$lo" --duration "$PEAK_DURATION" --users 10000
+        "$BIN/walletctl" bench holds "$OUT/mixed-r3.json" >/dev/null 2>&1 && break
+        echo "$lo/s did not hold for $PEAK_DURATION" >>"$OUT/mixed-r3-search.txt"
+        lo=$((lo * 9 / 10))
+      done ;;
     *) echo "bench: unknown profile $profile" >&2; exit 2 ;;
   esac
 done
 
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-"$BIN/walletctl" bench report "$OUT" --commit "$commit" >bench/RESULTS.md
+"$BIN/walletctl" bench report "$OUT" --commit "$commit" >"$RESULTS"
 # The profile findings, written by hand, follow the figures.
-[ -f bench/ANALYSIS.md ] && { echo; cat bench/ANALYSIS.md; } >>bench/RESULTS.md
-echo "bench: wrote bench/RESULTS.md"
-sed -n '/^| profile/,/^## Profiles/p' bench/RESULTS.md | head -n -1
+[ -f bench/ANALYSIS.md ] && { echo; cat bench/ANALYSIS.md; } >>"$RESULTS"
+echo "bench: wrote $RESULTS"
+sed -n '/^| profile/,/^## Profiles/p' "$RESULTS" | head -n -1

@@ -3,7 +3,8 @@
 # binaries) in the project's own virtual environment, installed when missing; prints its path.
 # The cluster (`make run CLUSTER=3`, `make chaos CLUSTER=3`, the bench's r3 profiles and the
 # cluster tests) runs on it: `sync_interval` and the 2.11+ pull statuses need a current server,
-# while Debian's 2.9.10 stays the one-server dev stack. Upgrading is this one line.
+# while Debian's 2.9.10 stays the one-server dev stack. Upgrading is this line and the image tag
+# in k8s/nats/values.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

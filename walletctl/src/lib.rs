@@ -141,6 +141,9 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the run a `walletctl load --json` summary describes held its rate: every command
+    /// sent at it, p99 under 250 ms, lag flat, verified. Exit 0 if it did, 1 if not.
+    Holds { file: std::path::PathBuf },
     /// Render bench/RESULTS.md from the JSON summaries in DIR (`raw.json`, `<profile>.json`).
     Report {
         dir: std::path::PathBuf,
@@ -275,6 +278,17 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench {
+            command: BenchCmd::Holds { file },
+        } => {
+            let (held, line) = load::bench::holds(&file)?;
+            println!("{} {line}", if held { "holds:" } else { "does not hold:" });
+            Ok(if held {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FOUND)
+            })
         }
         Cmd::Bench {
             command: BenchCmd::Report { dir, commit },

@@ -56,6 +56,14 @@ pub struct LoadArgs {
     /// Also report the peak memory (VmHWM) of these processes, as NAME=PID.
     #[arg(long = "watch", value_parser = parse_watch)]
     pub watch: Vec<(String, u32)>,
+    /// Also report the CPU time of every process of this program (`nats-server`, `postgres`).
+    #[arg(long = "cpu")]
+    pub cpu: Vec<String>,
+    /// Leave `walletctl audit` out of the verification: it reads the whole database, which takes
+    /// minutes once it holds months of history (`make bench`'s history profile audits after its
+    /// last run only).
+    #[arg(long)]
+    pub no_audit: bool,
     /// A label for the summary (`make bench` names its profiles).
     #[arg(long)]
     pub profile: Option<String>,

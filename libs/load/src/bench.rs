@@ -11,13 +11,17 @@ use crate::report::Report;
 use crate::results::{self, Failure, Provenance};
 
 /// The profiles of `make bench`, in the order the results list them.
-pub const PROFILES: [&str; 6] = [
+pub const PROFILES: [&str; 10] = [
     "deposit-max",
     "per-message",
     "deposit-peak",
     "mixed-peak",
     "flash-bonus",
     "quiet",
+    "history-fresh",
+    "history",
+    "deposit-max-r3",
+    "mixed-r3",
 ];
 
 pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Result<String> {
@@ -30,11 +34,14 @@ pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Resul
         }
     };
     // Empty: `walletctl bench raw` failed before it printed anything; reported as not run.
-    let raw: Option<Raw> = read("raw.json".into())?
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| serde_json::from_str(&s))
-        .transpose()
-        .context("raw.json")?;
+    let raw = |file: &str| -> anyhow::Result<Option<Raw>> {
+        read(file.to_owned())?
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .context(file.to_owned())
+    };
+    let (raw, raw_r3) = (raw("raw.json")?, raw("raw-r3.json")?);
     let mut reports: Vec<Report> = Vec::new();
     let mut failed: Vec<Failure> = Vec::new();
     for name in PROFILES {
@@ -79,12 +86,30 @@ pub async fn results(config: &Config, dir: &Path, commit: &str) -> anyhow::Resul
         commit: commit.to_owned(),
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
     };
-    Ok(results::markdown(
-        &provenance,
-        raw.as_ref(),
-        &reports,
-        &failed,
-    ))
+    let runs = results::Runs {
+        raw,
+        raw_r3,
+        reports,
+        failed,
+        search: read("mixed-r3-search.txt".into())?,
+        seed: read("history-seed.txt".into())?,
+    };
+    Ok(results::markdown(&provenance, &runs))
+}
+
+/// `walletctl bench holds FILE`: whether the run a summary describes held its rate (see
+/// [`results::holds`]), and one line saying what it measured.
+pub fn holds(file: &Path) -> anyhow::Result<(bool, String)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    anyhow::ensure!(
+        !text.trim().is_empty(),
+        "{}: the run wrote no summary",
+        file.display()
+    );
+    let report: Report =
+        serde_json::from_str(&text).with_context(|| format!("{}", file.display()))?;
+    Ok((results::holds(&report), results::held(&report)))
 }
 
 /// The run a profile is reported by: the fastest, with every run's rate, unless one failed its

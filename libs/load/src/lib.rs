@@ -28,6 +28,7 @@ use wallet_runtime::streams::Topology;
 
 mod args;
 pub mod bench;
+mod cpu;
 mod figures;
 mod lag;
 mod mix;
@@ -220,6 +221,7 @@ async fn measure(
         stop.clone(),
     ));
     let seq_before = lag::stream_sequences(js, &config.names, topology).await?;
+    let cpu_before = cpu::sample(&args.watch, &args.cpu);
     let progress = progress::Progress::start(live.clone(), count, args.duration);
     let sending = send(js, &plan, &times, &live, args.rate, count, args.duration).await;
     let send_seconds = times.start().elapsed().as_secs_f64();
@@ -234,12 +236,16 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     progress.finish();
+    let cpu = cpu::used(&cpu_before, &cpu::sample(&args.watch, &args.cpu));
     stop.cancel();
     let tracker = tracker.await??;
     let lag = lag.await?;
     let messages = sending?;
     let seq_after = lag::stream_sequences(js, &config.names, topology).await?;
-    let verification = verify::verify(config, &plan, &tracker, sent, envelopes).await?;
+    let verifying = Instant::now();
+    let verification =
+        verify::verify(config, &plan, &tracker, sent, envelopes, !args.no_audit).await?;
+    let verify_seconds = verifying.elapsed().as_secs_f64();
     let rss = args
         .watch
         .iter()
@@ -255,7 +261,9 @@ async fn measure(
             jetstream_messages: seq_after.saturating_sub(seq_before),
             lag,
             rss,
+            cpu,
             envelopes,
+            verify_seconds,
         },
         &tracker,
         verification,

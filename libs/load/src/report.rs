@@ -86,8 +86,15 @@ pub struct Report {
     pub lag: Lag,
     /// Peak resident memory (VmHWM) of the watched processes, KiB.
     pub rss_kib: BTreeMap<String, Option<u64>>,
+    /// CPU seconds each watched process (`--watch`) or program (`--cpu`) used from the first
+    /// command to the last outcome.
+    #[serde(default)]
+    pub cpu_seconds: BTreeMap<String, Option<f64>>,
     pub envelopes: Option<u64>,
     pub verification: Verification,
+    /// How long the verification took (the audit reads the whole database).
+    #[serde(default)]
+    pub verify_seconds: f64,
     /// Every run's outcomes/s, when the profile ran several times (`make bench` runs
     /// `deposit-max` as often as `raw`); the fields above are the fastest run's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -103,7 +110,9 @@ pub struct Measured {
     pub jetstream_messages: u64,
     pub lag: LagSeries,
     pub rss: BTreeMap<String, Option<u64>>,
+    pub cpu: BTreeMap<String, Option<f64>>,
     pub envelopes: u64,
+    pub verify_seconds: f64,
 }
 
 impl Report {
@@ -164,8 +173,10 @@ impl Report {
             latency_ms: Latency::of(&tracker.all_latency()),
             lag: lag_summary(&m.lag, m.send_seconds, sent_per_second),
             rss_kib: m.rss,
+            cpu_seconds: m.cpu,
             envelopes: plan.mix.has(Kind::Bonus).then_some(m.envelopes),
             verification,
+            verify_seconds: m.verify_seconds,
             rates: Vec::new(),
         }
     }
@@ -308,6 +319,22 @@ impl fmt::Display for Report {
                 .collect();
             writeln!(f, "| peak RSS | {} |", rss.join(", "))?;
         }
+        if !self.cpu_seconds.is_empty() {
+            let cpu: Vec<String> = self
+                .cpu_seconds
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(s) => format!("{k} {s:.1} s ({:.0} %)", 100.0 * s / self.seconds),
+                    None => format!("{k} unknown"),
+                })
+                .collect();
+            writeln!(
+                f,
+                "| CPU, first command to last outcome (share of one core) | {} |",
+                cpu.join(", ")
+            )?;
+        }
+        writeln!(f, "| verification took | {:.1} s |", self.verify_seconds)?;
         writeln!(f)?;
         for c in &self.verification.checks {
             writeln!(
