@@ -390,8 +390,12 @@ async fn a_background_task_that_panics_stops_the_process_with_a_failure() {
     assert!(output.contains("background"), "{output}");
 }
 
+/// A backlog found at start is decided in batches, not one transaction per command. The pull
+/// stream delivers the queued messages as they come off the socket, and a batch takes what has
+/// arrived when its first message is taken, so the 50 may come as one batch or a few (two, once,
+/// on a loaded CI host); one per command would be 50.
 #[tokio::test(flavor = "multi_thread")]
-async fn commands_queued_before_a_start_are_one_fetch_and_one_transaction() {
+async fn commands_queued_before_a_start_are_decided_in_a_few_batches() {
     let env = TestEnv::new().await;
     let msgs: Vec<_> = (0..50)
         .map(|i| {
@@ -400,7 +404,7 @@ async fn commands_queued_before_a_start_are_one_fetch_and_one_transaction() {
             ("wallet.probe".to_owned(), id, body)
         })
         .collect();
-    // Queued before the process starts, and one consume loop: one fetch takes them all.
+    // Queued before the process starts, and one consume loop.
     env.publish_many(msgs).await;
     let mut events = env.events().await;
     let probe_proc = env.spawn("probe", &[("BATCHES_IN_FLIGHT", "1")]);
@@ -408,9 +412,16 @@ async fn commands_queued_before_a_start_are_one_fetch_and_one_transaction() {
         .until(T, "50 completed probes", |s| completed(s) >= 50)
         .await;
     assert_eq!(seen.len(), 50);
-    assert_eq!(probe_proc.metric("wallet_batch_size_count").await, 1.0);
+    let batches = probe_proc.metric("wallet_batch_size_count").await;
+    assert!(
+        (1.0..=5.0).contains(&batches),
+        "{batches} batches for 50 queued commands"
+    );
     assert_eq!(probe_proc.metric("wallet_batch_size_sum").await, 50.0);
-    assert_eq!(probe_proc.metric("wallet_transactions_total").await, 1.0);
+    assert_eq!(
+        probe_proc.metric("wallet_transactions_total").await,
+        batches
+    );
     assert_eq!(probe_proc.metric("wallet_build_info").await, 1.0);
     assert!(
         probe_proc.metrics().await.contains(&format!(
