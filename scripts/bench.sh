@@ -78,6 +78,11 @@ start() {
   port=$((port + 1))
 }
 
+# start_mix: one process of every function the mix's commands reach.
+start_mix() {
+  for f in deposit transfer-out provider-ack bonus-grant; do start "$f"; done
+}
+
 # What a run prints on stderr is kept in <profile>.err: a run that ends without a summary (an
 # error, not a failed verification) is reported in the results by its last line. With RUN=k set,
 # the files are <profile>.k.json and <profile>.k.err: one run of several.
@@ -101,7 +106,7 @@ load() {
 # holds: every command sent at the rate, p99 < 250 ms, lag flat, verified).
 probe() {
   fresh
-  for f in deposit transfer-out provider-ack bonus-grant; do start "$f"; done
+  start_mix
   RUN="$1" load mixed-r3-probe --mix "$MIX" --rate "$1" --duration "${PROBE_DURATION:-1m}" --users 10000
   local line
   line="$("$BIN/walletctl" bench holds "$OUT/mixed-r3-probe.$1.json" 2>&1)" && held=0 || held=$?
@@ -133,7 +138,7 @@ for profile in $PROFILES; do
       load deposit-peak --rate 8333 --duration "$PEAK_DURATION" --users 10000 ;;
     mixed-peak)
       fresh
-      for f in deposit transfer-out provider-ack bonus-grant; do start "$f"; done
+      start_mix
       load mixed-peak --mix "$MIX" --rate "$MIX_RATE" --duration "$PEAK_DURATION" --users 10000 ;;
     flash-bonus)
       fresh; start bonus-grant
@@ -183,7 +188,7 @@ for profile in $PROFILES; do
       for _ in 1 2 3; do
         [ "$lo" -gt 0 ] || break
         fresh
-        for f in deposit transfer-out provider-ack bonus-grant; do start "$f"; done
+        start_mix
         load mixed-r3 --mix "$MIX" --rate "$lo" --duration "$PEAK_DURATION" --users 10000
         "$BIN/walletctl" bench holds "$OUT/mixed-r3.json" >/dev/null 2>&1 && break
         echo "$lo/s did not hold for $PEAK_DURATION" >>"$OUT/mixed-r3-search.txt"

@@ -248,9 +248,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Fault::NodeIsolated => {
                 let node = rng.random_range(0..args.cluster);
                 let secs = rng.random_range(2.0..10.0);
-                let isolated = nats.isolate(node, true).await;
+                let isolated = nats.cut_off(node).await;
                 tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-                nats.isolate(node, false).await;
+                nats.rejoin(node);
                 if isolated {
                     format!("n{node} for {secs:.1} s")
                 } else {

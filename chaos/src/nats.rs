@@ -120,29 +120,30 @@ impl Nats {
         }
     }
 
-    /// Node `node` cut off from the other two and from the clients (`cut` false: joined again).
-    /// A cut is confirmed: true once the node reports no route left (within 5 s), so that a
-    /// partition the proxies failed to make (a route around them) fails the run.
-    pub(crate) async fn isolate(&self, node: usize, cut: bool) -> bool {
+    /// The proxies between node `node` and everyone else: its clients' and its routes'.
+    fn proxies_of(&self, node: usize) -> Vec<&Proxy> {
         let Self::Cluster {
-            cluster,
-            clients,
-            routes,
+            clients, routes, ..
         } = self
         else {
-            return false;
+            return Vec::new();
         };
-        let proxies = routes
+        routes
             .iter()
             .filter(|(from, to, _)| *from == node || *to == node)
             .map(|(_, _, p)| p)
-            .chain(std::iter::once(&clients[node]));
-        for p in proxies {
-            if cut { p.cut() } else { p.restore() }
-        }
-        if !cut {
-            return true;
-        }
+            .chain(std::iter::once(&clients[node]))
+            .collect()
+    }
+
+    /// Node `node` cut off from the other two and from the clients, until [`Nats::rejoin`].
+    /// Confirmed: true once the node reports no route left (within 5 s), so that a partition the
+    /// proxies failed to make (a route around them) fails the run.
+    pub(crate) async fn cut_off(&self, node: usize) -> bool {
+        let Self::Cluster { cluster, .. } = self else {
+            return false;
+        };
+        self.proxies_of(node).iter().for_each(|p| p.cut());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
             let routez = testkit::http_get(cluster.http_port(node), "/routez").await;
@@ -155,6 +156,10 @@ impl Nats {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    pub(crate) fn rejoin(&self, node: usize) {
+        self.proxies_of(node).iter().for_each(|p| p.restore());
     }
 
     /// A rolling upgrade: each node in turn stopped gracefully (SIGTERM), started again, and

@@ -174,6 +174,19 @@ async fn copies_of_one_id_inside_one_batch_have_one_effect() {
     assert!(env.audit().await.ok());
 }
 
+/// Waits until the relay has published and deleted every outbox row.
+async fn outbox_empties(pg: &tokio_postgres::Client) {
+    eventually(T, "the outbox to empty", || async {
+        let left: i64 = pg
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an_older_balance() {
     let env = TestEnv::new().await;
@@ -236,15 +249,7 @@ async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an
     events.by_id("probe:late-3:completed", T).await;
     let last = events.by_id("probe:bulk-299:completed", T).await;
     assert_eq!(last.body["id"], "bulk-299");
-    eventually(T, "the outbox to empty", || async {
-        let left: i64 = pg
-            .query_one("SELECT count(*) FROM outbox", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (left == 0).then_some(())
-    })
-    .await;
+    outbox_empties(&pg).await;
     assert_eq!(
         env.cached("u-9", "main:USD").await.as_deref(),
         Some("5|50.00"),
@@ -279,15 +284,7 @@ async fn the_relay_publishes_a_backlog_larger_than_the_acks_a_process_may_await(
             ("BATCHES_IN_FLIGHT", "1"),
         ],
     );
-    eventually(T, "the outbox to empty", || async {
-        let left: i64 = pg
-            .query_one("SELECT count(*) FROM outbox", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (left == 0).then_some(())
-    })
-    .await;
+    outbox_empties(&pg).await;
     let mut stream = env
         .js
         .get_stream(env.config.names.name("WALLET_EVENTS"))

@@ -39,6 +39,27 @@ pub fn holds(r: &Report) -> bool {
         && r.verification.passed
 }
 
+fn verdict(r: &Report) -> &'static str {
+    if r.verification.passed {
+        "verified"
+    } else {
+        "verification failed"
+    }
+}
+
+/// `a ÷ b = share`, with each side's runs when it ran several times; returns the share too.
+fn share(a: (&str, f64, Option<String>), b: (&str, f64, Option<String>)) -> (f64, String) {
+    let share = a.1 / b.1;
+    let runs: String = [(a.0, a.2), (b.0, b.2)]
+        .into_iter()
+        .filter_map(|(name, runs)| Some(format!(" ({name}: {})", runs?)))
+        .collect();
+    (
+        share,
+        format!("{}/s ÷ {}/s = {share:.3}{runs}", rate(a.1), rate(b.1)),
+    )
+}
+
 /// One line on a run at a fixed rate: what it held.
 pub fn held(r: &Report) -> String {
     format!(
@@ -52,11 +73,7 @@ pub fn held(r: &Report) -> String {
             Some(false) => "flat",
             None => "unknown",
         },
-        if r.verification.passed {
-            "verified"
-        } else {
-            "verification failed"
-        }
+        verdict(r)
     )
 }
 
@@ -199,11 +216,7 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
                 r.send_seconds,
                 ms(r.latency_ms.p50),
                 ms(r.latency_ms.p99),
-                if r.verification.passed {
-                    "verified"
-                } else {
-                    "verification failed"
-                }
+                verdict(r)
             ),
             Some(
                 r.latency_ms.p50 < QUIET_P50_MS
@@ -223,20 +236,11 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
         let name = format!("{max} ≥ 0.3 × {raw_name}");
         match (find(max), raw) {
             (Some(d), Some(raw)) => {
-                let share = d.outcomes_per_second / raw.rate;
-                target(
-                    name,
-                    format!(
-                        "{}/s ÷ {}/s = {share:.3}{}",
-                        rate(d.outcomes_per_second),
-                        rate(raw.rate),
-                        [(max, fastest_of(&d.rates)), (raw_name, raw.runs())]
-                            .into_iter()
-                            .filter_map(|(name, runs)| Some(format!(" ({name}: {})", runs?)))
-                            .collect::<String>()
-                    ),
-                    Some(share >= 0.3),
+                let (share, measured) = share(
+                    (max, d.outcomes_per_second, fastest_of(&d.rates)),
+                    (raw_name, raw.rate, raw.runs()),
                 );
+                target(name, measured, Some(share >= 0.3));
             }
             _ => {
                 let (measured, met) = missing(&[max]);
@@ -248,6 +252,10 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
     let mixed_r3 = format!(
         "mixed-r3: the highest mixed rate that holds (rate kept, p99 < {P99_TARGET_MS} ms, lag flat, verified)"
     );
+    let tried = runs
+        .search
+        .as_deref()
+        .map(|s| cell(&s.trim().replace('\n', "; ")));
     match find("mixed-r3") {
         Some(r) => target(
             mixed_r3,
@@ -256,23 +264,19 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
                 r.rate,
                 thousands((r.jetstream_per_second * 3600.0) as u64),
                 held(r),
-                runs.search
+                tried
                     .as_deref()
-                    .map(|s| format!(" (rates tried: {})", cell(&s.trim().replace('\n', "; "))))
+                    .map(|t| format!(" (rates tried: {t})"))
                     .unwrap_or_default()
             ),
             Some(holds(r)),
         ),
         None => {
-            let (mut measured, met) = missing(&["mixed-r3"]);
-            if let Some(search) = &runs.search {
-                measured = format!("no rate held: {}", cell(&search.trim().replace('\n', "; ")));
-            }
-            target(
-                mixed_r3,
-                measured,
-                met.or(runs.search.as_ref().map(|_| false)),
-            )
+            let (measured, met) = match &tried {
+                Some(t) => (format!("no rate held: {t}"), Some(false)),
+                None => missing(&["mixed-r3"]),
+            };
+            target(mixed_r3, measured, met)
         }
     }
     let history = format!(
@@ -280,21 +284,13 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
     );
     match (find("history"), find("history-fresh")) {
         (Some(h), Some(f)) => {
-            let share = h.outcomes_per_second / f.outcomes_per_second;
+            let (share, measured) = share(
+                ("history", h.outcomes_per_second, fastest_of(&h.rates)),
+                ("fresh", f.outcomes_per_second, fastest_of(&f.rates)),
+            );
             target(
                 history,
-                format!(
-                    "{}/s ÷ {}/s = {share:.3}{}",
-                    rate(h.outcomes_per_second),
-                    rate(f.outcomes_per_second),
-                    [
-                        ("history", fastest_of(&h.rates)),
-                        ("fresh", fastest_of(&f.rates))
-                    ]
-                    .into_iter()
-                    .filter_map(|(name, runs)| Some(format!(" ({name}: {})", runs?)))
-                    .collect::<String>()
-                ),
+                measured,
                 Some(share >= HISTORY_SHARE && h.verification.passed && f.verification.passed),
             );
         }

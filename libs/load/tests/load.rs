@@ -289,3 +289,41 @@ async fn bench_results_report_the_fastest_of_several_runs_unless_one_failed() {
         "{row}"
     );
 }
+
+/// CPU per process (`--watch`, `--cpu`), the verification's duration, `--no-audit`, and
+/// `walletctl bench holds` on the summary: a short run at full speed has no lag trend, so it did
+/// not hold a rate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_reports_the_cpu_of_what_it_watches_and_may_leave_the_audit_out() {
+    let env = TestEnv::new().await;
+    let deposit = env.spawn("deposit", &[]);
+    env.ready(&deposit).await;
+    let args = args(&format!(
+        "--mix deposit=100 --count 2000 --users 20 --drain-timeout 60s --no-audit \
+         --watch deposit={} --cpu postgres",
+        deposit.child.id()
+    ));
+    let report = load::run(&env.config, &testkit::topology(), &args)
+        .await
+        .unwrap();
+    assert!(report.verification.passed, "{report}");
+    assert!(
+        !report
+            .verification
+            .checks
+            .iter()
+            .any(|c| c.name.contains("audit")),
+        "--no-audit still audited"
+    );
+    assert!(report.verify_seconds > 0.0);
+    for name in ["deposit", "postgres"] {
+        let cpu = report.cpu_seconds[name].unwrap_or_default();
+        assert!(cpu > 0.0, "{name}: {cpu} CPU seconds");
+    }
+    let file = std::env::temp_dir().join(format!("{}.json", env.config.names.namespace()));
+    std::fs::write(&file, serde_json::to_string(&report).unwrap()).unwrap();
+    let (held, line) = load::bench::holds(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert!(!held, "{line}");
+    assert!(line.contains("lag unknown"), "{line}");
+}

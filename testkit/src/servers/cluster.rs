@@ -66,21 +66,15 @@ impl PrivateCluster {
     /// put proxies between them first, then [`PrivateCluster::start_all`].
     pub fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("cluster-{}", uuid::Uuid::new_v4().simple()));
-        let nodes = (0..3)
-            .map(|_| Node {
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = cluster_ports
+            .iter()
+            .map(|&cluster_port| Node {
                 port: free_port(),
                 http_port: free_port(),
-                cluster_port: free_port(),
-                routes: Vec::new(),
+                cluster_port,
+                routes: cluster_ports.clone(),
                 child: Mutex::new(None),
-            })
-            .collect::<Vec<_>>();
-        let direct: Vec<u16> = nodes.iter().map(|n| n.cluster_port).collect();
-        let nodes = nodes
-            .into_iter()
-            .map(|n| Node {
-                routes: direct.clone(),
-                ..n
             })
             .collect();
         Self {
