@@ -7,7 +7,7 @@ use crate::cache::BalanceCache;
 use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::names::Names;
-use crate::outbox::Publisher;
+use crate::outbox::{InHand, Publisher};
 
 #[derive(Debug)]
 pub struct Context {
@@ -20,6 +20,8 @@ pub struct Context {
     /// The Redis connection the cache uses, for functions that keep state of their own there.
     pub redis: redis::aio::ConnectionManager,
     pub ledger: Ledger,
+    /// Outbox rows committed here and not yet published, which the relay leaves alone.
+    pub in_hand: InHand,
 }
 
 impl Context {
@@ -29,6 +31,7 @@ impl Context {
             js: self.js.clone(),
             cache: self.cache.clone(),
             names: self.names.clone(),
+            in_hand: self.in_hand.clone(),
         }
     }
 }

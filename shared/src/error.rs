@@ -39,7 +39,17 @@ fn describe(what: &str, source: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+/// JetStream's 10158, "duplicate message id is in process": another publisher (the committer or
+/// a relay) is storing the same message at this moment. Not a success, since that publish may
+/// still fail, so the row stays for the relay; not an outage either, so not worth a warning.
+const PUBLISH_RACED: &str = "jetstream publish raced another publisher of the same message";
+
 impl StepError {
+    /// See [`PUBLISH_RACED`].
+    pub fn is_publish_race(&self) -> bool {
+        matches!(self, Self::Transient { what, .. } if *what == PUBLISH_RACED)
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient { .. })
     }
@@ -134,7 +144,18 @@ impl From<async_nats::jetstream::context::PublishError> for StepError {
                 }),
             _ => false,
         };
-        let (what, source) = ("jetstream publish", e.into());
+        let raced = matches!(e.kind(), Kind::Other)
+            && std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<ApiError>())
+                .is_some_and(|api| {
+                    api.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+                });
+        let what = if raced {
+            PUBLISH_RACED
+        } else {
+            "jetstream publish"
+        };
+        let source = e.into();
         if refused {
             Self::Permanent { what, source }
         } else {

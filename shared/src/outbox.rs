@@ -9,9 +9,19 @@
 //! re-publish inside the duplicate window), then delete the row. The process that committed a row
 //! publishes it at once; the [`relay`] publishes whatever a crash or an outage left behind, on any
 //! replica, with `FOR UPDATE SKIP LOCKED` so replicas share the work instead of repeating it.
+//!
+//! A committed row is no longer locked, so the relay must tell a row left behind from one its
+//! committer is still publishing: a process never sweeps the rows it holds ([`InHand`]), and it
+//! takes another replica's rows only once they are older than twice the oldest row it holds
+//! itself. When publishing is slow (a loaded cluster), it is slow for every replica: a fixed age
+//! made relays re-publish rows their committers were about to publish, doubling the load at the
+//! moment there was least room for it (`make chaos CLUSTER=3` at 400 commands/s: 12 relay
+//! transactions at once, and 43,898 repeated outcomes, re-published outside the duplicate window).
 
+use std::collections::HashMap;
 use std::future::IntoFuture;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -70,7 +80,7 @@ const INSERT: &str = "
 
 const CLAIM_STALE: &str = "
     SELECT id, subjects, msg_ids, payloads, wallets, traceparents FROM outbox
-    WHERE created_at < now() - $1::bigint * interval '1 millisecond'
+    WHERE created_at < now() - $1::bigint * interval '1 millisecond' AND id <> ALL($3)
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED";
 
@@ -135,6 +145,45 @@ fn messages(r: &tokio_postgres::Row) -> Result<Vec<OutboxMessage>, StepError> {
         .collect())
 }
 
+/// The rows this process committed and has not yet published, and since when it holds each.
+/// Shared by a process's publishers and its relay.
+#[derive(Debug, Clone, Default)]
+pub struct InHand(Arc<Mutex<HashMap<i64, Instant>>>);
+
+impl InHand {
+    /// Called once the rows' transaction committed, before they wait for a publisher; a row
+    /// taken again keeps its first time.
+    pub fn take(&self, rows: &[Row]) {
+        let now = Instant::now();
+        let mut held = self.lock();
+        for r in rows {
+            held.entry(r.id).or_insert(now);
+        }
+    }
+
+    /// Published and deleted, or given up to the relay after an error.
+    fn release(&self, ids: &[i64]) {
+        let mut held = self.lock();
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    /// The ids held, and how long the oldest has been.
+    fn held(&self) -> (Vec<i64>, Duration) {
+        let held = self.lock();
+        let oldest = held.values().min().map_or(Duration::ZERO, Instant::elapsed);
+        (held.keys().copied().collect(), oldest)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
+        // A map of ids is consistent at every step: a panic elsewhere leaves nothing to repair.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Publishes outbox rows: cache first, then JetStream, then the rows are deleted.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -142,19 +191,30 @@ pub struct Publisher {
     pub js: jetstream::Context,
     pub cache: BalanceCache,
     pub names: Names,
+    pub in_hand: InHand,
 }
 
 impl Publisher {
-    /// Publishes rows this process committed, then deletes them. On error nothing is deleted
-    /// and the relay publishes them later.
+    /// Publishes rows this process committed, then deletes them; the relay leaves them alone
+    /// meanwhile. On error nothing is deleted and the relay publishes them later.
     pub async fn publish(&self, rows: Vec<Row>) -> Result<(), StepError> {
-        let ids = self.send(rows).await?;
-        if !ids.is_empty() {
-            let client = self.pool.get().await?;
-            client
-                .execute(&client.prepare_cached(DELETE).await?, &[&ids])
-                .await?;
-        }
+        self.in_hand.take(&rows);
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let published = self.send(rows).await;
+        let deleted = match published {
+            Ok(ids) if !ids.is_empty() => self.delete(&ids).await,
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.in_hand.release(&ids);
+        deleted
+    }
+
+    async fn delete(&self, ids: &[i64]) -> Result<(), StepError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(&client.prepare_cached(DELETE).await?, &[&ids])
+            .await?;
         Ok(())
     }
 
@@ -211,13 +271,16 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes rows older than `age` that nobody else is publishing; returns how many messages.
+    /// Publishes rows older than `age` that nobody is publishing (see the module's docs for how
+    /// a process judges that); returns how many messages.
     pub async fn sweep(&self, age: Duration, limit: i64) -> Result<usize, StepError> {
+        let (held, oldest) = self.in_hand.held();
+        let age = age.max(oldest * 2);
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
         let rows = tx
-            .query(CLAIM_STALE, &[&age_ms, &limit])
+            .query(CLAIM_STALE, &[&age_ms, &limit, &held])
             .await?
             .iter()
             .map(|r| {
@@ -256,6 +319,16 @@ pub(crate) const ACKS_PER_ROUND: usize = 1_000;
 /// Rows the relay claims at a time: a row holds up to `BATCH_MAX` messages.
 const RELAY_ROWS: i64 = 8;
 
+/// Says that events stay in the outbox for the relay's next sweep: a warning, unless another
+/// publisher was storing the same message at that moment.
+pub fn left_to_relay(e: &StepError) {
+    if e.is_publish_race() {
+        tracing::debug!(error = %e, "events not published here: another publisher is storing them; the outbox relay will check");
+    } else {
+        tracing::warn!(error = %e, "events not published yet; the outbox relay will retry");
+    }
+}
+
 /// Runs [`Publisher::sweep`] every `interval` until `shutdown`.
 pub async fn relay(publisher: Publisher, interval: Duration, shutdown: CancellationToken) {
     // Rows younger than this are still being published by the process that committed them.
@@ -277,7 +350,7 @@ pub async fn relay(publisher: Publisher, interval: Duration, shutdown: Cancellat
                 }
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay: will retry");
+                    left_to_relay(&e);
                     break;
                 }
             }

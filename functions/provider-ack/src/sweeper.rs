@@ -166,7 +166,7 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StepError> {
         .publish(published.into_iter().collect())
         .await
     {
-        tracing::warn!(error = %e, "status queries not published yet; the outbox relay will retry");
+        outbox::left_to_relay(&e);
     }
     Ok(rows.len())
 }

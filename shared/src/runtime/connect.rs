@@ -71,6 +71,7 @@ pub(super) async fn connect(
         cache: BalanceCache::new(redis.clone(), names.clone()),
         redis,
         ledger: Ledger::default(),
+        in_hand: Default::default(),
         names,
         nats,
         js,

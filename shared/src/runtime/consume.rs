@@ -129,6 +129,7 @@ async fn consume_loop<F: Function>(
         // Shut down during an outage: what we hold is redelivered after its ack wait.
         let Some(processed) = processed else { break };
         backoff.reset();
+        ctx.in_hand.take(&processed.rows);
         // Decided (effect, rejection or duplicate committed); not those put back for later.
         metrics::committed_commands(
             F::NAME,

@@ -75,9 +75,8 @@ pub(super) async fn publish_committed(
         .for_each_concurrent(at_once, |rows| {
             let publisher = &publisher;
             async move {
-                let count: usize = rows.iter().map(|r| r.messages.len()).sum();
                 if let Err(e) = publisher.publish(rows).await {
-                    tracing::warn!(error = %e, messages = count, "events not published yet; the outbox relay will retry");
+                    crate::outbox::left_to_relay(&e);
                 }
             }
         })
