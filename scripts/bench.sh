@@ -58,15 +58,24 @@ stop_functions() {
 }
 cleanup() {
   stop_functions
-  "$BIN/walletctl" teardown --confirm bench >/dev/null 2>&1 || true
+  for ns in bench benchfresh; do
+    in_namespace "$ns"
+    "$BIN/walletctl" teardown --confirm "$ns" >/dev/null 2>&1 || true
+  done
   stop_servers
 }
 trap cleanup EXIT
 
-# fresh: an empty namespace, set up from streams.toml.
+# fresh: an empty namespace (the current one), set up from streams.toml.
 fresh() {
-  "$BIN/walletctl" teardown --confirm bench >/dev/null
+  "$BIN/walletctl" teardown --confirm "$WALLET_NAMESPACE" >/dev/null
   "$BIN/walletctl" setup >/dev/null
+}
+
+# in_namespace NS: the namespace and database the next functions and loads use (`bench`, or the
+# history profile's fresh side `benchfresh`).
+in_namespace() {
+  export WALLET_NAMESPACE="$1" DATABASE_URL="${DATABASE_URL%/*}/wallet_$1"
 }
 
 # start NAME [VAR=value ...]: one process of function NAME with extra environment.
@@ -148,22 +157,28 @@ for profile in $PROFILES; do
       fresh; start deposit
       load quiet --rate 100 --duration "${QUIET_DURATION:-2m}" --users 10000 ;;
     history)
-      # Months of remembered ids: deposit-max on a fresh database, then on one seeded with
-      # HISTORY_COMMANDS deposits (scripts/seed-history.sql: bulk SQL, not the functions).
-      for run in $(seq 1 "$RUNS"); do
-        fresh; start deposit
-        RUN=$run load history-fresh --count 300000 --users 10000
-      done
+      # Months of remembered ids: deposit-max on a database seeded with HISTORY_COMMANDS deposits
+      # (scripts/seed-history.sql: bulk SQL, not the functions) against a fresh database, run
+      # after run in turn: this host's throughput drifts by tens of percent over minutes
+      # (checkpoints, the seed's writes still being flushed), and all fresh runs first, then all
+      # seeded ones, measured that drift (0.52 in one such run; 0.9 to 1.1 in turn).
       fresh
       echo "bench: history: seeding ${HISTORY_COMMANDS:-50000000} remembered deposits"
       { time psql -q -X "$DATABASE_URL" -v commands="${HISTORY_COMMANDS:-50000000}" \
           -v users=1000000 -f scripts/seed-history.sql; } >"$OUT/history-seed.txt" 2>&1
-      # Each run adds to the history: nothing is torn down between them. The audit reads the
-      # whole database (minutes at this size): after the last run only.
       for run in $(seq 1 "$RUNS"); do
+        in_namespace benchfresh
+        fresh; start deposit
+        RUN=$run load history-fresh --count 300000 --users 10000
+        in_namespace bench
+        # Each run adds to the history: nothing is torn down between them. The audit reads the
+        # whole database (minutes at this size): after the last run only.
         start deposit
         RUN=$run load history --count 300000 --users 10000 $([ "$run" = "$RUNS" ] || echo --no-audit)
-      done ;;
+      done
+      in_namespace benchfresh
+      "$BIN/walletctl" teardown --confirm benchfresh >/dev/null
+      in_namespace bench ;;
     raw-r3)
       echo "bench: raw-r3"
       "$BIN/walletctl" bench raw --count 30000 --runs "$RUNS" --json >"$OUT/raw-r3.json" ;;
