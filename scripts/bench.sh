@@ -22,7 +22,7 @@ export RUST_LOG="${RUST_LOG:-warn}"
 OUT=bench/runs
 # Results of one run only: RESULTS.md never mixes commits.
 rm -rf "$OUT"; mkdir -p "$OUT"
-ALL="raw deposit-max per-message deposit-peak mixed-peak flash-bonus quiet history raw-r3 deposit-max-r3 mixed-r3"
+ALL="raw deposit-max per-message deposit-peak mixed-peak flash-bonus quiet history raw-r3 deposit-max-r3 quiet-r3 mixed-r3"
 PROFILES="${PROFILES:-$ALL}"
 # bench/RESULTS.md is one run of every profile; a subset is rendered beside its runs.
 RESULTS=bench/RESULTS.md
@@ -152,10 +152,10 @@ for profile in $PROFILES; do
     flash-bonus)
       fresh; start bonus-grant
       load flash-bonus --mix bonus=100 --count 100000 --envelopes 10000 ;;
-    quiet)
+    quiet|quiet-r3)
       # A night's load: what one deposit waits, publish to event.
       fresh; start deposit
-      load quiet --rate 100 --duration "${QUIET_DURATION:-2m}" --users 10000 ;;
+      load "$profile" --rate 100 --duration "${QUIET_DURATION:-2m}" --users 10000 ;;
     history)
       # Months of remembered ids: deposit-max on a database seeded with HISTORY_COMMANDS deposits
       # (scripts/seed-history.sql: bulk SQL, not the functions) against a fresh database, run

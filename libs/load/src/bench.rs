@@ -11,7 +11,7 @@ use crate::report::Report;
 use crate::results::{self, Failure, Provenance};
 
 /// The profiles of `make bench`, in the order the results list them.
-pub const PROFILES: [&str; 10] = [
+pub const PROFILES: [&str; 11] = [
     "deposit-max",
     "per-message",
     "deposit-peak",
@@ -21,6 +21,7 @@ pub const PROFILES: [&str; 10] = [
     "history-fresh",
     "history",
     "deposit-max-r3",
+    "quiet-r3",
     "mixed-r3",
 ];
 

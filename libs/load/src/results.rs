@@ -203,30 +203,33 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
             }
         }
     }
-    // A wallet user's wait when it is quiet: nothing lingers or waits for a fetch.
-    let quiet = format!(
-        "quiet: 100 deposits/s, p50 < {QUIET_P50_MS} ms, p99 < {QUIET_P99_MS} ms, verified"
-    );
-    match find("quiet") {
-        Some(r) => target(
-            quiet,
-            format!(
-                "{}/s for {:.0} s, p50 {} ms, p99 {} ms, {}",
-                rate(r.sent_per_second),
-                r.send_seconds,
-                ms(r.latency_ms.p50),
-                ms(r.latency_ms.p99),
-                verdict(r)
+    // A wallet user's wait when it is quiet: nothing lingers or waits for a fetch; on one server
+    // and in the production shape.
+    for name in ["quiet", "quiet-r3"] {
+        let quiet = format!(
+            "{name}: 100 deposits/s, p50 < {QUIET_P50_MS} ms, p99 < {QUIET_P99_MS} ms, verified"
+        );
+        match find(name) {
+            Some(r) => target(
+                quiet,
+                format!(
+                    "{}/s for {:.0} s, p50 {} ms, p99 {} ms, {}",
+                    rate(r.sent_per_second),
+                    r.send_seconds,
+                    ms(r.latency_ms.p50),
+                    ms(r.latency_ms.p99),
+                    verdict(r)
+                ),
+                Some(
+                    r.latency_ms.p50 < QUIET_P50_MS
+                        && r.latency_ms.p99 < QUIET_P99_MS
+                        && r.verification.passed,
+                ),
             ),
-            Some(
-                r.latency_ms.p50 < QUIET_P50_MS
-                    && r.latency_ms.p99 < QUIET_P99_MS
-                    && r.verification.passed,
-            ),
-        ),
-        None => {
-            let (measured, met) = missing(&["quiet"]);
-            target(quiet, measured, met)
+            None => {
+                let (measured, met) = missing(&[name]);
+                target(quiet, measured, met)
+            }
         }
     }
     for (max, raw_name, raw) in [
