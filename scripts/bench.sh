@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the standard profiles, each against freshly set-up streams, database and Redis
-# keys in the namespace `bench` (its database `wallet_bench` on DATABASE_URL's server), with
+# keys in the namespace `bench` (its database `wallet_bench` on DATABASE_URL's server; the history
+# profile's fresh side in `benchfresh`), with
 # the function processes each profile names started here from target/release. The servers are
 # the running stack's (started privately when not reachable, as `make run` does). Every profile
 # writes its JSON summary to bench/runs/; bench/RESULTS.md is rendered from them.

@@ -131,26 +131,24 @@ impl From<async_nats::jetstream::context::PublishError> for StepError {
     fn from(e: async_nats::jetstream::context::PublishError) -> Self {
         use async_nats::jetstream::context::PublishErrorKind as Kind;
         use async_nats::jetstream::{Error as ApiError, ErrorCode};
-        let refused = match e.kind() {
-            Kind::MaxPayloadExceeded | Kind::WrongLastMessageId | Kind::WrongLastSequence => true,
+        // The server's own error code, for what async-nats files under `Other`.
+        let code = match e.kind() {
             Kind::Other => std::error::Error::source(&e)
                 .and_then(|s| s.downcast_ref::<ApiError>())
-                .is_some_and(|api| {
-                    [
-                        ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
-                        ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
-                    ]
-                    .contains(&api.error_code())
-                }),
-            _ => false,
+                .map(ApiError::error_code),
+            _ => None,
         };
-        let raced = matches!(e.kind(), Kind::Other)
-            && std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<ApiError>())
-                .is_some_and(|api| {
-                    api.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
-                });
-        let what = if raced {
+        let refused = matches!(
+            e.kind(),
+            Kind::MaxPayloadExceeded | Kind::WrongLastMessageId | Kind::WrongLastSequence
+        ) || code.is_some_and(|c| {
+            [
+                ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
+                ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
+            ]
+            .contains(&c)
+        });
+        let what = if code == Some(ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT) {
             PUBLISH_RACED
         } else {
             "jetstream publish"

@@ -145,6 +145,10 @@ fn messages(r: &tokio_postgres::Row) -> Result<Vec<OutboxMessage>, StepError> {
         .collect())
 }
 
+fn ids_of(rows: &[Row]) -> Vec<i64> {
+    rows.iter().map(|r| r.id).collect()
+}
+
 /// The rows this process committed and has not yet published, and since when it holds each.
 /// Shared by a process's publishers and its relay.
 #[derive(Debug, Clone, Default)]
@@ -199,18 +203,19 @@ impl Publisher {
     /// meanwhile. On error nothing is deleted and the relay publishes them later.
     pub async fn publish(&self, rows: Vec<Row>) -> Result<(), StepError> {
         self.in_hand.take(&rows);
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let published = self.send(rows).await;
-        let deleted = match published {
-            Ok(ids) if !ids.is_empty() => self.delete(&ids).await,
-            Ok(_) => Ok(()),
+        let ids = ids_of(&rows);
+        let done = match self.send(&rows).await {
+            Ok(()) => self.delete(&ids).await,
             Err(e) => Err(e),
         };
         self.in_hand.release(&ids);
-        deleted
+        done
     }
 
     async fn delete(&self, ids: &[i64]) -> Result<(), StepError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let client = self.pool.get().await?;
         client
             .execute(&client.prepare_cached(DELETE).await?, &[&ids])
@@ -227,13 +232,13 @@ impl Publisher {
         self.send_messages(messages).await
     }
 
-    /// Cache, then JetStream; returns the ids of the rows sent. Holds no database connection, so
-    /// a caller inside a transaction never waits on the pool for a second one.
-    async fn send(&self, rows: Vec<Row>) -> Result<Vec<i64>, StepError> {
+    /// Cache, then JetStream. Holds no database connection, so a caller inside a transaction
+    /// never waits on the pool for a second one.
+    async fn send(&self, rows: &[Row]) -> Result<(), StepError> {
         let messages = rows.iter().flat_map(|r| &r.messages);
         self.send_messages(messages.clone()).await?;
         metrics::outbox_published(messages.count());
-        Ok(rows.iter().map(|r| r.id).collect())
+        Ok(())
     }
 
     async fn send_messages(
@@ -292,7 +297,8 @@ impl Publisher {
             .collect::<Result<Vec<Row>, StepError>>()?;
         let count = rows.iter().map(|r| r.messages.len()).sum();
         // Publishing under the row locks: another replica's relay skips these rows meanwhile.
-        let ids = self.send(rows).await?;
+        self.send(&rows).await?;
+        let ids = ids_of(&rows);
         if !ids.is_empty() {
             tx.execute(DELETE, &[&ids]).await?;
         }
