@@ -163,7 +163,8 @@ impl Nats {
     }
 
     /// A rolling upgrade: each node in turn stopped gracefully (SIGTERM), started again, and
-    /// waited for until `/healthz` says it is current. Says how long each node took, and
+    /// waited for until it is current (`/healthz` and its streams caught up, see
+    /// `PrivateCluster::wait_current`). Says how long each node took, and
     /// whether every node was current again.
     pub(crate) async fn rolling_restart(&self) -> (String, bool) {
         let Self::Cluster { cluster, .. } = self else {
@@ -177,7 +178,7 @@ impl Nats {
                 cluster.stop_node(i);
                 cluster.start_node(i);
             });
-            let healthy = cluster.wait_healthy(i, HEALTHY_WITHIN).await;
+            let healthy = cluster.wait_current(i, HEALTHY_WITHIN).await;
             took.push(if healthy {
                 format!("n{i} {:.1} s", started.elapsed().as_secs_f64())
             } else {

@@ -181,3 +181,41 @@ pub struct ConfigError {
     pub var: &'static str,
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind as Kind};
+
+    /// The error async-nats makes of a server's refusal of a publish: the API error, filed
+    /// under `Other` unless it has a kind of its own.
+    fn refused_by_server(err_code: u64) -> PublishError {
+        let api: async_nats::jetstream::Error = serde_json::from_value(serde_json::json!(
+            { "code": 400, "err_code": err_code, "description": "from the server" }
+        ))
+        .expect("the server's error body");
+        PublishError::with_source(Kind::Other, api)
+    }
+
+    #[test]
+    fn a_publish_error_is_classified_by_the_servers_own_code() {
+        let race = StepError::from(refused_by_server(10158));
+        assert!(race.is_transient() && race.is_publish_race(), "{race}");
+
+        for too_large in [10054, 10097] {
+            let e = StepError::from(refused_by_server(too_large));
+            assert!(
+                !e.is_transient() && !e.is_publish_race(),
+                "{too_large}: {e}"
+            );
+        }
+        for outage in [
+            PublishError::new(Kind::TimedOut),
+            PublishError::new(Kind::StreamNotFound),
+            refused_by_server(10008),
+        ] {
+            let e = StepError::from(outage);
+            assert!(e.is_transient() && !e.is_publish_race(), "{e}");
+        }
+    }
+}

@@ -24,7 +24,9 @@ pub use certs::TestCerts;
 pub use env::TestEnv;
 pub use process::{Proc, binary, free_port, http_get};
 pub use reader::{Reader, Received, completed};
-pub use servers::{PrivateCluster, PrivateNats, PrivatePostgres, PrivateRedis, pinned_nats_server};
+pub use servers::{
+    PrivateCluster, PrivateNats, PrivatePostgres, PrivateRedis, pinned_nats_server, stream_seqs,
+};
 
 pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())

@@ -5,49 +5,67 @@
 //! Read from `/proc/<pid>/stat` (user and system time) before the first command and after the
 //! last outcome; a process that exits in between takes its time with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-/// CPU seconds used so far by each watched process or program; `None` when unreadable.
-pub fn sample(watch: &[(String, u32)], programs: &[String]) -> BTreeMap<String, Option<f64>> {
-    let mut seconds: BTreeMap<String, Option<f64>> = watch
+/// CPU seconds used so far by each watched process, and by each process of each watched program.
+#[derive(Debug)]
+pub struct Sample {
+    watched: BTreeMap<String, Option<f64>>,
+    programs: BTreeMap<String, HashMap<u32, f64>>,
+}
+
+pub fn sample(watch: &[(String, u32)], programs: &[String]) -> Sample {
+    let watched = watch
         .iter()
         .map(|(name, pid)| (name.clone(), cpu_seconds(*pid)))
         .collect();
-    if programs.is_empty() {
-        return seconds;
-    }
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    let pids: Vec<u32> = if programs.is_empty() {
+        Vec::new()
+    } else {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let programs = programs
+        .iter()
+        .map(|program| {
+            let processes = pids
+                .iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim_end() == program)
+                })
+                .filter_map(|pid| Some((*pid, cpu_seconds(*pid)?)))
+                .collect();
+            (program.clone(), processes)
+        })
         .collect();
-    for program in programs {
-        let total = pids
-            .iter()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim_end() == program)
-            })
-            .filter_map(|pid| cpu_seconds(*pid))
-            .sum();
-        seconds.insert(program.clone(), Some(total));
-    }
-    seconds
+    Sample { watched, programs }
 }
 
-/// What each used between two samples, seconds.
-pub fn used(
-    before: &BTreeMap<String, Option<f64>>,
-    after: &BTreeMap<String, Option<f64>>,
-) -> BTreeMap<String, Option<f64>> {
-    after
-        .iter()
-        .map(|(name, a)| {
-            let b = before.get(name).copied().flatten();
-            (name.clone(), a.zip(b).map(|(a, b)| (a - b).max(0.0)))
-        })
-        .collect()
+/// What each used between two samples, seconds. A program's is summed process by process (one
+/// that started in between counts whole), so that processes of it that exited in between (the
+/// backends of other clients of a shared PostgreSQL) do not take time off the others'.
+pub fn used(before: &Sample, after: &Sample) -> BTreeMap<String, Option<f64>> {
+    let watched = after.watched.iter().map(|(name, a)| {
+        let b = before.watched.get(name).copied().flatten();
+        (name.clone(), a.zip(b).map(|(a, b)| (a - b).max(0.0)))
+    });
+    let programs = after.programs.iter().map(|(name, processes)| {
+        let earlier = before.programs.get(name);
+        let total = processes
+            .iter()
+            .map(|(pid, a)| {
+                let b = earlier.and_then(|e| e.get(pid)).copied().unwrap_or(0.0);
+                (a - b).max(0.0)
+            })
+            .sum();
+        (name.clone(), Some(total))
+    });
+    watched.chain(programs).collect()
 }
 
 /// User plus system time of one process, seconds.

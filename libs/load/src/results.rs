@@ -360,3 +360,93 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(profile: &str, rate: &str, outcomes: f64, p50: f64, p99: f64) -> Report {
+        serde_json::from_value(serde_json::json!({
+            "profile": profile, "run": profile, "mix": "deposit", "rate": rate, "users": 1000,
+            "duplicates": 0.0, "malformed": 0.0, "commands": 1000, "messages_sent": 1000,
+            "send_seconds": 120.0, "seconds": 121.0,
+            "sent_per_second": rate.parse::<f64>().unwrap_or(outcomes),
+            "outcomes_per_second": outcomes, "jetstream_messages": 3000,
+            "jetstream_per_second": 25.0, "kinds": {},
+            "latency_ms": { "p50": p50, "p95": p99, "p99": p99, "max": p99 },
+            "lag": { "peak": 10, "peak_by_function": {}, "first_fifth_mean": 1.0,
+                     "last_fifth_mean": 1.0, "growing": false, "series": [] },
+            "rss_kib": { "deposit": 40_000 }, "envelopes": null,
+            "verification": { "passed": true, "checks": [] },
+        }))
+        .expect("a report")
+    }
+
+    fn raw(rate: f64) -> Raw {
+        Raw {
+            messages: 100_000,
+            payload_bytes: 200,
+            publish_seconds: 2.0,
+            seconds: 2.0,
+            rate,
+            rates: vec![],
+        }
+    }
+
+    /// The last cell (`yes`, `**no**`, `not run`) of the targets row that starts with `name`.
+    fn met<'a>(md: &'a str, name: &str) -> &'a str {
+        let targets = md.split_once("## Targets").expect("a targets section").1;
+        let row = targets
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name}")))
+            .unwrap_or_else(|| panic!("no row {name} in\n{md}"));
+        row.trim_end_matches(" |")
+            .rsplit(" | ")
+            .next()
+            .expect("cells")
+    }
+
+    #[test]
+    fn each_target_is_met_missed_or_not_run_by_the_figures() {
+        let mut quiet_r3 = report("quiet-r3", "100", 100.0, 9.0, 42.0);
+        quiet_r3.verification.passed = false;
+        let runs = Runs {
+            raw: Some(raw(45_000.0)),
+            raw_r3: None,
+            reports: vec![
+                report("deposit-max", "max", 15_000.0, 500.0, 900.0),
+                report("per-message", "max", 500.0, 1.0, 2.0),
+                report("deposit-peak", "8333", 8_300.0, 20.0, 180.0),
+                report("quiet", "100", 100.0, 3.0, 72.0),
+                quiet_r3,
+                report("history", "max", 20_000.0, 1.0, 2.0),
+                report("history-fresh", "max", 25_000.0, 1.0, 2.0),
+            ],
+            failed: vec![("deposit-max-r3", "timed out | no summary".into())],
+            search: Some("50/s held\n75/s p99 300 ms".into()),
+            seed: None,
+        };
+        let md = markdown(
+            &Provenance {
+                machine: "m".into(),
+                servers: "s".into(),
+                commit: "c".into(),
+                date: "d".into(),
+            },
+            &runs,
+        );
+        assert_eq!(met(&md, "deposit-peak:"), "yes");
+        assert_eq!(met(&md, "mixed-peak:"), "not run");
+        assert_eq!(met(&md, "quiet:"), "**no**", "p99 72 ms");
+        assert_eq!(met(&md, "quiet-r3:"), "**no**", "verification failed");
+        assert_eq!(met(&md, "deposit-max ≥"), "yes", "15,000 ÷ 45,000 = 0.333");
+        assert!(md.contains("= 0.333"), "{md}");
+        assert_eq!(met(&md, "deposit-max-r3 ≥"), "**no**");
+        assert!(md.contains("deposit-max-r3 failed: timed out \\| no summary"));
+        assert_eq!(met(&md, "mixed-r3:"), "**no**");
+        assert!(md.contains("no rate held: 50/s held; 75/s p99 300 ms"));
+        assert_eq!(met(&md, "history:"), "**no**", "20,000 ÷ 25,000 = 0.8");
+        assert_eq!(met(&md, "batch path"), "yes", "30×");
+        assert_eq!(met(&md, "every function process"), "yes", "39 MiB");
+    }
+}

@@ -6,7 +6,7 @@ mod nats;
 mod postgres;
 mod redis;
 
-pub use cluster::{PrivateCluster, pinned_nats_server};
+pub use cluster::{PrivateCluster, pinned_nats_server, stream_seqs};
 pub use nats::PrivateNats;
 pub use postgres::PrivatePostgres;
 pub use redis::PrivateRedis;
