@@ -12,8 +12,9 @@ pub use deadpool_postgres::Transaction;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::context::Context;
-use crate::error::StepError;
+use crate::error::{ConfigError, StepError};
 use crate::events::{Event, Reason};
 use crate::interface::Interface;
 use crate::money::{Currency, parse_amount};
@@ -115,6 +116,13 @@ pub trait Function: Send + Sync + Sized + 'static {
     const FIELDS: &'static [&'static str];
 
     type Command: Send + Sync + 'static;
+
+    /// Reads the function's own settings from its environment (a limit, a list of partners),
+    /// once at start-up, after the runtime's own settings and before any connection: a bad value
+    /// is one line on stderr and exit 64, as for the runtime's. Nothing by default.
+    fn configure(self, _config: &Config) -> Result<Self, ConfigError> {
+        Ok(self)
+    }
 
     /// The messages it reads and writes, with their schemas generated from its payload types
     /// (`--interface`; `walletctl interface` makes asyncapi.yaml and schemas/ of them).

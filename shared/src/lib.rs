@@ -6,6 +6,7 @@
 //! fetch/decide/commit/acknowledge loop ([`batch`]), dedup, the ledger, the outbox and its relay,
 //! the balance cache, dead letters, retries, shutdown, health and metrics.
 
+pub mod answer;
 #[cfg(test)]
 mod arbitrary;
 pub mod batch;
@@ -30,6 +31,7 @@ pub mod nats_auth;
 pub mod outbox;
 pub mod runtime;
 pub mod streams;
+pub mod sweeper;
 pub mod telemetry;
 pub mod text;
 pub mod trace;

@@ -115,6 +115,11 @@ impl Currencies {
     pub fn get(&self, code: &str) -> Option<Currency> {
         self.0.get(code).copied()
     }
+
+    /// Every configured currency, by code.
+    pub fn iter(&self) -> impl Iterator<Item = Currency> + '_ {
+        self.0.values().copied()
+    }
 }
 
 /// Why a JSON value is not an amount. Every variant is the contract's `invalid_amount`.

@@ -355,7 +355,10 @@ mod tests {
                 "BONUS",
                 "PROVIDER_REQUESTS",
                 "WALLET_EVENTS",
-                "DLQ"
+                "DLQ",
+                "WITHDRAW",
+                "PAYOUT_REQUESTS",
+                "PAYOUT_ACKS"
             ]
         );
         let deposit = t.consumer("deposit").expect("deposit consumer");

@@ -15,6 +15,8 @@ pub enum Kind {
     Bonus,
     Game,
     InTransit,
+    /// Money on its way out to a payment provider (a withdrawal not yet paid or declined).
+    Held,
     Platform,
 }
 
@@ -25,6 +27,7 @@ impl Kind {
             Kind::Bonus => "bonus",
             Kind::Game => "game",
             Kind::InTransit => "in_transit",
+            Kind::Held => "held",
             Kind::Platform => "platform",
         }
     }
@@ -35,14 +38,16 @@ impl Kind {
             "bonus" => Kind::Bonus,
             "game" => Kind::Game,
             "in_transit" => Kind::InTransit,
+            "held" => Kind::Held,
             "platform" => Kind::Platform,
             _ => return None,
         })
     }
 }
 
-/// A wallet: its owner, kind, provider (game and in_transit; a platform account's purpose) and
-/// currency. The derived order is the order in which new wallets are created.
+/// A wallet: its owner, kind, provider (game and in_transit: the game provider; held: the payment
+/// provider; a platform account: its purpose) and currency. The derived order is the order in
+/// which new wallets are created.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WalletKey {
     pub owner: String,

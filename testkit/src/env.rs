@@ -291,7 +291,9 @@ impl TestEnv {
             .await;
     }
 
-    async fn reader(&self, stream: &str, filter: &str) -> Reader {
+    /// A reader of this namespace's `stream` (its name without the namespace), from the first
+    /// message on `filter` (a subject without the namespace).
+    pub async fn reader(&self, stream: &str, filter: &str) -> Reader {
         Reader::start(self, stream, filter).await
     }
 

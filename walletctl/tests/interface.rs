@@ -119,9 +119,11 @@ fn asyncapi_and_schemas_are_what_the_function_binaries_say() {
         consumed,
         BTreeMap::from([
             ("bonus.grant", "BONUS"),
+            ("payout.{psp}.ack", "PAYOUT_ACKS"),
             ("provider.{provider}.ack", "PROVIDER_ACKS"),
             ("wallet.deposit", "DEPOSITS"),
             ("wallet.transfer-out", "TRANSFERS"),
+            ("wallet.withdraw", "WITHDRAW"),
         ])
     );
 }
@@ -216,7 +218,7 @@ fn statuses_and_reasons_are_the_contracts() {
         assert_eq!(rejecting, vec![reasons], "{entity}'s reasons, in order");
         rows += 1;
     }
-    assert_eq!(rows, 3);
+    assert_eq!(rows, 4);
 
     let section = &contract[contract.find("## 8.").unwrap()..];
     let listed = &section[section.find("Dead-letter reasons:").unwrap()..];

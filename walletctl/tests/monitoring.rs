@@ -135,6 +135,7 @@ fn every_alert_has_a_runbook_and_the_ones_operators_need_are_there() {
             "WalletFunctionNotReady",
             "WalletOutboxStale",
             "WalletTransfersStuck",
+            "WalletWithdrawalsStuck",
             "WalletTransientErrors",
         ])
     );

@@ -59,10 +59,11 @@ pub enum ErrorCode {
 
 #[derive(Debug, Serialize, PartialEq, Eq, JsonSchema)]
 pub struct Wallet {
-    /// `main`, `bonus`, `game` or `in_transit`.
-    #[schemars(regex(pattern = "^(main|bonus|game|in_transit)$"))]
+    /// `main`, `bonus`, `game`, `in_transit` or `held`.
+    #[schemars(regex(pattern = "^(main|bonus|game|in_transit|held)$"))]
     pub kind: String,
-    /// For `game` and `in_transit` only.
+    /// For `game` and `in_transit` the game provider, for `held` the payment provider; absent
+    /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<Provider>")]
     pub provider: Option<String>,

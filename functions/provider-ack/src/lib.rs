@@ -9,21 +9,20 @@
 //! knows is retried with growing delays until `UNKNOWN_TRANSFER_RETRY` after its first delivery,
 //! then dead-lettered `unknown_transfer`.
 
-pub mod sweeper;
-
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
+use wallet_runtime::answer::{self, Answers, Verdict};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Id, Interface, ProviderField};
 use wallet_runtime::money::Currency;
+use wallet_runtime::sweeper::{self, Saga};
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
     CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Status,
-    StepError, text,
+    StepError,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,8 +70,26 @@ enum AckStatus {
     Rejected,
 }
 
-pub const ACK_CONFLICT: &str = "ack_conflict";
-pub const PROVIDER_MISMATCH: &str = "provider_mismatch";
+pub use wallet_runtime::answer::{ACK_CONFLICT, PROVIDER_MISMATCH};
+
+/// Transfers, to the sweeper: `provider.<provider>.status` for one that waits too long for its
+/// ack, one `stuck` event for one that waits far too long.
+pub static TRANSFERS: Saga = Saga {
+    table: "transfers",
+    entity: "transfer",
+    partner: "provider",
+    status_subject: "provider.{partner}.status",
+    id_field: "transfer_id",
+    queries_metric: "wallet_transfer_status_queries_total",
+    stuck_metric: "wallet_transfers_stuck_total",
+};
+
+/// `provider.<provider>.status` (CONTRACT §3): asks the provider to answer for a transfer.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)] // Its schema is the documentation; the sweeper writes the message.
+pub struct StatusQuery {
+    transfer_id: Id,
+}
 pub const UNKNOWN_TRANSFER: &str = "unknown_transfer";
 
 /// A transfer as an ack finds it.
@@ -135,7 +152,7 @@ impl Function for ProviderAck {
                 &[ACK_CONFLICT, PROVIDER_MISMATCH, UNKNOWN_TRANSFER],
             )
             .events::<ProviderField>(&[Status::COMPLETED, Status::FAILED, Status::STUCK], &[])
-            .sends::<sweeper::StatusQuery>(
+            .sends::<StatusQuery>(
                 "provider-status",
                 "provider.{provider}.status",
                 "Asks the provider about a transfer that has waited too long for its ack",
@@ -159,21 +176,11 @@ impl Function for ProviderAck {
             Some("rejected") => false,
             _ => return Err(Invalid::Malformed),
         };
-        // Kept as the provider sent them, but for control characters (`text::printable`); a
-        // value that is not a string is kept as JSON text.
-        let free_text = |field: &str| {
-            p.get(field)
-                .filter(|v| !v.is_null())
-                .map(|v| match v.as_str() {
-                    Some(s) => text::printable(s).into_owned(),
-                    None => text::printable(&v.to_string()).into_owned(),
-                })
-        };
         Ok(Ack {
             provider: provider.to_owned(),
             accepted,
-            provider_ref: free_text("provider_ref"),
-            reason: free_text("reason"),
+            provider_ref: answer::free_text(p, "provider_ref"),
+            reason: answer::free_text(p, "reason"),
         })
     }
 
@@ -207,32 +214,28 @@ impl Function for ProviderAck {
         // Decide every ack in order first, so that only wallets that get a posting are opened.
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
         let mut finishes: Vec<Finish> = Vec::new();
-        let mut finished_here: HashMap<&str, bool> = HashMap::new();
+        let mut answers = Answers::default();
         for (index, command) in commands.iter().enumerate() {
             let ack = &command.body;
             let Some(transfer) = transfers.get(&command.id) else {
-                outcomes.push(Some(unknown(command, ctx.config.transfers.unknown_retry)));
+                let window = ctx.config.transfers.unknown_retry;
+                outcomes.push(Some(answer::unknown(
+                    command.stored_at,
+                    window,
+                    UNKNOWN_TRANSFER,
+                )));
                 continue;
             };
             if transfer.provider != ack.provider {
                 outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
                 continue;
             }
-            let finished = match (
-                transfer.status.as_str(),
-                finished_here.get(command.id.as_str()),
-            ) {
-                (_, Some(accepted)) => Some(*accepted),
-                ("pending", None) => None,
-                (status, None) => Some(status == "completed"),
-            };
-            match finished {
+            let ended = (transfer.status != "pending").then(|| transfer.status == "completed");
+            match answers.judge(&command.id, ended, ack.accepted) {
                 // A repeat that dedup could not see (it was finished under this very key).
-                Some(accepted) if accepted == ack.accepted => {
-                    outcomes.push(Some(Outcome::Done(Vec::new())))
-                }
-                Some(_) => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
-                None => {
+                Verdict::Repeat => outcomes.push(Some(Outcome::Done(Vec::new()))),
+                Verdict::Conflict => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
+                Verdict::Settle => {
                     let currency =
                         ctx.config
                             .currencies
@@ -243,7 +246,6 @@ impl Function for ProviderAck {
                                     command.id, transfer.currency
                                 ))
                             })?;
-                    finished_here.insert(&command.id, ack.accepted);
                     finishes.push(Finish {
                         index,
                         command,
@@ -306,23 +308,6 @@ impl Function for ProviderAck {
         ctx: Arc<Context>,
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        sweeper::run(ctx, shutdown)
-    }
-}
-
-/// An ack for a transfer nobody knows: retried with delays that double with its age (1 s to
-/// 30 s), until `window` after its first delivery; then dead-lettered.
-fn unknown(command: &Command<Ack>, window: Duration) -> Outcome {
-    let age = SystemTime::now()
-        .duration_since(command.stored_at)
-        .unwrap_or_default();
-    let left = window.saturating_sub(age);
-    if left < Duration::from_millis(100) {
-        return Outcome::DeadLetter(UNKNOWN_TRANSFER);
-    }
-    let delay = age.clamp(Duration::from_secs(1), Duration::from_secs(30));
-    Outcome::Retry {
-        after: delay.min(left),
-        reason: UNKNOWN_TRANSFER,
+        sweeper::run(&TRANSFERS, ctx, shutdown)
     }
 }

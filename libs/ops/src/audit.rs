@@ -12,7 +12,7 @@ use wallet_runtime::Config;
 /// One invariant and what was found.
 #[derive(Debug, Serialize)]
 pub struct Check {
-    pub name: &'static str,
+    pub name: String,
     pub breaches: Vec<String>,
 }
 
@@ -67,6 +67,106 @@ impl fmt::Display for Report {
     }
 }
 
+/// A saga that parks money in a user wallet while it waits for a partner's answer: its first
+/// step posts `<first>:<id>` (two legs: `main` debited, the parked wallet credited), the answer
+/// that ends it `<answer>:<partner>:<id>:<answer's status>`: one debit of the parked wallet, and
+/// its credit to a user wallet (or, summed with the transaction's others, a platform account).
+struct Saga {
+    table: &'static str,
+    noun: &'static str,
+    /// The column naming the partner, which is the parked wallet's `provider`.
+    partner: &'static str,
+    parked: &'static str,
+    first: &'static str,
+    answer: &'static str,
+    /// Each final status of the saga's row, with the answer's status that ends it so.
+    ends: [(&'static str, &'static str); 2],
+}
+
+const SAGAS: [Saga; 2] = [
+    Saga {
+        table: "transfers",
+        noun: "transfer",
+        partner: "provider",
+        parked: "in_transit",
+        first: "transfer-out",
+        answer: "provider-ack",
+        ends: [("completed", "accepted"), ("failed", "rejected")],
+    },
+    Saga {
+        table: "withdrawals",
+        noun: "withdrawal",
+        partner: "psp",
+        parked: "held",
+        first: "withdraw",
+        answer: "payout-ack",
+        ends: [("paid", "paid"), ("declined", "declined")],
+    },
+];
+
+impl Saga {
+    /// The parked wallets match the open sagas; each saga moved its amount once at its start and
+    /// once at its end, as its status says.
+    fn checks(&self) -> [(String, String); 3] {
+        let Saga {
+            table,
+            noun,
+            partner,
+            parked,
+            first,
+            answer,
+            ends: [(s0, a0), (_, a1)],
+        } = self;
+        [
+            (
+                format!("every {parked} amount equals the sum of its pending {table}"),
+                format!(
+                    "WITH pending AS (
+                         SELECT user_id, {partner}, currency, sum(amount) AS total FROM {table}
+                         WHERE status = 'pending' GROUP BY 1, 2, 3),
+                     wallets AS (SELECT owner, provider, currency, balance FROM accounts WHERE kind = '{parked}')
+                     SELECT coalesce(w.owner, p.user_id) || ' ' || coalesce(w.provider, p.{partner}) || ' '
+                            || coalesce(w.currency, p.currency) || ': {parked} ' || coalesce(w.balance, 0)
+                            || ', pending {table} ' || coalesce(p.total, 0)
+                     FROM wallets w FULL JOIN pending p
+                       ON (w.owner, w.provider, w.currency) = (p.user_id, p.{partner}, p.currency)
+                     WHERE coalesce(w.balance, 0) <> coalesce(p.total, 0)"
+                ),
+            ),
+            (
+                format!("every {noun} has one debit of its amount"),
+                format!(
+                    "SELECT t.id || ': ' || count(p.id) || ' debit leg(s), ' || coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0)
+                            || ' moved for ' || t.amount
+                     FROM {table} t LEFT JOIN postings p ON p.command = '{first}:' || t.id
+                     GROUP BY t.id, t.amount
+                     HAVING count(p.id) <> 2 OR coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0) <> t.amount"
+                ),
+            ),
+            (
+                format!(
+                    "every finished {noun} has exactly one final posting, matching its status; a pending one none"
+                ),
+                format!(
+                    "WITH finals AS (
+                         SELECT substring(command from '^{answer}:[a-z0-9-]+:(.*):[a-z]+$') AS id,
+                                substring(command from ':([a-z]+)$') AS ack,
+                                count(*) FILTER (WHERE amount < 0) AS legs,
+                                -sum(amount) FILTER (WHERE amount < 0) AS moved
+                         FROM postings WHERE command LIKE '{answer}:%' GROUP BY 1, 2)
+                     SELECT t.id || ' ' || t.status || ': '
+                            || coalesce(string_agg(f.ack || ' (' || f.legs || ' debit leg(s), ' || f.moved || ')', ', '), 'no final posting')
+                     FROM {table} t LEFT JOIN finals f ON f.id = t.id
+                     GROUP BY t.id, t.status, t.amount
+                     HAVING count(f.id) <> CASE WHEN t.status = 'pending' THEN 0 ELSE 1 END
+                         OR bool_or(f.legs <> 1 OR f.moved <> t.amount
+                                    OR f.ack <> CASE t.status WHEN '{s0}' THEN '{a0}' ELSE '{a1}' END)"
+                ),
+            ),
+        ]
+    }
+}
+
 /// Each check is one query returning one row per breach, described as text.
 const CHECKS: &[(&str, &str)] = &[
     (
@@ -115,41 +215,16 @@ const CHECKS: &[(&str, &str)] = &[
            AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.function || ':' || c.id = p.command)",
     ),
     (
-        "every in_transit amount equals the sum of its pending transfers",
-        "WITH pending AS (
-             SELECT user_id, provider, currency, sum(amount) AS total FROM transfers
-             WHERE status = 'pending' GROUP BY 1, 2, 3),
-         wallets AS (SELECT owner, provider, currency, balance FROM accounts WHERE kind = 'in_transit')
-         SELECT coalesce(w.owner, p.user_id) || ' ' || coalesce(w.provider, p.provider) || ' '
-                || coalesce(w.currency, p.currency) || ': in_transit ' || coalesce(w.balance, 0)
-                || ', pending transfers ' || coalesce(p.total, 0)
-         FROM wallets w FULL JOIN pending p
-           ON (w.owner, w.provider, w.currency) = (p.user_id, p.provider, p.currency)
-         WHERE coalesce(w.balance, 0) <> coalesce(p.total, 0)",
-    ),
-    (
-        "every transfer has one debit of its amount",
-        "SELECT t.id || ': ' || count(p.id) || ' debit leg(s), ' || coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0)
-                || ' moved for ' || t.amount
-         FROM transfers t LEFT JOIN postings p ON p.command = 'transfer-out:' || t.id
-         GROUP BY t.id, t.amount
-         HAVING count(p.id) <> 2 OR coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0) <> t.amount",
-    ),
-    (
-        "every finished transfer has exactly one final posting, matching its status; a pending one none",
-        // provider-ack posts under `provider-ack:<provider>:<transfer id>:<ack status>`.
-        "WITH finals AS (
-             SELECT substring(command from '^provider-ack:[a-z0-9-]+:(.*):[a-z]+$') AS id,
-                    substring(command from ':([a-z]+)$') AS ack, count(*) AS legs,
-                    sum(amount) FILTER (WHERE amount > 0) AS moved
-             FROM postings WHERE command LIKE 'provider-ack:%' GROUP BY 1, 2)
-         SELECT t.id || ' ' || t.status || ': '
-                || coalesce(string_agg(f.ack || ' (' || f.legs || ' legs, ' || f.moved || ')', ', '), 'no final posting')
-         FROM transfers t LEFT JOIN finals f ON f.id = t.id
-         GROUP BY t.id, t.status, t.amount
-         HAVING count(f.id) <> CASE WHEN t.status = 'pending' THEN 0 ELSE 1 END
-             OR bool_or(f.legs <> 2 OR f.moved <> t.amount
-                        OR f.ack <> CASE t.status WHEN 'completed' THEN 'accepted' ELSE 'rejected' END)",
+        "every user's withdrawals of a day count its pending and paid withdrawals",
+        "WITH counted AS (
+             SELECT user_id, currency, day, sum(amount) AS total FROM withdrawals
+             WHERE status <> 'declined' GROUP BY 1, 2, 3)
+         SELECT coalesce(d.user_id, c.user_id) || ' ' || coalesce(d.currency, c.currency) || ' '
+                || coalesce(d.day, c.day) || ': counted ' || coalesce(d.amount, 0)
+                || ', pending and paid ' || coalesce(c.total, 0)
+         FROM withdrawal_days d FULL JOIN counted c
+           ON (d.user_id, d.currency, d.day) = (c.user_id, c.currency, c.day)
+         WHERE coalesce(d.amount, 0) <> coalesce(c.total, 0)",
     ),
     (
         "every campaign's totals equal its grants and stay within its budget",
@@ -208,9 +283,11 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
     report.notes.push(format!(
         "checked {wallets} wallets, {postings} postings, {commands} commands, {transfers} transfers ({pending} pending); {outbox} message(s) waiting in the outbox"
     ));
-    for (name, sql) in CHECKS {
+    let sagas = SAGAS.iter().flat_map(Saga::checks);
+    let checks = CHECKS.iter().map(|(n, q)| (n.to_string(), q.to_string()));
+    for (name, sql) in checks.chain(sagas) {
         let breaches = pg
-            .query(*sql, &[])
+            .query(&sql, &[])
             .await?
             .iter()
             .map(|r| r.get::<_, String>(0))
@@ -234,7 +311,7 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
 /// Every cached wallet matches PostgreSQL. Only meaningful with the outbox empty: an event
 /// waiting there still carries its balances to the cache.
 async fn cache_check(config: &Config, pg: &tokio_postgres::Client) -> anyhow::Result<Check> {
-    let name = "the balance cache agrees with PostgreSQL";
+    let name = "the balance cache agrees with PostgreSQL".to_owned();
     let client = wallet_runtime::cache::client(config)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let prefix = config.names.redis_key("bal:");
@@ -296,7 +373,8 @@ async fn campaign_check(
 ) -> anyhow::Result<Check> {
     use wallet_campaigns::campaign::minor;
     use wallet_campaigns::reservations::{Record, Reservations};
-    let name = "Redis campaign counters equal PostgreSQL's committed grants plus live reservations";
+    let name = "Redis campaign counters equal PostgreSQL's committed grants plus live reservations"
+        .to_owned();
     let client = wallet_runtime::cache::client(config)?;
     let reservations = Reservations::new(
         redis::aio::ConnectionManager::new(client).await?,

@@ -1,12 +1,15 @@
-//! `walletctl provider-sim`: plays the game providers, for `make run` and for tests.
+//! `walletctl provider-sim`: plays the game providers and the payment providers, for `make run`
+//! and for tests.
 //!
 //! It reads `provider.<provider>.transfer` and `provider.<provider>.status` (its own durable
 //! consumer `provider-sim` on `PROVIDER_REQUESTS`) and answers on `provider.<provider>.ack` with
-//! `Nats-Msg-Id: <provider>:<transfer_id>:<status>`, as a provider's adapter does. Every decision
-//! is drawn from a hash of `--seed` and the transfer id, so a transfer gets the same answer every
-//! time it is asked (a status query repeats the first answer) and a run can be replayed.
+//! `Nats-Msg-Id: <provider>:<transfer_id>:<status>`, as a provider's adapter does; and the same
+//! for payouts ([`PAYMENTS`]: `payout.<psp>.request` and `.status` on `PAYOUT_REQUESTS`, answered
+//! `paid` or `declined` on `payout.<psp>.ack`). Every decision is drawn from a hash of `--seed`
+//! and the saga's id, so a transfer or a withdrawal gets the same answer every time it is asked
+//! (a status query repeats the first answer) and a run can be replayed.
 //!
-//! Faults, each with its probability per transfer:
+//! Faults, each with its probability per transfer or withdrawal:
 //! - `--drop`: the ack to the transfer request is never sent (the sweeper's status query gets it);
 //! - `--duplicate`: a second copy of the ack under another `Nats-Msg-Id`, as a copy arriving after
 //!   JetStream's duplicate window would;
@@ -33,9 +36,47 @@ use wallet_runtime::trace::TRACEPARENT;
 /// In-flight requests (each one a task waiting out its latency).
 const IN_FLIGHT: usize = 10_000;
 
+/// How one kind of partner is asked and answers.
+#[derive(Debug)]
+pub struct Protocol {
+    /// The stream of requests and status queries.
+    pub stream: &'static str,
+    /// `<prefix>.<partner>.<request>` asks, `<prefix>.<partner>.status` queries,
+    /// `<prefix>.<partner>.ack` answers.
+    pub prefix: &'static str,
+    pub request: &'static str,
+    /// The saga's id in every message.
+    pub id_field: &'static str,
+    /// The answer's statuses: the positive one, the negative one.
+    pub statuses: (&'static str, &'static str),
+    /// The field with the partner's own reference.
+    pub ref_field: &'static str,
+}
+
+/// The game providers: transfers.
+pub const GAME: Protocol = Protocol {
+    stream: "PROVIDER_REQUESTS",
+    prefix: "provider",
+    request: "transfer",
+    id_field: "transfer_id",
+    statuses: ("accepted", "rejected"),
+    ref_field: "provider_ref",
+};
+
+/// The payment providers: withdrawals.
+pub const PAYMENTS: Protocol = Protocol {
+    stream: "PAYOUT_REQUESTS",
+    prefix: "payout",
+    request: "request",
+    id_field: "withdraw_id",
+    statuses: ("paid", "declined"),
+    ref_field: "psp_ref",
+};
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimOptions {
-    /// Share of transfers the providers accept; the others they reject.
+    /// Share of transfers (withdrawals) the providers accept (pay); the others they reject
+    /// (decline).
     #[arg(long, default_value_t = 0.9, value_parser = ratio)]
     pub accept: f64,
     /// Delay before each answer.
@@ -109,7 +150,7 @@ fn draw(seed: u64, aspect: &str, transfer: &str) -> f64 {
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Whether the simulated provider accepts `transfer` (what its acks will say).
+/// Whether the simulated provider accepts `transfer` (pays a withdrawal: what its answers say).
 pub fn accepts(opts: &SimOptions, transfer: &str) -> bool {
     draw(opts.seed, "accept", transfer) < opts.accept
 }
@@ -120,89 +161,114 @@ pub fn contradicts(opts: &SimOptions, transfer: &str) -> bool {
 }
 
 struct Sim {
+    protocol: &'static Protocol,
     opts: SimOptions,
     js: jetstream::Context,
     names: Names,
     stats: Arc<Stats>,
 }
 
-/// Runs until `shutdown`, then finishes the requests in flight.
+/// Runs until `shutdown`, then finishes the requests in flight: both protocols, one stats.
 pub async fn run(
     config: &Config,
     opts: SimOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<Stats>> {
     let js = jetstream::new(wallet_ops::nats(config).await?);
-    let names = config.names.clone();
-    let stream = js
-        .get_stream(names.name("PROVIDER_REQUESTS"))
-        .await
-        .context("stream PROVIDER_REQUESTS not found; run `walletctl setup` first")?;
-    let name = names.name("provider-sim");
-    let consumer = stream
-        .get_or_create_consumer(
-            &name,
-            pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some("walletctl provider-sim".into()),
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: IN_FLIGHT as i64,
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let sim = Arc::new(Sim {
-        opts,
-        js,
-        names,
-        stats: Arc::new(Stats::default()),
+    let stats = Arc::new(Stats::default());
+    let sims = [&GAME, &PAYMENTS].map(|protocol| Sim {
+        protocol,
+        opts: opts.clone(),
+        js: js.clone(),
+        names: config.names.clone(),
+        stats: stats.clone(),
     });
-    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut report = tokio::time::interval(Duration::from_secs(5));
-    let mut reported = String::new();
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = report.tick() => {
-                let now = sim.stats.to_string();
-                if now != reported {
-                    tracing::info!(stats = %now, "provider-sim");
-                    reported = now;
-                }
-                continue;
+    let [game, payments] = sims;
+    let report = async {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        let mut reported = String::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = every.tick() => {}
             }
-            m = messages.next() => match m {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "provider-sim: fetch failed");
-                    continue;
-                }
-                None => break,
-            },
-        };
-        let permit = slots.clone().acquire_owned().await?;
-        let sim = sim.clone();
-        tokio::spawn(async move {
-            sim.answer(message).await;
-            drop(permit);
-        });
-    }
-    let _ = slots.acquire_many(IN_FLIGHT as u32).await;
-    Ok(sim.stats.clone())
+            let now = stats.to_string();
+            if now != reported {
+                tracing::info!(stats = %now, "provider-sim");
+                reported = now;
+            }
+        }
+    };
+    tokio::try_join!(
+        Arc::new(game).serve(shutdown.clone()),
+        Arc::new(payments).serve(shutdown.clone()),
+        report
+    )?;
+    Ok(stats)
 }
 
 impl Sim {
+    async fn serve(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let stream_name = self.protocol.stream;
+        let stream = self
+            .js
+            .get_stream(self.names.name(stream_name))
+            .await
+            .with_context(|| {
+                format!("stream {stream_name} not found; run `walletctl setup` first")
+            })?;
+        let name = self.names.name("provider-sim");
+        let consumer = stream
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some("walletctl provider-sim".into()),
+                    ack_wait: Duration::from_secs(30),
+                    max_ack_pending: IN_FLIGHT as i64,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => break,
+                m = messages.next() => match m {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "provider-sim: fetch failed");
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let permit = slots.clone().acquire_owned().await?;
+            let sim = self.clone();
+            tokio::spawn(async move {
+                sim.answer(message).await;
+                drop(permit);
+            });
+        }
+        let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+        Ok(())
+    }
+
     async fn answer(&self, message: jetstream::Message) {
+        let p = self.protocol;
         let subject = self.names.strip(&message.subject).to_owned();
         let transfer = serde_json::from_slice::<serde_json::Value>(&message.payload)
             .ok()
-            .and_then(|v| v.get("transfer_id")?.as_str().map(str::to_owned));
+            .and_then(|v| v.get(p.id_field)?.as_str().map(str::to_owned));
         let tokens: Vec<&str> = subject.split('.').collect();
-        let (["provider", provider, kind], Some(transfer)) = (&tokens[..], transfer) else {
-            tracing::warn!(subject, "provider-sim: not a provider request; skipped");
-            let _ = message.ack().await;
-            return;
+        let (provider, kind, transfer) = match (&tokens[..], transfer) {
+            ([prefix, provider, kind], Some(t)) if *prefix == p.prefix => (*provider, *kind, t),
+            _ => {
+                tracing::warn!(subject, "provider-sim: not a provider request; skipped");
+                let _ = message.ack().await;
+                return;
+            }
         };
         // The ack continues the request's trace, as a provider's adapter should.
         let trace = message
@@ -211,8 +277,8 @@ impl Sim {
             .and_then(|h| h.get(TRACEPARENT))
             .map(|v| v.as_str().to_owned());
         let trace = trace.as_deref();
-        let result = match *kind {
-            "transfer" => self.transfer(provider, &transfer, trace).await,
+        let result = match kind {
+            k if k == p.request => self.transfer(provider, &transfer, trace).await,
             _ => {
                 self.stats.status_queries.fetch_add(1, Ordering::Relaxed);
                 self.ack(
@@ -285,11 +351,12 @@ impl Sim {
         id_suffix: &str,
         trace: Option<&str>,
     ) -> anyhow::Result<()> {
-        let status = if accepted { "accepted" } else { "rejected" };
+        let p = self.protocol;
+        let status = if accepted { p.statuses.0 } else { p.statuses.1 };
         let mut payload = serde_json::json!({
-            "transfer_id": transfer,
+            p.id_field: transfer,
             "status": status,
-            "provider_ref": format!("{provider}-{transfer}"),
+            p.ref_field: format!("{provider}-{transfer}"),
         });
         if !accepted {
             payload["reason"] = "declined by the simulated provider".into();
@@ -304,7 +371,7 @@ impl Sim {
         }
         self.js
             .publish_with_headers(
-                self.names.subject(&format!("provider.{provider}.ack")),
+                self.names.subject(&format!("{}.{provider}.ack", p.prefix)),
                 headers,
                 serde_json::to_vec(&payload)?.into(),
             )

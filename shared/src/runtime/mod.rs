@@ -75,7 +75,8 @@ pub fn run<F: Function>(f: F) -> ExitCode {
     start(
         F::NAME,
         F::interface,
-        move |ctx, topology, tasks| async move {
+        move |config| f.configure(config),
+        move |f, ctx, topology, tasks| async move {
             let def = topology
                 .consumer(F::NAME)
                 .cloned()
@@ -109,15 +110,27 @@ pub fn run<F: Function>(f: F) -> ExitCode {
 
 /// Runs the request-reply function `r` until a signal; the whole `main` of its binary.
 pub fn serve<R: Responder>(r: R) -> ExitCode {
-    start(R::NAME, R::interface, move |ctx, _, tasks| async move {
-        respond::respond_loop(Arc::new(r), ctx, tasks.shutdown()).await;
-        Ok(())
-    })
+    start(
+        R::NAME,
+        R::interface,
+        move |_| Ok(r),
+        move |r, ctx, _, tasks| async move {
+            respond::respond_loop(Arc::new(r), ctx, tasks.shutdown()).await;
+            Ok(())
+        },
+    )
 }
 
-fn start<M, Fut>(name: &'static str, interface: fn() -> Interface, main: M) -> ExitCode
+/// `configure` reads the function's own settings (see [`Function::configure`]); `main` runs it.
+fn start<H, C, M, Fut>(
+    name: &'static str,
+    interface: fn() -> Interface,
+    configure: C,
+    main: M,
+) -> ExitCode
 where
-    M: FnOnce(Arc<Context>, Topology, Tasks) -> Fut,
+    C: FnOnce(&Config) -> Result<H, ConfigError>,
+    M: FnOnce(H, Arc<Context>, Topology, Tasks) -> Fut,
     Fut: Future<Output = Result<(), StartError>>,
 {
     if let Some(code) = arguments(name, interface) {
@@ -125,11 +138,12 @@ where
     }
     let setup = || -> Result<_, StartError> {
         let config = Config::from_env()?;
+        let handler = configure(&config)?;
         let topology = Topology::load(config.streams_file.as_deref())?;
         crate::trace::init(name)?;
-        Ok((config, topology, telemetry::filter()?))
+        Ok((config, handler, topology, telemetry::filter()?))
     };
-    let (config, topology, filter) = match setup() {
+    let (config, handler, topology, filter) = match setup() {
         Ok(s) => s,
         Err(e) => return refused(name, &e),
     };
@@ -167,7 +181,7 @@ where
             Err(e) => return refused(name, &e),
         };
         let _ = slot.set(ctx.clone());
-        let work = main(ctx.clone(), topology, tasks.clone());
+        let work = main(handler, ctx.clone(), topology, tasks.clone());
         tokio::pin!(work);
         let result = tokio::select! {
             r = &mut work => r,

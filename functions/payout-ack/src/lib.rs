@@ -1,0 +1,352 @@
+//! Payout answers: `{withdraw_id, status, psp_ref?, reason?}` on `payout.<psp>.ack` settles a
+//! pending withdrawal. `paid` moves its amount from the user's `held` wallet to the platform's
+//! `payouts:<psp>` account (the money has left for the user's bank or card); `declined` returns
+//! it to `main` and gives it back to the day's withdrawal limit.
+//!
+//! An answer is remembered by `<psp>:<withdraw_id>:<status>`, so a repeat has no effect. The
+//! withdrawal's row, locked for the transaction, decides the rest ([`wallet_runtime::answer`]):
+//! an answer contradicting a settled withdrawal is dead-lettered `ack_conflict`, one from another
+//! provider `provider_mismatch`, and one for a withdrawal nobody knows is retried with growing
+//! delays until `TRANSFER_UNKNOWN_RETRY` after its first delivery, then dead-lettered
+//! `unknown_withdrawal`.
+//!
+//! Every replica also runs the sweeper over withdrawals ([`wallet_runtime::sweeper`]): one that
+//! waits `TRANSFER_ACK_TIMEOUT` for its answer gets `payout.<psp>.status` published (then with
+//! backoff), and one pending `TRANSFER_STUCK_AFTER` one `stuck` event.
+//!
+//! Locks, in this order, as `withdraw` takes the last two: the withdrawals (by id), their
+//! days' limit rows (by key, for a `declined` one), the wallets (by the ledger's order).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use schemars::JsonSchema;
+use wallet_runtime::answer::{self, ACK_CONFLICT, Answers, PROVIDER_MISMATCH, Verdict};
+use wallet_runtime::function::Transaction;
+use wallet_runtime::interface::{Id, Interface};
+use wallet_runtime::money::Currency;
+use wallet_runtime::sweeper::{self, Saga};
+use wallet_runtime::wallet::{Kind, WalletKey};
+use wallet_runtime::{
+    CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Status,
+    StepError,
+};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PayoutAck;
+
+pub use withdraw::ENTITY;
+pub const PAID: Status = Status::new("paid");
+pub const DECLINED: Status = Status::new("declined");
+pub const UNKNOWN_WITHDRAWAL: &str = "unknown_withdrawal";
+
+#[derive(Debug)]
+pub struct Answer {
+    /// The `<psp>` token of the subject.
+    pub psp: String,
+    pub paid: bool,
+    pub psp_ref: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl Answer {
+    fn status(&self) -> Status {
+        if self.paid { PAID } else { DECLINED }
+    }
+}
+
+/// `payout.<psp>.ack` (CONTRACT §3): a payment provider's answer to `payout.<psp>.request`.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)] // Its schema is the documentation; `validate` reads the payload.
+pub struct PayoutAckPayload {
+    /// The withdrawal it answers.
+    withdraw_id: Id,
+    status: PayoutStatus,
+    /// The provider's own reference, kept with the withdrawal.
+    psp_ref: Option<String>,
+    /// Why the provider declined, kept with the withdrawal.
+    reason: Option<String>,
+}
+
+#[derive(Debug, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum PayoutStatus {
+    /// The provider paid the user: the held money leaves the platform.
+    Paid,
+    /// The provider refused: the held money returns to `main`.
+    Declined,
+}
+
+/// Withdrawals, to the sweeper: `payout.<psp>.status` for one that waits too long for its
+/// answer, one `stuck` event for one that waits far too long.
+pub static WITHDRAWALS: Saga = Saga {
+    table: "withdrawals",
+    entity: ENTITY,
+    partner: "psp",
+    status_subject: "payout.{partner}.status",
+    id_field: "withdraw_id",
+    queries_metric: "wallet_withdrawal_status_queries_total",
+    stuck_metric: "wallet_withdrawals_stuck_total",
+};
+
+/// `payout.<psp>.status` (CONTRACT §3): asks the payment provider to answer for a withdrawal.
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)] // Its schema is the documentation; the sweeper writes the message.
+pub struct PayoutStatusQuery {
+    withdraw_id: Id,
+}
+
+/// A withdrawal as an answer finds it.
+#[derive(Debug)]
+struct Withdrawal {
+    user_id: String,
+    psp: String,
+    currency: String,
+    amount: Decimal,
+    day: NaiveDate,
+    status: String,
+}
+
+const LOCK: &str = "
+    SELECT id, user_id, psp, currency, amount, day, status FROM withdrawals
+    WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+const LOCK_DAYS: &str = "
+    SELECT 1 FROM withdrawal_days
+    WHERE (user_id, currency, day) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::date[]))
+    ORDER BY user_id, currency, day FOR UPDATE";
+
+const GIVE_BACK: &str = "
+    UPDATE withdrawal_days d SET amount = d.amount - g.amount
+    FROM (SELECT u, c, d, sum(a) AS amount
+          FROM unnest($1::text[], $2::text[], $3::date[], $4::numeric[]) AS g (u, c, d, a)
+          GROUP BY 1, 2, 3) AS g
+    WHERE (d.user_id, d.currency, d.day) = (g.u, g.c, g.d)";
+
+const SETTLE: &str = "
+    UPDATE withdrawals w SET status = s.status, psp_ref = s.psp_ref, reason = s.reason,
+           finished_at = now(), next_check_at = NULL
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS s (id, status, psp_ref, reason)
+    WHERE w.id = s.id";
+
+/// An answer that settles its withdrawal.
+struct Settle<'a> {
+    index: usize,
+    command: &'a Command<Answer>,
+    withdrawal: &'a Withdrawal,
+    currency: Currency,
+}
+
+impl Settle<'_> {
+    fn held(&self) -> WalletKey {
+        let w = self.withdrawal;
+        WalletKey::user(&w.user_id, Kind::Held, &w.psp, self.currency)
+    }
+
+    /// Where the money goes: out of the platform, or back to main.
+    fn destination(&self) -> WalletKey {
+        let w = self.withdrawal;
+        if self.command.body.paid {
+            WalletKey::platform(&format!("payouts:{}", w.psp), self.currency)
+        } else {
+            WalletKey::main(&w.user_id, self.currency)
+        }
+    }
+}
+
+impl Function for PayoutAck {
+    const NAME: &'static str = "payout-ack";
+    const ENTITY: &'static str = ENTITY;
+    const ID_FIELD: &'static str = "withdraw_id";
+    const FIELDS: &'static [&'static str] = &["withdraw_id", "status"];
+    type Command = Answer;
+
+    fn interface() -> Interface {
+        Interface::of::<Self>()
+            .command::<PayoutAckPayload>(
+                "payout.{psp}.ack",
+                &[ACK_CONFLICT, PROVIDER_MISMATCH, UNKNOWN_WITHDRAWAL],
+            )
+            .events::<withdraw::PspField>(&[PAID, DECLINED, Status::STUCK], &[])
+            .sends::<PayoutStatusQuery>(
+                "payout-status",
+                "payout.{psp}.status",
+                "Asks the payment provider about a withdrawal that has waited too long for its answer",
+                "`<withdraw_id>:status:<n>`, n the query's number",
+            )
+    }
+
+    fn validate(
+        &self,
+        _ctx: &Context,
+        subject: &str,
+        _id: &str,
+        p: &Payload,
+    ) -> Result<Answer, Invalid> {
+        let psp = match subject.split('.').collect::<Vec<_>>()[..] {
+            ["payout", psp, "ack"] => psp,
+            _ => return Err(Invalid::Malformed),
+        };
+        let paid = match p.get("status").and_then(|s| s.as_str()) {
+            Some("paid") => true,
+            Some("declined") => false,
+            _ => return Err(Invalid::Malformed),
+        };
+        Ok(Answer {
+            psp: psp.to_owned(),
+            paid,
+            psp_ref: answer::free_text(p, "psp_ref"),
+            reason: answer::free_text(p, "reason"),
+        })
+    }
+
+    fn key(id: &str, a: &Answer) -> String {
+        format!("{}:{id}:{}", a.psp, a.status().as_str())
+    }
+
+    async fn apply<'a>(
+        &'a self,
+        ctx: &'a Context,
+        tx: &'a Transaction<'a>,
+        commands: &'a [&'a Command<Answer>],
+    ) -> Result<Vec<Outcome>, StepError> {
+        let ids: Vec<&str> = commands.iter().map(|c| c.id.as_str()).collect();
+        let withdrawals: HashMap<String, Withdrawal> = tx
+            .query(LOCK, &[&ids])
+            .await?
+            .iter()
+            .map(|r| {
+                let w = Withdrawal {
+                    user_id: r.get(1),
+                    psp: r.get(2),
+                    currency: r.get(3),
+                    amount: r.get(4),
+                    day: r.get(5),
+                    status: r.get(6),
+                };
+                (r.get(0), w)
+            })
+            .collect();
+
+        // Decide every answer in order first, so that only what gets a posting is locked.
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
+        let mut settles: Vec<Settle> = Vec::new();
+        let mut answers = Answers::default();
+        for (index, command) in commands.iter().enumerate() {
+            let a = &command.body;
+            let Some(withdrawal) = withdrawals.get(&command.id) else {
+                let window = ctx.config.transfers.unknown_retry;
+                outcomes.push(Some(answer::unknown(
+                    command.stored_at,
+                    window,
+                    UNKNOWN_WITHDRAWAL,
+                )));
+                continue;
+            };
+            if withdrawal.psp != a.psp {
+                outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
+                continue;
+            }
+            let ended = (withdrawal.status != "pending").then(|| withdrawal.status == "paid");
+            match answers.judge(&command.id, ended, a.paid) {
+                Verdict::Repeat => outcomes.push(Some(Outcome::Done(Vec::new()))),
+                Verdict::Conflict => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
+                Verdict::Settle => {
+                    let currency =
+                        ctx.config
+                            .currencies
+                            .get(&withdrawal.currency)
+                            .ok_or_else(|| {
+                                StepError::permanent(format!(
+                                    "withdrawal {}: currency {} is no longer configured",
+                                    command.id, withdrawal.currency
+                                ))
+                            })?;
+                    settles.push(Settle {
+                        index,
+                        command,
+                        withdrawal,
+                        currency,
+                    });
+                    outcomes.push(None);
+                }
+            }
+        }
+
+        // The declined withdrawals' days, locked in key order before any wallet.
+        let declined: Vec<&Withdrawal> = settles
+            .iter()
+            .filter(|s| !s.command.body.paid)
+            .map(|s| s.withdrawal)
+            .collect();
+        if !declined.is_empty() {
+            let days: BTreeSet<(&str, &str, NaiveDate)> = declined
+                .iter()
+                .map(|w| (w.user_id.as_str(), w.currency.as_str(), w.day))
+                .collect();
+            let (u, c, d): (Vec<&str>, Vec<&str>, Vec<NaiveDate>) = days.into_iter().collect();
+            tx.query(LOCK_DAYS, &[&u, &c, &d]).await?;
+            let (u, c, d, a): (Vec<&str>, Vec<&str>, Vec<NaiveDate>, Vec<Decimal>) = declined
+                .iter()
+                .map(|w| (w.user_id.as_str(), w.currency.as_str(), w.day, w.amount))
+                .collect();
+            tx.execute(GIVE_BACK, &[&u, &c, &d, &a]).await?;
+        }
+
+        let keys = settles.iter().flat_map(|s| [s.held(), s.destination()]);
+        let mut book = ctx.ledger.open(tx, keys).await?;
+        let (mut ids, mut statuses, mut refs, mut reasons) = (vec![], vec![], vec![], vec![]);
+        for s in &settles {
+            let (held, to) = (s.held(), s.destination());
+            let amount = s.withdrawal.amount;
+            book.post(
+                &format!("{}:{}", Self::NAME, s.command.key),
+                &[(&held, -amount), (&to, amount)],
+            )?
+            .map_err(|_| StepError::permanent("held below its withdrawal's amount"))?;
+            let Some(held_now) = book.snapshot(&held) else {
+                return Err(StepError::permanent("withdrawal wallets not opened"));
+            };
+            let status = s.command.body.status();
+            // The user's wallet the answer changed last: held when paid, main when declined.
+            let (balance, wallets) = match book.snapshot(&to) {
+                Some(main) if !s.command.body.paid => (main.balance.clone(), vec![held_now, main]),
+                _ => (held_now.balance.clone(), vec![held_now]),
+            };
+            let w = s.withdrawal;
+            let event = Event {
+                user_id: Some(w.user_id.clone()),
+                currency: Some(s.currency.code().to_owned()),
+                amount: Some(s.currency.format(amount)),
+                balance: Some(balance),
+                ..Event::new(ENTITY, &s.command.id, status)
+            }
+            .with("psp", Some(&w.psp));
+            outcomes[s.index] = Some(Outcome::Done(vec![event.into_outbox(wallets)]));
+            ids.push(s.command.id.as_str());
+            statuses.push(status.as_str());
+            refs.push(s.command.body.psp_ref.as_deref());
+            reasons.push(s.command.body.reason.as_deref());
+        }
+        book.write(tx).await?;
+        if !ids.is_empty() {
+            tx.execute(SETTLE, &[&ids, &statuses, &refs, &reasons])
+                .await?;
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Done(Vec::new())))
+            .collect())
+    }
+
+    fn background(
+        &self,
+        ctx: Arc<Context>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        sweeper::run(&WITHDRAWALS, ctx, shutdown)
+    }
+}
