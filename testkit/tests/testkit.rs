@@ -56,9 +56,20 @@ async fn a_restarted_cluster_node_is_current_only_once_its_streams_caught_up() {
             }
         }
     };
+    // A publish finds no responder while the stream has no leader: just created, or its leader
+    // just killed.
+    let leader = || async {
+        testkit::eventually(Duration::from_secs(60), "a leader of HZ", || async {
+            let info = js.get_stream("HZ").await.ok()?.info().await.ok()?.clone();
+            info.cluster?.leader.filter(|l| !l.is_empty())
+        })
+        .await
+    };
+    leader().await;
     publish(BEFORE).await;
     assert!(cluster.wait_current(0, Duration::from_secs(30)).await);
     cluster.kill_node(0);
+    leader().await;
     publish(WHILE_DOWN).await;
     let total = BEFORE + WHILE_DOWN;
 
