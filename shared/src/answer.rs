@@ -10,8 +10,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::function::{Outcome, Payload};
+use rust_decimal::Decimal;
+
+use crate::context::Context;
+use crate::error::StepError;
+use crate::events::{Event, Status};
+use crate::function::{Outcome, Payload, Transaction};
+use crate::money::Currency;
 use crate::text;
+use crate::wallet::WalletKey;
 
 /// Dead-letter reason: an answer contradicting how its saga already ended.
 pub const ACK_CONFLICT: &str = "ack_conflict";
@@ -66,6 +73,84 @@ pub fn unknown(stored_at: SystemTime, window: Duration, reason: &'static str) ->
         after: delay.min(left),
         reason,
     }
+}
+
+/// An answer that ends its saga: `amount` leaves the parked wallet `from` for `to` (a user
+/// wallet, or a platform account when the money leaves the platform).
+#[derive(Debug)]
+pub struct Ending<'a> {
+    /// The answer's place in its batch.
+    pub index: usize,
+    /// Its posting's command: `<function>:<dedup key>`.
+    pub posting: String,
+    pub from: WalletKey,
+    pub to: WalletKey,
+    pub amount: Decimal,
+    /// Its outcome event; [`end`] sets the balance.
+    pub event: Event,
+    /// The saga's row: its id, its final status, the partner's reference and reason.
+    pub id: &'a str,
+    pub status: Status,
+    pub reference: Option<&'a str>,
+    pub reason: Option<&'a str>,
+}
+
+/// Posts every ending in one book, then runs `finish` over their rows (`$1` ids, `$2` statuses,
+/// `$3` references, `$4` reasons), in the batch's transaction. Returns the batch's outcomes:
+/// each ending's at its index, `decided` for the others (a repeat without an outcome of its own
+/// is done). An event's balance is the wallet the money went to, or the parked wallet when it
+/// left the platform.
+pub async fn end(
+    ctx: &Context,
+    tx: &Transaction<'_>,
+    endings: Vec<Ending<'_>>,
+    finish: &str,
+    mut decided: Vec<Option<Outcome>>,
+) -> Result<Vec<Outcome>, StepError> {
+    let keys = endings.iter().flat_map(|e| [e.from.clone(), e.to.clone()]);
+    let mut book = ctx.ledger.open(tx, keys).await?;
+    let (mut ids, mut statuses, mut refs, mut reasons) = (vec![], vec![], vec![], vec![]);
+    for e in endings {
+        book.post(&e.posting, &[(&e.from, -e.amount), (&e.to, e.amount)])?
+            .map_err(|_| {
+                StepError::permanent(format!(
+                    "{}: the parked wallet is below its amount",
+                    e.posting
+                ))
+            })?;
+        let snapshot = |key: &WalletKey| {
+            book.snapshot(key)
+                .ok_or_else(|| StepError::permanent(format!("{}: wallet not opened", e.posting)))
+        };
+        let mut wallets = vec![snapshot(&e.from)?];
+        if !e.to.is_platform() {
+            wallets.push(snapshot(&e.to)?);
+        }
+        let balance = wallets.last().map(|w| w.balance.clone());
+        let event = Event { balance, ..e.event };
+        decided[e.index] = Some(Outcome::Done(vec![event.into_outbox(wallets)]));
+        ids.push(e.id);
+        statuses.push(e.status.as_str());
+        refs.push(e.reference);
+        reasons.push(e.reason);
+    }
+    book.write(tx).await?;
+    if !ids.is_empty() {
+        tx.execute(finish, &[&ids, &statuses, &refs, &reasons])
+            .await?;
+    }
+    Ok(decided
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Done(Vec::new())))
+        .collect())
+}
+
+/// The currency of a saga's row, which must still be configured (a row in a currency taken out
+/// of `WALLET_CURRENCIES` cannot be settled: a bug of the deployment, not of the answer).
+pub fn currency(ctx: &Context, id: &str, code: &str) -> Result<Currency, StepError> {
+    ctx.config.currencies.get(code).ok_or_else(|| {
+        StepError::permanent(format!("{id}: currency {code} is no longer configured"))
+    })
 }
 
 /// An answer's free-text field (the provider's reference, its reason), kept as the provider sent

@@ -90,6 +90,35 @@ pub fn currency_and_amount(
     Ok((currency, amount))
 }
 
+/// The fields of a command that moves a user's money through a partner (a transfer to a game
+/// provider, a withdrawal through a payment provider), in the contract's order: `user_id`, the
+/// partner (`field`, one of `known`, else rejected `unknown`), then `currency` and `amount`. A
+/// rejection of `entity` carries the fields valid so far, and `field` (null until it is valid).
+#[allow(clippy::result_large_err)] // As `validate`: the rejection moves once into the outbox.
+pub fn partner_command<'p>(
+    ctx: &Context,
+    p: &'p Payload,
+    (entity, id): (&'static str, &str),
+    (field, known, unknown): (&'static str, &[String], Reason),
+) -> Result<(&'p str, &'p str, Currency, rust_decimal::Decimal), Invalid> {
+    let mut rejection = Event::rejected(entity, id, Reason::INVALID_USER_ID).with(field, None);
+    let Some(user_id) = crate::ids::from_value(p.get("user_id")) else {
+        return Err(rejection.into());
+    };
+    rejection.user_id = Some(user_id.to_owned());
+    let Some(partner) = p
+        .get(field)
+        .and_then(|v| v.as_str())
+        .filter(|p| known.iter().any(|k| k == p))
+    else {
+        rejection.reason = Some(unknown);
+        return Err(rejection.into());
+    };
+    let rejection = rejection.with(field, Some(partner));
+    let (currency, amount) = currency_and_amount(ctx, p, rejection)?;
+    Ok((user_id, partner, currency, amount))
+}
+
 /// How one command ended inside the transaction.
 #[derive(Debug)]
 pub enum Outcome {

@@ -36,6 +36,8 @@ async fn ctrl_c_in_a_terminal_stops_every_function_gracefully() {
     let out = std::env::temp_dir().join(format!("{}.run.log", env.ns));
     // Five consecutive ports from one drawn free below the ephemeral range.
     let base = testkit::free_port();
+    // One HTTP port per function, from `base` (scripts/run.sh).
+    let ports = base..base + wallet_ops::catalog::names().len() as u16;
     let mut vars: Vec<String> = env
         .env()
         .into_iter()
@@ -72,7 +74,7 @@ async fn ctrl_c_in_a_terminal_stops_every_function_gracefully() {
     assert!(piped.status.success(), "{piped:?}");
 
     eventually(T, "every function ready", || async {
-        for port in base..base + 5 {
+        for port in ports.clone() {
             testkit::http_get(port, "/readyz")
                 .await
                 .filter(|(s, _)| *s == 200)?;
@@ -104,7 +106,7 @@ async fn ctrl_c_in_a_terminal_stops_every_function_gracefully() {
         "not every function stopped gracefully:\n{}",
         log(&out)
     );
-    for port in base..base + 5 {
+    for port in ports {
         assert!(
             testkit::http_get(port, "/healthz").await.is_none(),
             "port {port} still answers"

@@ -23,10 +23,9 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
-use wallet_runtime::answer::{self, ACK_CONFLICT, Answers, PROVIDER_MISMATCH, Verdict};
+use wallet_runtime::answer::{self, ACK_CONFLICT, Answers, Ending, PROVIDER_MISMATCH, Verdict};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Id, Interface};
-use wallet_runtime::money::Currency;
 use wallet_runtime::sweeper::{self, Saga};
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
@@ -132,31 +131,6 @@ const SETTLE: &str = "
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS s (id, status, psp_ref, reason)
     WHERE w.id = s.id";
 
-/// An answer that settles its withdrawal.
-struct Settle<'a> {
-    index: usize,
-    command: &'a Command<Answer>,
-    withdrawal: &'a Withdrawal,
-    currency: Currency,
-}
-
-impl Settle<'_> {
-    fn held(&self) -> WalletKey {
-        let w = self.withdrawal;
-        WalletKey::user(&w.user_id, Kind::Held, &w.psp, self.currency)
-    }
-
-    /// Where the money goes: out of the platform, or back to main.
-    fn destination(&self) -> WalletKey {
-        let w = self.withdrawal;
-        if self.command.body.paid {
-            WalletKey::platform(&format!("payouts:{}", w.psp), self.currency)
-        } else {
-            WalletKey::main(&w.user_id, self.currency)
-        }
-    }
-}
-
 impl Function for PayoutAck {
     const NAME: &'static str = "payout-ack";
     const ENTITY: &'static str = ENTITY;
@@ -233,11 +207,13 @@ impl Function for PayoutAck {
 
         // Decide every answer in order first, so that only what gets a posting is locked.
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
-        let mut settles: Vec<Settle> = Vec::new();
+        let mut endings: Vec<Ending> = Vec::new();
+        // The declined withdrawals, whose amounts go back to their days.
+        let mut declined: Vec<&Withdrawal> = Vec::new();
         let mut answers = Answers::default();
         for (index, command) in commands.iter().enumerate() {
             let a = &command.body;
-            let Some(withdrawal) = withdrawals.get(&command.id) else {
+            let Some(w) = withdrawals.get(&command.id) else {
                 let window = ctx.config.transfers.unknown_retry;
                 outcomes.push(Some(answer::unknown(
                     command.stored_at,
@@ -246,30 +222,41 @@ impl Function for PayoutAck {
                 )));
                 continue;
             };
-            if withdrawal.psp != a.psp {
+            if w.psp != a.psp {
                 outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
                 continue;
             }
-            let ended = (withdrawal.status != "pending").then(|| withdrawal.status == "paid");
+            let ended = (w.status != "pending").then(|| w.status == "paid");
             match answers.judge(&command.id, ended, a.paid) {
                 Verdict::Repeat => outcomes.push(Some(Outcome::Done(Vec::new()))),
                 Verdict::Conflict => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
                 Verdict::Settle => {
-                    let currency =
-                        ctx.config
-                            .currencies
-                            .get(&withdrawal.currency)
-                            .ok_or_else(|| {
-                                StepError::permanent(format!(
-                                    "withdrawal {}: currency {} is no longer configured",
-                                    command.id, withdrawal.currency
-                                ))
-                            })?;
-                    settles.push(Settle {
+                    let currency = answer::currency(ctx, &command.id, &w.currency)?;
+                    // Out of the platform, or back to main.
+                    let to = if a.paid {
+                        WalletKey::platform(&format!("payouts:{}", w.psp), currency)
+                    } else {
+                        declined.push(w);
+                        WalletKey::main(&w.user_id, currency)
+                    };
+                    let event = Event {
+                        user_id: Some(w.user_id.clone()),
+                        currency: Some(currency.code().to_owned()),
+                        amount: Some(currency.format(w.amount)),
+                        ..Event::new(ENTITY, &command.id, a.status())
+                    }
+                    .with("psp", Some(&w.psp));
+                    endings.push(Ending {
                         index,
-                        command,
-                        withdrawal,
-                        currency,
+                        posting: format!("{}:{}", Self::NAME, command.key),
+                        from: WalletKey::user(&w.user_id, Kind::Held, &w.psp, currency),
+                        to,
+                        amount: w.amount,
+                        event,
+                        id: &command.id,
+                        status: a.status(),
+                        reference: a.psp_ref.as_deref(),
+                        reason: a.reason.as_deref(),
                     });
                     outcomes.push(None);
                 }
@@ -277,11 +264,6 @@ impl Function for PayoutAck {
         }
 
         // The declined withdrawals' days, locked in key order before any wallet.
-        let declined: Vec<&Withdrawal> = settles
-            .iter()
-            .filter(|s| !s.command.body.paid)
-            .map(|s| s.withdrawal)
-            .collect();
         if !declined.is_empty() {
             let days: BTreeSet<(&str, &str, NaiveDate)> = declined
                 .iter()
@@ -295,51 +277,7 @@ impl Function for PayoutAck {
                 .collect();
             tx.execute(GIVE_BACK, &[&u, &c, &d, &a]).await?;
         }
-
-        let keys = settles.iter().flat_map(|s| [s.held(), s.destination()]);
-        let mut book = ctx.ledger.open(tx, keys).await?;
-        let (mut ids, mut statuses, mut refs, mut reasons) = (vec![], vec![], vec![], vec![]);
-        for s in &settles {
-            let (held, to) = (s.held(), s.destination());
-            let amount = s.withdrawal.amount;
-            book.post(
-                &format!("{}:{}", Self::NAME, s.command.key),
-                &[(&held, -amount), (&to, amount)],
-            )?
-            .map_err(|_| StepError::permanent("held below its withdrawal's amount"))?;
-            let Some(held_now) = book.snapshot(&held) else {
-                return Err(StepError::permanent("withdrawal wallets not opened"));
-            };
-            let status = s.command.body.status();
-            // The user's wallet the answer changed last: held when paid, main when declined.
-            let (balance, wallets) = match book.snapshot(&to) {
-                Some(main) if !s.command.body.paid => (main.balance.clone(), vec![held_now, main]),
-                _ => (held_now.balance.clone(), vec![held_now]),
-            };
-            let w = s.withdrawal;
-            let event = Event {
-                user_id: Some(w.user_id.clone()),
-                currency: Some(s.currency.code().to_owned()),
-                amount: Some(s.currency.format(amount)),
-                balance: Some(balance),
-                ..Event::new(ENTITY, &s.command.id, status)
-            }
-            .with("psp", Some(&w.psp));
-            outcomes[s.index] = Some(Outcome::Done(vec![event.into_outbox(wallets)]));
-            ids.push(s.command.id.as_str());
-            statuses.push(status.as_str());
-            refs.push(s.command.body.psp_ref.as_deref());
-            reasons.push(s.command.body.reason.as_deref());
-        }
-        book.write(tx).await?;
-        if !ids.is_empty() {
-            tx.execute(SETTLE, &[&ids, &statuses, &refs, &reasons])
-                .await?;
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Done(Vec::new())))
-            .collect())
+        answer::end(ctx, tx, endings, SETTLE, outcomes).await
     }
 
     fn background(

@@ -14,10 +14,9 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
-use wallet_runtime::answer::{self, Answers, Verdict};
+use wallet_runtime::answer::{self, Answers, Ending, Verdict};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Id, Interface, ProviderField};
-use wallet_runtime::money::Currency;
 use wallet_runtime::sweeper::{self, Saga};
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
@@ -113,31 +112,6 @@ const FINISH: &str = "
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS f (id, status, provider_ref, reason)
     WHERE t.id = f.id";
 
-/// An ack that finishes its transfer.
-struct Finish<'a> {
-    index: usize,
-    command: &'a Command<Ack>,
-    transfer: &'a Transfer,
-    currency: Currency,
-}
-
-impl Finish<'_> {
-    fn in_transit(&self) -> WalletKey {
-        let t = self.transfer;
-        WalletKey::user(&t.user_id, Kind::InTransit, &t.provider, self.currency)
-    }
-
-    /// Where the money goes: the game wallet, or back to main.
-    fn destination(&self) -> WalletKey {
-        let t = self.transfer;
-        if self.command.body.accepted {
-            WalletKey::user(&t.user_id, Kind::Game, &t.provider, self.currency)
-        } else {
-            WalletKey::main(&t.user_id, self.currency)
-        }
-    }
-}
-
 impl Function for ProviderAck {
     const NAME: &'static str = "provider-ack";
     const ENTITY: &'static str = "transfer";
@@ -213,11 +187,11 @@ impl Function for ProviderAck {
 
         // Decide every ack in order first, so that only wallets that get a posting are opened.
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
-        let mut finishes: Vec<Finish> = Vec::new();
+        let mut endings: Vec<Ending> = Vec::new();
         let mut answers = Answers::default();
         for (index, command) in commands.iter().enumerate() {
             let ack = &command.body;
-            let Some(transfer) = transfers.get(&command.id) else {
+            let Some(t) = transfers.get(&command.id) else {
                 let window = ctx.config.transfers.unknown_retry;
                 outcomes.push(Some(answer::unknown(
                     command.stored_at,
@@ -226,81 +200,47 @@ impl Function for ProviderAck {
                 )));
                 continue;
             };
-            if transfer.provider != ack.provider {
+            if t.provider != ack.provider {
                 outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
                 continue;
             }
-            let ended = (transfer.status != "pending").then(|| transfer.status == "completed");
+            let ended = (t.status != "pending").then(|| t.status == "completed");
             match answers.judge(&command.id, ended, ack.accepted) {
                 // A repeat that dedup could not see (it was finished under this very key).
                 Verdict::Repeat => outcomes.push(Some(Outcome::Done(Vec::new()))),
                 Verdict::Conflict => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
                 Verdict::Settle => {
-                    let currency =
-                        ctx.config
-                            .currencies
-                            .get(&transfer.currency)
-                            .ok_or_else(|| {
-                                StepError::permanent(format!(
-                                    "transfer {}: currency {} is no longer configured",
-                                    command.id, transfer.currency
-                                ))
-                            })?;
-                    finishes.push(Finish {
+                    let currency = answer::currency(ctx, &command.id, &t.currency)?;
+                    let (to, status) = if ack.accepted {
+                        let game = WalletKey::user(&t.user_id, Kind::Game, &t.provider, currency);
+                        (game, Status::COMPLETED)
+                    } else {
+                        (WalletKey::main(&t.user_id, currency), Status::FAILED)
+                    };
+                    let event = Event {
+                        user_id: Some(t.user_id.clone()),
+                        currency: Some(currency.code().to_owned()),
+                        amount: Some(currency.format(t.amount)),
+                        ..Event::new("transfer", &command.id, status)
+                    }
+                    .with("provider", Some(&t.provider));
+                    endings.push(Ending {
                         index,
-                        command,
-                        transfer,
-                        currency,
+                        posting: format!("{}:{}", Self::NAME, command.key),
+                        from: WalletKey::user(&t.user_id, Kind::InTransit, &t.provider, currency),
+                        to,
+                        amount: t.amount,
+                        event,
+                        id: &command.id,
+                        status,
+                        reference: ack.provider_ref.as_deref(),
+                        reason: ack.reason.as_deref(),
                     });
                     outcomes.push(None);
                 }
             }
         }
-
-        let keys = finishes
-            .iter()
-            .flat_map(|f| [f.in_transit(), f.destination()]);
-        let mut book = ctx.ledger.open(tx, keys).await?;
-        let (mut ids, mut statuses, mut refs, mut reasons) = (vec![], vec![], vec![], vec![]);
-        for f in &finishes {
-            let (from, to) = (f.in_transit(), f.destination());
-            let amount = f.transfer.amount;
-            book.post(
-                &format!("{}:{}", Self::NAME, f.command.key),
-                &[(&from, -amount), (&to, amount)],
-            )?
-            .map_err(|_| StepError::permanent("in_transit below its transfer's amount"))?;
-            let (Some(from), Some(to)) = (book.snapshot(&from), book.snapshot(&to)) else {
-                return Err(StepError::permanent("transfer wallets not opened"));
-            };
-            let status = if f.command.body.accepted {
-                Status::COMPLETED
-            } else {
-                Status::FAILED
-            };
-            let event = Event {
-                user_id: Some(f.transfer.user_id.clone()),
-                currency: Some(f.currency.code().to_owned()),
-                amount: Some(f.currency.format(amount)),
-                balance: Some(to.balance.clone()),
-                ..Event::new("transfer", &f.command.id, status)
-            }
-            .with("provider", Some(&f.transfer.provider));
-            outcomes[f.index] = Some(Outcome::Done(vec![event.into_outbox(vec![from, to])]));
-            ids.push(f.command.id.as_str());
-            statuses.push(status.as_str());
-            refs.push(f.command.body.provider_ref.as_deref());
-            reasons.push(f.command.body.reason.as_deref());
-        }
-        book.write(tx).await?;
-        if !ids.is_empty() {
-            tx.execute(FINISH, &[&ids, &statuses, &refs, &reasons])
-                .await?;
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Done(Vec::new())))
-            .collect())
+        answer::end(ctx, tx, endings, FINISH, outcomes).await
     }
 
     fn background(

@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::Serialize;
 use wallet_runtime::function::Transaction;
-use wallet_runtime::function::currency_and_amount;
+use wallet_runtime::function::partner_command;
 use wallet_runtime::interface::{
     Amount, Balance, CurrencyCode, Id, Interface, Provider, ProviderField,
 };
@@ -19,7 +19,7 @@ use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
-    Command, Context, Event, Function, Invalid, Outcome, Payload, Reason, Status, StepError, ids,
+    Command, Context, Event, Function, Invalid, Outcome, Payload, Reason, Status, StepError,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -105,22 +105,12 @@ impl Function for TransferOut {
         id: &str,
         p: &Payload,
     ) -> Result<TransferCommand, Invalid> {
-        // Each rejection reports the fields checked before the one that failed.
-        let mut event = Event::rejected(ENTITY, id, Reason::INVALID_USER_ID).with("provider", None);
-        let Some(user_id) = ids::from_value(p.get("user_id")) else {
-            return Err(event.into());
-        };
-        event.user_id = Some(user_id.to_owned());
-        let Some(provider) = p
-            .get("provider")
-            .and_then(|v| v.as_str())
-            .filter(|p| ctx.config.providers.iter().any(|known| known == p))
-        else {
-            event.reason = Some(Reason::UNKNOWN_PROVIDER);
-            return Err(event.into());
-        };
-        event = event.with("provider", Some(provider));
-        let (currency, amount) = currency_and_amount(ctx, p, event)?;
+        let (user_id, provider, currency, amount) = partner_command(
+            ctx,
+            p,
+            (ENTITY, id),
+            ("provider", &ctx.config.providers, Reason::UNKNOWN_PROVIDER),
+        )?;
         Ok(TransferCommand {
             user_id: user_id.to_owned(),
             provider: provider.to_owned(),

@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use wallet_runtime::config::Config;
 use wallet_runtime::error::ConfigError;
-use wallet_runtime::function::{Transaction, currency_and_amount};
+use wallet_runtime::function::{Transaction, partner_command};
 use wallet_runtime::interface::{Amount, Balance, CurrencyCode, Id, Interface};
 use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
@@ -167,21 +167,8 @@ impl Function for Withdraw {
         id: &str,
         p: &Payload,
     ) -> Result<WithdrawCommand, Invalid> {
-        let mut event = Event::rejected(ENTITY, id, Reason::INVALID_USER_ID).with("psp", None);
-        let Some(user_id) = ids::from_value(p.get("user_id")) else {
-            return Err(event.into());
-        };
-        event.user_id = Some(user_id.to_owned());
-        let Some(psp) = p
-            .get("psp")
-            .and_then(|v| v.as_str())
-            .filter(|p| self.psps.iter().any(|known| known == p))
-        else {
-            event.reason = Some(UNKNOWN_PSP);
-            return Err(event.into());
-        };
-        event = event.with("psp", Some(psp));
-        let (currency, amount) = currency_and_amount(ctx, p, event)?;
+        let (user_id, psp, currency, amount) =
+            partner_command(ctx, p, (ENTITY, id), ("psp", &self.psps, UNKNOWN_PSP))?;
         Ok(WithdrawCommand {
             user_id: user_id.to_owned(),
             psp: psp.to_owned(),

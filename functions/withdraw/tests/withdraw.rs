@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use rust_decimal::Decimal;
 use serde_json::json;
 use testkit::commands::deposit;
 use testkit::{Received, TestEnv};
@@ -298,15 +299,15 @@ async fn the_daily_limit_is_counted_exactly_over_two_replicas() {
     events
         .by_id(&format!("withdrawal:{first}:declined"), T)
         .await;
-    env.run_commands(
-        &mut events,
-        "withdrawal",
-        vec![
-            withdraw("w-u-0-after", "u-0", "bank", "10", "USD"),
-            withdraw("w-u-0-over", "u-0", "bank", "0.01", "USD"),
-        ],
-    )
-    .await;
+    // One after the other: two replicas may decide two commands of one publish in either order.
+    for (id, amount) in [("w-u-0-after", "10"), ("w-u-0-over", "0.01")] {
+        env.run_commands(
+            &mut events,
+            "withdrawal",
+            vec![withdraw(id, "u-0", "bank", amount, "USD")],
+        )
+        .await;
+    }
     let status = |id: &str| {
         events
             .seen
@@ -322,6 +323,27 @@ async fn the_daily_limit_is_counted_exactly_over_two_replicas() {
     );
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
+
+    // A day's count that disagrees with its withdrawals is a breach the audit names.
+    env.pg()
+        .await
+        .execute(
+            "UPDATE withdrawal_days SET amount = amount + 1 WHERE user_id = 'u-1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let audit = env.audit().await;
+    let breached: Vec<&str> = audit
+        .checks
+        .iter()
+        .filter(|c| !c.breaches.is_empty())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        breached,
+        ["every user's withdrawals of a day count its pending and paid withdrawals"]
+    );
 }
 
 /// A withdrawal whose answer never comes: `payout-ack`'s sweeper (the transfers' sweeper, given
@@ -380,6 +402,81 @@ async fn a_withdrawal_without_an_answer_is_queried_then_reported_stuck_and_still
         .filter(|e| e.msg_id == "withdrawal:w-1:stuck")
         .count();
     assert_eq!(stuck_events, 1);
+    let audit = env.audit().await;
+    assert!(audit.ok(), "{audit}");
+}
+
+/// `walletctl provider-sim` plays the payment providers: it pays or declines each withdrawal as
+/// its seed draws, and answers a status query for one whose answer it dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_simulated_payment_providers_answer_requests_and_status_queries() {
+    let env = TestEnv::new().await;
+    let timings = [("TRANSFER_ACK_TIMEOUT", "300ms")];
+    let _deposit = env.spawn("deposit", &[]);
+    let _withdraw = env.spawn("withdraw", &timings);
+    let _payout_ack = env.spawn("payout-ack", &timings);
+    let _sim = env.spawn_args(
+        "walletctl",
+        &[
+            "provider-sim",
+            "--accept",
+            "0.5",
+            "--drop",
+            "0.5",
+            "--latency",
+            "1ms",
+        ],
+        &[],
+    );
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![deposit("d-1", "u-1", "1000", "USD")],
+    )
+    .await;
+    let ids: Vec<String> = (0..20).map(|i| format!("w-{i}")).collect();
+    env.run_commands(
+        &mut events,
+        "withdrawal",
+        ids.iter()
+            .map(|id| withdraw(id, "u-1", "card", "10", "USD"))
+            .collect(),
+    )
+    .await;
+    let mut requests = env.reader("PAYOUT_REQUESTS", "payout.>").await;
+    let count = |seen: &[Received], status: &str| {
+        seen.iter()
+            .filter(|e| e.body["entity"] == "withdrawal" && e.body["status"] == status)
+            .count()
+    };
+    let seen = events
+        .until(T, "every withdrawal paid or declined", |s| {
+            count(s, "paid") + count(s, "declined") == ids.len()
+        })
+        .await;
+    let (paid, declined) = (count(seen, "paid"), count(seen, "declined"));
+    assert!(paid > 0 && declined > 0, "paid {paid}, declined {declined}");
+    // The dropped answers came through the status queries.
+    let queries = requests
+        .until(T, "a status query", |s| {
+            s.iter().any(|r| r.msg_id.contains(":status:"))
+        })
+        .await;
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.subject == env.subject("payout.card.status"))
+    );
+    env.drained("payout-ack").await;
+    assert_eq!(
+        env.stored_balance("u-1", "held", "USD").await,
+        Decimal::ZERO
+    );
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        Decimal::from(1000 - 10 * paid as i64)
+    );
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
 }
