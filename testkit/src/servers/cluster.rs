@@ -42,7 +42,8 @@ struct Node {
     child: Mutex<Option<Child>>,
 }
 
-/// Three nodes on free ports of 127.0.0.1, each with its own store folder; removed on drop.
+/// Three nodes on free ports of 127.0.0.1, each with its own store folder; removed on drop, unless
+/// the test failed: then kept, and the end of each node's log printed.
 #[derive(Debug)]
 pub struct PrivateCluster {
     bin: PathBuf,
@@ -247,9 +248,26 @@ impl Drop for PrivateCluster {
         for i in 0..self.nodes.len() {
             self.kill_node(i);
         }
+        // A failed test keeps the stores and shows the end of each node's log: what the servers
+        // said is often the only trace of why a cluster stalled (CI keeps nothing else).
+        if std::thread::panicking() {
+            for i in 0..self.nodes.len() {
+                let log = self.dir.join(format!("n{i}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- the last lines of {}:", log.display());
+                for line in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
+                    eprintln!("{line}");
+                }
+            }
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Lines of each node's log shown when a test fails.
+const LOG_TAIL: usize = 60;
 
 /// The last sequence of each stream in a node's own store, by stream name (`/jsz`); `None` when
 /// the node does not answer.
