@@ -23,7 +23,7 @@ export RUST_LOG="${RUST_LOG:-warn}"
 OUT=bench/runs
 # Results of one run only: RESULTS.md never mixes commits.
 rm -rf "$OUT"; mkdir -p "$OUT"
-ALL="raw deposit-max per-message deposit-peak mixed-peak flash-bonus quiet history raw-r3 deposit-max-r3 quiet-r3 mixed-r3"
+ALL="raw deposit-max per-message deposit-peak mixed-peak mixed-all-peak flash-bonus quiet history raw-r3 deposit-max-r3 quiet-r3 mixed-r3"
 PROFILES="${PROFILES:-$ALL}"
 # bench/RESULTS.md is one run of every profile; a subset is rendered beside its runs.
 RESULTS=bench/RESULTS.md
@@ -36,6 +36,9 @@ RUNS="${RAW_RUNS:-3}"
 # provider's ack and the final event): 8,333 messages/s is 3,030 commands/s.
 MIX="deposit=60,transfer=25,bonus=15"
 MIX_RATE=3030
+# Every kind of command (transfers in and withdrawals too: 3.2 messages per command), at the
+# mixed-peak rate in commands/s.
+MIX_ALL="deposit=45,transfer=20,bonus=15,withdraw=10,transfer_in=10"
 
 # The NATS the profiles use: the one server (NATS_URL), or for the -r3 profiles the cluster.
 single_url="$NATS_URL"
@@ -88,9 +91,11 @@ start() {
   port=$((port + 1))
 }
 
-# start_mix: one process of every function the mix's commands reach.
+# start_mix: one process of every function the mix's commands reach; start_mix all: of every
+# function the mix-all's reach.
 start_mix() {
   for f in deposit transfer-out provider-ack bonus-grant; do start "$f"; done
+  [ "${1:-}" != all ] || for f in transfer-in withdraw payout-ack; do start "$f"; done
 }
 
 # What a run prints on stderr is kept in <profile>.err: a run that ends without a summary (an
@@ -150,6 +155,10 @@ for profile in $PROFILES; do
       fresh
       start_mix
       load mixed-peak --mix "$MIX" --rate "$MIX_RATE" --duration "$PEAK_DURATION" --users 10000 ;;
+    mixed-all-peak)
+      fresh
+      start_mix all
+      load mixed-all-peak --mix "$MIX_ALL" --rate "$MIX_RATE" --duration "$PEAK_DURATION" --users 10000 ;;
     flash-bonus)
       fresh; start bonus-grant
       load flash-bonus --mix bonus=100 --count 100000 --envelopes 10000 ;;

@@ -387,7 +387,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 fn load_args(args: &Args, seed: u64) -> anyhow::Result<LoadArgs> {
     let line = format!(
-        "--mix deposit=60,transfer=25,bonus=15 --rate {} --duration {}s \
+        "--mix deposit=45,transfer=20,bonus=15,withdraw=10,transfer_in=10 --rate {} --duration {}s \
          --users 2000 --duplicates 0.03 --malformed 0.02 --seed {seed} --drain-timeout 10m \
          --providers-elsewhere",
         args.rate,

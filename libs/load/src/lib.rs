@@ -81,8 +81,8 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
         (None, Some(d), Rate::PerSecond(r)) => r * d.as_secs_f64(),
         _ => 100_000.0,
     };
-    let providers =
-        (args.mix.has(Kind::Transfer) && !args.no_providers).then_some(provider_sim::SimOptions {
+    let providers = (args.mix.kinds().any(|k| k.answered_by().is_some()) && !args.no_providers)
+        .then_some(provider_sim::SimOptions {
             accept: 0.9,
             latency: args.provider_latency,
             duplicate: 0.0,
@@ -125,7 +125,7 @@ pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyho
         tokio::spawn(async move { provider_sim::run(&config, opts, stop).await })
     });
     let outcome = async {
-        if plan.mix.has(Kind::Transfer) {
+        if plan.mix.kinds().any(Kind::spends) {
             fund(&js, &plan, args.drain_timeout).await?;
         }
         measure(
@@ -201,8 +201,10 @@ async fn measure(
 ) -> anyhow::Result<Report> {
     let functions: Vec<&'static str> = {
         let mut f: Vec<&'static str> = plan.mix.kinds().map(Kind::function).collect();
-        if plan.mix.has(Kind::Transfer) {
-            f.push("provider-ack");
+        for answer in plan.mix.kinds().filter_map(Kind::answered_by) {
+            if !f.contains(&answer) {
+                f.push(answer);
+            }
         }
         f
     };

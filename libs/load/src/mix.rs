@@ -11,16 +11,26 @@ pub enum Kind {
     Deposit,
     Transfer,
     Bonus,
+    Withdraw,
+    TransferIn,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Deposit, Kind::Transfer, Kind::Bonus];
+    pub const ALL: [Kind; 5] = [
+        Kind::Deposit,
+        Kind::Transfer,
+        Kind::Bonus,
+        Kind::Withdraw,
+        Kind::TransferIn,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Deposit => "deposit",
             Kind::Transfer => "transfer",
             Kind::Bonus => "bonus",
+            Kind::Withdraw => "withdraw",
+            Kind::TransferIn => "transfer_in",
         }
     }
 
@@ -30,6 +40,43 @@ impl Kind {
             Kind::Deposit => "deposit",
             Kind::Transfer => "transfer-out",
             Kind::Bonus => "bonus-grant",
+            Kind::Withdraw => "withdraw",
+            Kind::TransferIn => "transfer-in",
+        }
+    }
+
+    /// The function that finishes this kind's sagas on a partner's answer.
+    pub fn answered_by(self) -> Option<&'static str> {
+        match self {
+            Kind::Transfer | Kind::TransferIn => Some("provider-ack"),
+            Kind::Withdraw => Some("payout-ack"),
+            Kind::Deposit | Kind::Bonus => None,
+        }
+    }
+
+    /// Whether its commands spend from `main`: the run funds its users first.
+    pub fn spends(self) -> bool {
+        matches!(self, Kind::Transfer | Kind::Withdraw)
+    }
+
+    /// The subject of its commands.
+    pub fn subject(self) -> &'static str {
+        match self {
+            Kind::Deposit => "wallet.deposit",
+            Kind::Transfer => "wallet.transfer-out",
+            Kind::Bonus => "bonus.grant",
+            Kind::Withdraw => "wallet.withdraw",
+            Kind::TransferIn => "wallet.transfer-in",
+        }
+    }
+
+    /// The field of its commands that holds the id.
+    pub fn id_field(self) -> &'static str {
+        match self {
+            Kind::Deposit => "deposit_id",
+            Kind::Transfer | Kind::TransferIn => "transfer_id",
+            Kind::Bonus => "grant_id",
+            Kind::Withdraw => "withdraw_id",
         }
     }
 
@@ -39,15 +86,23 @@ impl Kind {
             Kind::Deposit => 'd',
             Kind::Transfer => 't',
             Kind::Bonus => 'g',
+            Kind::Withdraw => 'w',
+            Kind::TransferIn => 'i',
         }
     }
 
+    /// The kind whose [`Kind::letter`] is `c`.
+    pub(crate) fn from_letter(c: char) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.letter() == c)
+    }
+
     /// JetStream messages one command of this kind makes when it succeeds: the command and its
-    /// event; a transfer adds its pending event, the provider request and the provider's ack.
+    /// event; a saga (a transfer, a withdrawal) adds its pending event, the partner's request and
+    /// its answer.
     pub fn messages(self) -> u32 {
-        match self {
-            Kind::Deposit | Kind::Bonus => 2,
-            Kind::Transfer => 5,
+        match self.answered_by() {
+            None => 2,
+            Some(_) => 5,
         }
     }
 }
@@ -75,7 +130,11 @@ impl Mix {
             let kind = Kind::ALL
                 .into_iter()
                 .find(|k| k.as_str() == name.trim())
-                .ok_or_else(|| format!("`{name}`: unknown kind (deposit, transfer or bonus)"))?;
+                .ok_or_else(|| {
+                    format!(
+                        "`{name}`: unknown kind (deposit, transfer, bonus, withdraw or transfer_in)"
+                    )
+                })?;
             let weight: u32 = weight
                 .trim()
                 .parse()

@@ -61,8 +61,9 @@ impl Outcome {
     /// The terminal outcome an event status stands for; `None` for `pending` and `stuck`.
     pub fn from_status(status: &str) -> Option<Self> {
         Some(match status {
-            "completed" => Outcome::Completed,
-            "failed" => Outcome::Failed,
+            // A withdrawal ends `paid` or `declined`: completed or failed, as a transfer.
+            "completed" | "paid" => Outcome::Completed,
+            "failed" | "declined" => Outcome::Failed,
             "granted" => Outcome::Granted,
             "rejected" => Outcome::Rejected,
             _ => return None,
@@ -167,12 +168,7 @@ impl Plan {
     pub fn index(&self, id: &str) -> Option<(Kind, u64)> {
         let rest = id.strip_prefix(self.run.as_str())?.strip_prefix('-')?;
         let mut chars = rest.chars();
-        let kind = match chars.next()? {
-            'd' => Kind::Deposit,
-            't' => Kind::Transfer,
-            'g' => Kind::Bonus,
-            _ => return None,
-        };
+        let kind = Kind::from_letter(chars.next()?)?;
         Some((kind, chars.as_str().parse().ok()?))
     }
 
@@ -208,22 +204,29 @@ impl Plan {
         if i.is_multiple_of(2) { "alpha" } else { "beta" }
     }
 
+    /// A withdrawal's payment provider (`PAYMENT_PROVIDERS`' default).
+    pub fn psp(&self, i: u64) -> &'static str {
+        if i.is_multiple_of(2) { "bank" } else { "card" }
+    }
+
+    /// A withdrawal's amount in cents: 0.01 to 1.00, far from the default daily limits.
+    pub fn withdraw_cents(&self, i: u64) -> u64 {
+        1 + (self.draw(5, i) * 100.0) as u64
+    }
+
+    /// What a transfer in asks back, in cents: one in four asks for an amount (0.01 to 5.00),
+    /// the others for everything.
+    pub fn transfer_in_cents(&self, i: u64) -> Option<u64> {
+        (self.draw(6, i) < 0.25).then(|| self.transfer_cents(i))
+    }
+
     /// Command `i`: its kind and message.
     pub fn message(&self, i: u64) -> (Kind, Message) {
         let kind = self.kind(i);
         let id = self.id(kind, i);
         let broken = self.broken(i);
         let body = match (kind, broken) {
-            (_, Broken::NotJson) => {
-                format!(
-                    r#"{{"{}_id":"{id}", "#,
-                    if kind == Kind::Bonus {
-                        "grant"
-                    } else {
-                        kind.as_str()
-                    }
-                )
-            }
+            (_, Broken::NotJson) => format!(r#"{{"{}":"{id}", "#, kind.id_field()),
             (Kind::Deposit, _) => {
                 let amount = match broken {
                     Broken::No => format!("\"{}\"", cents(self.deposit_cents(i))),
@@ -245,6 +248,29 @@ impl Plan {
                     self.provider(i)
                 )
             }
+            (Kind::Withdraw, _) => {
+                let amount = match broken {
+                    Broken::No => format!("\"{}\"", cents(self.withdraw_cents(i))),
+                    _ => cents(self.withdraw_cents(i)),
+                };
+                format!(
+                    r#"{{"withdraw_id":"{id}","user_id":"{}","psp":"{}","amount":{amount},"currency":"USD"}}"#,
+                    self.user(i),
+                    self.psp(i)
+                )
+            }
+            (Kind::TransferIn, _) => {
+                let amount = match (broken, self.transfer_in_cents(i)) {
+                    (Broken::No, Some(c)) => format!("\"{}\"", cents(c)),
+                    (Broken::No, None) => "null".into(),
+                    (_, c) => cents(c.unwrap_or(1)),
+                };
+                format!(
+                    r#"{{"transfer_id":"{id}","user_id":"{}","provider":"{}","currency":"USD","amount":{amount}}}"#,
+                    self.user(i),
+                    self.provider(i)
+                )
+            }
             (Kind::Bonus, _) => {
                 let user = match broken {
                     Broken::No => self.grant_user(i),
@@ -256,15 +282,10 @@ impl Plan {
                 )
             }
         };
-        let subject = match kind {
-            Kind::Deposit => "wallet.deposit",
-            Kind::Transfer => "wallet.transfer-out",
-            Kind::Bonus => "bonus.grant",
-        };
         (
             kind,
             Message {
-                subject: self.names.subject(subject),
+                subject: self.names.subject(kind.subject()),
                 msg_id: id,
                 payload: body.into_bytes().into(),
             },
@@ -296,13 +317,15 @@ impl Plan {
             }
             (_, Broken::InvalidField) => Expect::Exactly(Outcome::Rejected, Some("invalid_amount")),
             (Kind::Deposit, Broken::No) => Expect::Exactly(Outcome::Completed, None),
-            (Kind::Transfer, Broken::No) => match &self.providers {
-                Some(sim) if provider_sim::accepts(sim, &self.id(kind, i)) => {
-                    Expect::Exactly(Outcome::Completed, None)
+            (Kind::Transfer | Kind::Withdraw | Kind::TransferIn, Broken::No) => {
+                match &self.providers {
+                    Some(sim) if provider_sim::accepts(sim, &self.id(kind, i)) => {
+                        Expect::Exactly(Outcome::Completed, None)
+                    }
+                    Some(_) => Expect::Exactly(Outcome::Failed, None),
+                    None => Expect::Final,
                 }
-                Some(_) => Expect::Exactly(Outcome::Failed, None),
-                None => Expect::Final,
-            },
+            }
             (Kind::Bonus, Broken::No) => Expect::GrantedOrExhausted,
         }
     }
@@ -339,11 +362,8 @@ mod tests {
         assert!((m.share(Kind::Transfer) - 0.25).abs() < 1e-9);
         assert!((m.messages_per_command() - 2.75).abs() < 1e-9);
         assert!(Mix::parse("deposit").unwrap_err().contains("kind=weight"));
-        assert!(
-            Mix::parse("withdraw=1")
-                .unwrap_err()
-                .contains("unknown kind")
-        );
+        assert!(Mix::parse("refund=1").unwrap_err().contains("unknown kind"));
+        assert!(Mix::parse("withdraw=1,transfer_in=2").is_ok());
         assert!(
             Mix::parse("deposit=1,deposit=2")
                 .unwrap_err()
@@ -377,7 +397,7 @@ mod tests {
 
     #[test]
     fn ids_round_trip_and_payloads_are_what_the_contract_expects() {
-        let p = plan("deposit=1,transfer=1,bonus=1", 0.0);
+        let p = plan("deposit=1,transfer=1,bonus=1,withdraw=1,transfer_in=1", 0.0);
         for i in 0..50 {
             let (kind, m) = p.message(i);
             assert_eq!(p.index(&m.msg_id), Some((kind, i)));
@@ -389,6 +409,19 @@ mod tests {
                 }
                 Kind::Transfer => assert_eq!(v["provider"], p.provider(i)),
                 Kind::Bonus => assert_eq!(v["campaign_id"], "r1-red"),
+                Kind::Withdraw => {
+                    assert_eq!(m.subject, "ns.wallet.withdraw");
+                    assert_eq!(v["withdraw_id"], m.msg_id);
+                    assert_eq!(v["amount"], cents(p.withdraw_cents(i)));
+                }
+                Kind::TransferIn => {
+                    assert_eq!(m.subject, "ns.wallet.transfer-in");
+                    assert_eq!(v["transfer_id"], m.msg_id);
+                    match p.transfer_in_cents(i) {
+                        Some(c) => assert_eq!(v["amount"], cents(c)),
+                        None => assert_eq!(v["amount"], serde_json::Value::Null),
+                    }
+                }
             }
         }
         assert_eq!(p.index("r1-x3"), None);
@@ -399,7 +432,7 @@ mod tests {
 
     #[test]
     fn broken_commands_expect_their_failure() {
-        let p = plan("deposit=1,bonus=1", 0.5);
+        let p = plan("deposit=1,bonus=1,withdraw=1,transfer_in=1", 0.5);
         for i in 0..200 {
             let (kind, m) = p.message(i);
             let parsed = serde_json::from_slice::<serde_json::Value>(&m.payload);

@@ -186,7 +186,7 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
         Some(why) => (why, Some(false)),
         None => ("—".to_owned(), None),
     };
-    for name in ["deposit-peak", "mixed-peak"] {
+    for name in ["deposit-peak", "mixed-peak", "mixed-all-peak"] {
         match find(name) {
             Some(r) => target(
                 format!("{name}: rate kept, p99 < {P99_TARGET_MS} ms, lag flat, verified"),

@@ -113,7 +113,7 @@ impl Tracker {
             })
             .collect();
         let mut balances = HashMap::new();
-        if plan.mix.has(Kind::Transfer) {
+        if plan.mix.kinds().any(Kind::spends) {
             for user in plan.all_users() {
                 balances.insert((user, "main", ""), FUNDING.parse().expect("a decimal"));
             }
@@ -176,7 +176,7 @@ impl Tracker {
     }
 
     /// An event: `Nats-Msg-Id` is `<entity>:<id>:<status>`, so only a rejection (for its
-    /// reason) and a grant (for its amount) are parsed.
+    /// reason), a grant and a completed transfer in (for their amounts) are parsed.
     fn event(&mut self, m: &async_nats::jetstream::Message) {
         let Some(msg_id) = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) else {
             return;
@@ -201,8 +201,10 @@ impl Tracker {
             #[serde(borrow)]
             amount: Option<&'a str>,
         }
-        let body = match outcome {
-            Outcome::Rejected | Outcome::Granted => serde_json::from_slice::<Body>(&m.payload).ok(),
+        let body = match (kind, outcome) {
+            (_, Outcome::Rejected | Outcome::Granted) | (Kind::TransferIn, Outcome::Completed) => {
+                serde_json::from_slice::<Body>(&m.payload).ok()
+            }
             _ => None,
         };
         let reason = body.as_ref().and_then(|b| b.reason);
@@ -301,6 +303,15 @@ impl Tracker {
             (Kind::Bonus, Outcome::Granted) => {
                 let user = format!("{}-g{i}", self.plan.run);
                 add((user, "bonus", ""), amount.unwrap_or_default());
+            }
+            (Kind::Withdraw, Outcome::Completed) => add(
+                (self.plan.user(i), "main", ""),
+                -cents(self.plan.withdraw_cents(i)),
+            ),
+            // What the game wallet gave up depends on when the answer was applied: the audit
+            // checks game wallets against the transfers' rows.
+            (Kind::TransferIn, Outcome::Completed) => {
+                add((self.plan.user(i), "main", ""), amount.unwrap_or_default())
             }
             _ => {}
         }

@@ -105,9 +105,19 @@ pub async fn verify(
         .iter()
         .map(|((o, k, p), d)| ((o.clone(), (*k).to_owned(), (*p).to_owned()), *d))
         .collect();
+    // A transfer in takes from a game wallet what it holds when its answer is applied, which no
+    // outcome tells: with transfers in, game wallets are left to the audit (its check of every
+    // game wallet against the transfers' rows).
+    let skip_game = plan.mix.has(Kind::TransferIn);
+    expected.retain(|(_, kind, _), _| !(skip_game && kind == "game"));
     let mut wrong = Vec::new();
+    let mut compared = 0;
     for row in &rows {
         let key: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        if skip_game && key.1 == "game" {
+            continue;
+        }
+        compared += 1;
         let balance: Decimal = row.get(3);
         let want = expected.remove(&key).unwrap_or_default();
         if balance != want {
@@ -129,7 +139,11 @@ pub async fn verify(
         "every wallet of the run holds what its accepted commands put there",
         wrong.len() as u64,
         &sample,
-        format!("{} wallets", rows.len()),
+        if skip_game {
+            format!("{compared} wallets (game wallets: by the audit)")
+        } else {
+            format!("{compared} wallets")
+        },
     ));
     if audit {
         let audit = wallet_ops::audit::audit(config).await?;

@@ -13,16 +13,24 @@ fn args(line: &str) -> LoadArgs {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mixed_run_with_duplicates_and_broken_commands_is_verified() {
     let env = TestEnv::new().await;
-    let procs: Vec<_> = ["deposit", "transfer-out", "provider-ack", "bonus-grant"]
-        .into_iter()
-        .map(|f| env.spawn(f, &[]))
-        .collect();
+    let procs: Vec<_> = [
+        "deposit",
+        "transfer-out",
+        "transfer-in",
+        "provider-ack",
+        "bonus-grant",
+        "withdraw",
+        "payout-ack",
+    ]
+    .into_iter()
+    .map(|f| env.spawn(f, &[]))
+    .collect();
     for p in &procs {
         env.ready(p).await;
     }
     let args = args(
-        "--mix deposit=60,transfer=25,bonus=15 --count 3000 --users 40 --duplicates 0.05 \
-         --malformed 0.04 --envelopes 100 --drain-timeout 90s",
+        "--mix deposit=40,transfer=20,bonus=15,withdraw=15,transfer_in=10 --count 3000 --users 40 \
+         --duplicates 0.05 --malformed 0.04 --envelopes 100 --drain-timeout 90s",
     );
     let report = load::run(&env.config, &testkit::topology(), &args)
         .await
@@ -51,25 +59,28 @@ async fn a_mixed_run_with_duplicates_and_broken_commands_is_verified() {
             .copied()
             .unwrap_or_default()
     };
-    use load::plan::Kind::{Bonus, Deposit, Transfer};
+    use load::plan::Kind::{Bonus, Deposit, Transfer, TransferIn, Withdraw};
     for (kind, k) in &report.kinds {
         // Exactly one terminal outcome per command, of every kind.
         assert_eq!(k.outcomes.values().sum::<u64>(), k.sent, "{kind}: {k:?}");
         assert!(k.latency_ms.p50 > 0.0 && k.latency_ms.p50 <= k.latency_ms.max);
     }
     // Every kind of broken command was refused its own way.
-    for kind in [Deposit, Transfer, Bonus] {
+    for kind in [Deposit, Transfer, Bonus, Withdraw, TransferIn] {
         assert!(outcome(kind, "dead_lettered") > 0, "{kind}");
     }
-    assert!(outcome(Deposit, "rejected invalid_amount") > 0);
-    assert!(outcome(Transfer, "rejected invalid_amount") > 0);
+    for kind in [Deposit, Transfer, Withdraw, TransferIn] {
+        assert!(outcome(kind, "rejected invalid_amount") > 0, "{kind}");
+    }
     assert!(outcome(Bonus, "rejected invalid_user_id") > 0);
-    // The providers decided: about 90 % accepted.
-    let (completed, failed) = (outcome(Transfer, "completed"), outcome(Transfer, "failed"));
-    assert!(
-        failed > 0 && completed > 5 * failed,
-        "{completed} / {failed}"
-    );
+    // The providers decided: about 90 % accepted (paid, for withdrawals).
+    for kind in [Transfer, Withdraw, TransferIn] {
+        let (completed, failed) = (outcome(kind, "completed"), outcome(kind, "failed"));
+        assert!(
+            failed > 0 && completed > 4 * failed,
+            "{kind}: {completed} / {failed}"
+        );
+    }
     // A flash crowd of ~450 grants for 100 envelopes.
     assert_eq!(outcome(Bonus, "granted"), 100);
     assert!(outcome(Bonus, "rejected campaign_exhausted") > 200);
