@@ -75,8 +75,9 @@ pub fn unknown(stored_at: SystemTime, window: Duration, reason: &'static str) ->
     }
 }
 
-/// An answer that ends its saga: `amount` leaves the parked wallet `from` for `to` (a user
-/// wallet, or a platform account when the money leaves the platform).
+/// An answer that ends its saga: money leaves the parked wallet `from` (as `take` says) and
+/// `amount` arrives at `to` (a user wallet, or a platform account when the money leaves the
+/// platform).
 #[derive(Debug)]
 pub struct Ending<'a> {
     /// The answer's place in its batch.
@@ -84,6 +85,7 @@ pub struct Ending<'a> {
     /// Its posting's command: `<function>:<dedup key>`.
     pub posting: String,
     pub from: WalletKey,
+    pub take: Take,
     pub to: WalletKey,
     pub amount: Decimal,
     /// Its outcome event; [`end`] sets the balance.
@@ -95,11 +97,26 @@ pub struct Ending<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// What leaves the parked wallet.
+#[derive(Debug)]
+pub enum Take {
+    /// Exactly the ending's amount: the parked wallet holds it (a bug otherwise).
+    Amount,
+    /// What the parked wallet holds, at most `up_to` (`None`: all of it), however much that is;
+    /// `difference`, a platform account, balances it against the amount (a transfer in: the
+    /// provider returns what the player won or lost, the game wallet gives up what it held).
+    Held {
+        up_to: Option<Decimal>,
+        difference: WalletKey,
+    },
+}
+
 /// Posts every ending in one book, then runs `finish` over their rows (`$1` ids, `$2` statuses,
-/// `$3` references, `$4` reasons), in the batch's transaction. Returns the batch's outcomes:
-/// each ending's at its index, `decided` for the others (a repeat without an outcome of its own
-/// is done). An event's balance is the wallet the money went to, or the parked wallet when it
-/// left the platform.
+/// `$3` references, `$4` reasons, `$5` the amounts that arrived, `$6` the amounts taken from the
+/// parked wallets), in the batch's transaction. Returns the batch's outcomes: each ending's at
+/// its index, `decided` for the others (a repeat without an outcome of its own is done). An
+/// event's balance is the wallet the money went to, or the parked wallet when it left the
+/// platform. A leg of zero is not posted.
 pub async fn end(
     ctx: &Context,
     tx: &Transaction<'_>,
@@ -107,17 +124,41 @@ pub async fn end(
     finish: &str,
     mut decided: Vec<Option<Outcome>>,
 ) -> Result<Vec<Outcome>, StepError> {
-    let keys = endings.iter().flat_map(|e| [e.from.clone(), e.to.clone()]);
+    let keys = endings.iter().flat_map(|e| {
+        let difference = match &e.take {
+            Take::Amount => None,
+            Take::Held { difference, .. } => Some(difference.clone()),
+        };
+        [Some(e.from.clone()), Some(e.to.clone()), difference]
+            .into_iter()
+            .flatten()
+    });
     let mut book = ctx.ledger.open(tx, keys).await?;
-    let (mut ids, mut statuses, mut refs, mut reasons) = (vec![], vec![], vec![], vec![]);
+    let mut rows = Finished::default();
     for e in endings {
-        book.post(&e.posting, &[(&e.from, -e.amount), (&e.to, e.amount)])?
-            .map_err(|_| {
-                StepError::permanent(format!(
-                    "{}: the parked wallet is below its amount",
-                    e.posting
-                ))
-            })?;
+        let taken = match &e.take {
+            Take::Amount => e.amount,
+            Take::Held { up_to, .. } => {
+                let held = book.balance(&e.from).ok_or_else(|| {
+                    StepError::permanent(format!("{}: wallet not opened", e.posting))
+                })?;
+                up_to.map_or(held, |cap| held.min(cap))
+            }
+        };
+        let mut legs = vec![(&e.from, -taken), (&e.to, e.amount)];
+        if let Take::Held { difference, .. } = &e.take {
+            legs.push((difference, taken - e.amount));
+        }
+        legs.retain(|(_, amount)| !amount.is_zero());
+        // Refused only by a bug (a parked wallet below its saga's amount) or by a wallet at its
+        // currency's limit: the answer waits in the dead letters for an operator.
+        book.post(&e.posting, &legs)?.map_err(|refused| {
+            StepError::permanent(format!(
+                "{}: refused by the ledger ({})",
+                e.posting,
+                refused.reason().as_str()
+            ))
+        })?;
         let snapshot = |key: &WalletKey| {
             book.snapshot(key)
                 .ok_or_else(|| StepError::permanent(format!("{}: wallet not opened", e.posting)))
@@ -129,20 +170,44 @@ pub async fn end(
         let balance = wallets.last().map(|w| w.balance.clone());
         let event = Event { balance, ..e.event };
         decided[e.index] = Some(Outcome::Done(vec![event.into_outbox(wallets)]));
-        ids.push(e.id);
-        statuses.push(e.status.as_str());
-        refs.push(e.reference);
-        reasons.push(e.reason);
+        rows.ids.push(e.id);
+        rows.statuses.push(e.status.as_str());
+        rows.references.push(e.reference);
+        rows.reasons.push(e.reason);
+        rows.amounts.push(e.amount);
+        rows.taken.push(taken);
     }
     book.write(tx).await?;
-    if !ids.is_empty() {
-        tx.execute(finish, &[&ids, &statuses, &refs, &reasons])
-            .await?;
+    if !rows.ids.is_empty() {
+        let Finished {
+            ids,
+            statuses,
+            references,
+            reasons,
+            amounts,
+            taken,
+        } = &rows;
+        tx.execute(
+            finish,
+            &[ids, statuses, references, reasons, amounts, taken],
+        )
+        .await?;
     }
     Ok(decided
         .into_iter()
         .map(|o| o.unwrap_or(Outcome::Done(Vec::new())))
         .collect())
+}
+
+/// The columns of the rows [`end`] finishes.
+#[derive(Debug, Default)]
+struct Finished<'a> {
+    ids: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    references: Vec<Option<&'a str>>,
+    reasons: Vec<Option<&'a str>>,
+    amounts: Vec<Decimal>,
+    taken: Vec<Decimal>,
 }
 
 /// The currency of a saga's row, which must still be configured (a row in a currency taken out

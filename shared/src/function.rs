@@ -98,9 +98,22 @@ pub fn currency_and_amount(
 pub fn partner_command<'p>(
     ctx: &Context,
     p: &'p Payload,
+    entity: (&'static str, &str),
+    partner: (&'static str, &[String], Reason),
+) -> Result<(&'p str, &'p str, Currency, rust_decimal::Decimal), Invalid> {
+    let (user_id, partner, rejection) = partner_of(p, entity, partner)?;
+    let (currency, amount) = currency_and_amount(ctx, p, rejection)?;
+    Ok((user_id, partner, currency, amount))
+}
+
+/// The first two fields of a [`partner_command`], and the rejection that carries them, for the
+/// fields that follow.
+#[allow(clippy::result_large_err)]
+pub fn partner_of<'p>(
+    p: &'p Payload,
     (entity, id): (&'static str, &str),
     (field, known, unknown): (&'static str, &[String], Reason),
-) -> Result<(&'p str, &'p str, Currency, rust_decimal::Decimal), Invalid> {
+) -> Result<(&'p str, &'p str, Event), Invalid> {
     let mut rejection = Event::rejected(entity, id, Reason::INVALID_USER_ID).with(field, None);
     let Some(user_id) = crate::ids::from_value(p.get("user_id")) else {
         return Err(rejection.into());
@@ -114,9 +127,7 @@ pub fn partner_command<'p>(
         rejection.reason = Some(unknown);
         return Err(rejection.into());
     };
-    let rejection = rejection.with(field, Some(partner));
-    let (currency, amount) = currency_and_amount(ctx, p, rejection)?;
-    Ok((user_id, partner, currency, amount))
+    Ok((user_id, partner, rejection.with(field, Some(partner))))
 }
 
 /// How one command ended inside the transaction.

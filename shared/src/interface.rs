@@ -269,9 +269,24 @@ impl Interface {
 
     /// Its outcome events (`wallet.events.<entity>.<status>`) with `statuses`, the `reasons`
     /// of its rejections and the entity's own fields `X`.
-    pub fn events<X: JsonSchema>(mut self, statuses: &[Status], reasons: &[Reason]) -> Self {
+    pub fn events<X: JsonSchema>(self, statuses: &[Status], reasons: &[Reason]) -> Self {
         let entity = self.entity().to_owned();
-        let entity = entity.as_str();
+        self.events_of::<X>(&entity, statuses, reasons)
+    }
+
+    /// The outcome events of another entity it ends (provider-ack: transfers in, besides its
+    /// own transfers).
+    pub fn events_of<X: JsonSchema>(
+        mut self,
+        entity: &str,
+        statuses: &[Status],
+        reasons: &[Reason],
+    ) -> Self {
+        let name = if entity == self.entity() {
+            "event".to_owned()
+        } else {
+            format!("{entity}-event")
+        };
         let mut payload = schema_of::<Event>();
         let extra = schema_of::<X>();
         let (Some(o), Some(x)) = (payload.as_object_mut(), extra.as_object()) else {
@@ -306,7 +321,7 @@ impl Interface {
         o.insert("additionalProperties".into(), Value::Bool(false));
         o.insert("title".into(), Value::from(format!("{entity} event")));
         self.messages.push(Message {
-            name: "event".to_owned(),
+            name,
             subject: format!("wallet.events.{entity}.{{status}}"),
             operation: Operation::Send,
             summary: format!("An outcome of a `{entity}`, published after its effect committed"),
@@ -364,6 +379,20 @@ impl Interface {
     /// The message named `name`.
     pub fn message(&self, name: &str) -> Option<&Message> {
         self.messages.iter().find(|m| m.name == name)
+    }
+
+    /// The fields of the command's schema (by name), each with whether it is required.
+    pub fn command_fields(&self) -> Vec<(String, bool)> {
+        let required = self.required_fields();
+        self.message("command")
+            .and_then(|m| m.payload.get("properties"))
+            .and_then(Value::as_object)
+            .map(|o| {
+                o.keys()
+                    .map(|k| (k.clone(), required.contains(k)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The fields the command's schema requires, in its order.

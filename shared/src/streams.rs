@@ -358,7 +358,8 @@ mod tests {
                 "DLQ",
                 "WITHDRAW",
                 "PAYOUT_REQUESTS",
-                "PAYOUT_ACKS"
+                "PAYOUT_ACKS",
+                "TRANSFER_IN"
             ]
         );
         let deposit = t.consumer("deposit").expect("deposit consumer");

@@ -15,7 +15,7 @@
 //!
 //! A saga's table has the sweeper's columns: `status` (`'pending'` while open), `created_at`,
 //! `next_check_at`, `checks`, `last_check_at`, `stuck_at`, besides `id`, `user_id`, `currency`,
-//! `amount` and the partner's column.
+//! `amount` (null while unknown) and the partner's column; `Saga::rows` picks the saga's rows of a shared table.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +32,9 @@ use crate::outbox::{self, OutboxMessage};
 /// What the sweeper needs to know of one kind of saga.
 #[derive(Debug)]
 pub struct Saga {
-    /// Its rows' table.
+    /// Its rows' table, and which of them are this saga's (an SQL condition).
     pub table: &'static str,
+    pub rows: &'static str,
     /// The `entity` of its events, and the name of its rows in logs.
     pub entity: &'static str,
     /// The column naming the partner, and the event field that carries it.
@@ -60,11 +61,16 @@ impl Saga {
     /// marked: `now()` is the transaction's start, and earlier marks come from earlier
     /// transactions.
     fn advance(&self) -> String {
-        let Saga { table, partner, .. } = self;
+        let Saga {
+            table,
+            rows,
+            partner,
+            ..
+        } = self;
         format!(
             "WITH due AS (
                 SELECT id FROM {table}
-                WHERE status = 'pending' AND next_check_at <= now()
+                WHERE status = 'pending' AND next_check_at <= now() AND ({rows})
                 ORDER BY next_check_at
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED),
@@ -120,6 +126,21 @@ pub async fn run(saga: &'static Saga, ctx: Arc<Context>, shutdown: CancellationT
     }
 }
 
+/// Sweeps every saga of `sagas` until `shutdown` (one function answering several: transfers out
+/// and in).
+pub async fn run_all(
+    sagas: &'static [&'static Saga],
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    futures::future::join_all(
+        sagas
+            .iter()
+            .map(|saga| run(saga, ctx.clone(), shutdown.clone())),
+    )
+    .await;
+}
+
 /// One pass: claims up to [`LIMIT`] due rows, commits their queries and `stuck` events, then
 /// publishes them. Returns how many rows it advanced.
 async fn sweep(saga: &Saga, advance: &str, ctx: &Context) -> Result<usize, StepError> {
@@ -146,7 +167,7 @@ async fn sweep(saga: &Saga, advance: &str, ctx: &Context) -> Result<usize, StepE
             String,
             String,
             String,
-            Decimal,
+            Option<Decimal>,
             i32,
             bool,
         ) = (
@@ -168,14 +189,15 @@ async fn sweep(saga: &Saga, advance: &str, ctx: &Context) -> Result<usize, StepE
         if stuck {
             stuck_now += 1;
             tracing::warn!(entity = saga.entity, id = %id, partner, "stuck: no answer from its partner");
-            let amount = match ctx.config.currencies.get(&currency) {
-                Some(c) => c.format(amount),
-                None => amount.to_string(),
-            };
+            // A transfer in that asks for everything has no amount until its answer.
+            let amount = amount.map(|a| match ctx.config.currencies.get(&currency) {
+                Some(c) => c.format(a),
+                None => a.to_string(),
+            });
             let event = Event {
                 user_id: Some(user_id),
                 currency: Some(currency),
-                amount: Some(amount),
+                amount,
                 ..Event::new(saga.entity, &id, Status::STUCK)
             }
             .with(saga.partner, Some(&partner));

@@ -29,6 +29,32 @@ pub fn transfer(id: &str, user: &str, provider: &str, amount: &str, currency: &s
     )
 }
 
+/// A transfer in: `amount` `None` asks for everything the player holds.
+pub fn transfer_in(
+    id: &str,
+    user: &str,
+    provider: &str,
+    amount: Option<&str>,
+    currency: &str,
+) -> Msg {
+    msg(
+        "wallet.transfer-in",
+        id,
+        json!({"transfer_id": id, "user_id": user, "provider": provider,
+               "currency": currency, "amount": amount}),
+    )
+}
+
+/// A provider's `accepted` ack of a transfer in, with the amount it returned.
+pub fn returned(provider: &str, transfer: &str, amount: &str) -> Msg {
+    msg(
+        &format!("provider.{provider}.ack"),
+        &format!("{provider}:{transfer}:accepted"),
+        json!({"transfer_id": transfer, "status": "accepted", "amount": amount,
+               "provider_ref": format!("ref-{transfer}")}),
+    )
+}
+
 pub fn grant(id: &str, campaign: &str, user: &str) -> Msg {
     msg(
         "bonus.grant",

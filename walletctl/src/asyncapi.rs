@@ -79,10 +79,14 @@ fn agree(spec: &FunctionSpec, i: &Interface) -> anyhow::Result<()> {
         spec.subject
     );
     if let Some(keys) = &i.command {
+        // Dedup fingerprints the required fields and any optional one the function counts as
+        // part of the command (a missing one as null): a copy that differs in any of them is a
+        // conflict, not a repeat.
+        let fields: Vec<String> = i.command_fields().into_iter().map(|(f, _)| f).collect();
         let required = i.required_fields();
         ensure!(
-            required == keys.fields,
-            "{name}: its command schema requires {required:?}, but the function deduplicates on {:?} (FIELDS): make them the same, in the same order",
+            keys.fields.starts_with(&required) && keys.fields.iter().all(|f| fields.contains(f)),
+            "{name}: its command schema requires {required:?} of {fields:?}, but the function deduplicates on {:?} (FIELDS): list the required ones first, in the schema's order, then any optional ones",
             keys.fields
         );
         ensure!(

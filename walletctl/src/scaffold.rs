@@ -2,7 +2,8 @@
 //!
 //! Writes `functions/<name>/` from `walletctl/template/` (Cargo.toml, function.toml, a `main.rs` of one call, a handler with
 //! one example rule, an integration test), appends the function's stream and consumer to
-//! `streams.toml`, and generates its Kubernetes manifests. The new function credits a user's
+//! `streams.toml`, adds its PostgreSQL role to `libs/ops/src/roles.sql`, and generates its
+//! Kubernetes manifests. The new function credits a user's
 //! `main` wallet from a platform account of its own and rejects amounts above 1,000
 //! (`over_limit`): edit its payload and rules from there.
 
@@ -83,6 +84,26 @@ const TEMPLATE: [(&str, &str); 5] = [
 ];
 const STREAMS: &str = include_str!("../template/tests/streams.toml");
 
+/// The line of `roles.sql`'s function list above which a new function's row goes.
+const ROLES_MARK: &str = "            -- walletctl new-function: new functions above this line";
+
+/// `roles` with `name`'s row added to its list of functions: the wallets the template's function
+/// touches (it credits `main` from its platform account).
+fn with_role(roles: &str, name: &str) -> anyhow::Result<String> {
+    let at = roles
+        .find(ROLES_MARK)
+        .context("roles.sql has lost its `walletctl new-function` line")?;
+    let (before, after) = roles.split_at(at);
+    let before = before.trim_end();
+    ensure!(
+        !before.contains(&format!("('{name}',")),
+        "roles.sql already has a role for {name}"
+    );
+    Ok(format!(
+        "{before},\n            ('{name}', ARRAY['main', 'platform'], ARRAY['main'])\n{after}"
+    ))
+}
+
 /// Scaffolds the function `name` in the repository at `root`; returns what it wrote.
 pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
     let n = Names::new(name)?;
@@ -105,8 +126,12 @@ pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
             n.subject
         );
     }
-    let updated = format!("{}\n{}", streams.trim_end(), n.fill(STREAMS));
+    let updated = format!("{}\n\n{}", streams.trim_end(), n.fill(STREAMS));
     let topology = Topology::parse(&updated)?;
+    let roles_file = root.join("libs/ops/src/roles.sql");
+    let roles = std::fs::read_to_string(&roles_file)
+        .with_context(|| format!("reading {}", roles_file.display()))?;
+    let roles = with_role(&roles, &n.name)?;
 
     let mut wrote = Vec::new();
     for (path, template) in TEMPLATE {
@@ -131,6 +156,11 @@ pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
     wrote.push(format!(
         "streams.toml (stream {}, consumer {})",
         n.stream, n.name
+    ));
+    std::fs::write(&roles_file, roles)?;
+    wrote.push(format!(
+        "libs/ops/src/roles.sql (role wallet_{}: the runtime's privileges, creates main and its platform account, moves main)",
+        n.snake
     ));
     for path in crate::k8s::generate(root, &topology, false)? {
         wrote.push(path.display().to_string());

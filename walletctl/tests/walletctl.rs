@@ -202,13 +202,16 @@ fn status_predicts_the_replicas_of_kedas_formula() {
     assert_eq!(scaling("provider-ack").keda_replicas(0), 1);
 }
 
-#[test]
-fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_and_k8s() {
-    // A copy of what the scaffolder reads: streams.toml and the function folders' descriptions.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_roles_and_k8s() {
+    // A copy of what the scaffolder reads: streams.toml, roles.sql and the function folders'
+    // descriptions.
     let tmp = std::env::temp_dir().join(format!("scaffold-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(tmp.join("libs/ops/src")).unwrap();
     std::fs::copy(repo_root().join("streams.toml"), tmp.join("streams.toml")).unwrap();
+    let roles = "libs/ops/src/roles.sql";
+    std::fs::copy(repo_root().join(roles), tmp.join(roles)).unwrap();
     for spec in wallet_ops::catalog::specs(repo_root()).unwrap() {
         let dir = tmp.join("functions").join(&spec.name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -251,6 +254,47 @@ fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_and_k8s() {
             .unwrap()
             .is_empty()
     );
+    // Its role, as setup applies roles.sql: it may claim its own dedup ids and credit `main`,
+    // and no other function's ids.
+    let roles = std::fs::read_to_string(tmp.join(roles)).unwrap();
+    let env = TestEnv::new().await;
+    let owner = env.pg().await;
+    owner.batch_execute(&roles).await.unwrap();
+    let url = env.database_url_as("wallet_cash_back");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute(
+            "INSERT INTO commands (function, id, fingerprint) VALUES ('cash-back', 'x', '')",
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO accounts (owner, kind, provider, currency) VALUES ('u-x', 'main', '', 'USD')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let other = client
+        .execute(
+            "INSERT INTO commands (function, id, fingerprint) VALUES ('deposit', 'x', '')",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        other.unwrap_err().code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    drop(client);
+    // Roles belong to the server: this one leaves with the test.
+    owner
+        .batch_execute("DROP OWNED BY wallet_cash_back; DROP ROLE wallet_cash_back")
+        .await
+        .unwrap();
     // Twice, or a bad name: refused, nothing written.
     assert!(walletctl::scaffold::new_function(&tmp, "cash-back").is_err());
     assert!(walletctl::scaffold::new_function(&tmp, "Cash_Back").is_err());
@@ -279,7 +323,7 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
         );
     };
     // (role, statements it may run, statements it must be refused)
-    let grants: [(&str, &[&str], &[&str]); 4] = [
+    let grants: [(&str, &[&str], &[&str]); 5] = [
         (
             "wallet_deposit",
             &["SELECT count(*) FROM accounts"],
@@ -312,6 +356,17 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
                 "UPDATE transfers SET amount = 1",
                 "UPDATE transfers SET user_id = 'x'",
                 "INSERT INTO accounts (owner, kind, provider, currency) VALUES ('u-x', 'bonus', '', 'USD')",
+            ],
+        ),
+        (
+            // It records transfers and asks providers; it moves no money.
+            "wallet_transfer_in",
+            &["SELECT count(*) FROM transfers"],
+            &[
+                "SELECT 1 FROM accounts",
+                "INSERT INTO postings (account_id, amount, command) VALUES (1, 1, 'transfer-in:x')",
+                "UPDATE transfers SET status = 'completed'",
+                "INSERT INTO commands (function, id, fingerprint) VALUES ('transfer-out', 'x', '')",
             ],
         ),
         (

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
-use wallet_runtime::answer::{self, ACK_CONFLICT, Answers, Ending, PROVIDER_MISMATCH, Verdict};
+use wallet_runtime::answer::{
+    self, ACK_CONFLICT, Answers, Ending, PROVIDER_MISMATCH, Take, Verdict,
+};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Id, Interface};
 use wallet_runtime::sweeper::{self, Saga};
@@ -83,6 +85,7 @@ enum PayoutStatus {
 /// answer, one `stuck` event for one that waits far too long.
 pub static WITHDRAWALS: Saga = Saga {
     table: "withdrawals",
+    rows: "true",
     entity: ENTITY,
     partner: "psp",
     status_subject: "payout.{partner}.status",
@@ -128,7 +131,8 @@ const GIVE_BACK: &str = "
 const SETTLE: &str = "
     UPDATE withdrawals w SET status = s.status, psp_ref = s.psp_ref, reason = s.reason,
            finished_at = now(), next_check_at = NULL
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS s (id, status, psp_ref, reason)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[])
+         AS s (id, status, psp_ref, reason, paid, taken)
     WHERE w.id = s.id";
 
 impl Function for PayoutAck {
@@ -250,6 +254,7 @@ impl Function for PayoutAck {
                         index,
                         posting: format!("{}:{}", Self::NAME, command.key),
                         from: WalletKey::user(&w.user_id, Kind::Held, &w.psp, currency),
+                        take: Take::Amount,
                         to,
                         amount: w.amount,
                         event,

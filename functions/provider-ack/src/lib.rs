@@ -1,22 +1,31 @@
-//! Provider acks: `{transfer_id, status, provider_ref?, reason?}` on `provider.<provider>.ack`
-//! finishes a pending transfer. `accepted` moves its amount from `in_transit` to the provider's
-//! `game` wallet (`completed`); `rejected` returns it to `main` (`failed`).
+//! Provider acks: `{transfer_id, status, amount?, provider_ref?, reason?}` on
+//! `provider.<provider>.ack` finishes a pending transfer, out or in.
+//! - Out: `accepted` moves its amount from `in_transit` to the provider's `game` wallet
+//!   (`completed`); `rejected` returns it to `main` (`failed`).
+//! - In: `accepted` credits `main` with the `amount` the provider returned, and the `game` wallet
+//!   gives up what it held for the player (at most that amount when one was asked); the
+//!   difference, the player's result at the provider, is posted against the platform account
+//!   `game-results:<provider>`. No user wallet goes below zero whatever the provider returns, and
+//!   an amount is counted once whatever the order of the transfers' commands and acks, since the
+//!   game wallet is read under its lock. `rejected` moves nothing (`failed`).
 //!
 //! An ack is remembered by `<provider>:<transfer_id>:<status>`, so a repeat (same transfer, same
 //! status, whatever its `provider_ref`) has no effect. The transfer's row, locked for the
 //! transaction, decides the rest: an ack contradicting a finished transfer is dead-lettered
 //! `ack_conflict`, one from another provider `provider_mismatch`, and one for a transfer nobody
 //! knows is retried with growing delays until `UNKNOWN_TRANSFER_RETRY` after its first delivery,
-//! then dead-lettered `unknown_transfer`.
+//! then dead-lettered `unknown_transfer`; an `accepted` transfer in without a valid `amount`,
+//! `invalid_amount`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
-use wallet_runtime::answer::{self, Answers, Ending, Verdict};
+use wallet_runtime::answer::{self, Answers, Ending, Take, Verdict};
 use wallet_runtime::function::Transaction;
-use wallet_runtime::interface::{Id, Interface, ProviderField};
+use wallet_runtime::interface::{Balance, Id, Interface, ProviderField};
+use wallet_runtime::money::{AmountError, parse_amount};
 use wallet_runtime::sweeper::{self, Saga};
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
@@ -32,6 +41,9 @@ pub struct Ack {
     /// The `<provider>` token of the subject.
     pub provider: String,
     pub accepted: bool,
+    /// What the provider returned, for a transfer in (checked against its currency when the
+    /// transfer is found).
+    pub amount: Option<serde_json::Value>,
     pub provider_ref: Option<String>,
     pub reason: Option<String>,
 }
@@ -53,6 +65,9 @@ pub struct AckCommand {
     /// The transfer it answers.
     transfer_id: Id,
     status: AckStatus,
+    /// A transfer in, `accepted`: what the provider returned to the platform (its game wallet
+    /// already debited), `"0"` when the player has nothing left there. Ignored for a transfer out.
+    amount: Option<Balance>,
     /// The provider's own reference, kept with the transfer.
     provider_ref: Option<String>,
     /// Why the provider refused, kept with the transfer.
@@ -63,9 +78,11 @@ pub struct AckCommand {
 #[serde(rename_all = "lowercase")]
 #[allow(dead_code)]
 enum AckStatus {
-    /// The provider credited its game wallet: the transfer completes.
+    /// Out: the provider credited its game wallet. In: it debited it by `amount`, returned to
+    /// `main`. The transfer completes.
     Accepted,
-    /// The provider refused: the amount returns to `main` and the transfer fails.
+    /// The provider refused: a transfer out's amount returns to `main`; a transfer in moves
+    /// nothing. The transfer fails.
     Rejected,
 }
 
@@ -75,12 +92,26 @@ pub use wallet_runtime::answer::{ACK_CONFLICT, PROVIDER_MISMATCH};
 /// ack, one `stuck` event for one that waits far too long.
 pub static TRANSFERS: Saga = Saga {
     table: "transfers",
+    rows: "direction = 'out'",
     entity: "transfer",
     partner: "provider",
     status_subject: "provider.{partner}.status",
     id_field: "transfer_id",
     queries_metric: "wallet_transfer_status_queries_total",
     stuck_metric: "wallet_transfers_stuck_total",
+};
+
+/// Transfers in, to the sweeper, as transfers out: the same status query, their own `stuck`
+/// events.
+pub static TRANSFERS_IN: Saga = Saga {
+    table: "transfers",
+    rows: "direction = 'in'",
+    entity: "transfer_in",
+    partner: "provider",
+    status_subject: "provider.{partner}.status",
+    id_field: "transfer_id",
+    queries_metric: "wallet_transfer_in_status_queries_total",
+    stuck_metric: "wallet_transfers_in_stuck_total",
 };
 
 /// `provider.<provider>.status` (CONTRACT §3): asks the provider to answer for a transfer.
@@ -90,6 +121,13 @@ pub struct StatusQuery {
     transfer_id: Id,
 }
 pub const UNKNOWN_TRANSFER: &str = "unknown_transfer";
+/// An `accepted` transfer in whose `amount` is missing or not one of its currency.
+pub const INVALID_AMOUNT: &str = "invalid_amount";
+
+/// The platform account of what players won (negative) or lost at `provider`.
+pub fn game_results(provider: &str) -> String {
+    format!("game-results:{provider}")
+}
 
 /// A transfer as an ack finds it.
 #[derive(Debug)]
@@ -97,19 +135,24 @@ struct Transfer {
     user_id: String,
     provider: String,
     currency: String,
-    amount: Decimal,
+    /// Null for a transfer in asking for everything.
+    amount: Option<Decimal>,
     status: String,
+    inbound: bool,
 }
 
 /// Locked in id order: replicas finishing overlapping transfers never deadlock.
 const LOCK: &str = "
-    SELECT id, user_id, provider, currency, amount, status FROM transfers
+    SELECT id, user_id, provider, currency, amount, status, direction = 'in' FROM transfers
     WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 const FINISH: &str = "
     UPDATE transfers t SET status = f.status, provider_ref = f.provider_ref, reason = f.reason,
+           returned = CASE WHEN t.direction = 'in' AND f.status = 'completed' THEN f.returned END,
+           taken = CASE WHEN t.direction = 'in' AND f.status = 'completed' THEN f.taken END,
            finished_at = now(), next_check_at = NULL
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS f (id, status, provider_ref, reason)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[])
+         AS f (id, status, provider_ref, reason, returned, taken)
     WHERE t.id = f.id";
 
 impl Function for ProviderAck {
@@ -123,9 +166,19 @@ impl Function for ProviderAck {
         Interface::of::<Self>()
             .command::<AckCommand>(
                 "provider.{provider}.ack",
-                &[ACK_CONFLICT, PROVIDER_MISMATCH, UNKNOWN_TRANSFER],
+                &[
+                    ACK_CONFLICT,
+                    PROVIDER_MISMATCH,
+                    UNKNOWN_TRANSFER,
+                    INVALID_AMOUNT,
+                ],
             )
             .events::<ProviderField>(&[Status::COMPLETED, Status::FAILED, Status::STUCK], &[])
+            .events_of::<ProviderField>(
+                "transfer_in",
+                &[Status::COMPLETED, Status::FAILED, Status::STUCK],
+                &[],
+            )
             .sends::<StatusQuery>(
                 "provider-status",
                 "provider.{provider}.status",
@@ -153,6 +206,7 @@ impl Function for ProviderAck {
         Ok(Ack {
             provider: provider.to_owned(),
             accepted,
+            amount: p.get("amount").cloned(),
             provider_ref: answer::free_text(p, "provider_ref"),
             reason: answer::free_text(p, "reason"),
         })
@@ -180,6 +234,7 @@ impl Function for ProviderAck {
                     currency: r.get(3),
                     amount: r.get(4),
                     status: r.get(5),
+                    inbound: r.get(6),
                 };
                 (r.get(0), transfer)
             })
@@ -211,25 +266,64 @@ impl Function for ProviderAck {
                 Verdict::Conflict => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
                 Verdict::Settle => {
                     let currency = answer::currency(ctx, &command.id, &t.currency)?;
-                    let (to, status) = if ack.accepted {
-                        let game = WalletKey::user(&t.user_id, Kind::Game, &t.provider, currency);
-                        (game, Status::COMPLETED)
+                    let in_transit =
+                        WalletKey::user(&t.user_id, Kind::InTransit, &t.provider, currency);
+                    let game = WalletKey::user(&t.user_id, Kind::Game, &t.provider, currency);
+                    let main = WalletKey::main(&t.user_id, currency);
+                    let status = if ack.accepted {
+                        Status::COMPLETED
                     } else {
-                        (WalletKey::main(&t.user_id, currency), Status::FAILED)
+                        Status::FAILED
+                    };
+                    let (from, take, to, amount) = match (t.inbound, ack.accepted) {
+                        (false, true) => (in_transit, Take::Amount, game, t.amount),
+                        (false, false) => (in_transit, Take::Amount, main, t.amount),
+                        (true, true) => {
+                            let returned = match parse_amount(ack.amount.as_ref(), currency) {
+                                Ok(a) => a,
+                                Err(AmountError::NotPositive) => Decimal::ZERO,
+                                Err(_) => {
+                                    outcomes.push(Some(Outcome::DeadLetter(INVALID_AMOUNT)));
+                                    continue;
+                                }
+                            };
+                            let take = Take::Held {
+                                up_to: t.amount.map(|_| returned),
+                                difference: WalletKey::platform(
+                                    &game_results(&t.provider),
+                                    currency,
+                                ),
+                            };
+                            (game, take, main, Some(returned))
+                        }
+                        // Nothing moves: an ending of nothing, for the event and the row.
+                        (true, false) => (game, Take::Amount, main, Some(Decimal::ZERO)),
+                    };
+                    let entity = if t.inbound { "transfer_in" } else { "transfer" };
+                    let shown = if t.inbound && !ack.accepted {
+                        t.amount
+                    } else {
+                        amount
                     };
                     let event = Event {
                         user_id: Some(t.user_id.clone()),
                         currency: Some(currency.code().to_owned()),
-                        amount: Some(currency.format(t.amount)),
-                        ..Event::new("transfer", &command.id, status)
+                        amount: shown.map(|a| currency.format(a)),
+                        ..Event::new(entity, &command.id, status)
                     }
                     .with("provider", Some(&t.provider));
                     endings.push(Ending {
                         index,
                         posting: format!("{}:{}", Self::NAME, command.key),
-                        from: WalletKey::user(&t.user_id, Kind::InTransit, &t.provider, currency),
+                        from,
+                        take,
                         to,
-                        amount: t.amount,
+                        amount: amount.ok_or_else(|| {
+                            StepError::permanent(format!(
+                                "{}: a transfer out without an amount",
+                                command.id
+                            ))
+                        })?,
                         event,
                         id: &command.id,
                         status,
@@ -248,6 +342,7 @@ impl Function for ProviderAck {
         ctx: Arc<Context>,
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        sweeper::run(&TRANSFERS, ctx, shutdown)
+        static SAGAS: [&Saga; 2] = [&TRANSFERS, &TRANSFERS_IN];
+        sweeper::run_all(&SAGAS, ctx, shutdown)
     }
 }

@@ -73,6 +73,8 @@ impl fmt::Display for Report {
 /// its credit to a user wallet (or, summed with the transaction's others, a platform account).
 struct Saga {
     table: &'static str,
+    /// Which rows of `table` are this saga's (an SQL condition on its columns).
+    rows: &'static str,
     noun: &'static str,
     /// The column naming the partner, which is the parked wallet's `provider`.
     partner: &'static str,
@@ -86,6 +88,7 @@ struct Saga {
 const SAGAS: [Saga; 2] = [
     Saga {
         table: "transfers",
+        rows: "direction = 'out'",
         noun: "transfer",
         partner: "provider",
         parked: "in_transit",
@@ -95,6 +98,7 @@ const SAGAS: [Saga; 2] = [
     },
     Saga {
         table: "withdrawals",
+        rows: "true",
         noun: "withdrawal",
         partner: "psp",
         parked: "held",
@@ -110,6 +114,7 @@ impl Saga {
     fn checks(&self) -> [(String, String); 3] {
         let Saga {
             table,
+            rows,
             noun,
             partner,
             parked,
@@ -123,7 +128,7 @@ impl Saga {
                 format!(
                     "WITH pending AS (
                          SELECT user_id, {partner}, currency, sum(amount) AS total FROM {table}
-                         WHERE status = 'pending' GROUP BY 1, 2, 3),
+                         WHERE status = 'pending' AND ({rows}) GROUP BY 1, 2, 3),
                      wallets AS (SELECT owner, provider, currency, balance FROM accounts WHERE kind = '{parked}')
                      SELECT coalesce(w.owner, p.user_id) || ' ' || coalesce(w.provider, p.{partner}) || ' '
                             || coalesce(w.currency, p.currency) || ': {parked} ' || coalesce(w.balance, 0)
@@ -139,6 +144,7 @@ impl Saga {
                     "SELECT t.id || ': ' || count(p.id) || ' debit leg(s), ' || coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0)
                             || ' moved for ' || t.amount
                      FROM {table} t LEFT JOIN postings p ON p.command = '{first}:' || t.id
+                     WHERE ({rows})
                      GROUP BY t.id, t.amount
                      HAVING count(p.id) <> 2 OR coalesce(sum(p.amount) FILTER (WHERE p.amount > 0), 0) <> t.amount"
                 ),
@@ -157,6 +163,7 @@ impl Saga {
                      SELECT t.id || ' ' || t.status || ': '
                             || coalesce(string_agg(f.ack || ' (' || f.legs || ' debit leg(s), ' || f.moved || ')', ', '), 'no final posting')
                      FROM {table} t LEFT JOIN finals f ON f.id = t.id
+                     WHERE ({rows})
                      GROUP BY t.id, t.status, t.amount
                      HAVING count(f.id) <> CASE WHEN t.status = 'pending' THEN 0 ELSE 1 END
                          OR bool_or(f.legs <> 1 OR f.moved <> t.amount
@@ -225,6 +232,54 @@ const CHECKS: &[(&str, &str)] = &[
          FROM withdrawal_days d FULL JOIN counted c
            ON (d.user_id, d.currency, d.day) = (c.user_id, c.currency, c.day)
          WHERE coalesce(d.amount, 0) <> coalesce(c.total, 0)",
+    ),
+    (
+        // A transfer in's answer credits `main` with what came back and takes from `game` what
+        // its row says it took (the rest: the players' results, a platform sum).
+        "every completed transfer in credited main with what came back and took what it recorded from game; any other none",
+        "WITH finals AS (
+             SELECT substring(p.command from '^provider-ack:[a-z0-9-]+:(.*):[a-z]+$') AS id,
+                    sum(p.amount) FILTER (WHERE a.kind = 'main') AS credited,
+                    -sum(p.amount) FILTER (WHERE a.kind = 'game') AS took,
+                    count(*) AS legs
+             FROM postings p JOIN accounts a ON a.id = p.account_id
+             WHERE p.command LIKE 'provider-ack:%' GROUP BY 1)
+         SELECT t.id || ' ' || t.status || ': ' || coalesce(f.legs, 0) || ' leg(s), credited '
+                || coalesce(f.credited, 0) || ', took ' || coalesce(f.took, 0) || '; returned '
+                || coalesce(t.returned::text, 'none') || ', taken ' || coalesce(t.taken::text, 'none')
+         FROM transfers t LEFT JOIN finals f ON f.id = t.id
+         WHERE t.direction = 'in'
+           AND (coalesce(f.credited, 0) <> coalesce(t.returned, 0)
+                OR coalesce(f.took, 0) <> coalesce(t.taken, 0)
+                OR (t.status <> 'completed' AND f.id IS NOT NULL))",
+    ),
+    (
+        "every game wallet holds its completed transfers out less what completed transfers in took",
+        "WITH expected AS (
+             SELECT user_id, provider, currency,
+                    sum(CASE direction WHEN 'out' THEN amount ELSE -taken END) AS total
+             FROM transfers WHERE status = 'completed' GROUP BY 1, 2, 3),
+         wallets AS (SELECT owner, provider, currency, balance FROM accounts WHERE kind = 'game')
+         SELECT coalesce(w.owner, e.user_id) || ' ' || coalesce(w.provider, e.provider) || ' '
+                || coalesce(w.currency, e.currency) || ': game ' || coalesce(w.balance, 0)
+                || ', transfers explain ' || coalesce(e.total, 0)
+         FROM wallets w FULL JOIN expected e
+           ON (w.owner, w.provider, w.currency) = (e.user_id, e.provider, e.currency)
+         WHERE coalesce(w.balance, 0) <> coalesce(e.total, 0)",
+    ),
+    (
+        "every provider's game-results account is what its completed transfers in took beyond what they returned",
+        "WITH expected AS (
+             SELECT 'game-results:' || provider AS purpose, currency, sum(taken - returned) AS total
+             FROM transfers WHERE direction = 'in' AND status = 'completed' GROUP BY 1, 2),
+         posted AS (
+             SELECT a.provider AS purpose, a.currency, coalesce(sum(p.amount), 0) AS total
+             FROM accounts a LEFT JOIN postings p ON p.account_id = a.id
+             WHERE a.kind = 'platform' AND a.provider LIKE 'game-results:%' GROUP BY 1, 2)
+         SELECT coalesce(x.purpose, e.purpose) || ' ' || coalesce(x.currency, e.currency) || ': posted '
+                || coalesce(x.total, 0) || ', transfers in explain ' || coalesce(e.total, 0)
+         FROM posted x FULL JOIN expected e ON (x.purpose, x.currency) = (e.purpose, e.currency)
+         WHERE coalesce(x.total, 0) <> coalesce(e.total, 0)",
     ),
     (
         "every campaign's totals equal its grants and stay within its budget",

@@ -1,4 +1,4 @@
-//! `walletctl transfer show ID`: one transfer and its history, from PostgreSQL.
+//! `walletctl transfer show ID`: one transfer, out or in, and its history, from PostgreSQL.
 
 use std::fmt;
 
@@ -10,10 +10,11 @@ use wallet_runtime::Config;
 
 const TRANSFER: &str = "
     SELECT user_id, provider, currency, amount, status, provider_ref, reason, created_at,
-           finished_at, checks, last_check_at, next_check_at, stuck_at
+           finished_at, checks, last_check_at, next_check_at, stuck_at, direction, returned, taken
     FROM transfers WHERE id = $1";
 
-/// The postings of the transfer's debit and of the ack that finished it (see `provider-ack`).
+/// The postings of a transfer out's debit and of the ack that finished a transfer (see
+/// `provider-ack`).
 const POSTINGS: &str = "
     SELECT p.command, a.kind, a.provider, p.amount, p.created_at
     FROM postings p JOIN accounts a ON a.id = p.account_id
@@ -25,8 +26,15 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<TransferView> {
     let Some(t) = pg.query_opt(TRANSFER, &[&id]).await? else {
         bail!("no transfer `{id}` (a rejected transfer moves nothing and is not recorded)");
     };
-    let (user, provider, currency, amount, status): (String, String, String, Decimal, String) =
-        (t.get(0), t.get(1), t.get(2), t.get(3), t.get(4));
+    let (user, provider, currency, amount, status): (
+        String,
+        String,
+        String,
+        Option<Decimal>,
+        String,
+    ) = (t.get(0), t.get(1), t.get(2), t.get(3), t.get(4));
+    let (direction, returned, taken): (String, Option<Decimal>, Option<Decimal>) =
+        (t.get(13), t.get(14), t.get(15));
     let (provider_ref, reason): (Option<String>, Option<String>) = (t.get(5), t.get(6));
     let (created, finished): (DateTime<Utc>, Option<DateTime<Utc>>) = (t.get(7), t.get(8));
     let checks: i32 = t.get(9);
@@ -45,6 +53,10 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<TransferView> {
     let postings = pg.query(POSTINGS, &[&commands]).await?;
 
     let mut history: Vec<(DateTime<Utc>, String)> = Vec::new();
+    if direction == "in" {
+        let what = amount.map_or_else(|| "everything".to_owned(), money);
+        history.push((created, format!("pending: provider asked to return {what}")));
+    }
     for command in &commands {
         let legs: Vec<_> = postings
             .iter()
@@ -90,9 +102,12 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<TransferView> {
 
     Ok(TransferView {
         id: id.to_owned(),
+        direction,
         user_id: user,
         provider,
-        amount: money(amount),
+        amount: amount.map(money),
+        returned: returned.map(money),
+        taken: taken.map(money),
         currency,
         status,
         provider_ref,
@@ -111,9 +126,15 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<TransferView> {
 #[derive(Debug, Serialize)]
 pub struct TransferView {
     pub id: String,
+    /// `out` (to the provider's game wallet) or `in` (back to `main`).
+    pub direction: String,
     pub user_id: String,
     pub provider: String,
-    pub amount: String,
+    /// What was sent, or asked back (`None`: everything).
+    pub amount: Option<String>,
+    /// A completed transfer in: what came back to `main`, what the game wallet gave up.
+    pub returned: Option<String>,
+    pub taken: Option<String>,
     pub currency: String,
     pub status: String,
     pub provider_ref: Option<String>,
@@ -133,10 +154,16 @@ pub struct HistoryEntry {
 impl fmt::Display for TransferView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
-        writeln!(f, "transfer  {}", self.id)?;
+        writeln!(f, "transfer  {} ({})", self.id, self.direction)?;
         writeln!(f, "user      {}", self.user_id)?;
         writeln!(f, "provider  {}", self.provider)?;
-        writeln!(f, "amount    {} {}", self.amount, self.currency)?;
+        match &self.amount {
+            Some(a) => writeln!(f, "amount    {a} {}", self.currency)?,
+            None => writeln!(f, "amount    everything ({})", self.currency)?,
+        }
+        if let (Some(r), Some(t)) = (&self.returned, &self.taken) {
+            writeln!(f, "returned  {r} to main, {t} from game")?;
+        }
         write!(f, "status    {}", self.status)?;
         if let Some(r) = &self.provider_ref {
             write!(f, " (provider_ref {r})")?;

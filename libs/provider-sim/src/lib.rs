@@ -1,9 +1,12 @@
 //! `walletctl provider-sim`: plays the game providers and the payment providers, for `make run`
 //! and for tests.
 //!
-//! It reads `provider.<provider>.transfer` and `provider.<provider>.status` (its own durable
-//! consumer `provider-sim` on `PROVIDER_REQUESTS`) and answers on `provider.<provider>.ack` with
-//! `Nats-Msg-Id: <provider>:<transfer_id>:<status>`, as a provider's adapter does; and the same
+//! It reads `provider.<provider>.transfer`, `.withdraw` and `.status` (its own durable consumer
+//! `provider-sim` on `PROVIDER_REQUESTS`) and answers on `provider.<provider>.ack` with
+//! `Nats-Msg-Id: <provider>:<transfer_id>:<status>`, as a provider's adapter does. An accepted
+//! transfer in returns the amount asked for, or, asked for everything, a whole amount from 0 to
+//! 99 drawn for the transfer (what the player has left after playing); it keeps no books, so a
+//! status query answers every transfer with that drawn amount (ignored for a transfer out). And the same
 //! for payouts ([`PAYMENTS`]: `payout.<psp>.request` and `.status` on `PAYOUT_REQUESTS`, answered
 //! `paid` or `declined` on `payout.<psp>.ack`). Every decision is drawn from a hash of `--seed`
 //! and the saga's id, so a transfer or a withdrawal gets the same answer every time it is asked
@@ -45,6 +48,8 @@ pub struct Protocol {
     /// `<prefix>.<partner>.ack` answers.
     pub prefix: &'static str,
     pub request: &'static str,
+    /// `<prefix>.<partner>.<returns>` asks for money back (game providers: a transfer in).
+    pub returns: Option<&'static str>,
     /// The saga's id in every message.
     pub id_field: &'static str,
     /// The answer's statuses: the positive one, the negative one.
@@ -58,6 +63,7 @@ pub const GAME: Protocol = Protocol {
     stream: "PROVIDER_REQUESTS",
     prefix: "provider",
     request: "transfer",
+    returns: Some("withdraw"),
     id_field: "transfer_id",
     statuses: ("accepted", "rejected"),
     ref_field: "provider_ref",
@@ -68,6 +74,7 @@ pub const PAYMENTS: Protocol = Protocol {
     stream: "PAYOUT_REQUESTS",
     prefix: "payout",
     request: "request",
+    returns: None,
     id_field: "withdraw_id",
     statuses: ("paid", "declined"),
     ref_field: "psp_ref",
@@ -258,9 +265,13 @@ impl Sim {
     async fn answer(&self, message: jetstream::Message) {
         let p = self.protocol;
         let subject = self.names.strip(&message.subject).to_owned();
-        let transfer = serde_json::from_slice::<serde_json::Value>(&message.payload)
-            .ok()
-            .and_then(|v| v.get(p.id_field)?.as_str().map(str::to_owned));
+        let payload = serde_json::from_slice::<serde_json::Value>(&message.payload).ok();
+        let field = |name: &str| {
+            payload
+                .as_ref()
+                .and_then(|v| v.get(name)?.as_str().map(str::to_owned))
+        };
+        let transfer = field(p.id_field);
         let tokens: Vec<&str> = subject.split('.').collect();
         let (provider, kind, transfer) = match (&tokens[..], transfer) {
             ([prefix, provider, kind], Some(t)) if *prefix == p.prefix => (*provider, *kind, t),
@@ -278,13 +289,20 @@ impl Sim {
             .map(|v| v.as_str().to_owned());
         let trace = trace.as_deref();
         let result = match kind {
-            k if k == p.request => self.transfer(provider, &transfer, trace).await,
+            k if k == p.request => self.transfer(provider, &transfer, None, trace).await,
+            k if Some(k) == p.returns => {
+                let amount = field("amount").unwrap_or_else(|| self.left(&transfer));
+                self.transfer(provider, &transfer, Some(&amount), trace)
+                    .await
+            }
             _ => {
                 self.stats.status_queries.fetch_add(1, Ordering::Relaxed);
+                let amount = p.returns.map(|_| self.left(&transfer));
                 self.ack(
                     provider,
                     &transfer,
                     accepts(&self.opts, &transfer),
+                    amount.as_deref(),
                     "",
                     trace,
                 )
@@ -302,10 +320,17 @@ impl Sim {
         };
     }
 
+    /// What a player has left at the provider, drawn for the transfer: 0 to 99.
+    fn left(&self, transfer: &str) -> String {
+        ((draw(self.opts.seed, "left", transfer) * 100.0) as u32).to_string()
+    }
+
+    /// Answers a request: a transfer out, or (with what it returns) a transfer in.
     async fn transfer(
         &self,
         provider: &str,
         transfer: &str,
+        returned: Option<&str>,
         trace: Option<&str>,
     ) -> anyhow::Result<()> {
         let (o, stats) = (&self.opts, &self.stats);
@@ -323,7 +348,8 @@ impl Sim {
                 + Duration::from_millis((draw(o.seed, "hold", transfer) * 100.0) as u64);
         }
         tokio::time::sleep(delay).await;
-        self.ack(provider, transfer, accepted, "", trace).await?;
+        self.ack(provider, transfer, accepted, returned, "", trace)
+            .await?;
         if accepted {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -331,13 +357,14 @@ impl Sim {
         }
         if chance("duplicate", o.duplicate) {
             stats.duplicated.fetch_add(1, Ordering::Relaxed);
-            self.ack(provider, transfer, accepted, ":copy", trace)
+            self.ack(provider, transfer, accepted, returned, ":copy", trace)
                 .await?;
         }
         if contradicts(o, transfer) {
             stats.contradicted.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(o.latency).await;
-            self.ack(provider, transfer, !accepted, "", trace).await?;
+            self.ack(provider, transfer, !accepted, returned, "", trace)
+                .await?;
         }
         Ok(())
     }
@@ -348,6 +375,7 @@ impl Sim {
         provider: &str,
         transfer: &str,
         accepted: bool,
+        returned: Option<&str>,
         id_suffix: &str,
         trace: Option<&str>,
     ) -> anyhow::Result<()> {
@@ -360,6 +388,8 @@ impl Sim {
         });
         if !accepted {
             payload["reason"] = "declined by the simulated provider".into();
+        } else if let Some(amount) = returned {
+            payload["amount"] = amount.into();
         }
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -96,6 +96,12 @@ impl Book {
         Ok(Ok(()))
     }
 
+    /// A user wallet's balance as of the postings made so far.
+    pub fn balance(&self, key: &WalletKey) -> Option<Decimal> {
+        let slot = self.slots.get(key).filter(|_| !key.is_platform())?;
+        Some(slot.balance)
+    }
+
     /// A user wallet's balance and version as of the postings made so far, for the cache.
     pub fn snapshot(&self, key: &WalletKey) -> Option<WalletSnapshot> {
         let slot = self.slots.get(key).filter(|_| !key.is_platform())?;
