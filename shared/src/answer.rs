@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use crate::context::Context;
 use crate::error::StepError;
 use crate::events::{Event, Status};
-use crate::function::{Outcome, Payload, Transaction};
+use crate::function::{Command, Outcome, Payload, Transaction};
 use crate::money::Currency;
 use crate::text;
 use crate::wallet::WalletKey;
@@ -56,6 +56,80 @@ impl<'a> Answers<'a> {
             }
         }
     }
+}
+
+/// A saga's row, as its answers see it.
+pub trait SagaRow {
+    /// The partner it asked.
+    fn partner(&self) -> &str;
+    /// How it ended: `Some(true)` the positive way (accepted, paid), `None` while it is open.
+    fn ended(&self) -> Option<bool>;
+}
+
+/// An answer, as [`decide`] sees it.
+pub trait Answer {
+    /// The partner that sent it (its subject's token).
+    fn partner(&self) -> &str;
+    /// Whether it says the positive thing (accepted, paid).
+    fn positive(&self) -> bool;
+}
+
+/// Decides a batch's answers in order, against their sagas' locked `rows` (by saga id): one for a
+/// saga nobody knows is retried for `unknown_window`, then dead-lettered `unknown_reason`
+/// ([`unknown`]); one from another
+/// partner is dead-lettered [`PROVIDER_MISMATCH`]; a repeat is done; a conflict is dead-lettered
+/// [`ACK_CONFLICT`]; `settle` ends each of the others, or gives the outcome that replaces its
+/// ending (a dead letter for an answer it cannot apply). Returns the outcomes decided (`None`
+/// where an ending will decide) and the endings, for [`end`].
+#[allow(clippy::type_complexity)] // The two halves [`end`] takes.
+pub fn decide<'a, A: Answer, R: SagaRow>(
+    unknown_window: Duration,
+    commands: &'a [&'a Command<A>],
+    rows: &'a HashMap<String, R>,
+    unknown_reason: &'static str,
+    mut settle: impl FnMut(
+        usize,
+        &'a Command<A>,
+        &'a R,
+    ) -> Result<Result<Ending<'a>, Outcome>, StepError>,
+) -> Result<(Vec<Option<Outcome>>, Vec<Ending<'a>>), StepError> {
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
+    let mut endings = Vec::new();
+    let mut answers = Answers::default();
+    for (index, command) in commands.iter().enumerate() {
+        let answer = &command.body;
+        let Some(row) = rows.get(&command.id) else {
+            outcomes.push(Some(unknown(
+                command.stored_at,
+                unknown_window,
+                unknown_reason,
+            )));
+            continue;
+        };
+        if row.partner() != answer.partner() {
+            outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
+            continue;
+        }
+        outcomes.push(
+            match answers.judge(&command.id, row.ended(), answer.positive()) {
+                // A repeat that dedup could not see (it was finished under this very key).
+                Verdict::Repeat => Some(Outcome::Done(Vec::new())),
+                Verdict::Conflict => Some(Outcome::DeadLetter(ACK_CONFLICT)),
+                Verdict::Settle => match settle(index, command, row)? {
+                    Ok(ending) => {
+                        endings.push(ending);
+                        None
+                    }
+                    // It settled nothing: a later answer in the batch still may.
+                    Err(outcome) => {
+                        answers.settled.remove(command.id.as_str());
+                        Some(outcome)
+                    }
+                },
+            },
+        );
+    }
+    Ok((outcomes, endings))
 }
 
 /// An answer for a saga nobody knows: retried with delays that double with its age (1 s to
@@ -231,6 +305,7 @@ pub fn free_text(p: &Payload, field: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -243,6 +318,113 @@ mod tests {
         assert_eq!(a.judge("t2", Some(false), false), Verdict::Repeat);
         assert_eq!(a.judge("t2", Some(false), true), Verdict::Conflict);
         assert_eq!(a.judge("t3", None, false), Verdict::Settle);
+    }
+
+    struct Row(&'static str, Option<bool>);
+    impl SagaRow for Row {
+        fn partner(&self) -> &str {
+            self.0
+        }
+        fn ended(&self) -> Option<bool> {
+            self.1
+        }
+    }
+    struct Said(&'static str, bool);
+    impl Answer for Said {
+        fn partner(&self) -> &str {
+            self.0
+        }
+        fn positive(&self) -> bool {
+            self.1
+        }
+    }
+
+    /// Every way an answer ends, in one batch; an answer `settle` refuses settles nothing, so the
+    /// next one for its saga still does.
+    #[test]
+    fn a_batch_of_answers_is_decided_in_order() {
+        let rows: HashMap<String, Row> = [
+            ("open", Row("alpha", None)),
+            ("done", Row("alpha", Some(true))),
+            ("other", Row("beta", None)),
+        ]
+        .into_iter()
+        .map(|(id, r)| (id.to_owned(), r))
+        .collect();
+        let commands: Vec<Command<Said>> = [
+            ("nobody", Said("alpha", true)),
+            ("other", Said("alpha", true)),
+            ("done", Said("alpha", true)),
+            ("done", Said("alpha", false)),
+            ("open", Said("alpha", true)),
+            ("open", Said("alpha", true)),
+            ("open", Said("alpha", false)),
+        ]
+        .into_iter()
+        .map(|(id, body)| Command {
+            id: id.to_owned(),
+            key: id.to_owned(),
+            body,
+            stored_at: SystemTime::now(),
+        })
+        .collect();
+        let commands: Vec<&Command<Said>> = commands.iter().collect();
+        let mut settled = Vec::new();
+        let mut refused_once = false;
+        let (outcomes, endings) = decide(
+            Duration::from_secs(60),
+            &commands,
+            &rows,
+            "unknown_x",
+            |index, command, _| {
+                if !refused_once {
+                    refused_once = true;
+                    return Ok(Err(Outcome::DeadLetter("refused")));
+                }
+                settled.push(index);
+                let usd = crate::money::Currencies::default().get("USD").unwrap();
+                let wallet = WalletKey::main("u-1", usd);
+                Ok(Ok(Ending {
+                    index,
+                    posting: format!("test:{}", command.key),
+                    from: wallet.clone(),
+                    take: Take::Amount,
+                    to: wallet,
+                    amount: Decimal::ONE,
+                    event: Event::new("x", &command.id, Status::COMPLETED),
+                    id: &command.id,
+                    status: Status::COMPLETED,
+                    reference: None,
+                    reason: None,
+                }))
+            },
+        )
+        .unwrap();
+        assert_eq!(endings.len(), 1);
+        let shown: Vec<String> = outcomes
+            .iter()
+            .map(|o| match o {
+                Some(Outcome::Retry { reason, .. }) => format!("retry {reason}"),
+                Some(Outcome::DeadLetter(r)) => format!("dead letter {r}"),
+                Some(Outcome::Done(m)) => format!("done {}", m.len()),
+                None => "ending".into(),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "retry unknown_x",
+                "dead letter provider_mismatch",
+                "done 0",
+                "dead letter ack_conflict",
+                "dead letter refused",
+                "ending",
+                "dead letter ack_conflict",
+            ]
+        );
+        // The refused answer settled nothing: the next one settled, and the last, its
+        // contradiction, was judged by it.
+        assert_eq!(settled, [5]);
     }
 
     #[test]

@@ -41,6 +41,27 @@ impl TestEnv {
         Self::in_namespace(namespace(), extra).await
     }
 
+    /// An env with `deposit` and `functions` running with `extra`, and `users` users (`u-0`, …)
+    /// funded with `funds` USD each; a reader of its events, which has read the deposits.
+    pub async fn funded(
+        functions: &[&str],
+        extra: &[(&str, &str)],
+        users: usize,
+        funds: &str,
+    ) -> (Self, Reader, Vec<Proc>) {
+        let env = Self::with_env(extra).await;
+        let procs = std::iter::once("deposit")
+            .chain(functions.iter().copied())
+            .map(|f| env.spawn(f, extra))
+            .collect();
+        let mut events = env.events().await;
+        let deposits = (0..users)
+            .map(|u| commands::deposit(&format!("d-{u}"), &format!("u-{u}"), funds, "USD"))
+            .collect();
+        env.run_commands(&mut events, "deposit", deposits).await;
+        (env, events, procs)
+    }
+
     /// Like [`TestEnv::with_env`], in the namespace `ns` (from [`namespace`]): for a test that
     /// must configure a server for the namespace before the env exists.
     pub async fn in_namespace(ns: String, extra: &[(&str, &str)]) -> Self {

@@ -23,9 +23,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
-use wallet_runtime::answer::{
-    self, ACK_CONFLICT, Answers, Ending, PROVIDER_MISMATCH, Take, Verdict,
-};
+use wallet_runtime::answer::{self, ACK_CONFLICT, Ending, PROVIDER_MISMATCH, SagaRow, Take};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Id, Interface};
 use wallet_runtime::sweeper::{self, Saga};
@@ -50,6 +48,26 @@ pub struct Answer {
     pub paid: bool,
     pub psp_ref: Option<String>,
     pub reason: Option<String>,
+}
+
+impl answer::Answer for Answer {
+    fn partner(&self) -> &str {
+        &self.psp
+    }
+
+    fn positive(&self) -> bool {
+        self.paid
+    }
+}
+
+impl SagaRow for Withdrawal {
+    fn partner(&self) -> &str {
+        &self.psp
+    }
+
+    fn ended(&self) -> Option<bool> {
+        (self.status != "pending").then(|| self.status == "paid")
+    }
 }
 
 impl Answer {
@@ -210,63 +228,45 @@ impl Function for PayoutAck {
             .collect();
 
         // Decide every answer in order first, so that only what gets a posting is locked.
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
-        let mut endings: Vec<Ending> = Vec::new();
         // The declined withdrawals, whose amounts go back to their days.
         let mut declined: Vec<&Withdrawal> = Vec::new();
-        let mut answers = Answers::default();
-        for (index, command) in commands.iter().enumerate() {
-            let a = &command.body;
-            let Some(w) = withdrawals.get(&command.id) else {
-                let window = ctx.config.transfers.unknown_retry;
-                outcomes.push(Some(answer::unknown(
-                    command.stored_at,
-                    window,
-                    UNKNOWN_WITHDRAWAL,
-                )));
-                continue;
-            };
-            if w.psp != a.psp {
-                outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
-                continue;
-            }
-            let ended = (w.status != "pending").then(|| w.status == "paid");
-            match answers.judge(&command.id, ended, a.paid) {
-                Verdict::Repeat => outcomes.push(Some(Outcome::Done(Vec::new()))),
-                Verdict::Conflict => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
-                Verdict::Settle => {
-                    let currency = answer::currency(ctx, &command.id, &w.currency)?;
-                    // Out of the platform, or back to main.
-                    let to = if a.paid {
-                        WalletKey::platform(&format!("payouts:{}", w.psp), currency)
-                    } else {
-                        declined.push(w);
-                        WalletKey::main(&w.user_id, currency)
-                    };
-                    let event = Event {
-                        user_id: Some(w.user_id.clone()),
-                        currency: Some(currency.code().to_owned()),
-                        amount: Some(currency.format(w.amount)),
-                        ..Event::new(ENTITY, &command.id, a.status())
-                    }
-                    .with("psp", Some(&w.psp));
-                    endings.push(Ending {
-                        index,
-                        posting: format!("{}:{}", Self::NAME, command.key),
-                        from: WalletKey::user(&w.user_id, Kind::Held, &w.psp, currency),
-                        take: Take::Amount,
-                        to,
-                        amount: w.amount,
-                        event,
-                        id: &command.id,
-                        status: a.status(),
-                        reference: a.psp_ref.as_deref(),
-                        reason: a.reason.as_deref(),
-                    });
-                    outcomes.push(None);
+        let (outcomes, endings) = answer::decide(
+            ctx.config.transfers.unknown_retry,
+            commands,
+            &withdrawals,
+            UNKNOWN_WITHDRAWAL,
+            |index, command, w| {
+                let a = &command.body;
+                let currency = answer::currency(ctx, &command.id, &w.currency)?;
+                // Out of the platform, or back to main.
+                let to = if a.paid {
+                    WalletKey::platform(&format!("payouts:{}", w.psp), currency)
+                } else {
+                    declined.push(w);
+                    WalletKey::main(&w.user_id, currency)
+                };
+                let event = Event {
+                    user_id: Some(w.user_id.clone()),
+                    currency: Some(currency.code().to_owned()),
+                    amount: Some(currency.format(w.amount)),
+                    ..Event::new(ENTITY, &command.id, a.status())
                 }
-            }
-        }
+                .with("psp", Some(&w.psp));
+                Ok(Ok(Ending {
+                    index,
+                    posting: format!("{}:{}", Self::NAME, command.key),
+                    from: WalletKey::user(&w.user_id, Kind::Held, &w.psp, currency),
+                    take: Take::Amount,
+                    to,
+                    amount: w.amount,
+                    event,
+                    id: &command.id,
+                    status: a.status(),
+                    reference: a.psp_ref.as_deref(),
+                    reason: a.reason.as_deref(),
+                }))
+            },
+        )?;
 
         // The declined withdrawals' days, locked in key order before any wallet.
         if !declined.is_empty() {

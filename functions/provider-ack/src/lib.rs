@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
-use wallet_runtime::answer::{self, Answers, Ending, Take, Verdict};
+use wallet_runtime::answer::{self, Answer, Ending, SagaRow, Take};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Balance, Id, Interface, ProviderField};
 use wallet_runtime::money::{AmountError, parse_amount};
@@ -46,6 +46,26 @@ pub struct Ack {
     pub amount: Option<serde_json::Value>,
     pub provider_ref: Option<String>,
     pub reason: Option<String>,
+}
+
+impl Answer for Ack {
+    fn partner(&self) -> &str {
+        &self.provider
+    }
+
+    fn positive(&self) -> bool {
+        self.accepted
+    }
+}
+
+impl SagaRow for Transfer {
+    fn partner(&self) -> &str {
+        &self.provider
+    }
+
+    fn ended(&self) -> Option<bool> {
+        (self.status != "pending").then(|| self.status == "completed")
+    }
 }
 
 impl Ack {
@@ -241,99 +261,75 @@ impl Function for ProviderAck {
             .collect();
 
         // Decide every ack in order first, so that only wallets that get a posting are opened.
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(commands.len());
-        let mut endings: Vec<Ending> = Vec::new();
-        let mut answers = Answers::default();
-        for (index, command) in commands.iter().enumerate() {
-            let ack = &command.body;
-            let Some(t) = transfers.get(&command.id) else {
-                let window = ctx.config.transfers.unknown_retry;
-                outcomes.push(Some(answer::unknown(
-                    command.stored_at,
-                    window,
-                    UNKNOWN_TRANSFER,
-                )));
-                continue;
-            };
-            if t.provider != ack.provider {
-                outcomes.push(Some(Outcome::DeadLetter(PROVIDER_MISMATCH)));
-                continue;
-            }
-            let ended = (t.status != "pending").then(|| t.status == "completed");
-            match answers.judge(&command.id, ended, ack.accepted) {
-                // A repeat that dedup could not see (it was finished under this very key).
-                Verdict::Repeat => outcomes.push(Some(Outcome::Done(Vec::new()))),
-                Verdict::Conflict => outcomes.push(Some(Outcome::DeadLetter(ACK_CONFLICT))),
-                Verdict::Settle => {
-                    let currency = answer::currency(ctx, &command.id, &t.currency)?;
-                    let in_transit =
-                        WalletKey::user(&t.user_id, Kind::InTransit, &t.provider, currency);
-                    let game = WalletKey::user(&t.user_id, Kind::Game, &t.provider, currency);
-                    let main = WalletKey::main(&t.user_id, currency);
-                    let status = if ack.accepted {
-                        Status::COMPLETED
-                    } else {
-                        Status::FAILED
-                    };
-                    let (from, take, to, amount) = match (t.inbound, ack.accepted) {
-                        (false, true) => (in_transit, Take::Amount, game, t.amount),
-                        (false, false) => (in_transit, Take::Amount, main, t.amount),
-                        (true, true) => {
-                            let returned = match parse_amount(ack.amount.as_ref(), currency) {
-                                Ok(a) => a,
-                                Err(AmountError::NotPositive) => Decimal::ZERO,
-                                Err(_) => {
-                                    outcomes.push(Some(Outcome::DeadLetter(INVALID_AMOUNT)));
-                                    continue;
-                                }
-                            };
-                            let take = Take::Held {
-                                up_to: t.amount.map(|_| returned),
-                                difference: WalletKey::platform(
-                                    &game_results(&t.provider),
-                                    currency,
-                                ),
-                            };
-                            (game, take, main, Some(returned))
-                        }
-                        // Nothing moves: an ending of nothing, for the event and the row.
-                        (true, false) => (game, Take::Amount, main, Some(Decimal::ZERO)),
-                    };
-                    let entity = if t.inbound { "transfer_in" } else { "transfer" };
-                    let shown = if t.inbound && !ack.accepted {
-                        t.amount
-                    } else {
-                        amount
-                    };
-                    let event = Event {
-                        user_id: Some(t.user_id.clone()),
-                        currency: Some(currency.code().to_owned()),
-                        amount: shown.map(|a| currency.format(a)),
-                        ..Event::new(entity, &command.id, status)
+        let (outcomes, endings) = answer::decide(
+            ctx.config.transfers.unknown_retry,
+            commands,
+            &transfers,
+            UNKNOWN_TRANSFER,
+            |index, command, t| {
+                let ack = &command.body;
+                let currency = answer::currency(ctx, &command.id, &t.currency)?;
+                let game = WalletKey::user(&t.user_id, Kind::Game, &t.provider, currency);
+                let main = WalletKey::main(&t.user_id, currency);
+                let in_transit =
+                    WalletKey::user(&t.user_id, Kind::InTransit, &t.provider, currency);
+                let (from, take, to, amount) = match (t.inbound, ack.accepted) {
+                    (false, true) => (in_transit, Take::Amount, game, t.amount),
+                    (false, false) => (in_transit, Take::Amount, main, t.amount),
+                    (true, true) => {
+                        let returned = match parse_amount(ack.amount.as_ref(), currency) {
+                            Ok(a) => a,
+                            Err(AmountError::NotPositive) => Decimal::ZERO,
+                            Err(_) => return Ok(Err(Outcome::DeadLetter(INVALID_AMOUNT))),
+                        };
+                        let take = Take::Held {
+                            up_to: t.amount.map(|_| returned),
+                            difference: WalletKey::platform(&game_results(&t.provider), currency),
+                        };
+                        (game, take, main, Some(returned))
                     }
-                    .with("provider", Some(&t.provider));
-                    endings.push(Ending {
-                        index,
-                        posting: format!("{}:{}", Self::NAME, command.key),
-                        from,
-                        take,
-                        to,
-                        amount: amount.ok_or_else(|| {
-                            StepError::permanent(format!(
-                                "{}: a transfer out without an amount",
-                                command.id
-                            ))
-                        })?,
-                        event,
-                        id: &command.id,
-                        status,
-                        reference: ack.provider_ref.as_deref(),
-                        reason: ack.reason.as_deref(),
-                    });
-                    outcomes.push(None);
+                    // Nothing moves: an ending of nothing, for the event and the row.
+                    (true, false) => (game, Take::Amount, main, Some(Decimal::ZERO)),
+                };
+                let amount = amount.ok_or_else(|| {
+                    StepError::permanent(format!(
+                        "{}: a transfer out without an amount",
+                        command.id
+                    ))
+                })?;
+                let status = if ack.accepted {
+                    Status::COMPLETED
+                } else {
+                    Status::FAILED
+                };
+                // A transfer in shows what came back; refused, what it asked for.
+                let (entity, shown) = match (t.inbound, ack.accepted) {
+                    (false, _) => ("transfer", Some(amount)),
+                    (true, true) => ("transfer_in", Some(amount)),
+                    (true, false) => ("transfer_in", t.amount),
+                };
+                let event = Event {
+                    user_id: Some(t.user_id.clone()),
+                    currency: Some(currency.code().to_owned()),
+                    amount: shown.map(|a| currency.format(a)),
+                    ..Event::new(entity, &command.id, status)
                 }
-            }
-        }
+                .with("provider", Some(&t.provider));
+                Ok(Ok(Ending {
+                    index,
+                    posting: format!("{}:{}", Self::NAME, command.key),
+                    from,
+                    take,
+                    to,
+                    amount,
+                    event,
+                    id: &command.id,
+                    status,
+                    reference: ack.provider_ref.as_deref(),
+                    reason: ack.reason.as_deref(),
+                }))
+            },
+        )?;
         answer::end(ctx, tx, endings, FINISH, outcomes).await
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::json;
-use testkit::commands::{ack, deposit, returned, transfer, transfer_in};
+use testkit::commands::{ack, returned, transfer, transfer_in};
 use testkit::{Proc, Reader, Received, TestEnv};
 
 const T: Duration = Duration::from_secs(60);
@@ -20,17 +20,8 @@ fn dec(s: &str) -> Decimal {
 /// `users` funded with `funds` USD each; deposit, transfer-out, transfer-in and provider-ack
 /// running with `extra`.
 async fn funded(extra: &[(&str, &str)], users: usize, funds: &str) -> (TestEnv, Reader, Vec<Proc>) {
-    let env = TestEnv::with_env(extra).await;
-    let procs = ["deposit", "transfer-out", "transfer-in", "provider-ack"]
-        .iter()
-        .map(|f| env.spawn(f, extra))
-        .collect();
-    let mut events = env.events().await;
-    let deposits = (0..users)
-        .map(|u| deposit(&format!("d-{u}"), &format!("u-{u}"), funds, "USD"))
-        .collect();
-    env.run_commands(&mut events, "deposit", deposits).await;
-    (env, events, procs)
+    let functions = ["transfer-out", "transfer-in", "provider-ack"];
+    TestEnv::funded(&functions, extra, users, funds).await
 }
 
 /// The platform account `purpose`'s balance: the sum of its postings.

@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use testkit::commands::deposit;
 use testkit::{Proc, Reader, Received, TestEnv};
 
 pub const T: Duration = Duration::from_secs(60);
@@ -16,17 +15,7 @@ pub async fn funded(
     users: usize,
     funds: &str,
 ) -> (TestEnv, Reader, Vec<Proc>) {
-    let env = TestEnv::with_env(extra).await;
-    let procs = vec![
-        env.spawn("deposit", extra),
-        env.spawn("transfer-out", extra),
-    ];
-    let mut events = env.events().await;
-    let deposits = (0..users)
-        .map(|u| deposit(&format!("d-{u}"), &format!("u-{u}"), funds, "USD"))
-        .collect();
-    env.run_commands(&mut events, "deposit", deposits).await;
-    (env, events, procs)
+    TestEnv::funded(&["transfer-out"], extra, users, funds).await
 }
 
 pub fn pending_ids(events: &Reader) -> HashSet<String> {
