@@ -30,6 +30,7 @@ pub mod names;
 pub mod nats_auth;
 pub mod outbox;
 pub mod runtime;
+pub mod saga;
 pub mod streams;
 pub mod sweeper;
 pub mod telemetry;

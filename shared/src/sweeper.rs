@@ -28,25 +28,7 @@ use crate::error::StepError;
 use crate::events::{Event, Status};
 use crate::metrics;
 use crate::outbox::{self, OutboxMessage};
-
-/// What the sweeper needs to know of one kind of saga.
-#[derive(Debug)]
-pub struct Saga {
-    /// Its rows' table, and which of them are this saga's (an SQL condition).
-    pub table: &'static str,
-    pub rows: &'static str,
-    /// The `entity` of its events, and the name of its rows in logs.
-    pub entity: &'static str,
-    /// The column naming the partner, and the event field that carries it.
-    pub partner: &'static str,
-    /// The status query's subject, `{partner}` standing for the partner's name.
-    pub status_subject: &'static str,
-    /// The status query's one field: the saga's id.
-    pub id_field: &'static str,
-    /// Counters: status queries published, sagas reported stuck.
-    pub queries_metric: &'static str,
-    pub stuck_metric: &'static str,
-}
+use crate::saga::Saga;
 
 /// The longest wait between two status queries of one saga (CONTRACT §5).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -54,20 +36,19 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Rows claimed per transaction.
 const LIMIT: i64 = 500;
 
-impl Saga {
-    /// Claims due rows and advances them in one statement. `$1` stuck-after, `$2` ack timeout,
-    /// `$3` the backoff cap, all in milliseconds. A row not stuck yet is next checked no later
-    /// than the moment it becomes stuck. `stuck_at = now()` holds only for rows this statement
-    /// marked: `now()` is the transaction's start, and earlier marks come from earlier
-    /// transactions.
-    fn advance(&self) -> String {
-        let Saga {
-            table,
-            rows,
-            partner,
-            ..
-        } = self;
-        format!(
+/// Claims due rows of `saga` and advances them in one statement. `$1` stuck-after, `$2` ack timeout,
+/// `$3` the backoff cap, all in milliseconds. A row not stuck yet is next checked no later
+/// than the moment it becomes stuck. `stuck_at = now()` holds only for rows this statement
+/// marked: `now()` is the transaction's start, and earlier marks come from earlier
+/// transactions.
+fn advance(saga: &Saga) -> String {
+    let Saga {
+        table,
+        rows,
+        partner,
+        ..
+    } = saga;
+    format!(
             "WITH due AS (
                 SELECT id FROM {table}
                 WHERE status = 'pending' AND next_check_at <= now() AND ({rows})
@@ -92,7 +73,6 @@ impl Saga {
             RETURNING t.id, t.user_id, t.{partner}, t.currency, t.amount, t.checks,
                       coalesce(t.stuck_at = now(), false)"
         )
-    }
 }
 
 /// Sweeps `saga` until `shutdown`, often enough for short test timeouts, at most every second.
@@ -107,7 +87,7 @@ pub async fn run(saga: &'static Saga, ctx: Arc<Context>, shutdown: CancellationT
         "Sagas reported stuck: no answer from their partner after TRANSFER_STUCK_AFTER",
     );
     let interval = (ctx.config.transfers.ack_timeout / 2).min(Duration::from_secs(1));
-    let advance = saga.advance();
+    let advance = advance(saga);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -182,7 +162,7 @@ async fn sweep(saga: &Saga, advance: &str, ctx: &Context) -> Result<usize, StepE
         let mut query = serde_json::Map::new();
         query.insert(saga.id_field.to_owned(), id.clone().into());
         messages.push(OutboxMessage::new(
-            saga.status_subject.replace("{partner}", &partner),
+            format!("{}.{partner}.status", saga.prefix),
             format!("{id}:status:{checks}"),
             &query,
         ));

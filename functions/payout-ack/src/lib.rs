@@ -26,7 +26,8 @@ use schemars::JsonSchema;
 use wallet_runtime::answer::{self, ACK_CONFLICT, Ending, PROVIDER_MISMATCH, SagaRow, Take};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Id, Interface};
-use wallet_runtime::sweeper::{self, Saga};
+use wallet_runtime::saga;
+use wallet_runtime::sweeper;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
     CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Status,
@@ -98,19 +99,6 @@ enum PayoutStatus {
     /// The provider refused: the held money returns to `main`.
     Declined,
 }
-
-/// Withdrawals, to the sweeper: `payout.<psp>.status` for one that waits too long for its
-/// answer, one `stuck` event for one that waits far too long.
-pub static WITHDRAWALS: Saga = Saga {
-    table: "withdrawals",
-    rows: "true",
-    entity: ENTITY,
-    partner: "psp",
-    status_subject: "payout.{partner}.status",
-    id_field: "withdraw_id",
-    queries_metric: "wallet_withdrawal_status_queries_total",
-    stuck_metric: "wallet_withdrawals_stuck_total",
-};
 
 /// `payout.<psp>.status` (CONTRACT §3): asks the payment provider to answer for a withdrawal.
 #[derive(Debug, JsonSchema)]
@@ -290,6 +278,6 @@ impl Function for PayoutAck {
         ctx: Arc<Context>,
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        sweeper::run(&WITHDRAWALS, ctx, shutdown)
+        sweeper::run(&saga::WITHDRAWALS, ctx, shutdown)
     }
 }

@@ -26,7 +26,8 @@ use wallet_runtime::answer::{self, Answer, Ending, SagaRow, Take};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Balance, Id, Interface, ProviderField};
 use wallet_runtime::money::{AmountError, parse_amount};
-use wallet_runtime::sweeper::{self, Saga};
+use wallet_runtime::saga::{self, Saga};
+use wallet_runtime::sweeper;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
     CancellationToken, Command, Context, Event, Function, Invalid, Outcome, Payload, Status,
@@ -107,32 +108,6 @@ enum AckStatus {
 }
 
 pub use wallet_runtime::answer::{ACK_CONFLICT, PROVIDER_MISMATCH};
-
-/// Transfers, to the sweeper: `provider.<provider>.status` for one that waits too long for its
-/// ack, one `stuck` event for one that waits far too long.
-pub static TRANSFERS: Saga = Saga {
-    table: "transfers",
-    rows: "direction = 'out'",
-    entity: "transfer",
-    partner: "provider",
-    status_subject: "provider.{partner}.status",
-    id_field: "transfer_id",
-    queries_metric: "wallet_transfer_status_queries_total",
-    stuck_metric: "wallet_transfers_stuck_total",
-};
-
-/// Transfers in, to the sweeper, as transfers out: the same status query, their own `stuck`
-/// events.
-pub static TRANSFERS_IN: Saga = Saga {
-    table: "transfers",
-    rows: "direction = 'in'",
-    entity: "transfer_in",
-    partner: "provider",
-    status_subject: "provider.{partner}.status",
-    id_field: "transfer_id",
-    queries_metric: "wallet_transfer_in_status_queries_total",
-    stuck_metric: "wallet_transfers_in_stuck_total",
-};
 
 /// `provider.<provider>.status` (CONTRACT §3): asks the provider to answer for a transfer.
 #[derive(Debug, JsonSchema)]
@@ -338,7 +313,8 @@ impl Function for ProviderAck {
         ctx: Arc<Context>,
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        static SAGAS: [&Saga; 2] = [&TRANSFERS, &TRANSFERS_IN];
+        // Both directions share their table, messages and answers; each has its own events.
+        static SAGAS: [&Saga; 2] = [&saga::TRANSFERS, &saga::TRANSFERS_IN];
         sweeper::run_all(&SAGAS, ctx, shutdown)
     }
 }

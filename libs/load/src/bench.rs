@@ -11,11 +11,12 @@ use crate::report::Report;
 use crate::results::{self, Failure, Provenance};
 
 /// The profiles of `make bench`, in the order the results list them.
-pub const PROFILES: [&str; 11] = [
+pub const PROFILES: [&str; 12] = [
     "deposit-max",
     "per-message",
     "deposit-peak",
     "mixed-peak",
+    "mixed-all-peak",
     "flash-bonus",
     "quiet",
     "history-fresh",

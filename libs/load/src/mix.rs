@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// The kinds of command a run mixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Deposit,
     Transfer,

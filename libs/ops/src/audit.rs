@@ -8,6 +8,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use wallet_runtime::Config;
+use wallet_runtime::saga::{self, Saga};
 
 /// One invariant and what was found.
 #[derive(Debug, Serialize)]
@@ -67,62 +68,26 @@ impl fmt::Display for Report {
     }
 }
 
-/// A saga that parks money in a user wallet while it waits for a partner's answer: its first
-/// step posts `<first>:<id>` (two legs: `main` debited, the parked wallet credited), the answer
-/// that ends it `<answer>:<partner>:<id>:<answer's status>`: one debit of the parked wallet, and
-/// its credit to a user wallet (or, summed with the transaction's others, a platform account).
-struct Saga {
-    table: &'static str,
-    /// Which rows of `table` are this saga's (an SQL condition on its columns).
-    rows: &'static str,
-    noun: &'static str,
-    /// The column naming the partner, which is the parked wallet's `provider`.
-    partner: &'static str,
-    parked: &'static str,
-    first: &'static str,
-    answer: &'static str,
-    /// Each final status of the saga's row, with the answer's status that ends it so.
-    ends: [(&'static str, &'static str); 2],
-}
-
-const SAGAS: [Saga; 2] = [
-    Saga {
-        table: "transfers",
-        rows: "direction = 'out'",
-        noun: "transfer",
-        partner: "provider",
-        parked: "in_transit",
-        first: "transfer-out",
-        answer: "provider-ack",
-        ends: [("completed", "accepted"), ("failed", "rejected")],
-    },
-    Saga {
-        table: "withdrawals",
-        rows: "true",
-        noun: "withdrawal",
-        partner: "psp",
-        parked: "held",
-        first: "withdraw",
-        answer: "payout-ack",
-        ends: [("paid", "paid"), ("declined", "declined")],
-    },
-];
-
-impl Saga {
-    /// The parked wallets match the open sagas; each saga moved its amount once at its start and
-    /// once at its end, as its status says.
-    fn checks(&self) -> [(String, String); 3] {
-        let Saga {
-            table,
-            rows,
-            noun,
-            partner,
-            parked,
-            first,
-            answer,
-            ends: [(s0, a0), (_, a1)],
-        } = self;
-        [
+/// A saga that parks money in a user wallet while it waits for its partner's answer (`parked`):
+/// its first step posts `<first>:<id>` (two legs: `main` debited, the parked wallet credited), the
+/// answer that ends it `<answer>:<partner>:<id>:<answer's status>`: one debit of the parked
+/// wallet, and its credit to a user wallet (or, summed with the transaction's others, a platform
+/// account). The parked wallets match the open sagas; each saga moved its amount once at its
+/// start and once at its end, as its status says.
+fn saga_checks(saga: &Saga) -> Option<[(String, String); 3]> {
+    let Saga {
+        table,
+        rows,
+        entity: noun,
+        partner,
+        first,
+        answer,
+        ends: (s0, _),
+        answers: (a0, a1),
+        ..
+    } = saga;
+    let parked = saga.parked?;
+    Some([
             (
                 format!("every {parked} amount equals the sum of its pending {table}"),
                 format!(
@@ -170,8 +135,7 @@ impl Saga {
                                     OR f.ack <> CASE t.status WHEN '{s0}' THEN '{a0}' ELSE '{a1}' END)"
                 ),
             ),
-        ]
-    }
+        ])
 }
 
 /// Each check is one query returning one row per breach, described as text.
@@ -338,7 +302,12 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
     report.notes.push(format!(
         "checked {wallets} wallets, {postings} postings, {commands} commands, {transfers} transfers ({pending} pending); {outbox} message(s) waiting in the outbox"
     ));
-    let sagas = SAGAS.iter().flat_map(Saga::checks);
+    // Collected: no closure is held across the awaits below (the audit runs in spawned tasks).
+    let sagas: Vec<(String, String)> = saga::ALL
+        .iter()
+        .filter_map(|s| saga_checks(s))
+        .flatten()
+        .collect();
     let checks = CHECKS.iter().map(|(n, q)| (n.to_string(), q.to_string()));
     for (name, sql) in checks.chain(sagas) {
         let breaches = pg

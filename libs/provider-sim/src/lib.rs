@@ -3,11 +3,12 @@
 //!
 //! It reads `provider.<provider>.transfer`, `.withdraw` and `.status` (its own durable consumer
 //! `provider-sim` on `PROVIDER_REQUESTS`) and answers on `provider.<provider>.ack` with
-//! `Nats-Msg-Id: <provider>:<transfer_id>:<status>`, as a provider's adapter does. An accepted
+//! `Nats-Msg-Id: <provider>:<transfer_id>:<status>`, as a provider's adapter does: every saga of
+//! `wallet_runtime::saga` whose requests a stream carries, as the saga describes them. An accepted
 //! transfer in returns the amount asked for, or, asked for everything, a whole amount from 0 to
 //! 99 drawn for the transfer (what the player has left after playing); it keeps no books, so a
 //! status query answers every transfer with that drawn amount (ignored for a transfer out). And the same
-//! for payouts ([`PAYMENTS`]: `payout.<psp>.request` and `.status` on `PAYOUT_REQUESTS`, answered
+//! for payouts (`payout.<psp>.request` and `.status` on `PAYOUT_REQUESTS`, answered
 //! `paid` or `declined` on `payout.<psp>.ack`). Every decision is drawn from a hash of `--seed`
 //! and the saga's id, so a transfer or a withdrawal gets the same answer every time it is asked
 //! (a status query repeats the first answer) and a run can be replayed.
@@ -34,51 +35,11 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use wallet_runtime::Config;
 use wallet_runtime::names::Names;
+use wallet_runtime::saga::{self, Saga};
 use wallet_runtime::trace::TRACEPARENT;
 
 /// In-flight requests (each one a task waiting out its latency).
 const IN_FLIGHT: usize = 10_000;
-
-/// How one kind of partner is asked and answers.
-#[derive(Debug)]
-pub struct Protocol {
-    /// The stream of requests and status queries.
-    pub stream: &'static str,
-    /// `<prefix>.<partner>.<request>` asks, `<prefix>.<partner>.status` queries,
-    /// `<prefix>.<partner>.ack` answers.
-    pub prefix: &'static str,
-    pub request: &'static str,
-    /// `<prefix>.<partner>.<returns>` asks for money back (game providers: a transfer in).
-    pub returns: Option<&'static str>,
-    /// The saga's id in every message.
-    pub id_field: &'static str,
-    /// The answer's statuses: the positive one, the negative one.
-    pub statuses: (&'static str, &'static str),
-    /// The field with the partner's own reference.
-    pub ref_field: &'static str,
-}
-
-/// The game providers: transfers.
-pub const GAME: Protocol = Protocol {
-    stream: "PROVIDER_REQUESTS",
-    prefix: "provider",
-    request: "transfer",
-    returns: Some("withdraw"),
-    id_field: "transfer_id",
-    statuses: ("accepted", "rejected"),
-    ref_field: "provider_ref",
-};
-
-/// The payment providers: withdrawals.
-pub const PAYMENTS: Protocol = Protocol {
-    stream: "PAYOUT_REQUESTS",
-    prefix: "payout",
-    request: "request",
-    returns: None,
-    id_field: "withdraw_id",
-    statuses: ("paid", "declined"),
-    ref_field: "psp_ref",
-};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimOptions {
@@ -167,15 +128,18 @@ pub fn contradicts(opts: &SimOptions, transfer: &str) -> bool {
     opts.contradict > 0.0 && draw(opts.seed, "contradict", transfer) < opts.contradict
 }
 
+/// The simulator of one stream of requests: its sagas share their prefix, id field, answers and
+/// reference field (game providers: transfers out and in; payment providers: withdrawals).
 struct Sim {
-    protocol: &'static Protocol,
+    sagas: Vec<&'static Saga>,
     opts: SimOptions,
     js: jetstream::Context,
     names: Names,
     stats: Arc<Stats>,
 }
 
-/// Runs until `shutdown`, then finishes the requests in flight: both protocols, one stats.
+/// Runs until `shutdown`, then finishes the requests in flight: every stream of requests, one
+/// stats.
 pub async fn run(
     config: &Config,
     opts: SimOptions,
@@ -183,14 +147,27 @@ pub async fn run(
 ) -> anyhow::Result<Arc<Stats>> {
     let js = jetstream::new(wallet_ops::nats(config).await?);
     let stats = Arc::new(Stats::default());
-    let sims = [&GAME, &PAYMENTS].map(|protocol| Sim {
-        protocol,
-        opts: opts.clone(),
-        js: js.clone(),
-        names: config.names.clone(),
-        stats: stats.clone(),
-    });
-    let [game, payments] = sims;
+    let mut streams: Vec<&str> = saga::ALL.iter().map(|s| s.requests).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    // Collected: the futures own what they use, so the whole is Send for any caller.
+    let sims: Vec<_> = streams
+        .into_iter()
+        .map(|stream| {
+            let sim = Sim {
+                sagas: saga::ALL
+                    .iter()
+                    .copied()
+                    .filter(|s| s.requests == stream)
+                    .collect(),
+                opts: opts.clone(),
+                js: js.clone(),
+                names: config.names.clone(),
+                stats: stats.clone(),
+            };
+            Arc::new(sim).serve(shutdown.clone())
+        })
+        .collect();
     let report = async {
         let mut every = tokio::time::interval(Duration::from_secs(5));
         let mut reported = String::new();
@@ -206,17 +183,18 @@ pub async fn run(
             }
         }
     };
-    tokio::try_join!(
-        Arc::new(game).serve(shutdown.clone()),
-        Arc::new(payments).serve(shutdown.clone()),
-        report
-    )?;
+    tokio::try_join!(futures::future::try_join_all(sims), report)?;
     Ok(stats)
 }
 
 impl Sim {
+    /// What its sagas share.
+    fn first(&self) -> &'static Saga {
+        self.sagas[0]
+    }
+
     async fn serve(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let stream_name = self.protocol.stream;
+        let stream_name = self.first().requests;
         let stream = self
             .js
             .get_stream(self.names.name(stream_name))
@@ -263,7 +241,7 @@ impl Sim {
     }
 
     async fn answer(&self, message: jetstream::Message) {
-        let p = self.protocol;
+        let p = self.first();
         let subject = self.names.strip(&message.subject).to_owned();
         let payload = serde_json::from_slice::<serde_json::Value>(&message.payload).ok();
         let field = |name: &str| {
@@ -288,16 +266,18 @@ impl Sim {
             .and_then(|h| h.get(TRACEPARENT))
             .map(|v| v.as_str().to_owned());
         let trace = trace.as_deref();
-        let result = match kind {
-            k if k == p.request => self.transfer(provider, &transfer, None, trace).await,
-            k if Some(k) == p.returns => {
+        let asked = self.sagas.iter().find(|s| s.request == kind);
+        let result = match asked {
+            Some(s) if s.returns => {
                 let amount = field("amount").unwrap_or_else(|| self.left(&transfer));
                 self.transfer(provider, &transfer, Some(&amount), trace)
                     .await
             }
-            _ => {
+            Some(_) => self.transfer(provider, &transfer, None, trace).await,
+            None => {
                 self.stats.status_queries.fetch_add(1, Ordering::Relaxed);
-                let amount = p.returns.map(|_| self.left(&transfer));
+                let returns = self.sagas.iter().any(|s| s.returns);
+                let amount = returns.then(|| self.left(&transfer));
                 self.ack(
                     provider,
                     &transfer,
@@ -379,8 +359,8 @@ impl Sim {
         id_suffix: &str,
         trace: Option<&str>,
     ) -> anyhow::Result<()> {
-        let p = self.protocol;
-        let status = if accepted { p.statuses.0 } else { p.statuses.1 };
+        let p = self.first();
+        let status = if accepted { p.answers.0 } else { p.answers.1 };
         let mut payload = serde_json::json!({
             p.id_field: transfer,
             "status": status,
