@@ -168,6 +168,16 @@ async fn a_withdrawal_is_held_asked_for_and_settled_once_by_its_answer() {
     assert_eq!(paid_out, "30.5");
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
+    // A paid withdrawal whose row says more than was paid out: the payouts account is not
+    // explained by it.
+    pg.execute("UPDATE withdrawals SET amount = 31 WHERE id = 'w-1'", &[])
+        .await
+        .unwrap();
+    let report = env.audit().await.to_string();
+    assert!(
+        report.contains("payouts:bank USD: posted 30.5, paid withdrawals 31"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

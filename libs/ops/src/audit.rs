@@ -246,6 +246,20 @@ const CHECKS: &[(&str, &str)] = &[
          WHERE coalesce(x.total, 0) <> coalesce(e.total, 0)",
     ),
     (
+        "every payment provider's payouts account is what its paid withdrawals paid out",
+        "WITH expected AS (
+             SELECT 'payouts:' || psp AS purpose, currency, sum(amount) AS total
+             FROM withdrawals WHERE status = 'paid' GROUP BY 1, 2),
+         posted AS (
+             SELECT a.provider AS purpose, a.currency, coalesce(sum(p.amount), 0) AS total
+             FROM accounts a LEFT JOIN postings p ON p.account_id = a.id
+             WHERE a.kind = 'platform' AND a.provider LIKE 'payouts:%' GROUP BY 1, 2)
+         SELECT coalesce(x.purpose, e.purpose) || ' ' || coalesce(x.currency, e.currency) || ': posted '
+                || coalesce(x.total, 0) || ', paid withdrawals ' || coalesce(e.total, 0)
+         FROM posted x FULL JOIN expected e ON (x.purpose, x.currency) = (e.purpose, e.currency)
+         WHERE coalesce(x.total, 0) <> coalesce(e.total, 0)",
+    ),
+    (
         "every campaign's totals equal its grants and stay within its budget",
         "SELECT c.id || ': granted ' || c.granted || ' in ' || c.grants || ' grant(s); grants sum to '
                 || coalesce(g.total, 0) || ' in ' || coalesce(g.n, 0) || '; budget ' || c.budget
