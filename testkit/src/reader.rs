@@ -116,18 +116,38 @@ impl Reader {
         what: &str,
         done: impl Fn(&[Received]) -> bool,
     ) -> &[Received] {
+        if let Err(e) = self.try_until(limit, what, done).await {
+            panic!("{e}");
+        }
+        &self.seen
+    }
+
+    /// Reads until `done(seen)` holds; after `limit`, says what it waited for and read (for a
+    /// test that has more to show before it fails).
+    pub async fn try_until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Result<&[Received], String> {
         let deadline = tokio::time::Instant::now() + limit;
         while !done(&self.seen) {
             match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
                 Ok(Some(m)) => self.keep(m),
-                Ok(None) => panic!("the reader's stream ended while waiting for {what}"),
-                Err(_) => panic!(
-                    "timed out after {limit:?} waiting for {what}; read {} message(s)",
-                    self.seen.len()
-                ),
+                Ok(None) => {
+                    return Err(format!(
+                        "the reader's stream ended while waiting for {what}"
+                    ));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "timed out after {limit:?} waiting for {what}; read {} message(s)",
+                        self.seen.len()
+                    ));
+                }
             }
         }
-        &self.seen
+        Ok(&self.seen)
     }
 
     /// Reads whatever arrives within `d`.
