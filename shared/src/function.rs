@@ -72,22 +72,36 @@ impl From<Event> for Invalid {
 pub fn currency_and_amount(
     ctx: &Context,
     p: &Payload,
-    mut rejection: Event,
+    rejection: Event,
 ) -> Result<(Currency, rust_decimal::Decimal), Invalid> {
-    let Some(currency) = p
-        .get("currency")
-        .and_then(|c| c.as_str())
-        .and_then(|c| ctx.config.currencies.get(c))
-    else {
-        rejection.reason = Some(Reason::UNKNOWN_CURRENCY);
-        return Err(rejection.into());
-    };
+    let (currency, mut rejection) = currency_of(ctx, p, rejection)?;
     let Ok(amount) = parse_amount(p.get("amount"), currency) else {
         rejection.reason = Some(Reason::INVALID_AMOUNT);
         rejection.currency = Some(currency.code().to_owned());
         return Err(rejection.into());
     };
     Ok((currency, amount))
+}
+
+/// Reads a payload's `currency`, one of the configured ones, or returns `rejection` with
+/// `unknown_currency`; gives `rejection` back for the fields that follow.
+#[allow(clippy::result_large_err)]
+pub fn currency_of(
+    ctx: &Context,
+    p: &Payload,
+    mut rejection: Event,
+) -> Result<(Currency, Event), Invalid> {
+    match p
+        .get("currency")
+        .and_then(|c| c.as_str())
+        .and_then(|c| ctx.config.currencies.get(c))
+    {
+        Some(currency) => Ok((currency, rejection)),
+        None => {
+            rejection.reason = Some(Reason::UNKNOWN_CURRENCY);
+            Err(rejection.into())
+        }
+    }
 }
 
 /// The fields of a command that moves a user's money through a partner (a transfer to a game

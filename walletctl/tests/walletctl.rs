@@ -433,6 +433,31 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
             Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
         );
     }
+
+    // A database set up before transfers in (V10): provider-ack's old policy let it create no
+    // platform account. Setup replaces it, and its answers to transfers in can post.
+    let platform = "INSERT INTO accounts (owner, kind, provider, currency)
+                    VALUES ('', 'platform', 'game-results:alpha', 'USD')";
+    owner
+        .batch_execute(
+            r#"DROP POLICY "creates_provider-ack" ON accounts;
+               CREATE POLICY "creates_provider-ack" ON accounts FOR INSERT TO wallet_provider_ack
+                   WITH CHECK (kind = ANY ('{main,in_transit,game}'))"#,
+        )
+        .await
+        .unwrap();
+    refused(
+        as_role("wallet_provider_ack")
+            .await
+            .execute(platform, &[])
+            .await,
+    );
+    owner.batch_execute(wallet_ops::setup::ROLES).await.unwrap();
+    as_role("wallet_provider_ack")
+        .await
+        .execute(platform, &[])
+        .await
+        .unwrap();
 }
 
 /// `walletctl publish` and `walletctl balance`: what the README's "try it" uses instead of the

@@ -248,9 +248,18 @@ impl Function for ProviderAck {
                 let main = WalletKey::main(&t.user_id, currency);
                 let in_transit =
                     WalletKey::user(&t.user_id, Kind::InTransit, &t.provider, currency);
-                let (from, take, to, amount) = match (t.inbound, ack.accepted) {
-                    (false, true) => (in_transit, Take::Amount, game, t.amount),
-                    (false, false) => (in_transit, Take::Amount, main, t.amount),
+                // The event shows what moved; a refused transfer in, what it asked for.
+                let (from, take, to, amount, shown) = match (t.inbound, ack.accepted) {
+                    (false, accepted) => {
+                        let amount = t.amount.ok_or_else(|| {
+                            StepError::permanent(format!(
+                                "{}: a transfer out without an amount",
+                                command.id
+                            ))
+                        })?;
+                        let to = if accepted { game } else { main };
+                        (in_transit, Take::Amount, to, amount, Some(amount))
+                    }
                     (true, true) => {
                         let returned = match parse_amount(ack.amount.as_ref(), currency) {
                             Ok(a) => a,
@@ -261,33 +270,26 @@ impl Function for ProviderAck {
                             up_to: t.amount.map(|_| returned),
                             difference: WalletKey::platform(&game_results(&t.provider), currency),
                         };
-                        (game, take, main, Some(returned))
+                        (game, take, main, returned, Some(returned))
                     }
                     // Nothing moves: an ending of nothing, for the event and the row.
-                    (true, false) => (game, Take::Amount, main, Some(Decimal::ZERO)),
+                    (true, false) => (game, Take::Amount, main, Decimal::ZERO, t.amount),
                 };
-                let amount = amount.ok_or_else(|| {
-                    StepError::permanent(format!(
-                        "{}: a transfer out without an amount",
-                        command.id
-                    ))
-                })?;
                 let status = if ack.accepted {
                     Status::COMPLETED
                 } else {
                     Status::FAILED
                 };
-                // A transfer in shows what came back; refused, what it asked for.
-                let (entity, shown) = match (t.inbound, ack.accepted) {
-                    (false, _) => ("transfer", Some(amount)),
-                    (true, true) => ("transfer_in", Some(amount)),
-                    (true, false) => ("transfer_in", t.amount),
+                let saga = if t.inbound {
+                    &saga::TRANSFERS_IN
+                } else {
+                    &saga::TRANSFERS
                 };
                 let event = Event {
                     user_id: Some(t.user_id.clone()),
                     currency: Some(currency.code().to_owned()),
                     amount: shown.map(|a| currency.format(a)),
-                    ..Event::new(entity, &command.id, status)
+                    ..Event::new(saga.entity, &command.id, status)
                 }
                 .with("provider", Some(&t.provider));
                 Ok(Ok(Ending {

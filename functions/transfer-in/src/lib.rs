@@ -13,7 +13,7 @@
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::Serialize;
-use wallet_runtime::function::{Transaction, currency_and_amount, partner_of};
+use wallet_runtime::function::{Transaction, currency_and_amount, currency_of, partner_of};
 use wallet_runtime::interface::{
     Amount, Balance, CurrencyCode, Id, Interface, Provider, ProviderField,
 };
@@ -104,18 +104,7 @@ impl Function for TransferIn {
             ("provider", &ctx.config.providers, Reason::UNKNOWN_PROVIDER),
         )?;
         let (currency, amount) = if p.get("amount").is_none_or(|a| a.is_null()) {
-            let Some(currency) = p
-                .get("currency")
-                .and_then(|c| c.as_str())
-                .and_then(|c| ctx.config.currencies.get(c))
-            else {
-                let rejection = Event {
-                    reason: Some(Reason::UNKNOWN_CURRENCY),
-                    ..rejection
-                };
-                return Err(rejection.into());
-            };
-            (currency, None)
+            (currency_of(ctx, p, rejection)?.0, None)
         } else {
             let (currency, amount) = currency_and_amount(ctx, p, rejection)?;
             (currency, Some(amount))

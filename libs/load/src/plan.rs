@@ -228,20 +228,14 @@ impl Plan {
         let body = match (kind, broken) {
             (_, Broken::NotJson) => format!(r#"{{"{}":"{id}", "#, kind.id_field()),
             (Kind::Deposit, _) => {
-                let amount = match broken {
-                    Broken::No => format!("\"{}\"", cents(self.deposit_cents(i))),
-                    _ => cents(self.deposit_cents(i)),
-                };
+                let amount = amount_json(broken, self.deposit_cents(i));
                 format!(
                     r#"{{"deposit_id":"{id}","user_id":"{}","amount":{amount},"currency":"USD"}}"#,
                     self.user(i)
                 )
             }
             (Kind::Transfer, _) => {
-                let amount = match broken {
-                    Broken::No => format!("\"{}\"", cents(self.transfer_cents(i))),
-                    _ => cents(self.transfer_cents(i)),
-                };
+                let amount = amount_json(broken, self.transfer_cents(i));
                 format!(
                     r#"{{"transfer_id":"{id}","user_id":"{}","provider":"{}","amount":{amount},"currency":"USD"}}"#,
                     self.user(i),
@@ -249,10 +243,7 @@ impl Plan {
                 )
             }
             (Kind::Withdraw, _) => {
-                let amount = match broken {
-                    Broken::No => format!("\"{}\"", cents(self.withdraw_cents(i))),
-                    _ => cents(self.withdraw_cents(i)),
-                };
+                let amount = amount_json(broken, self.withdraw_cents(i));
                 format!(
                     r#"{{"withdraw_id":"{id}","user_id":"{}","psp":"{}","amount":{amount},"currency":"USD"}}"#,
                     self.user(i),
@@ -261,9 +252,8 @@ impl Plan {
             }
             (Kind::TransferIn, _) => {
                 let amount = match (broken, self.transfer_in_cents(i)) {
-                    (Broken::No, Some(c)) => format!("\"{}\"", cents(c)),
                     (Broken::No, None) => "null".into(),
-                    (_, c) => cents(c.unwrap_or(1)),
+                    (_, c) => amount_json(broken, c.unwrap_or(1)),
                 };
                 format!(
                     r#"{{"transfer_id":"{id}","user_id":"{}","provider":"{}","currency":"USD","amount":{amount}}}"#,
@@ -328,6 +318,14 @@ impl Plan {
             }
             (Kind::Bonus, Broken::No) => Expect::GrantedOrExhausted,
         }
+    }
+}
+
+/// An amount as a command carries it: a JSON string, or, broken, a JSON number (`invalid_amount`).
+fn amount_json(broken: Broken, c: u64) -> String {
+    match broken {
+        Broken::No => format!("\"{}\"", cents(c)),
+        _ => cents(c),
     }
 }
 

@@ -138,6 +138,48 @@ fn saga_checks(saga: &Saga) -> Option<[(String, String); 3]> {
         ])
 }
 
+/// Platform accounts that answers post to, each explained by its sagas' rows: the check's name,
+/// the accounts' purpose prefix, what the rows say each account holds (purpose, currency,
+/// total), and how a breach names that.
+const EXPLAINED: [(&str, &str, &str, &str); 2] = [
+    (
+        "every provider's game-results account is what its completed transfers in took beyond what they returned",
+        "game-results:",
+        "SELECT 'game-results:' || provider, currency, sum(taken - returned) FROM transfers
+         WHERE direction = 'in' AND status = 'completed' GROUP BY 1, 2",
+        "transfers in explain",
+    ),
+    (
+        "every payment provider's payouts account is what its paid withdrawals paid out",
+        "payouts:",
+        "SELECT 'payouts:' || psp, currency, sum(amount) FROM withdrawals WHERE status = 'paid'
+         GROUP BY 1, 2",
+        "paid withdrawals",
+    ),
+];
+
+fn explained_checks() -> Vec<(String, String)> {
+    EXPLAINED
+        .iter()
+        .map(|(name, prefix, expected, label)| {
+        (
+            (*name).to_owned(),
+            format!(
+                "WITH expected (purpose, currency, total) AS ({expected}),
+                 posted AS (
+                     SELECT a.provider AS purpose, a.currency, coalesce(sum(p.amount), 0) AS total
+                     FROM accounts a LEFT JOIN postings p ON p.account_id = a.id
+                     WHERE a.kind = 'platform' AND starts_with(a.provider, '{prefix}') GROUP BY 1, 2)
+                 SELECT coalesce(x.purpose, e.purpose) || ' ' || coalesce(x.currency, e.currency)
+                        || ': posted ' || coalesce(x.total, 0) || ', {label} ' || coalesce(e.total, 0)
+                 FROM posted x FULL JOIN expected e ON (x.purpose, x.currency) = (e.purpose, e.currency)
+                 WHERE coalesce(x.total, 0) <> coalesce(e.total, 0)"
+            ),
+        )
+    })
+        .collect()
+}
+
 /// Each check is one query returning one row per breach, described as text.
 const CHECKS: &[(&str, &str)] = &[
     (
@@ -232,34 +274,6 @@ const CHECKS: &[(&str, &str)] = &[
          WHERE coalesce(w.balance, 0) <> coalesce(e.total, 0)",
     ),
     (
-        "every provider's game-results account is what its completed transfers in took beyond what they returned",
-        "WITH expected AS (
-             SELECT 'game-results:' || provider AS purpose, currency, sum(taken - returned) AS total
-             FROM transfers WHERE direction = 'in' AND status = 'completed' GROUP BY 1, 2),
-         posted AS (
-             SELECT a.provider AS purpose, a.currency, coalesce(sum(p.amount), 0) AS total
-             FROM accounts a LEFT JOIN postings p ON p.account_id = a.id
-             WHERE a.kind = 'platform' AND a.provider LIKE 'game-results:%' GROUP BY 1, 2)
-         SELECT coalesce(x.purpose, e.purpose) || ' ' || coalesce(x.currency, e.currency) || ': posted '
-                || coalesce(x.total, 0) || ', transfers in explain ' || coalesce(e.total, 0)
-         FROM posted x FULL JOIN expected e ON (x.purpose, x.currency) = (e.purpose, e.currency)
-         WHERE coalesce(x.total, 0) <> coalesce(e.total, 0)",
-    ),
-    (
-        "every payment provider's payouts account is what its paid withdrawals paid out",
-        "WITH expected AS (
-             SELECT 'payouts:' || psp AS purpose, currency, sum(amount) AS total
-             FROM withdrawals WHERE status = 'paid' GROUP BY 1, 2),
-         posted AS (
-             SELECT a.provider AS purpose, a.currency, coalesce(sum(p.amount), 0) AS total
-             FROM accounts a LEFT JOIN postings p ON p.account_id = a.id
-             WHERE a.kind = 'platform' AND a.provider LIKE 'payouts:%' GROUP BY 1, 2)
-         SELECT coalesce(x.purpose, e.purpose) || ' ' || coalesce(x.currency, e.currency) || ': posted '
-                || coalesce(x.total, 0) || ', paid withdrawals ' || coalesce(e.total, 0)
-         FROM posted x FULL JOIN expected e ON (x.purpose, x.currency) = (e.purpose, e.currency)
-         WHERE coalesce(x.total, 0) <> coalesce(e.total, 0)",
-    ),
-    (
         "every campaign's totals equal its grants and stay within its budget",
         "SELECT c.id || ': granted ' || c.granted || ' in ' || c.grants || ' grant(s); grants sum to '
                 || coalesce(g.total, 0) || ' in ' || coalesce(g.n, 0) || '; budget ' || c.budget
@@ -323,7 +337,7 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
         .flatten()
         .collect();
     let checks = CHECKS.iter().map(|(n, q)| (n.to_string(), q.to_string()));
-    for (name, sql) in checks.chain(sagas) {
+    for (name, sql) in checks.chain(explained_checks()).chain(sagas) {
         let breaches = pg
             .query(&sql, &[])
             .await?
