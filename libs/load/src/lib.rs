@@ -176,8 +176,7 @@ async fn fund(js: &jetstream::Context, plan: &Plan, timeout: Duration) -> anyhow
                     "{done} of {users} funding deposits completed within {timeout:?}: is `deposit` running?"
                 )
             })?
-            .context("the events consumer ended")?
-            .map_err(|e| anyhow::anyhow!("reading events: {e}"))?;
+            .context("the events follower ended")?;
         let ours = m
             .headers
             .as_ref()

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
@@ -145,30 +145,19 @@ impl Tracker {
         let mut events =
             wallet_client::follow(js, names, "WALLET_EVENTS", "wallet.events.>", new()).await?;
         let mut dead = wallet_client::follow(js, names, "DLQ", "dlq.>", new()).await?;
-        // An ordered consumer reports a lost connection or a restarted server as an error and
-        // recreates itself from the last message it delivered on the next read: read on (a
-        // short pause keeps an outage from spinning). What it could never deliver shows as
-        // missing outcomes in the verification.
-        let pause = || tokio::time::sleep(Duration::from_millis(100));
+        // The followers wait out lost connections and restarted servers themselves; what they
+        // could never deliver shows as missing outcomes in the verification.
         Ok(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return Ok(self),
                     m = events.next() => match m {
-                        Some(Ok(m)) => self.event(&m),
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "reading events; again");
-                            pause().await;
-                        }
-                        None => anyhow::bail!("the events consumer ended"),
+                        Some(m) => self.event(&m),
+                        None => anyhow::bail!("the events follower ended"),
                     },
                     m = dead.next() => match m {
-                        Some(Ok(m)) => self.dead_letter(&m),
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "reading dead letters; again");
-                            pause().await;
-                        }
-                        None => anyhow::bail!("the dead-letter consumer ended"),
+                        Some(m) => self.dead_letter(&m),
+                        None => anyhow::bail!("the dead-letter follower ended"),
                     },
                 }
             }
