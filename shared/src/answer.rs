@@ -187,7 +187,7 @@ pub enum Take {
 
 /// Posts every ending in one book, then runs `finish` over their rows (`$1` ids, `$2` statuses,
 /// `$3` references, `$4` reasons, `$5` the amounts that arrived, `$6` the amounts taken from the
-/// parked wallets), in the batch's transaction. Returns the batch's outcomes: each ending's at
+/// parked wallets; it may leave out those it has no use for), in the batch's transaction. Returns the batch's outcomes: each ending's at
 /// its index, `decided` for the others (a repeat without an outcome of its own is done). An
 /// event's balance is the wallet the money went to, or the parked wallet when it left the
 /// platform. A leg of zero is not posted.
@@ -261,8 +261,24 @@ pub async fn end(
             amounts,
             taken,
         } = &rows;
+        // Typed, so that a finish may leave out the columns its table has no place for.
+        use tokio_postgres::types::Type;
+        let (text, numeric) = (Type::TEXT_ARRAY, Type::NUMERIC_ARRAY);
+        let finish = tx
+            .prepare_typed_cached(
+                finish,
+                &[
+                    text.clone(),
+                    text.clone(),
+                    text.clone(),
+                    text,
+                    numeric.clone(),
+                    numeric,
+                ],
+            )
+            .await?;
         tx.execute(
-            finish,
+            &finish,
             &[ids, statuses, references, reasons, amounts, taken],
         )
         .await?;

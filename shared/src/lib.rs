@@ -36,6 +36,7 @@ pub mod sweeper;
 pub mod telemetry;
 pub mod text;
 pub mod trace;
+pub mod transfers;
 pub mod wallet;
 
 /// The allocator every function binary installs (`#[global_allocator]` in its `main.rs`; the

@@ -36,7 +36,46 @@ pub struct Saga {
     /// Counters: status queries published, sagas reported stuck.
     pub queries_metric: &'static str,
     pub stuck_metric: &'static str,
+    /// The platform account its positive answers post to (`None`: only user wallets).
+    pub platform: Option<&'static Platform>,
 }
+
+/// Platform accounts, one per partner and currency (`<purpose>:<partner>`), that a saga's
+/// positive answers post to; the audit explains each by the saga's finished rows.
+#[derive(Debug)]
+pub struct Platform {
+    pub purpose: &'static str,
+    /// What one row that ended positively adds to its account: an SQL expression on the saga's
+    /// table.
+    pub per_row: &'static str,
+    /// The audit's check, and how its breaches name what the rows say.
+    pub check: &'static str,
+    pub explained_by: &'static str,
+}
+
+impl Platform {
+    /// The account's purpose for `partner` (a [`crate::wallet::WalletKey::platform`]).
+    pub fn account(&self, partner: &str) -> String {
+        format!("{}:{partner}", self.purpose)
+    }
+}
+
+/// What players won (negative) or lost at a game provider: a transfer in's game wallet gives up
+/// what it held, the provider returns what the player has left.
+pub static GAME_RESULTS: Platform = Platform {
+    purpose: "game-results",
+    per_row: "taken - returned",
+    check: "every provider's game-results account is what its completed transfers in took beyond what they returned",
+    explained_by: "transfers in explain",
+};
+
+/// What left the platform through a payment provider.
+pub static PAYOUTS: Platform = Platform {
+    purpose: "payouts",
+    per_row: "amount",
+    check: "every payment provider's payouts account is what its paid withdrawals paid out",
+    explained_by: "paid withdrawals",
+};
 
 /// Transfers to a game provider's wallet.
 pub static TRANSFERS: Saga = TRANSFERS_OUT;
@@ -59,6 +98,7 @@ const TRANSFERS_OUT: Saga = Saga {
     parked: Some("in_transit"),
     queries_metric: "wallet_transfer_status_queries_total",
     stuck_metric: "wallet_transfers_stuck_total",
+    platform: None,
 };
 
 /// Transfers back from a game provider: the same table, messages and answers as transfers out.
@@ -71,6 +111,7 @@ pub static TRANSFERS_IN: Saga = Saga {
     parked: None,
     queries_metric: "wallet_transfer_in_status_queries_total",
     stuck_metric: "wallet_transfers_in_stuck_total",
+    platform: Some(&GAME_RESULTS),
     ..TRANSFERS_OUT
 };
 
@@ -93,6 +134,7 @@ pub static WITHDRAWALS: Saga = Saga {
     parked: Some("held"),
     queries_metric: "wallet_withdrawal_status_queries_total",
     stuck_metric: "wallet_withdrawals_stuck_total",
+    platform: Some(&PAYOUTS),
 };
 
 /// Every saga.

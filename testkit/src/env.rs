@@ -384,6 +384,21 @@ impl TestEnv {
             .unwrap_or_default()
     }
 
+    /// A platform account's balance (`game-results:alpha`): the sum of its postings, which is
+    /// all a platform account keeps (it is written once per batch, not per command).
+    pub async fn platform_balance(&self, purpose: &str, currency: &str) -> rust_decimal::Decimal {
+        self.pg()
+            .await
+            .query_one(
+                "SELECT coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                 WHERE a.kind = 'platform' AND a.provider = $1 AND a.currency = $2",
+                &[&purpose, &currency],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The raw cache entry (`<version>|<balance>`) of a user's wallet field (`main:USD`).
     pub async fn cached(&self, user: &str, field: &str) -> Option<String> {
         self.on_cached_hash("HGET", user, Some(field)).await

@@ -137,8 +137,7 @@ const GIVE_BACK: &str = "
 const SETTLE: &str = "
     UPDATE withdrawals w SET status = s.status, psp_ref = s.psp_ref, reason = s.reason,
            finished_at = now(), next_check_at = NULL
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[])
-         AS s (id, status, psp_ref, reason, paid, taken)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS s (id, status, psp_ref, reason)
     WHERE w.id = s.id";
 
 impl Function for PayoutAck {
@@ -228,7 +227,7 @@ impl Function for PayoutAck {
                 let currency = answer::currency(ctx, &command.id, &w.currency)?;
                 // Out of the platform, or back to main.
                 let to = if a.paid {
-                    WalletKey::platform(&format!("payouts:{}", w.psp), currency)
+                    WalletKey::platform(&saga::PAYOUTS.account(&w.psp), currency)
                 } else {
                     declined.push(w);
                     WalletKey::main(&w.user_id, currency)

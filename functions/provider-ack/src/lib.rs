@@ -119,11 +119,6 @@ pub const UNKNOWN_TRANSFER: &str = "unknown_transfer";
 /// An `accepted` transfer in whose `amount` is missing or not one of its currency.
 pub const INVALID_AMOUNT: &str = "invalid_amount";
 
-/// The platform account of what players won (negative) or lost at `provider`.
-pub fn game_results(provider: &str) -> String {
-    format!("game-results:{provider}")
-}
-
 /// A transfer as an ack finds it.
 #[derive(Debug)]
 struct Transfer {
@@ -268,11 +263,15 @@ impl Function for ProviderAck {
                         };
                         let take = Take::Held {
                             up_to: t.amount.map(|_| returned),
-                            difference: WalletKey::platform(&game_results(&t.provider), currency),
+                            difference: WalletKey::platform(
+                                &saga::GAME_RESULTS.account(&t.provider),
+                                currency,
+                            ),
                         };
                         (game, take, main, returned, Some(returned))
                     }
-                    // Nothing moves: an ending of nothing, for the event and the row.
+                    // Nothing moves: an ending of nothing, for the row and the event, whose
+                    // balance is `main`'s (CONTRACT §4), so `main` is opened all the same.
                     (true, false) => (game, Take::Amount, main, Decimal::ZERO, t.amount),
                 };
                 let status = if ack.accepted {

@@ -19,6 +19,7 @@ use wallet_runtime::interface::{
 };
 use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
+use wallet_runtime::transfers::{self, Direction, Pending, TRANSFER_EXISTS};
 use wallet_runtime::{
     Command, Context, Event, Function, Invalid, Outcome, Payload, Reason, Status, StepError,
 };
@@ -27,9 +28,6 @@ use wallet_runtime::{
 pub struct TransferIn;
 
 const ENTITY: &str = "transfer_in";
-
-/// Rejection: another transfer (out or in) already has this id.
-pub const TRANSFER_EXISTS: Reason = Reason::new("transfer_exists");
 
 #[derive(Debug)]
 pub struct TransferInCommand {
@@ -51,15 +49,6 @@ impl TransferInCommand {
         .with("provider", Some(&self.provider))
     }
 }
-
-/// The transfer, pending; the sweeper's first status query is due after the ack timeout.
-/// Returns the ids it recorded: one missing was taken by another transfer.
-const RECORD: &str = "
-    INSERT INTO transfers (id, user_id, provider, currency, amount, direction, next_check_at)
-    SELECT t.*, 'in', now() + $6::float8 * interval '1 millisecond'
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[]) AS t
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id";
 
 impl Function for TransferIn {
     const NAME: &'static str = "transfer-in";
@@ -123,28 +112,17 @@ impl Function for TransferIn {
         tx: &'a Transaction<'a>,
         commands: &'a [&'a Command<TransferInCommand>],
     ) -> Result<Vec<Outcome>, StepError> {
-        let column = |f: fn(&TransferInCommand) -> &str| -> Vec<&str> {
-            commands.iter().map(|c| f(&c.body)).collect()
-        };
-        let ids: Vec<&str> = commands.iter().map(|c| c.id.as_str()).collect();
-        let amounts: Vec<Option<Decimal>> = commands.iter().map(|c| c.body.amount).collect();
-        let timeout_ms = ctx.config.transfers.ack_timeout.as_secs_f64() * 1000.0;
-        let recorded: std::collections::HashSet<String> = tx
-            .query(
-                RECORD,
-                &[
-                    &ids,
-                    &column(|c| &c.user_id),
-                    &column(|c| &c.provider),
-                    &column(|c| c.currency.code()),
-                    &amounts,
-                    &timeout_ms,
-                ],
-            )
-            .await?
+        let pending: Vec<Pending<'_>> = commands
             .iter()
-            .map(|r| r.get(0))
+            .map(|c| Pending {
+                id: &c.id,
+                user_id: &c.body.user_id,
+                provider: &c.body.provider,
+                currency: c.body.currency,
+                amount: c.body.amount,
+            })
             .collect();
+        let recorded = transfers::record(ctx, tx, Direction::In, &pending).await?;
         Ok(commands
             .iter()
             .map(|command| {

@@ -24,20 +24,6 @@ async fn funded(extra: &[(&str, &str)], users: usize, funds: &str) -> (TestEnv, 
     TestEnv::funded(&functions, extra, users, funds).await
 }
 
-/// The platform account `purpose`'s balance: the sum of its postings.
-async fn platform(env: &TestEnv, purpose: &str) -> Decimal {
-    env.pg()
-        .await
-        .query_one(
-            "SELECT coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
-             WHERE a.kind = 'platform' AND a.provider = $1 AND a.currency = 'USD'",
-            &[&purpose],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn wallets(env: &TestEnv, user: &str) -> (Decimal, Decimal) {
     (
         env.stored_balance(user, "main", "USD").await,
@@ -93,7 +79,10 @@ async fn what_comes_back_is_credited_and_the_game_wallet_gives_up_at_most_what_i
                "reason": null, "provider": "alpha"})
     );
     assert_eq!(wallets(&env, "u-0").await, (dec("115.50"), dec("0")));
-    assert_eq!(platform(&env, "game-results:alpha").await, dec("-15.50"));
+    assert_eq!(
+        env.platform_balance("game-results:alpha", "USD").await,
+        dec("-15.50")
+    );
     let show = wallet_ops::transfer::show(&env.config, "i-1")
         .await
         .unwrap();
@@ -146,7 +135,10 @@ async fn what_comes_back_is_credited_and_the_game_wallet_gives_up_at_most_what_i
     env.publish_many(vec![returned("alpha", "i-2", "50")]).await;
     events.by_id("transfer_in:i-2:completed", T).await;
     assert_eq!(wallets(&env, "u-0").await, (dec("135.50"), dec("0")));
-    assert_eq!(platform(&env, "game-results:alpha").await, dec("-35.50"));
+    assert_eq!(
+        env.platform_balance("game-results:alpha", "USD").await,
+        dec("-35.50")
+    );
 
     // An amount of a game wallet that holds more: only that amount leaves it.
     env.run_commands(
@@ -181,7 +173,10 @@ async fn what_comes_back_is_credited_and_the_game_wallet_gives_up_at_most_what_i
     let nothing = events.by_id("transfer_in:i-5:completed", T).await;
     assert_eq!(nothing.body["amount"], "0.00");
     assert_eq!(wallets(&env, "u-0").await, (dec("120.50"), dec("0")));
-    assert_eq!(platform(&env, "game-results:alpha").await, dec("-20.50"));
+    assert_eq!(
+        env.platform_balance("game-results:alpha", "USD").await,
+        dec("-20.50")
+    );
 
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
@@ -234,12 +229,23 @@ async fn rejections_and_dead_letters_move_nothing() {
         let rejected = events.by_id(&format!("transfer_in:{id}:rejected"), T).await;
         assert_eq!(reason(rejected), why, "{id}");
     }
+    // The id space is shared the other way too: a transfer out may not take a transfer in's id
+    // (it was dead-lettered, a unique violation, before transfers were recorded first).
+    env.run_commands(
+        &mut events,
+        "transfer",
+        vec![transfer("i-5", "u-0", "alpha", "5", "USD")],
+    )
+    .await;
+    let rejected = events.by_id("transfer:i-5:rejected", T).await;
+    assert_eq!(reason(rejected), "transfer_exists");
     // An acceptance that does not say what came back waits for an operator; the provider's
     // corrected answer (another message id) then finishes the transfer.
     let mut without = returned("alpha", "i-5", "1");
     without.2 = serde_json::to_vec(&json!({"transfer_id": "i-5", "status": "accepted"})).unwrap();
     env.publish_many(vec![without]).await;
     dlq.count(1, T).await;
+    assert_eq!(dlq.seen.len(), 1);
     assert_eq!(dlq.seen[0].header("Wallet-Dlq-Reason"), "invalid_amount");
     let mut corrected = returned("alpha", "i-5", "2.50");
     corrected.1 = "alpha:i-5:accepted:corrected".into();
@@ -250,7 +256,10 @@ async fn rejections_and_dead_letters_move_nothing() {
         (dec("92.50"), dec("0")),
         "t-1 is still in transit"
     );
-    assert_eq!(platform(&env, "game-results:alpha").await, dec("-2.50"));
+    assert_eq!(
+        env.platform_balance("game-results:alpha", "USD").await,
+        dec("-2.50")
+    );
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
 }
@@ -320,7 +329,10 @@ async fn acks_of_transfers_out_and_in_in_any_order_count_every_amount_once() {
         assert_eq!(game + taken, dec("100"), "{u}");
         results += taken - main;
     }
-    assert_eq!(platform(&env, "game-results:alpha").await, results);
+    assert_eq!(
+        env.platform_balance("game-results:alpha", "USD").await,
+        results
+    );
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
 }
@@ -410,7 +422,10 @@ async fn the_simulated_game_providers_return_money() {
         env.stored_balance("u-0", "main", "USD").await,
         dec("1000") + back
     );
-    assert_eq!(platform(&env, "game-results:alpha").await, -back);
+    assert_eq!(
+        env.platform_balance("game-results:alpha", "USD").await,
+        -back
+    );
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
 }

@@ -5,7 +5,8 @@
 //! Guarantee: the provider's request (`provider.<provider>.transfer`, `Nats-Msg-Id` = the
 //! transfer id) goes into the outbox in the transaction that debits `main`, so it is published
 //! if and only if the debit committed. Without the funds nothing moves and the transfer is
-//! `rejected` with `insufficient_funds`. `provider-ack` finishes what this starts.
+//! `rejected` with `insufficient_funds`; an id another transfer (out or in) already holds is
+//! `rejected` with `transfer_exists`. `provider-ack` finishes what this starts.
 
 use rust_decimal::Decimal;
 use schemars::JsonSchema;
@@ -17,6 +18,7 @@ use wallet_runtime::interface::{
 };
 use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
+use wallet_runtime::transfers::{self, Direction, Pending, TRANSFER_EXISTS};
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
     Command, Context, Event, Function, Invalid, Outcome, Payload, Reason, Status, StepError,
@@ -61,12 +63,6 @@ impl TransferCommand {
 
 const ENTITY: &str = "transfer";
 
-/// The transfer, pending; the sweeper's first status query is due after the ack timeout.
-const RECORD: &str = "
-    INSERT INTO transfers (id, user_id, provider, currency, amount, next_check_at)
-    SELECT t.*, now() + $6::float8 * interval '1 millisecond'
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[]) AS t";
-
 impl Function for TransferOut {
     const NAME: &'static str = "transfer-out";
     const ENTITY: &'static str = ENTITY;
@@ -88,6 +84,7 @@ impl Function for TransferOut {
                     R::INVALID_AMOUNT,
                     R::INSUFFICIENT_FUNDS,
                     R::BALANCE_LIMIT,
+                    TRANSFER_EXISTS,
                 ],
             )
             .sends::<ProviderTransfer>(
@@ -125,25 +122,36 @@ impl Function for TransferOut {
         tx: &'a Transaction<'a>,
         commands: &'a [&'a Command<TransferCommand>],
     ) -> Result<Vec<Outcome>, StepError> {
+        // An id another transfer holds is refused before anything moves.
+        let ids: Vec<&str> = commands.iter().map(|c| c.id.as_str()).collect();
+        let taken = transfers::taken(tx, &ids).await?;
         let keys = commands
             .iter()
+            .filter(|c| !taken.contains(&c.id))
             .flat_map(|c| [c.body.main(), c.body.in_transit()]);
         let mut book = ctx.ledger.open(tx, keys).await?;
         let mut outcomes = Vec::with_capacity(commands.len());
-        let mut pending: Vec<&Command<TransferCommand>> = Vec::new();
+        let mut pending = Vec::new();
         for command in commands {
             let c = &command.body;
+            let rejected = |reason| {
+                let event = Event {
+                    reason: Some(reason),
+                    ..c.event(&command.id, Status::REJECTED)
+                };
+                Outcome::Done(vec![event.into_outbox(Vec::new())])
+            };
+            if taken.contains(&command.id) {
+                outcomes.push(rejected(TRANSFER_EXISTS));
+                continue;
+            }
             let (main, in_transit) = (c.main(), c.in_transit());
             let posted = book.post(
                 &format!("{}:{}", Self::NAME, command.key),
                 &[(&main, -c.amount), (&in_transit, c.amount)],
             )?;
             if let Err(refused) = posted {
-                let event = Event {
-                    reason: Some(refused.reason()),
-                    ..c.event(&command.id, Status::REJECTED)
-                };
-                outcomes.push(Outcome::Done(vec![event.into_outbox(Vec::new())]));
+                outcomes.push(rejected(refused.reason()));
                 continue;
             }
             let (Some(main), Some(in_transit)) = (book.snapshot(&main), book.snapshot(&in_transit))
@@ -158,21 +166,21 @@ impl Function for TransferOut {
                 event.into_outbox(vec![main, in_transit]),
                 request(&command.id, c),
             ]));
-            pending.push(command);
+            pending.push(Pending {
+                id: &command.id,
+                user_id: &c.user_id,
+                provider: &c.provider,
+                currency: c.currency,
+                amount: Some(c.amount),
+            });
         }
         book.write(tx).await?;
-        if !pending.is_empty() {
-            let ids: Vec<&str> = pending.iter().map(|c| c.id.as_str()).collect();
-            let users: Vec<&str> = pending.iter().map(|c| c.body.user_id.as_str()).collect();
-            let providers: Vec<&str> = pending.iter().map(|c| c.body.provider.as_str()).collect();
-            let currencies: Vec<&str> = pending.iter().map(|c| c.body.currency.code()).collect();
-            let amounts: Vec<Decimal> = pending.iter().map(|c| c.body.amount).collect();
-            let timeout_ms = ctx.config.transfers.ack_timeout.as_secs_f64() * 1000.0;
-            tx.execute(
-                RECORD,
-                &[&ids, &users, &providers, &currencies, &amounts, &timeout_ms],
-            )
-            .await?;
+        let recorded = transfers::record(ctx, tx, Direction::Out, &pending).await?;
+        if recorded.len() < pending.len() {
+            // A transfer in took one of the ids since `taken` looked: decided again, it is refused.
+            return Err(StepError::transient(
+                "a transfer id was taken by a concurrent transfer in",
+            ));
         }
         Ok(outcomes)
     }

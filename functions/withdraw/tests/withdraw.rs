@@ -156,16 +156,10 @@ async fn a_withdrawal_is_held_asked_for_and_settled_once_by_its_answer() {
             ("w-2".into(), "declined".into(), Some("ref-w-2".into()))
         ]
     );
-    let paid_out: String = pg
-        .query_one(
-            "SELECT sum(p.amount)::text FROM postings p JOIN accounts a ON a.id = p.account_id
-             WHERE a.kind = 'platform' AND a.provider = 'payouts:bank'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(paid_out, "30.5");
+    assert_eq!(
+        env.platform_balance("payouts:bank", "USD").await,
+        "30.5".parse::<Decimal>().unwrap()
+    );
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
     // A paid withdrawal whose row says more than was paid out: the payouts account is not

@@ -138,45 +138,33 @@ fn saga_checks(saga: &Saga) -> Option<[(String, String); 3]> {
         ])
 }
 
-/// Platform accounts that answers post to, each explained by its sagas' rows: the check's name,
-/// the accounts' purpose prefix, what the rows say each account holds (purpose, currency,
-/// total), and how a breach names that.
-const EXPLAINED: [(&str, &str, &str, &str); 2] = [
-    (
-        "every provider's game-results account is what its completed transfers in took beyond what they returned",
-        "game-results:",
-        "SELECT 'game-results:' || provider, currency, sum(taken - returned) FROM transfers
-         WHERE direction = 'in' AND status = 'completed' GROUP BY 1, 2",
-        "transfers in explain",
-    ),
-    (
-        "every payment provider's payouts account is what its paid withdrawals paid out",
-        "payouts:",
-        "SELECT 'payouts:' || psp, currency, sum(amount) FROM withdrawals WHERE status = 'paid'
-         GROUP BY 1, 2",
-        "paid withdrawals",
-    ),
-];
-
+/// Every saga's platform accounts ([`saga::Platform`]), each explained by the rows of the saga
+/// that ended positively.
 fn explained_checks() -> Vec<(String, String)> {
-    EXPLAINED
+    saga::ALL
         .iter()
-        .map(|(name, prefix, expected, label)| {
-        (
-            (*name).to_owned(),
-            format!(
-                "WITH expected (purpose, currency, total) AS ({expected}),
-                 posted AS (
-                     SELECT a.provider AS purpose, a.currency, coalesce(sum(p.amount), 0) AS total
-                     FROM accounts a LEFT JOIN postings p ON p.account_id = a.id
-                     WHERE a.kind = 'platform' AND starts_with(a.provider, '{prefix}') GROUP BY 1, 2)
-                 SELECT coalesce(x.purpose, e.purpose) || ' ' || coalesce(x.currency, e.currency)
-                        || ': posted ' || coalesce(x.total, 0) || ', {label} ' || coalesce(e.total, 0)
-                 FROM posted x FULL JOIN expected e ON (x.purpose, x.currency) = (e.purpose, e.currency)
-                 WHERE coalesce(x.total, 0) <> coalesce(e.total, 0)"
-            ),
-        )
-    })
+        .filter_map(|s| s.platform.map(|p| (s, p)))
+        .map(|(s, p)| {
+            let (purpose, per_row, partner, table, rows) =
+                (p.purpose, p.per_row, s.partner, s.table, s.rows);
+            let (ended, label) = (s.ends.0, p.explained_by);
+            (
+                p.check.to_owned(),
+                format!(
+                    "WITH expected (purpose, currency, total) AS (
+                         SELECT '{purpose}:' || {partner}, currency, sum({per_row}) FROM {table}
+                         WHERE ({rows}) AND status = '{ended}' GROUP BY 1, 2),
+                     posted AS (
+                         SELECT a.provider AS purpose, a.currency, coalesce(sum(p.amount), 0) AS total
+                         FROM accounts a LEFT JOIN postings p ON p.account_id = a.id
+                         WHERE a.kind = 'platform' AND starts_with(a.provider, '{purpose}:') GROUP BY 1, 2)
+                     SELECT coalesce(x.purpose, e.purpose) || ' ' || coalesce(x.currency, e.currency)
+                            || ': posted ' || coalesce(x.total, 0) || ', {label} ' || coalesce(e.total, 0)
+                     FROM posted x FULL JOIN expected e ON (x.purpose, x.currency) = (e.purpose, e.currency)
+                     WHERE coalesce(x.total, 0) <> coalesce(e.total, 0)"
+                ),
+            )
+        })
         .collect()
 }
 
