@@ -13,8 +13,9 @@ release:
 # Integration tests start the real binaries: build them first, then run every test; then render
 # and validate the Kubernetes manifests, then two minutes of chaos. The tests that start a private
 # 3-node JetStream cluster (fsync on every write, every node on this machine's disk) run after the
-# others, one at a time: on a 2-core host the concurrent tests starved a cluster with a node down
-# until it delivered nothing for 120 s (CI, twice), where alone it passes in 35 s.
+# others, one at a time, so that three fsyncing servers and the concurrent tests do not slow each
+# other on a 2-core host. (The 120 s stalls once seen there, twice in CI, were the test's event
+# reader, an async-nats ordered consumer, since replaced: libs/client/src/follow.rs.)
 CLUSTER_TESTS = binary(cluster) | test(a_restarted_cluster_node_is_current_only_once_its_streams_caught_up)
 test: test-deps build
 	$(CARGO) nextest run --workspace --no-fail-fast -E 'not ($(CLUSTER_TESTS))'
