@@ -17,6 +17,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 
+use wallet_runtime::runtime::Backoff;
+
 use crate::ClientError;
 
 /// Messages asked for in one pull; they are handed on as they arrive, not when the pull ends.
@@ -53,9 +55,9 @@ pub async fn follow(
     follower
         .open(from)
         .await
-        .map_err(|source| ClientError::Follow {
+        .map_err(|doubt| ClientError::Follow {
             stream: stream.to_owned(),
-            source,
+            source: Box::new(doubt),
         })?;
     let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
     tokio::spawn(follower.run(tx));
@@ -87,20 +89,14 @@ enum Doubt {
     Gap { delivered: u64, got: u64 },
     #[error("the consumer sent {sent} messages, {arrived} arrived")]
     Lost { sent: u64, arrived: u64 },
+    #[error("no consumer")]
+    Gone,
 }
 
 impl Follower {
     /// Replaces the consumer with one that delivers from `from`.
-    async fn open(&mut self, from: consumer::DeliverPolicy) -> Result<(), async_nats::Error> {
-        if let Some(old) = self.consumer.take() {
-            let name = old.cached_info().name.clone();
-            // Best effort: a consumer on a lost server is deleted by the inactivity rule.
-            let _ = tokio::time::timeout(
-                PATIENCE,
-                self.js.delete_consumer_from_stream(name, &self.stream),
-            )
-            .await;
-        }
+    async fn open(&mut self, from: consumer::DeliverPolicy) -> Result<(), Doubt> {
+        self.retire().await;
         let config = consumer::pull::Config {
             deliver_policy: from,
             ack_policy: consumer::AckPolicy::None,
@@ -115,7 +111,8 @@ impl Follower {
             self.js.create_consumer_on_stream(config, &self.stream),
         )
         .await
-        .map_err(|_| Doubt::Silent(PATIENCE).to_string())??;
+        .map_err(|_| Doubt::Silent(PATIENCE))?
+        .map_err(|e| Doubt::Failed(e.into()))?;
         // What it reports as delivered is where it starts, less one, whatever the policy.
         let delivered = &consumer.cached_info().delivered;
         self.next = delivered.stream_sequence + 1;
@@ -124,46 +121,41 @@ impl Follower {
         Ok(())
     }
 
-    async fn run(mut self, tx: tokio::sync::mpsc::Sender<jetstream::Message>) {
-        let mut doubts = 0u32;
-        loop {
-            let pulled = tokio::select! {
-                () = tx.closed() => break,
-                pulled = self.pull(&tx) => pulled,
-            };
-            let Err(doubt) = pulled else {
-                doubts = 0;
-                continue;
-            };
-            doubts += 1;
-            tracing::debug!(stream = %self.stream, next = self.next, %doubt, "replacing the follower's consumer");
-            loop {
-                // Back off while servers are gone, so an outage does not spin.
-                let pause = Duration::from_millis(100 * 2u64.pow(doubts.min(5)));
-                tokio::select! {
-                    () = tx.closed() => return,
-                    () = tokio::time::sleep(pause) => {}
-                }
-                let from = consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: self.next,
-                };
-                match self.open(from).await {
-                    Ok(()) => break,
-                    Err(error) => {
-                        doubts += 1;
-                        tracing::warn!(stream = %self.stream, next = self.next, %error, "cannot recreate the follower's consumer; again");
-                    }
-                }
-            }
-        }
+    /// Deletes the consumer, if any. Best effort: one on a lost server goes by the inactivity
+    /// rule.
+    async fn retire(&mut self) {
         if let Some(old) = self.consumer.take() {
             let name = old.cached_info().name.clone();
-            let _ = tokio::time::timeout(
-                PATIENCE,
-                self.js.delete_consumer_from_stream(name, &self.stream),
-            )
-            .await;
+            let deleted = self.js.delete_consumer_from_stream(name, &self.stream);
+            let _ = tokio::time::timeout(PATIENCE, deleted).await;
         }
+    }
+
+    async fn run(mut self, tx: tokio::sync::mpsc::Sender<jetstream::Message>) {
+        // Backs off while servers are gone, so an outage does not spin.
+        let mut backoff = Backoff::default();
+        loop {
+            let step = async {
+                match self.pull(&tx).await {
+                    Ok(()) => backoff.reset(),
+                    Err(doubt) => {
+                        tracing::debug!(stream = %self.stream, next = self.next, %doubt, "replacing the follower's consumer");
+                        tokio::time::sleep(backoff.delay()).await;
+                        let from = consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: self.next,
+                        };
+                        if let Err(doubt) = self.open(from).await {
+                            tracing::warn!(stream = %self.stream, next = self.next, %doubt, "cannot recreate the follower's consumer; again");
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = tx.closed() => break,
+                () = step => {}
+            }
+        }
+        self.retire().await;
     }
 
     /// One pull, handing on what it brings. An error means the consumer is in doubt.
@@ -171,10 +163,8 @@ impl Follower {
         &mut self,
         tx: &tokio::sync::mpsc::Sender<jetstream::Message>,
     ) -> Result<(), Doubt> {
-        let consumer = self
-            .consumer
-            .as_ref()
-            .expect("a follower always has a consumer");
+        // None after a failed replacement: it is tried again.
+        let consumer = self.consumer.as_ref().ok_or(Doubt::Gone)?;
         // The batch ends when the server says the pull expired, or a few seconds later by
         // itself when no server says anything.
         let mut batch = consumer

@@ -60,7 +60,7 @@ pub(super) async fn connect(
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(error = %e, "redis unavailable; retrying");
-                if !pause(backoff.next(), shutdown).await {
+                if !pause(backoff.delay(), shutdown).await {
                     return Ok(None);
                 }
             }
@@ -83,16 +83,16 @@ pub(super) async fn connect(
 /// Exponential backoff from 100 ms to 5 s: short enough to keep held messages alive (progress
 /// acks go out at every step), long enough not to hammer a dependency that is down.
 #[derive(Debug, Default)]
-pub(super) struct Backoff(u32);
+pub struct Backoff(u32);
 
 impl Backoff {
-    pub(super) fn next(&mut self) -> Duration {
+    pub fn delay(&mut self) -> Duration {
         let d = Duration::from_millis(100 << self.0.min(6)).min(Duration::from_secs(5));
         self.0 += 1;
         d
     }
 
-    pub(super) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.0 = 0;
     }
 }
@@ -126,7 +126,7 @@ pub(super) async fn bind(
                 tracing::warn!(stream, consumer = name, error = %e, "consumer unavailable (has `walletctl setup` run?); retrying")
             }
         }
-        if !pause(backoff.next(), shutdown).await {
+        if !pause(backoff.delay(), shutdown).await {
             return None;
         }
     }

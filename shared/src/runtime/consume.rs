@@ -93,7 +93,7 @@ async fn consume_loop<F: Function>(
             Ok(Some(m)) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "fetch failed; retrying");
-                pause(backoff.next(), &shutdown).await;
+                pause(backoff.delay(), &shutdown).await;
                 continue;
             }
         };
@@ -120,7 +120,7 @@ async fn consume_loop<F: Function>(
                     for m in &msgs {
                         let _ = m.ack_with(AckKind::Progress).await;
                     }
-                    if !pause(backoff.next(), &shutdown).await {
+                    if !pause(backoff.delay(), &shutdown).await {
                         break None;
                     }
                 }

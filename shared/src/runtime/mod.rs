@@ -26,6 +26,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
+pub use connect::Backoff;
 pub use respond::Responder;
 use tasks::Tasks;
 

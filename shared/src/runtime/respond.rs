@@ -46,7 +46,7 @@ pub(super) async fn respond_loop<R: Responder>(
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe; retrying");
-                if !pause(backoff.next(), &shutdown).await {
+                if !pause(backoff.delay(), &shutdown).await {
                     return;
                 }
             }
