@@ -88,7 +88,8 @@ interface: build
 image:
 	docker build -t wallet-functions:latest .
 
-# Scaffold a new function: make new-function NAME=withdraw
+# Scaffold a new function: make new-function NAME=withdraw, consuming wallet.withdraw, or
+# make new-function NAME=payout-ack SUBJECT='payout.*.ack'
 new-function: build
-	@test -n "$(NAME)" || { echo "usage: make new-function NAME=<name>"; exit 2; }
-	./target/debug/walletctl new-function $(NAME)
+	@test -n "$(NAME)" || { echo "usage: make new-function NAME=<name> [SUBJECT=<subject>]"; exit 2; }
+	./target/debug/walletctl new-function $(NAME) $(if $(SUBJECT),--subject '$(SUBJECT)')

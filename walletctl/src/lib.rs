@@ -94,6 +94,9 @@ pub enum Cmd {
     /// its Kubernetes manifests. It builds, passes its test and runs under `make run` as is.
     NewFunction {
         name: String,
+        /// The subject it consumes, wildcards allowed (`payout.*.ack`); `wallet.<name>` by default.
+        #[arg(long)]
+        subject: Option<String>,
         /// The repository root.
         #[arg(long, default_value = ".")]
         root: std::path::PathBuf,
@@ -345,12 +348,17 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 check,
             ))
         }
-        Cmd::NewFunction { name, root } => {
-            for line in scaffold::new_function(&root, &name)? {
+        Cmd::NewFunction {
+            name,
+            subject,
+            root,
+        } => {
+            for line in scaffold::new_function(&root, &name, subject.as_deref())? {
                 println!("wrote {line}");
             }
+            let subject = subject.unwrap_or_else(|| format!("wallet.{name}"));
             println!(
-                "next: `make interface` documents it; `make test` runs its test; `make run` starts it; publish to wallet.{name}"
+                "next: `make interface` documents it; `make test` runs its test; `make run` starts it; publish to {subject}"
             );
             Ok(ExitCode::SUCCESS)
         }

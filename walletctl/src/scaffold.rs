@@ -2,7 +2,8 @@
 //!
 //! Writes `functions/<name>/` from `walletctl/template/` (Cargo.toml, function.toml, a `main.rs` of one call, a handler with
 //! one example rule, an integration test), appends the function's stream and consumer to
-//! `streams.toml`, adds its PostgreSQL role to `libs/ops/src/roles.sql`, and generates its
+//! `streams.toml` (on `wallet.<name>`, or on the subject given with `--subject`, wildcards
+//! allowed, as `payout.*.ack`), adds its PostgreSQL role to `libs/ops/src/roles.sql`, and generates its
 //! Kubernetes manifests. The new function credits a user's
 //! `main` wallet from a platform account of its own and rejects amounts above 1,000
 //! (`over_limit`): edit its payload and rules from there.
@@ -23,12 +24,15 @@ pub struct Names {
     pub camel: String,
     /// `WITHDRAW_BONUS`: its stream.
     pub stream: String,
-    /// `wallet.withdraw-bonus`: its subject.
+    /// `wallet.withdraw-bonus` or the one given: the subjects its stream takes.
     pub subject: String,
+    /// One subject its test publishes to: `subject` with its wildcards filled in.
+    pub sample: String,
 }
 
 impl Names {
-    pub fn new(name: &str) -> anyhow::Result<Self> {
+    /// `subject`: what the function consumes, `wallet.<name>` when not given.
+    pub fn new(name: &str, subject: Option<&str>) -> anyhow::Result<Self> {
         let ok = (2..=32).contains(&name.len())
             && name.starts_with(|c: char| c.is_ascii_lowercase())
             && !name.ends_with('-')
@@ -49,18 +53,45 @@ impl Names {
                     .unwrap_or_default()
             })
             .collect();
+        let subject = subject.map_or_else(|| format!("wallet.{name}"), str::to_owned);
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let last = tokens.len() - 1;
+        ensure!(
+            tokens.iter().enumerate().all(|(i, t)| {
+                !t.is_empty()
+                    && (*t == "*"
+                        || (*t == ">" && i == last)
+                        || t.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            }),
+            "subject `{subject}` must be dot-separated tokens of a-z A-Z 0-9 - _, or the \
+             wildcards * (a whole token) and > (the last token)"
+        );
+        let sample = tokens
+            .iter()
+            .map(|t| {
+                if matches!(*t, "*" | ">") {
+                    "example"
+                } else {
+                    t
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".");
         Ok(Self {
             name: name.to_owned(),
             stream: snake.to_ascii_uppercase(),
-            subject: format!("wallet.{name}"),
+            subject,
+            sample,
             snake,
             camel,
         })
     }
 
-    /// `template` with the template's names replaced by these.
-    fn fill(&self, template: &str) -> String {
+    /// `template` with the template's names replaced by these; its subject by `subject`.
+    fn fill(&self, template: &str, subject: &str) -> String {
         template
+            .replace("wallet.scaffold-example", subject)
             .replace("ScaffoldExample", &self.camel)
             .replace("SCAFFOLD_EXAMPLE", &self.stream)
             .replace("scaffold_example", &self.snake)
@@ -84,6 +115,19 @@ const TEMPLATE: [(&str, &str); 5] = [
 ];
 const STREAMS: &str = include_str!("../template/tests/streams.toml");
 
+/// Whether some subject matches both patterns: JetStream refuses a stream whose subjects
+/// overlap another's.
+fn overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) | (None, None) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+            _ => return false,
+        }
+    }
+}
+
 /// The line of `roles.sql`'s function list above which a new function's row goes.
 const ROLES_MARK: &str = "            -- walletctl new-function: new functions above this line";
 
@@ -104,9 +148,10 @@ fn with_role(roles: &str, name: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// Scaffolds the function `name` in the repository at `root`; returns what it wrote.
-pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
-    let n = Names::new(name)?;
+/// Scaffolds the function `name`, consuming `subject` (`wallet.<name>` when `None`), in the
+/// repository at `root`; returns what it wrote.
+pub fn new_function(root: &Path, name: &str, subject: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let n = Names::new(name, subject)?;
     let dir = root.join("functions").join(&n.name);
     if dir.exists() {
         bail!("{} exists already", dir.display());
@@ -115,18 +160,19 @@ pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
     let streams = std::fs::read_to_string(&streams_file)
         .with_context(|| format!("reading {}", streams_file.display()))?;
     let before = Topology::parse(&streams)?;
-    if before
-        .streams
-        .iter()
-        .any(|s| s.name == n.stream || s.subjects.contains(&n.subject))
-    {
-        bail!(
-            "streams.toml already has a stream {} or the subject {}",
-            n.stream,
-            n.subject
-        );
+    if let Some(s) = before.streams.iter().find(|s| s.name == n.stream) {
+        bail!("streams.toml already has a stream {}", s.name);
     }
-    let updated = format!("{}\n\n{}", streams.trim_end(), n.fill(STREAMS));
+    for s in &before.streams {
+        if let Some(taken) = s.subjects.iter().find(|t| overlap(t, &n.subject)) {
+            bail!(
+                "subject {} overlaps {taken}, which stream {} takes",
+                n.subject,
+                s.name
+            );
+        }
+    }
+    let updated = format!("{}\n\n{}", streams.trim_end(), n.fill(STREAMS, &n.subject));
     let topology = Topology::parse(&updated)?;
     let roles_file = root.join("libs/ops/src/roles.sql");
     let roles = std::fs::read_to_string(&roles_file)
@@ -135,12 +181,18 @@ pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
 
     let mut wrote = Vec::new();
     for (path, template) in TEMPLATE {
-        let path = n.fill(path);
+        // The test publishes a command; the rest name the subjects the function takes.
+        let subject = if path.starts_with("tests/") {
+            &n.sample
+        } else {
+            &n.subject
+        };
+        let path = n.fill(path, subject);
         let full = dir.join(&path);
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&full, n.fill(template))?;
+        std::fs::write(&full, n.fill(template, subject))?;
         wrote.push(format!("functions/{}/{path}", n.name));
     }
     // Formatting depends on the name's length: let rustfmt lay the new code out.
@@ -166,4 +218,38 @@ pub fn new_function(root: &Path, name: &str) -> anyhow::Result<Vec<String>> {
         wrote.push(path.display().to_string());
     }
     Ok(wrote)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_overlap_where_one_subject_matches_both() {
+        assert!(overlap("payout.*.ack", "payout.psp-1.ack"));
+        assert!(overlap("payout.*.ack", "payout.>"));
+        assert!(overlap("wallet.>", "wallet.a.b"));
+        assert!(overlap("a.*", "*.b"));
+        assert!(!overlap("payout.*.ack", "payout.*.request"));
+        assert!(!overlap("wallet.deposit", "wallet.deposit.x"));
+        assert!(!overlap("wallet.>", "wallet"));
+        assert!(!overlap("provider.*.ack", "payout.*.ack"));
+    }
+
+    #[test]
+    fn a_subject_is_checked_and_its_wildcards_filled_for_the_test() {
+        let n = Names::new("cash-back", Some("cash.*.back.>")).unwrap();
+        assert_eq!(
+            (n.subject.as_str(), n.sample.as_str()),
+            ("cash.*.back.>", "cash.example.back.example")
+        );
+        assert_eq!(
+            Names::new("cash-back", None).unwrap().sample,
+            "wallet.cash-back"
+        );
+        for bad in ["", "a..b", "a.>.b", "a b", "a.b*", ".a"] {
+            assert!(Names::new("cash-back", Some(bad)).is_err(), "{bad}");
+        }
+    }
 }

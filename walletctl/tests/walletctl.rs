@@ -224,7 +224,7 @@ async fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_roles_and
         )
         .unwrap();
     }
-    let wrote = walletctl::scaffold::new_function(&tmp, "cash-back").unwrap();
+    let wrote = walletctl::scaffold::new_function(&tmp, "cash-back", None).unwrap();
     assert!(
         wrote.iter().any(|w| w == "functions/cash-back/src/lib.rs"),
         "{wrote:?}"
@@ -296,8 +296,40 @@ async fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_roles_and
         .await
         .unwrap();
     // Twice, or a bad name: refused, nothing written.
-    assert!(walletctl::scaffold::new_function(&tmp, "cash-back").is_err());
-    assert!(walletctl::scaffold::new_function(&tmp, "Cash_Back").is_err());
+    assert!(walletctl::scaffold::new_function(&tmp, "cash-back", None).is_err());
+    assert!(walletctl::scaffold::new_function(&tmp, "Cash_Back", None).is_err());
+    // A function answering partners on a subject of theirs: refused where another stream takes
+    // it, written to its stream, consumer, schema and manifests where none does; its test
+    // publishes to one subject of the pattern.
+    let refused = walletctl::scaffold::new_function(&tmp, "cash-out", Some("payout.*.ack"));
+    assert!(
+        refused.unwrap_err().to_string().contains("PAYOUT_ACKS"),
+        "the overlap names the stream"
+    );
+    assert!(!tmp.join("functions/cash-out").exists());
+    walletctl::scaffold::new_function(&tmp, "cash-out", Some("cashout.*.ack")).unwrap();
+    let topology =
+        wallet_runtime::streams::Topology::load(Some(&tmp.join("streams.toml"))).unwrap();
+    assert_eq!(
+        topology.consumer("cash-out").unwrap().filter_subject,
+        "cashout.*.ack"
+    );
+    let stream = topology
+        .streams
+        .iter()
+        .find(|s| s.name == "CASH_OUT")
+        .unwrap();
+    assert_eq!(stream.subjects, ["cashout.*.ack"]);
+    let read =
+        |path: &str| std::fs::read_to_string(tmp.join("functions/cash-out").join(path)).unwrap();
+    assert!(read("function.toml").contains("subject = \"cashout.*.ack\""));
+    assert!(read("src/lib.rs").contains("(\"cashout.*.ack\""));
+    assert!(read("tests/cash_out.rs").contains("\"cashout.example.ack\".into()"));
+    assert!(
+        walletctl::k8s::generate(&tmp, &topology, true)
+            .unwrap()
+            .is_empty()
+    );
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

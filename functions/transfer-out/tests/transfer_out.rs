@@ -292,3 +292,66 @@ async fn a_thousand_concurrent_transfers_over_two_replicas_spend_exactly_the_bal
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_a_transfer_in_takes_while_the_batch_is_decided_is_rejected_and_moves_nothing() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let _transfer = env.spawn("transfer-out", &[]);
+    let mut events = env.events().await;
+    env.run_commands(
+        &mut events,
+        "deposit",
+        vec![deposit("d-1", "u-1", "100", "USD")],
+    )
+    .await;
+    // A transfer in records `t-race` and has not committed: transfer-out's look-up of taken ids
+    // cannot see it, and its own insert of the id waits for that transaction.
+    let transfer_in = env.pg().await;
+    transfer_in
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO transfers (id, user_id, provider, currency, amount, direction, next_check_at)
+             VALUES ('t-race', 'u-1', 'alpha', 'USD', NULL, 'in', now() + interval '1 hour')",
+        )
+        .await
+        .unwrap();
+    env.publish_many(vec![transfer("t-race", "u-1", "alpha", "10", "USD")])
+        .await;
+    let pg = env.pg().await;
+    testkit::eventually(
+        T,
+        "transfer-out's insert waiting for the transfer in",
+        || async {
+            let waiting: i64 = pg
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query LIKE '%INSERT INTO transfers%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+    transfer_in.batch_execute("COMMIT").await.unwrap();
+    // The batch that had debited `main` is decided again, and the id is now taken.
+    let e = events.by_id("transfer:t-race:rejected", T).await;
+    assert_eq!(e.body["reason"], json!("transfer_exists"));
+    assert_eq!(e.body["balance"], json!(null));
+    assert_eq!(
+        balance_rows(&env).await,
+        vec![("u-1".to_owned(), "main".to_owned(), "100".to_owned())]
+    );
+    let direction: String = pg
+        .query_one("SELECT direction FROM transfers WHERE id = 't-race'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(direction, "in");
+    assert_eq!(env.stored("PROVIDER_REQUESTS").await, 0);
+    assert_eq!(env.stored("DLQ").await, 0);
+}
