@@ -3,7 +3,8 @@
 //! Connections use TLS when `DATABASE_URL` says `sslmode=require`: rustls, verifying the server's
 //! certificate and name against `PG_TLS_CA` (a PEM file) or, without it, the system's roots. Any
 //! other `sslmode` connects in plain text (use it only on a trusted network). Every connection
-//! commits synchronously unless the URL says otherwise.
+//! commits synchronously and plans each statement for its own arguments, unless the URL says
+//! otherwise ([`SESSION_DEFAULTS`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,16 +46,33 @@ fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
     if config.get_application_name().is_none() {
         config.application_name("wallet-functions");
     }
-    // A command is acknowledged once its transaction commits: that commit must be on disk (and
-    // on the synchronous standbys), whatever the server's default. A URL that sets it itself
-    // (`remote_apply`, say) is left alone.
-    let options = config.get_options().unwrap_or_default();
-    if !options.contains("synchronous_commit") {
-        let forced = format!("{options} -c synchronous_commit=on");
-        config.options(forced.trim_start());
+    let mut options = config.get_options().unwrap_or_default().to_owned();
+    for (setting, value) in SESSION_DEFAULTS {
+        if !options.contains(setting) {
+            options = format!("{options} -c {setting}={value}");
+        }
     }
+    config.options(options.trim_start());
     Ok(config)
 }
+
+/// Settings of every session, unless the URL sets them itself (`synchronous_commit=remote_apply`,
+/// say).
+///
+/// - `synchronous_commit=on`: a command is acknowledged once its transaction commits, so that
+///   commit must be on disk (and on the synchronous standbys), whatever the server's default.
+/// - `plan_cache_mode=force_custom_plan`: the statements a function prepares once run for the
+///   life of its connections, against tables that start empty and grow by millions of rows. Left
+///   to choose, PostgreSQL settles on a generic plan after five runs, made for the table's size
+///   then (a sequential scan of a table of 190 rows), and replaces it only when the table's
+///   statistics change, which without autovacuum is never: the accounts lock and the answers'
+///   finishing updates scanned whole tables, 47–58 ms a batch after three minutes of
+///   mixed-all-peak (bench/ANALYSIS.md). Planned for each batch's own arrays, the plan follows
+///   the table; planning costs a fraction of a millisecond a statement, once per batch.
+const SESSION_DEFAULTS: [(&str, &str); 2] = [
+    ("synchronous_commit", "on"),
+    ("plan_cache_mode", "force_custom_plan"),
+];
 
 /// The TLS connector `sslmode=require` asks for; `None` for plain text.
 fn tls(
@@ -237,19 +255,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commits_are_synchronous_unless_the_url_says_otherwise() {
+    fn sessions_commit_synchronously_and_plan_each_batch_unless_the_url_says_otherwise() {
         let plain = pg_config("postgres://postgres@127.0.0.1:5432/wallet").unwrap();
-        assert_eq!(plain.get_options(), Some("-c synchronous_commit=on"));
+        assert_eq!(
+            plain.get_options(),
+            Some("-c synchronous_commit=on -c plan_cache_mode=force_custom_plan")
+        );
         let other = pg_config("postgres://h/db?options=-c%20statement_timeout%3D5s").unwrap();
         assert_eq!(
             other.get_options(),
-            Some("-c statement_timeout=5s -c synchronous_commit=on")
+            Some(
+                "-c statement_timeout=5s -c synchronous_commit=on -c plan_cache_mode=force_custom_plan"
+            )
         );
         let own =
             pg_config("postgres://h/db?options=-c%20synchronous_commit%3Dremote_apply").unwrap();
         assert_eq!(
             own.get_options(),
-            Some("-c synchronous_commit=remote_apply")
+            Some("-c synchronous_commit=remote_apply -c plan_cache_mode=force_custom_plan")
         );
     }
 }
