@@ -295,16 +295,7 @@ async fn a_thousand_concurrent_transfers_over_two_replicas_spend_exactly_the_bal
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_id_a_transfer_in_takes_while_the_batch_is_decided_is_rejected_and_moves_nothing() {
-    let env = TestEnv::new().await;
-    let _deposit = env.spawn("deposit", &[]);
-    let _transfer = env.spawn("transfer-out", &[]);
-    let mut events = env.events().await;
-    env.run_commands(
-        &mut events,
-        "deposit",
-        vec![deposit("d-1", "u-1", "100", "USD")],
-    )
-    .await;
+    let (env, mut events, _procs) = TestEnv::funded(&["transfer-out"], &[], 1, "100").await;
     // A transfer in records `t-race` and has not committed: transfer-out's look-up of taken ids
     // cannot see it, and its own insert of the id waits for that transaction.
     let transfer_in = env.pg().await;
@@ -312,11 +303,11 @@ async fn an_id_a_transfer_in_takes_while_the_batch_is_decided_is_rejected_and_mo
         .batch_execute(
             "BEGIN;
              INSERT INTO transfers (id, user_id, provider, currency, amount, direction, next_check_at)
-             VALUES ('t-race', 'u-1', 'alpha', 'USD', NULL, 'in', now() + interval '1 hour')",
+             VALUES ('t-race', 'u-0', 'alpha', 'USD', NULL, 'in', now() + interval '1 hour')",
         )
         .await
         .unwrap();
-    env.publish_many(vec![transfer("t-race", "u-1", "alpha", "10", "USD")])
+    env.publish_many(vec![transfer("t-race", "u-0", "alpha", "10", "USD")])
         .await;
     let pg = env.pg().await;
     testkit::eventually(
@@ -344,7 +335,7 @@ async fn an_id_a_transfer_in_takes_while_the_batch_is_decided_is_rejected_and_mo
     assert_eq!(e.body["balance"], json!(null));
     assert_eq!(
         balance_rows(&env).await,
-        vec![("u-1".to_owned(), "main".to_owned(), "100".to_owned())]
+        vec![("u-0".to_owned(), "main".to_owned(), "100".to_owned())]
     );
     let direction: String = pg
         .query_one("SELECT direction FROM transfers WHERE id = 't-race'", &[])

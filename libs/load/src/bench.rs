@@ -163,9 +163,23 @@ async fn servers(config: &Config) -> String {
         Ok(c) => format!("nats-server {}", c.server_info().version),
         Err(_) => "nats-server (unreachable)".into(),
     };
+    // With the settings that shape the figures: without autovacuum nothing removes the rows
+    // and index entries that updates and deletes leave behind while a profile runs.
     let pg = match wallet_ops::postgres(config).await {
-        Ok(c) => match c.query_one("SHOW server_version", &[]).await {
-            Ok(r) => format!("PostgreSQL {}", r.get::<_, String>(0)),
+        Ok(c) => match c
+            .query_one(
+                "SELECT current_setting('server_version'), current_setting('autovacuum'),
+                        current_setting('shared_buffers')",
+                &[],
+            )
+            .await
+        {
+            Ok(r) => format!(
+                "PostgreSQL {} (autovacuum {}, shared_buffers {})",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            ),
             Err(_) => "PostgreSQL (unknown)".into(),
         },
         Err(_) => "PostgreSQL (unreachable)".into(),
