@@ -58,8 +58,24 @@ pub fn report(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// Installs the Prometheus recorder (once per process) and returns its handle; every metric is
-/// labelled `function="<function>"`.
+/// How often [`upkeep`] drains the histograms.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drains the histograms' samples into their buckets every few seconds until `shutdown`. The
+/// recorder keeps every sample it is given until then (its owner must run this; only a scrape
+/// would do it otherwise), and `wallet_command_age_seconds` takes one sample a command: `deposit`,
+/// which nothing scraped, grew from 24 to 61 MiB in 4 minutes at 8,333 deposits/s.
+pub async fn upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(UPKEEP) => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Installs the Prometheus recorder (once per process) and returns its handle, whose owner runs
+/// [`upkeep`]; every metric is labelled `function="<function>"`.
 pub fn init_metrics(function: &str) -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE

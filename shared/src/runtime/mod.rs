@@ -173,6 +173,10 @@ where
         let tasks = Tasks::new(name, shutdown.clone());
         let slot = Arc::new(OnceLock::new());
         let metrics = telemetry::init_metrics(name);
+        tasks.spawn(
+            "metrics upkeep",
+            telemetry::upkeep(metrics.clone(), shutdown.clone()),
+        );
         crate::metrics::build_info(name);
         tasks.spawn("http", http::serve(listener, slot.clone(), metrics, shutdown.clone()));
         tracing::info!(function = name, config = ?config, "starting");
