@@ -119,6 +119,29 @@ impl Topology {
                 )));
             }
         }
+        // JetStream refuses a stream whose subjects overlap another's: said here, before setup.
+        for (i, a) in t.streams.iter().enumerate() {
+            for b in &t.streams[i + 1..] {
+                if a.name == b.name {
+                    return Err(TopologyError::Invalid(format!(
+                        "stream `{}` is defined twice",
+                        a.name
+                    )));
+                }
+                let overlapping = a.subjects.iter().find_map(|x| {
+                    b.subjects
+                        .iter()
+                        .find(|y| subjects_overlap(x, y))
+                        .map(|y| (x, y))
+                });
+                if let Some((x, y)) = overlapping {
+                    return Err(TopologyError::Invalid(format!(
+                        "subject {y} of stream `{}` overlaps {x}, which stream `{}` takes",
+                        b.name, a.name
+                    )));
+                }
+            }
+        }
         Ok(t)
     }
 
@@ -219,6 +242,18 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
         }
     }
     subject_tokens.next().is_none()
+}
+
+/// True when some subject matches both filters (`*` and `>` wildcards in either).
+pub fn subjects_overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) | (None, None) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+            _ => return false,
+        }
+    }
 }
 
 fn nats_err(e: impl std::fmt::Display) -> TopologyError {
@@ -385,6 +420,14 @@ mod tests {
             "wallet.events.deposit.completed"
         ));
         assert!(!subject_matches("t.provider.*.ack", "t.provider.*.ack"));
+        assert!(subjects_overlap("payout.*.ack", "payout.psp-1.ack"));
+        assert!(subjects_overlap("payout.*.ack", "payout.>"));
+        assert!(subjects_overlap("wallet.>", "wallet.a.b"));
+        assert!(subjects_overlap("a.*", "*.b"));
+        assert!(!subjects_overlap("payout.*.ack", "payout.*.request"));
+        assert!(!subjects_overlap("wallet.deposit", "wallet.deposit.x"));
+        assert!(!subjects_overlap("wallet.>", "wallet"));
+        assert!(!subjects_overlap("provider.*.ack", "payout.*.ack"));
     }
 
     #[test]

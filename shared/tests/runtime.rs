@@ -580,3 +580,19 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pooled_sessions_commit_synchronously_and_plan_every_statement_for_its_arguments() {
+    let env = TestEnv::new().await;
+    let pool = wallet_runtime::db::pool(&env.config).unwrap();
+    let client = pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let settings: (String, String) = (row.get(0), row.get(1));
+    assert_eq!(settings, ("on".into(), "force_custom_plan".into()));
+}
