@@ -29,6 +29,7 @@ use deadpool_postgres::{Pool, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::BalanceCache;
+use crate::db;
 use crate::error::StepError;
 use crate::events::Reason;
 use crate::metrics;
@@ -86,10 +87,14 @@ const CLAIM_STALE: &str = "
 
 const DELETE: &str = "DELETE FROM outbox WHERE id = ANY($1)";
 
-/// Rows are deleted once published, so the table holds only the backlog: counting it is cheap.
+/// Rows are deleted once published, but a deleted row stays in the table's pages until VACUUM, and
+/// a sequential scan reads every one of them: without autovacuum, counting by one took 8.5 ms
+/// after 3 minutes of `mixed-all-peak`, once a second in every process, and 15 ms over 200,000
+/// deleted rows. Walking the primary key visits a deleted row's entry once and marks it dead, so
+/// the next walks skip it: 0.4 ms over the same 200,000 ([`db::WALK_THE_INDEX`]).
 const BACKLOG: &str = "
     SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-    FROM outbox";
+    FROM (SELECT created_at FROM outbox ORDER BY id) unpublished";
 
 /// Inserts `messages` as one row in the caller's transaction; returns it, to publish after the
 /// commit (none without messages).
@@ -308,7 +313,11 @@ impl Publisher {
 
     /// The unpublished rows and the age of the oldest, in seconds.
     pub async fn backlog(&self) -> Result<(i64, f64), StepError> {
-        let row = self.pool.get().await?.query_one(BACKLOG, &[]).await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(db::WALK_THE_INDEX).await?;
+        let row = tx.query_one(BACKLOG, &[]).await?;
+        tx.commit().await?;
         Ok((row.try_get(0)?, row.try_get(1)?))
     }
 }
