@@ -4,7 +4,8 @@
 //! certificate and name against `PG_TLS_CA` (a PEM file) or, without it, the system's roots. Any
 //! other `sslmode` connects in plain text (use it only on a trusted network). Every connection
 //! commits synchronously and plans each statement for its own arguments, unless the URL says
-//! otherwise ([`SESSION_DEFAULTS`]).
+//! otherwise ([`SESSION_DEFAULTS`]); a function's pooled sessions also keep their plans on the
+//! indexes ([`POOLED_DEFAULTS`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ impl From<tokio_postgres::Error> for DbError {
     }
 }
 
-fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+fn pg_config(url: &str, defaults: &[(&str, &str)]) -> Result<tokio_postgres::Config, DbError> {
     let mut config: tokio_postgres::Config = url.parse()?;
     config.connect_timeout(Duration::from_secs(5));
     config.keepalives_idle(Duration::from_secs(30));
@@ -47,7 +48,7 @@ fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
         config.application_name("wallet-functions");
     }
     let mut options = config.get_options().unwrap_or_default().to_owned();
-    for (setting, value) in SESSION_DEFAULTS {
+    for (setting, value) in defaults {
         if !options.contains(setting) {
             options = format!("{options} -c {setting}={value}");
         }
@@ -67,21 +68,33 @@ pub(crate) const WALK_THE_INDEX: &str =
     "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off";
 
 /// Settings of every session, unless the URL sets them itself (`synchronous_commit=remote_apply`,
-/// say).
+/// say): a command is acknowledged once its transaction commits, so that commit must be on disk
+/// (and on the synchronous standbys), whatever the server's default.
+const SESSION_DEFAULTS: [(&str, &str); 1] = [("synchronous_commit", "on")];
+
+/// Settings of a function's pooled sessions, unless the URL sets them: [`SESSION_DEFAULTS`], and
+/// plans that stay right while the tables grow.
 ///
-/// - `synchronous_commit=on`: a command is acknowledged once its transaction commits, so that
-///   commit must be on disk (and on the synchronous standbys), whatever the server's default.
-/// - `plan_cache_mode=force_custom_plan`: the statements a function prepares once run for the
-///   life of its connections, against tables that start empty and grow by millions of rows. Left
-///   to choose, PostgreSQL settles on a generic plan after five runs, made for the table's size
-///   then (a sequential scan of a table of 190 rows), and replaces it only when the table's
-///   statistics change, which without autovacuum is never: the accounts lock and the answers'
-///   finishing updates scanned whole tables, 47–58 ms a batch after three minutes of
-///   mixed-all-peak (bench/ANALYSIS.md). Planned for each batch's own arrays, the plan follows
-///   the table; planning costs a fraction of a millisecond a statement, once per batch.
-const SESSION_DEFAULTS: [(&str, &str); 2] = [
+/// A function prepares its statements once per connection and runs them for the connection's
+/// life, against tables that start empty and grow by millions of rows. After five runs
+/// PostgreSQL settles on a generic plan made for the table's size then, and replaces it only when
+/// the table's statistics change, which without autovacuum is never: the accounts lock and the
+/// answers' finishing updates kept sequential scans and hash joins made for tables of a few hundred
+/// rows, 47–58 ms a batch after three minutes of mixed-all-peak (bench/ANALYSIS.md).
+///
+/// - `enable_seqscan=off`: every statement of a function finds its rows by key, so a plan made
+///   on an empty table walks the index it will need at any size. A statement with no index to
+///   use still runs, by a sequential scan.
+/// - `jit=off`: with sequential scans priced out, such a statement's estimate would pass the JIT
+///   threshold and compile for 100 ms or more; a batch's statements never gain from it.
+///
+/// Planning each batch's statements for their own arguments (`plan_cache_mode=force_custom_plan`)
+/// fixed the plans too, but planning then took 14 of PostgreSQL's 87 busy seconds in 90 s of
+/// mixed-all-peak, against 7 with these settings (pg_stat_statements, bench/ANALYSIS.md).
+const POOLED_DEFAULTS: [(&str, &str); 3] = [
     ("synchronous_commit", "on"),
-    ("plan_cache_mode", "force_custom_plan"),
+    ("enable_seqscan", "off"),
+    ("jit", "off"),
 ];
 
 /// The TLS connector `sslmode=require` asks for; `None` for plain text.
@@ -125,7 +138,7 @@ fn tls(
 /// A pool of `PG_POOL_SIZE` connections. Nothing connects until the first use, so a process
 /// starts (and reports itself not ready) while PostgreSQL is down.
 pub fn pool(config: &Config) -> Result<Pool, DbError> {
-    let pg = pg_config(&config.database_url)?;
+    let pg = pg_config(&config.database_url, &POOLED_DEFAULTS)?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -174,7 +187,7 @@ async fn connect(
 /// One connection to `DATABASE_URL`'s database, outside any pool (operator commands).
 pub async fn client(config: &Config) -> Result<tokio_postgres::Client, DbError> {
     connect(
-        &pg_config(&config.database_url)?,
+        &pg_config(&config.database_url, &SESSION_DEFAULTS)?,
         config.pg_tls_ca.as_deref(),
     )
     .await
@@ -182,7 +195,7 @@ pub async fn client(config: &Config) -> Result<tokio_postgres::Client, DbError> 
 
 /// The database `DATABASE_URL` names, and a connection to its server's `postgres` database.
 async fn admin(c: &Config) -> Result<(String, tokio_postgres::Client), DbError> {
-    let config = pg_config(&c.database_url)?;
+    let config = pg_config(&c.database_url, &SESSION_DEFAULTS)?;
     let name = config
         .get_dbname()
         .map(str::to_owned)
@@ -265,24 +278,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sessions_commit_synchronously_and_plan_each_batch_unless_the_url_says_otherwise() {
-        let plain = pg_config("postgres://postgres@127.0.0.1:5432/wallet").unwrap();
+    fn sessions_commit_synchronously_and_pooled_ones_walk_indexes_unless_the_url_says_otherwise() {
+        let url = "postgres://postgres@127.0.0.1:5432/wallet";
+        let plain = pg_config(url, &SESSION_DEFAULTS).unwrap();
+        assert_eq!(plain.get_options(), Some("-c synchronous_commit=on"));
+        let pooled = pg_config(url, &POOLED_DEFAULTS).unwrap();
         assert_eq!(
-            plain.get_options(),
-            Some("-c synchronous_commit=on -c plan_cache_mode=force_custom_plan")
+            pooled.get_options(),
+            Some("-c synchronous_commit=on -c enable_seqscan=off -c jit=off")
         );
-        let other = pg_config("postgres://h/db?options=-c%20statement_timeout%3D5s").unwrap();
+        let other =
+            pg_config("postgres://h/db?options=-c%20statement_timeout%3D5s", &SESSION_DEFAULTS)
+                .unwrap();
         assert_eq!(
             other.get_options(),
-            Some(
-                "-c statement_timeout=5s -c synchronous_commit=on -c plan_cache_mode=force_custom_plan"
-            )
+            Some("-c statement_timeout=5s -c synchronous_commit=on")
         );
-        let own =
-            pg_config("postgres://h/db?options=-c%20synchronous_commit%3Dremote_apply").unwrap();
+        let own = pg_config(
+            "postgres://h/db?options=-c%20synchronous_commit%3Dremote_apply%20-c%20jit%3Don",
+            &POOLED_DEFAULTS,
+        )
+        .unwrap();
         assert_eq!(
             own.get_options(),
-            Some("-c synchronous_commit=remote_apply -c plan_cache_mode=force_custom_plan")
+            Some("-c synchronous_commit=remote_apply -c jit=on -c enable_seqscan=off")
         );
     }
 }

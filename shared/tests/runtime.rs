@@ -582,19 +582,20 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pooled_sessions_commit_synchronously_and_plan_every_statement_for_its_arguments() {
+async fn pooled_sessions_commit_synchronously_and_keep_their_plans_on_the_indexes() {
     let env = TestEnv::new().await;
     let pool = wallet_runtime::db::pool(&env.config).unwrap();
     let client = pool.get().await.unwrap();
     let row = client
         .query_one(
-            "SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode')",
+            "SELECT current_setting('synchronous_commit'), current_setting('enable_seqscan'),
+                    current_setting('jit')",
             &[],
         )
         .await
         .unwrap();
-    let settings: (String, String) = (row.get(0), row.get(1));
-    assert_eq!(settings, ("on".into(), "force_custom_plan".into()));
+    let settings: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(settings, ("on".into(), "off".into(), "off".into()));
 }
 
 /// The outbox backlog gauge, measured every relay interval in every process, finds the few rows
