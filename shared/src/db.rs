@@ -287,9 +287,11 @@ mod tests {
             pooled.get_options(),
             Some("-c synchronous_commit=on -c enable_seqscan=off -c jit=off")
         );
-        let other =
-            pg_config("postgres://h/db?options=-c%20statement_timeout%3D5s", &SESSION_DEFAULTS)
-                .unwrap();
+        let other = pg_config(
+            "postgres://h/db?options=-c%20statement_timeout%3D5s",
+            &SESSION_DEFAULTS,
+        )
+        .unwrap();
         assert_eq!(
             other.get_options(),
             Some("-c statement_timeout=5s -c synchronous_commit=on")
