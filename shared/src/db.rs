@@ -3,9 +3,8 @@
 //! Connections use TLS when `DATABASE_URL` says `sslmode=require`: rustls, verifying the server's
 //! certificate and name against `PG_TLS_CA` (a PEM file) or, without it, the system's roots. Any
 //! other `sslmode` connects in plain text (use it only on a trusted network). Every connection
-//! commits synchronously and plans each statement for its own arguments, unless the URL says
-//! otherwise ([`SESSION_DEFAULTS`]); a function's pooled sessions also keep their plans on the
-//! indexes ([`POOLED_DEFAULTS`]).
+//! commits synchronously ([`SESSION_DEFAULTS`]), and a function's pooled sessions keep their
+//! plans on the indexes ([`POOLED_PLANS`]), unless the URL says otherwise.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,7 +39,9 @@ impl From<tokio_postgres::Error> for DbError {
     }
 }
 
-fn pg_config(url: &str, defaults: &[(&str, &str)]) -> Result<tokio_postgres::Config, DbError> {
+/// `DATABASE_URL`'s connection settings, with [`SESSION_DEFAULTS`] and `extra` for whatever its
+/// `options` do not set.
+fn pg_config(url: &str, extra: &[(&str, &str)]) -> Result<tokio_postgres::Config, DbError> {
     let mut config: tokio_postgres::Config = url.parse()?;
     config.connect_timeout(Duration::from_secs(5));
     config.keepalives_idle(Duration::from_secs(30));
@@ -48,7 +49,7 @@ fn pg_config(url: &str, defaults: &[(&str, &str)]) -> Result<tokio_postgres::Con
         config.application_name("wallet-functions");
     }
     let mut options = config.get_options().unwrap_or_default().to_owned();
-    for (setting, value) in defaults {
+    for (setting, value) in SESSION_DEFAULTS.iter().chain(extra) {
         if !options.contains(setting) {
             options = format!("{options} -c {setting}={value}");
         }
@@ -57,23 +58,13 @@ fn pg_config(url: &str, defaults: &[(&str, &str)]) -> Result<tokio_postgres::Con
     Ok(config)
 }
 
-/// Makes the statements of the current transaction walk an index instead of scanning the table or
-/// a bitmap of it. Until VACUUM, a deleted or finished row keeps its place in the table's pages
-/// and its index entries; a statement looking for the few live rows among many such (the outbox,
-/// a saga's pending rows) reads them all on every run by a sequential or bitmap scan, while a plain
-/// index scan marks each dead entry once and skips it ever after. Without autovacuum, or between
-/// two vacuums of a busy table, that is the difference between milliseconds a run and
-/// microseconds. `SET LOCAL`: it ends with the transaction.
-pub(crate) const WALK_THE_INDEX: &str =
-    "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off";
-
 /// Settings of every session, unless the URL sets them itself (`synchronous_commit=remote_apply`,
 /// say): a command is acknowledged once its transaction commits, so that commit must be on disk
 /// (and on the synchronous standbys), whatever the server's default.
 const SESSION_DEFAULTS: [(&str, &str); 1] = [("synchronous_commit", "on")];
 
-/// Settings of a function's pooled sessions, unless the URL sets them: [`SESSION_DEFAULTS`], and
-/// plans that stay right while the tables grow.
+/// Settings of a function's pooled sessions besides [`SESSION_DEFAULTS`], unless the URL sets
+/// them: plans that stay right while the tables grow.
 ///
 /// A function prepares its statements once per connection and runs them for the connection's
 /// life, against tables that start empty and grow by millions of rows. After five runs
@@ -91,11 +82,7 @@ const SESSION_DEFAULTS: [(&str, &str); 1] = [("synchronous_commit", "on")];
 /// Planning each batch's statements for their own arguments (`plan_cache_mode=force_custom_plan`)
 /// fixed the plans too, but planning then took 14 of PostgreSQL's 87 busy seconds in 90 s of
 /// mixed-all-peak, against 7 with these settings (pg_stat_statements, bench/ANALYSIS.md).
-const POOLED_DEFAULTS: [(&str, &str); 3] = [
-    ("synchronous_commit", "on"),
-    ("enable_seqscan", "off"),
-    ("jit", "off"),
-];
+const POOLED_PLANS: [(&str, &str); 2] = [("enable_seqscan", "off"), ("jit", "off")];
 
 /// The TLS connector `sslmode=require` asks for; `None` for plain text.
 fn tls(
@@ -138,7 +125,7 @@ fn tls(
 /// A pool of `PG_POOL_SIZE` connections. Nothing connects until the first use, so a process
 /// starts (and reports itself not ready) while PostgreSQL is down.
 pub fn pool(config: &Config) -> Result<Pool, DbError> {
-    let pg = pg_config(&config.database_url, &POOLED_DEFAULTS)?;
+    let pg = pg_config(&config.database_url, &POOLED_PLANS)?;
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -187,7 +174,7 @@ async fn connect(
 /// One connection to `DATABASE_URL`'s database, outside any pool (operator commands).
 pub async fn client(config: &Config) -> Result<tokio_postgres::Client, DbError> {
     connect(
-        &pg_config(&config.database_url, &SESSION_DEFAULTS)?,
+        &pg_config(&config.database_url, &[])?,
         config.pg_tls_ca.as_deref(),
     )
     .await
@@ -195,7 +182,7 @@ pub async fn client(config: &Config) -> Result<tokio_postgres::Client, DbError> 
 
 /// The database `DATABASE_URL` names, and a connection to its server's `postgres` database.
 async fn admin(c: &Config) -> Result<(String, tokio_postgres::Client), DbError> {
-    let config = pg_config(&c.database_url, &SESSION_DEFAULTS)?;
+    let config = pg_config(&c.database_url, &[])?;
     let name = config
         .get_dbname()
         .map(str::to_owned)
@@ -280,25 +267,21 @@ mod tests {
     #[test]
     fn sessions_commit_synchronously_and_pooled_ones_walk_indexes_unless_the_url_says_otherwise() {
         let url = "postgres://postgres@127.0.0.1:5432/wallet";
-        let plain = pg_config(url, &SESSION_DEFAULTS).unwrap();
+        let plain = pg_config(url, &[]).unwrap();
         assert_eq!(plain.get_options(), Some("-c synchronous_commit=on"));
-        let pooled = pg_config(url, &POOLED_DEFAULTS).unwrap();
+        let pooled = pg_config(url, &POOLED_PLANS).unwrap();
         assert_eq!(
             pooled.get_options(),
             Some("-c synchronous_commit=on -c enable_seqscan=off -c jit=off")
         );
-        let other = pg_config(
-            "postgres://h/db?options=-c%20statement_timeout%3D5s",
-            &SESSION_DEFAULTS,
-        )
-        .unwrap();
+        let other = pg_config("postgres://h/db?options=-c%20statement_timeout%3D5s", &[]).unwrap();
         assert_eq!(
             other.get_options(),
             Some("-c statement_timeout=5s -c synchronous_commit=on")
         );
         let own = pg_config(
             "postgres://h/db?options=-c%20synchronous_commit%3Dremote_apply%20-c%20jit%3Don",
-            &POOLED_DEFAULTS,
+            &POOLED_PLANS,
         )
         .unwrap();
         assert_eq!(

@@ -24,7 +24,6 @@ use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
-use crate::db;
 use crate::error::StepError;
 use crate::events::{Event, Status};
 use crate::metrics;
@@ -36,6 +35,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Rows claimed per transaction.
 const LIMIT: i64 = 500;
+
+/// For the sweep's transaction only (why: [`advance`]). A function's sessions already price out
+/// sequential scans (`db::POOLED_PLANS`).
+const WALK_THE_INDEX: &str = "SET LOCAL enable_bitmapscan = off";
 
 /// Claims due rows of `saga` and advances them in one statement. `$1` stuck-after, `$2` ack timeout,
 /// `$3` the backoff cap, all in milliseconds. A row not stuck yet is next checked no later
@@ -50,7 +53,7 @@ const LIMIT: i64 = 500;
 /// every one of those entries and their heap pages on each pass (43 ms a pass for 422 pending
 /// transfers among 177,000 finished, growing with the table: bench/ANALYSIS.md). A plain index
 /// scan visits an entry whose row is gone for every transaction once and marks it dead, so the
-/// next passes skip it (0.5 ms after the first pass there): [`db::WALK_THE_INDEX`].
+/// next passes skip it (0.5 ms after the first pass there): [`WALK_THE_INDEX`].
 fn advance(saga: &Saga) -> String {
     let Saga {
         table,
@@ -138,7 +141,7 @@ async fn sweep(saga: &Saga, advance: &str, ctx: &Context) -> Result<usize, StepE
     let timings = &ctx.config.transfers;
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
-    tx.batch_execute(db::WALK_THE_INDEX).await?;
+    tx.batch_execute(WALK_THE_INDEX).await?;
     let rows = tx
         .query(
             advance,

@@ -174,6 +174,22 @@ async fn copies_of_one_id_inside_one_batch_have_one_effect() {
     assert!(env.audit().await.ok());
 }
 
+/// Leaves `rows` outbox rows of `per_row` probe events each, a minute old, as a crash would.
+async fn left_in_outbox(pg: &tokio_postgres::Client, rows: i32, per_row: i32) {
+    pg.execute(
+        "INSERT INTO outbox (subjects, msg_ids, payloads, wallets, created_at)
+         SELECT array_fill('wallet.events.probe.completed'::text, ARRAY[$2::int]),
+                ARRAY(SELECT format('probe:many-%s-%s:completed', r, i) FROM generate_series(1, $2) i),
+                ARRAY(SELECT convert_to(format('{\"id\": \"many-%s-%s\", \"entity\": \"probe\", \"status\": \"completed\"}', r, i), 'UTF8')
+                      FROM generate_series(1, $2) i),
+                array_fill('[]'::text, ARRAY[$2::int]), now() - interval '1 minute'
+         FROM generate_series(1, $1) r",
+        &[&rows, &per_row],
+    )
+    .await
+    .unwrap();
+}
+
 /// Waits until the relay has published and deleted every outbox row.
 async fn outbox_empties(pg: &tokio_postgres::Client) {
     eventually(T, "the outbox to empty", || async {
@@ -265,18 +281,7 @@ async fn the_relay_publishes_what_a_crash_left_in_the_outbox_and_never_caches_an
 async fn the_relay_publishes_a_backlog_larger_than_the_acks_a_process_may_await() {
     let env = TestEnv::new().await;
     let pg = env.pg().await;
-    pg.execute(
-        "INSERT INTO outbox (subjects, msg_ids, payloads, wallets, created_at)
-         SELECT array_fill('wallet.events.probe.completed'::text, ARRAY[1000]),
-                ARRAY(SELECT format('probe:many-%s-%s:completed', r, i) FROM generate_series(1, 1000) i),
-                ARRAY(SELECT convert_to(format('{\"id\": \"many-%s-%s\", \"entity\": \"probe\", \"status\": \"completed\"}', r, i), 'UTF8')
-                      FROM generate_series(1, 1000) i),
-                array_fill('[]'::text, ARRAY[1000]), now() - interval '1 minute'
-         FROM generate_series(1, 8) r",
-        &[],
-    )
-    .await
-    .unwrap();
+    left_in_outbox(&pg, 8, 1000).await;
     let _probe = env.spawn(
         "probe",
         &[
@@ -606,12 +611,9 @@ async fn pooled_sessions_commit_synchronously_and_keep_their_plans_on_the_indexe
 async fn the_outbox_backlog_is_measured_through_its_index_past_the_published_rows() {
     let env = TestEnv::new().await;
     let pg = env.pg().await;
+    left_in_outbox(&pg, 20_000, 1).await;
     pg.batch_execute(
-        "INSERT INTO outbox (subjects, msg_ids, payloads, wallets, created_at)
-         SELECT ARRAY['wallet.events.probe.completed'], ARRAY['probe:' || g || ':completed'],
-                ARRAY['{}'::bytea], ARRAY['[]'], now() - interval '1 minute'
-         FROM generate_series(1, 20000) g;
-         DELETE FROM outbox WHERE id <= (SELECT max(id) - 2 FROM outbox);
+        "DELETE FROM outbox WHERE id <= (SELECT max(id) - 2 FROM outbox);
          SELECT pg_stat_force_next_flush();",
     )
     .await
