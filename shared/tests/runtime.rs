@@ -136,6 +136,19 @@ async fn one_pooled_connection_is_enough() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_of_one_id_inside_one_batch_have_one_effect() {
+    // The four messages land in one batch only if the client has read them all when the first
+    // is taken; on a busy host it sometimes has not. Every try must have one effect per id; one
+    // try in three must also have been the single batch this test is about.
+    for _ in 0..3 {
+        if copies_of_one_id_have_one_effect().await == 1.0 {
+            return;
+        }
+    }
+    panic!("never one batch in three tries: the test proves less than it says");
+}
+
+/// The scenario, in a namespace of its own; the number of batches it took.
+async fn copies_of_one_id_have_one_effect() -> f64 {
     let env = TestEnv::new().await;
     // Published before the function starts, so that one fetch takes them all; one consume loop,
     // as JetStream shares messages round-robin between pulls waiting at once.
@@ -166,12 +179,8 @@ async fn copies_of_one_id_inside_one_batch_have_one_effect() {
         probe_proc.metric("wallet_commands_duplicate_total").await,
         1.0
     );
-    assert_eq!(
-        probe_proc.metric("wallet_batch_size_count").await,
-        1.0,
-        "not one batch: the test proves less than it says"
-    );
     assert!(env.audit().await.ok());
+    probe_proc.metric("wallet_batch_size_count").await
 }
 
 /// Leaves `rows` outbox rows of `per_row` probe events each, a minute old, as a crash would.

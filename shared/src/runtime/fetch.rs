@@ -30,11 +30,18 @@ const EXPIRES: Duration = Duration::from_secs(30);
 /// The server says it is alive this often while it has nothing to send; two missed mean the
 /// request is gone with its server, and the stream is made again.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// A batch of at least this many messages means messages arrive faster than batches are decided:
-/// the next batch then waits up to `BATCH_LINGER` for more, turning many small transactions into
-/// fewer larger ones. A smaller one means it is quiet, and a message is decided as soon as it is
-/// there. The load alone decides; nothing is tuned per deployment.
-const LINGER_FROM: usize = 16;
+/// How long the next batch may wait for more messages, once it has one: messages arriving faster
+/// than batches are decided (the last batch held more than one) turn many small transactions into
+/// fewer larger ones, each message waiting at most as long again as the last batch took to decide
+/// and never more than `BATCH_LINGER`. When it is quiet (a batch of one) a message is decided as
+/// soon as it is there. The load alone decides; nothing is tuned per deployment.
+///
+/// Measured on `mixed-all-peak`: the low-rate functions (about 300 commands/s each) decided
+/// batches of 4 to 7 in transactions of their own and never lingered while the rule was 16
+/// messages or more; bench/ANALYSIS.md has what lingering on them changed.
+fn linger(last_size: usize, last_decision: Duration, cap: Duration) -> Option<Duration> {
+    (last_size > 1 && !cap.is_zero()).then(|| last_decision.min(cap))
+}
 
 /// One consume loop's source of batches.
 pub(super) struct Batches {
@@ -47,6 +54,8 @@ pub(super) struct Batches {
     /// A message that did not fit the last batch's bytes: it opens the next one.
     carried: Option<Message>,
     last_size: usize,
+    /// When the last batch was handed out: the time until the next call is its decision's.
+    handed_out: tokio::time::Instant,
 }
 
 impl Batches {
@@ -65,6 +74,7 @@ impl Batches {
             messages: None,
             carried: None,
             last_size: 0,
+            handed_out: tokio::time::Instant::now(),
         }
     }
 
@@ -74,6 +84,7 @@ impl Batches {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Option<Vec<Message>>, StepError> {
+        let linger = linger(self.last_size, self.handed_out.elapsed(), self.linger);
         let first = match self.carried.take() {
             Some(m) => m,
             None => {
@@ -85,15 +96,17 @@ impl Batches {
                     next = tokio::time::timeout(wait, messages.next()) => next,
                 };
                 match next {
-                    Err(_) => return Ok(Some(Vec::new())),
+                    Err(_) => {
+                        self.last_size = 0;
+                        return Ok(Some(Vec::new()));
+                    }
                     Ok(next) => self.took(next)?,
                 }
             }
         };
         let mut bytes = first.length;
         let mut batch = vec![first];
-        let linger_until = (self.last_size >= LINGER_FROM && !self.linger.is_zero())
-            .then(|| tokio::time::Instant::now() + self.linger);
+        let linger_until = linger.map(|l| tokio::time::Instant::now() + l);
         while batch.len() < self.max {
             let Some(messages) = self.messages.as_mut() else {
                 break;
@@ -118,6 +131,7 @@ impl Batches {
             batch.push(m);
         }
         self.last_size = batch.len();
+        self.handed_out = tokio::time::Instant::now();
         Ok(Some(batch))
     }
 
@@ -170,5 +184,26 @@ impl Batches {
                 Err(StepError::transient("pull subscription ended"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: Duration = Duration::from_millis(20);
+
+    #[test]
+    fn a_loop_lingers_only_behind_a_batch_of_several_and_no_longer_than_it_took_or_the_cap() {
+        let ms = Duration::from_millis;
+        // Quiet: the last batch was one message (or none), the next is decided at once.
+        assert_eq!(linger(0, ms(3), CAP), None);
+        assert_eq!(linger(1, ms(3), CAP), None);
+        // Busy: as long again as the last decision took...
+        assert_eq!(linger(2, ms(3), CAP), Some(ms(3)));
+        assert_eq!(linger(40, ms(13), CAP), Some(ms(13)));
+        // ...never more than BATCH_LINGER, and never with BATCH_LINGER=0s.
+        assert_eq!(linger(1000, ms(150), CAP), Some(CAP));
+        assert_eq!(linger(1000, ms(150), Duration::ZERO), None);
     }
 }
