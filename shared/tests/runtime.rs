@@ -136,19 +136,27 @@ async fn one_pooled_connection_is_enough() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_of_one_id_inside_one_batch_have_one_effect() {
-    // The four messages land in one batch only if the client has read them all when the first
-    // is taken; on a busy host it sometimes has not. Every try must have one effect per id; one
-    // try in three must also have been the single batch this test is about.
+    in_one_batch(copies_of_one_id_have_one_effect).await;
+}
+
+/// Runs `scenario` until it took what it published before the function started as one batch,
+/// each try in a namespace of its own: messages published before a function starts land in one
+/// batch only if the client has read them all when the first is taken, and on a busy host it
+/// sometimes has not. Every try asserts what it must; one in three must also have been the single
+/// batch the test is about.
+async fn in_one_batch<T, F: std::future::Future<Output = Option<T>>>(
+    scenario: impl Fn() -> F,
+) -> T {
     for _ in 0..3 {
-        if copies_of_one_id_have_one_effect().await == 1.0 {
-            return;
+        if let Some(seen) = scenario().await {
+            return seen;
         }
     }
     panic!("never one batch in three tries: the test proves less than it says");
 }
 
-/// The scenario, in a namespace of its own; the number of batches it took.
-async fn copies_of_one_id_have_one_effect() -> f64 {
+/// The scenario; `None` when its four messages were not one batch.
+async fn copies_of_one_id_have_one_effect() -> Option<()> {
     let env = TestEnv::new().await;
     // Published before the function starts, so that one fetch takes them all; one consume loop,
     // as JetStream shares messages round-robin between pulls waiting at once.
@@ -180,7 +188,7 @@ async fn copies_of_one_id_have_one_effect() -> f64 {
         1.0
     );
     assert!(env.audit().await.ok());
-    probe_proc.metric("wallet_batch_size_count").await
+    (probe_proc.metric("wallet_batch_size_count").await == 1.0).then_some(())
 }
 
 /// Leaves `rows` outbox rows of `per_row` probe events each, a minute old, as a crash would.
@@ -400,6 +408,64 @@ async fn a_command_arriving_when_it_is_quiet_does_not_wait_for_the_linger() {
         env.stored_balance("u-1", "main", "USD").await,
         rust_decimal::Decimal::from(5)
     );
+}
+
+/// Behind a batch of several a loop lingers as long as that batch took to decide, not the whole
+/// `BATCH_LINGER`: a lone command sent right after it is decided well inside a 5 s cap.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_batch_of_several_a_command_lingers_for_the_last_decision_not_the_cap() {
+    let took = in_one_batch(|| lone_command_after_a_batch_of_four(Duration::ZERO, &[])).await;
+    assert!(took < Duration::from_millis(2500), "decided in {took:?}");
+}
+
+/// A loop whose wait for a message timed out is quiet, however busy it was before: the first
+/// command after a 3 s pause (`FETCH_WAIT` 200 ms) is decided at once, not after as long as the
+/// pause (up to the 5 s cap), as it would be if the linger were measured from the last batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_idle_wait_a_command_does_not_linger_for_the_pause() {
+    let took = in_one_batch(|| {
+        lone_command_after_a_batch_of_four(Duration::from_secs(3), &[("FETCH_WAIT", "200ms")])
+    })
+    .await;
+    assert!(took < Duration::from_millis(2500), "decided in {took:?}");
+}
+
+/// Four commands queued before the probe starts (one loop, `BATCH_LINGER` 5 s), then `pause`, then
+/// one more: how long that one took from publish to its event. `None` when the four were not one
+/// batch.
+async fn lone_command_after_a_batch_of_four(
+    pause: Duration,
+    extra: &[(&str, &str)],
+) -> Option<Duration> {
+    let env = TestEnv::new().await;
+    for i in 0..4 {
+        let id = format!("b-{i}");
+        env.publish("wallet.probe", &id, probe(&id, "u-1", "1", "USD"))
+            .await;
+    }
+    let mut vars = vec![("BATCH_LINGER", "5s"), ("BATCHES_IN_FLIGHT", "1")];
+    vars.extend_from_slice(extra);
+    let probe_proc = env.spawn("probe", &vars);
+    let mut events = env.events().await;
+    for i in 0..4 {
+        events.by_id(&format!("probe:b-{i}:completed"), T).await;
+    }
+    if probe_proc.metric("wallet_batch_size_count").await != 1.0 {
+        return None;
+    }
+    // The pause is the scenario (a loop left idle), not a wait for something to happen.
+    tokio::time::sleep(pause).await;
+    let sent = std::time::Instant::now();
+    env.publish("wallet.probe", "lone", probe("lone", "u-1", "1", "USD"))
+        .await;
+    events.by_id("probe:lone:completed", T).await;
+    let took = sent.elapsed();
+    assert_eq!(probe_proc.metric("wallet_batch_size_count").await, 2.0);
+    assert_eq!(
+        env.stored_balance("u-1", "main", "USD").await,
+        rust_decimal::Decimal::from(5)
+    );
+    Some(took)
 }
 
 /// Two batches that both meet a platform account that does not exist yet: one creates it, the

@@ -30,17 +30,19 @@ const EXPIRES: Duration = Duration::from_secs(30);
 /// The server says it is alive this often while it has nothing to send; two missed mean the
 /// request is gone with its server, and the stream is made again.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long the next batch may wait for more messages, once it has one: messages arriving faster
-/// than batches are decided (the last batch held more than one) turn many small transactions into
-/// fewer larger ones, each message waiting at most as long again as the last batch took to decide
-/// and never more than `BATCH_LINGER`. When it is quiet (a batch of one) a message is decided as
-/// soon as it is there. The load alone decides; nothing is tuned per deployment.
+/// How long the next batch may wait for more messages, once it has one, given how long the
+/// loop's last batch took to decide if it held more than one message. Messages arriving faster
+/// than batches are decided turn many small transactions into fewer larger ones, each message
+/// waiting at most as long again as the last batch took to decide and never more than
+/// `BATCH_LINGER`. When it is quiet (the last batch was one message, or the wait for one timed
+/// out) a message is decided as soon as it is there. The load alone decides; nothing is tuned
+/// per deployment.
 ///
 /// Measured on `mixed-all-peak`: the low-rate functions (about 300 commands/s each) decided
 /// batches of 4 to 7 in transactions of their own and never lingered while the rule was 16
 /// messages or more; bench/ANALYSIS.md has what lingering on them changed.
-fn linger(last_size: usize, last_decision: Duration, cap: Duration) -> Option<Duration> {
-    (last_size > 1 && !cap.is_zero()).then(|| last_decision.min(cap))
+fn linger(decided_in: Option<Duration>, cap: Duration) -> Option<Duration> {
+    decided_in.filter(|_| !cap.is_zero()).map(|d| d.min(cap))
 }
 
 /// One consume loop's source of batches.
@@ -53,9 +55,10 @@ pub(super) struct Batches {
     messages: Option<Stream>,
     /// A message that did not fit the last batch's bytes: it opens the next one.
     carried: Option<Message>,
-    last_size: usize,
-    /// When the last batch was handed out: the time until the next call is its decision's.
-    handed_out: tokio::time::Instant,
+    /// When the last batch was handed out, if it held more than one message: the time until the
+    /// next call is its decision's. `None` when it held one, or when a wait for the next
+    /// timed out: a loop that has been idle is quiet, however busy it was before.
+    several_handed_out: Option<tokio::time::Instant>,
 }
 
 impl Batches {
@@ -73,8 +76,7 @@ impl Batches {
             linger,
             messages: None,
             carried: None,
-            last_size: 0,
-            handed_out: tokio::time::Instant::now(),
+            several_handed_out: None,
         }
     }
 
@@ -84,7 +86,8 @@ impl Batches {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Option<Vec<Message>>, StepError> {
-        let linger = linger(self.last_size, self.handed_out.elapsed(), self.linger);
+        let decided_in = self.several_handed_out.map(|t| t.elapsed());
+        let linger = linger(decided_in, self.linger);
         let first = match self.carried.take() {
             Some(m) => m,
             None => {
@@ -97,7 +100,7 @@ impl Batches {
                 };
                 match next {
                     Err(_) => {
-                        self.last_size = 0;
+                        self.several_handed_out = None;
                         return Ok(Some(Vec::new()));
                     }
                     Ok(next) => self.took(next)?,
@@ -130,8 +133,7 @@ impl Batches {
             bytes += m.length;
             batch.push(m);
         }
-        self.last_size = batch.len();
-        self.handed_out = tokio::time::Instant::now();
+        self.several_handed_out = (batch.len() > 1).then(tokio::time::Instant::now);
         Ok(Some(batch))
     }
 
@@ -194,16 +196,15 @@ mod tests {
     const CAP: Duration = Duration::from_millis(20);
 
     #[test]
-    fn a_loop_lingers_only_behind_a_batch_of_several_and_no_longer_than_it_took_or_the_cap() {
+    fn a_loop_lingers_as_long_as_its_last_batch_of_several_took_and_no_longer_than_the_cap() {
         let ms = Duration::from_millis;
-        // Quiet: the last batch was one message (or none), the next is decided at once.
-        assert_eq!(linger(0, ms(3), CAP), None);
-        assert_eq!(linger(1, ms(3), CAP), None);
+        // Quiet: the last batch was one message, or the wait for one timed out.
+        assert_eq!(linger(None, CAP), None);
         // Busy: as long again as the last decision took...
-        assert_eq!(linger(2, ms(3), CAP), Some(ms(3)));
-        assert_eq!(linger(40, ms(13), CAP), Some(ms(13)));
+        assert_eq!(linger(Some(ms(3)), CAP), Some(ms(3)));
+        assert_eq!(linger(Some(ms(13)), CAP), Some(ms(13)));
         // ...never more than BATCH_LINGER, and never with BATCH_LINGER=0s.
-        assert_eq!(linger(1000, ms(150), CAP), Some(CAP));
-        assert_eq!(linger(1000, ms(150), Duration::ZERO), None);
+        assert_eq!(linger(Some(ms(150)), CAP), Some(CAP));
+        assert_eq!(linger(Some(ms(150)), Duration::ZERO), None);
     }
 }
