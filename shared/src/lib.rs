@@ -29,6 +29,7 @@ pub mod money;
 pub mod names;
 pub mod nats_auth;
 pub mod outbox;
+pub mod partition;
 pub mod runtime;
 pub mod saga;
 pub mod streams;
