@@ -8,8 +8,6 @@
 //! (`tests/partition.rs` checks it against a real nats-server). It is written out here, two
 //! constants and a loop, because the `fnv` crate hashes to 64 bits only.
 
-use std::fmt;
-
 /// How many partitions there are. Never changed: it is part of every partition number.
 pub const PARTITIONS: u16 = 256;
 
@@ -33,13 +31,6 @@ impl Partition {
 
     pub fn get(self) -> u16 {
         self.0
-    }
-}
-
-/// As it appears in a subject's token: the decimal number.
-impl fmt::Display for Partition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
     }
 }
 
