@@ -5,15 +5,17 @@
 //! The hash is FNV-1a, 32-bit, of the user id's UTF-8 bytes, modulo [`PARTITIONS`]: the one
 //! nats-server computes for a subject mapping's `{{partition(256,n)}}` over a single token. A
 //! client, a function and a server-side mapping therefore agree on every user's partition
-//! (`tests/partition.rs` checks it against a real nats-server). It is written out here, two
-//! constants and a loop, because the `fnv` crate hashes to 64 bits only.
+//! (`tests/partition.rs` checks it against real nats-servers, 2.9 and the pinned current one).
+//! The hash is `hash32::FnvHasher` (the `fnv` crate hashes to 64 bits only), fed the bytes
+//! through `Hasher::write` alone: `str`'s `Hash` would append a terminator byte nats-server does
+//! not hash.
+
+use core::hash::Hasher as _;
+
+use hash32::Hasher as _;
 
 /// How many partitions there are. Never changed: it is part of every partition number.
 pub const PARTITIONS: u16 = 256;
-
-/// The FNV-1a 32-bit parameters (the IETF draft "The FNV Non-Cryptographic Hash Algorithm").
-const OFFSET_BASIS: u32 = 0x811c_9dc5;
-const PRIME: u32 = 0x0100_0193;
 
 /// A partition number, below [`PARTITIONS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -22,9 +24,9 @@ pub struct Partition(u16);
 impl Partition {
     /// The partition of `user_id`.
     pub fn of(user_id: &str) -> Self {
-        let hash = user_id
-            .bytes()
-            .fold(OFFSET_BASIS, |h, b| (h ^ u32::from(b)).wrapping_mul(PRIME));
+        let mut hasher = hash32::FnvHasher::default();
+        hasher.write(user_id.as_bytes());
+        let hash = hasher.finish32();
         let p = hash % u32::from(PARTITIONS);
         Self(u16::try_from(p).expect("below PARTITIONS, a u16"))
     }

@@ -1,6 +1,7 @@
 //! The partition of a user, computed here, against the one a real nats-server computes in a
 //! subject mapping (`{{partition(256,1)}}`): the promise of `wallet_runtime::partition` is that
-//! a client, a function and a server-side mapping agree for every user.
+//! a client, a function and a server-side mapping agree for every user, on every server the
+//! project supports (Debian's 2.9 and the pinned current one).
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,14 +9,25 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use testkit::PrivateNats;
+use testkit::{PrivateNats, pinned_nats_server};
 use wallet_runtime::partition::{PARTITIONS, Partition};
 
+const MAPPING: &str = r#"mappings { "part.*": "mapped.{{partition(256,1)}}.{{wildcard(1)}}" }"#;
+
 #[tokio::test(flavor = "multi_thread")]
-async fn every_user_is_in_the_partition_nats_server_maps_it_to() {
-    let nats = PrivateNats::with_config(|_| {
-        r#"mappings { "part.*": "mapped.{{partition(256,1)}}.{{wildcard(1)}}" }"#.to_owned()
-    });
+async fn every_user_is_in_the_partition_debians_nats_server_maps_it_to() {
+    agrees_with(PrivateNats::with_config(|_| MAPPING.to_owned())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_user_is_in_the_partition_the_pinned_nats_server_maps_it_to() {
+    agrees_with(PrivateNats::of(pinned_nats_server(), |_| {
+        MAPPING.to_owned()
+    }))
+    .await;
+}
+
+async fn agrees_with(nats: PrivateNats) {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut mapped = client.subscribe("mapped.>").await.unwrap();
 

@@ -136,41 +136,18 @@ async fn one_pooled_connection_is_enough() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_of_one_id_inside_one_batch_have_one_effect() {
-    in_one_batch(copies_of_one_id_have_one_effect).await;
-}
-
-/// Runs `scenario` until it took what it published before the function started as one batch,
-/// each try in a namespace of its own: messages published before a function starts land in one
-/// batch only if the client has read them all when the first is taken, and on a busy host it
-/// sometimes has not. Every try asserts what it must; one in three must also have been the single
-/// batch the test is about.
-async fn in_one_batch<T, F: std::future::Future<Output = Option<T>>>(
-    scenario: impl Fn() -> F,
-) -> T {
-    for _ in 0..3 {
-        if let Some(seen) = scenario().await {
-            return seen;
-        }
-    }
-    panic!("never one batch in three tries: the test proves less than it says");
-}
-
-/// The scenario; `None` when its four messages were not one batch.
-async fn copies_of_one_id_have_one_effect() -> Option<()> {
-    let env = TestEnv::new().await;
-    // Published before the function starts, so that one fetch takes them all; one consume loop,
-    // as JetStream shares messages round-robin between pulls waiting at once.
-    env.publish("wallet.probe", "a", probe("d-1", "u-1", "10", "USD"))
-        .await;
-    env.publish("wallet.probe", "b", probe("d-1", "u-1", "10", "USD"))
-        .await;
-    env.publish("wallet.probe", "c", probe("d-1", "u-1", "99", "USD"))
-        .await;
-    env.publish("wallet.probe", "d", probe("d-2", "u-1", "1", "USD"))
-        .await;
-    let probe_proc = env.spawn("probe", &[("BATCHES_IN_FLIGHT", "1")]);
-    let mut events = env.events().await;
-    events.by_id("probe:d-2:completed", T).await;
+    let d1 = || probe("d-1", "u-1", "10", "USD");
+    let (env, probe_proc, events) = queued_as_one_batch(
+        &[
+            ("a", d1()),
+            ("b", d1()),
+            ("c", probe("d-1", "u-1", "99", "USD")),
+            ("d", probe("d-2", "u-1", "1", "USD")),
+        ],
+        "probe:d-2:completed",
+        &[],
+    )
+    .await;
     let mut dlq = env.dead_letters().await;
     let letters = dlq.count(1, T).await;
     assert_eq!(letters[0].header("Wallet-Dlq-Msg-Id"), "c");
@@ -188,7 +165,36 @@ async fn copies_of_one_id_have_one_effect() -> Option<()> {
         1.0
     );
     assert!(env.audit().await.ok());
-    (probe_proc.metric("wallet_batch_size_count").await == 1.0).then_some(())
+}
+
+/// A probe function (one consume loop, and `vars`) that took `commands` (message id, payload),
+/// published before it started, as one batch, once the event `last` is out; with its namespace
+/// and a reader of its events.
+///
+/// Messages published before a function starts land in one batch only if the client has read
+/// them all when the first is taken, and on a busy host it sometimes has not: each of up to three
+/// tries takes a namespace of its own, and a test about one batch never goes on with two.
+async fn queued_as_one_batch(
+    commands: &[(&str, Vec<u8>)],
+    last: &str,
+    vars: &[(&str, &str)],
+) -> (TestEnv, testkit::Proc, testkit::Reader) {
+    for _ in 0..3 {
+        let env = TestEnv::new().await;
+        for (id, payload) in commands {
+            env.publish("wallet.probe", id, payload.clone()).await;
+        }
+        // One consume loop: JetStream shares messages round-robin between pulls waiting at once.
+        let mut vars = vars.to_vec();
+        vars.push(("BATCHES_IN_FLIGHT", "1"));
+        let probe_proc = env.spawn("probe", &vars);
+        let mut events = env.events().await;
+        events.by_id(last, T).await;
+        if probe_proc.metric("wallet_batch_size_count").await == 1.0 {
+            return (env, probe_proc, events);
+        }
+    }
+    panic!("never one batch in three tries: the test proves less than it says");
 }
 
 /// Leaves `rows` outbox rows of `per_row` probe events each, a minute old, as a crash would.
@@ -414,7 +420,7 @@ async fn a_command_arriving_when_it_is_quiet_does_not_wait_for_the_linger() {
 /// `BATCH_LINGER`: a lone command sent right after it is decided well inside a 5 s cap.
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_batch_of_several_a_command_lingers_for_the_last_decision_not_the_cap() {
-    let took = in_one_batch(|| lone_command_after_a_batch_of_four(Duration::ZERO, &[])).await;
+    let took = lone_command_after_a_batch_of_four(Duration::ZERO, &[]).await;
     assert!(took < Duration::from_millis(2500), "decided in {took:?}");
 }
 
@@ -423,35 +429,26 @@ async fn behind_a_batch_of_several_a_command_lingers_for_the_last_decision_not_t
 /// pause (up to the 5 s cap), as it would be if the linger were measured from the last batch.
 #[tokio::test(flavor = "multi_thread")]
 async fn after_an_idle_wait_a_command_does_not_linger_for_the_pause() {
-    let took = in_one_batch(|| {
+    let took =
         lone_command_after_a_batch_of_four(Duration::from_secs(3), &[("FETCH_WAIT", "200ms")])
-    })
-    .await;
+            .await;
     assert!(took < Duration::from_millis(2500), "decided in {took:?}");
 }
 
-/// Four commands queued before the probe starts (one loop, `BATCH_LINGER` 5 s), then `pause`, then
-/// one more: how long that one took from publish to its event. `None` when the four were not one
-/// batch.
-async fn lone_command_after_a_batch_of_four(
-    pause: Duration,
-    extra: &[(&str, &str)],
-) -> Option<Duration> {
-    let env = TestEnv::new().await;
-    for i in 0..4 {
-        let id = format!("b-{i}");
-        env.publish("wallet.probe", &id, probe(&id, "u-1", "1", "USD"))
-            .await;
-    }
-    let mut vars = vec![("BATCH_LINGER", "5s"), ("BATCHES_IN_FLIGHT", "1")];
+/// Four commands taken as one batch (`BATCH_LINGER` 5 s), then `pause`, then one more: how long
+/// that one took from publish to its event.
+async fn lone_command_after_a_batch_of_four(pause: Duration, extra: &[(&str, &str)]) -> Duration {
+    let ids = ["b-0", "b-1", "b-2", "b-3"];
+    let commands: Vec<_> = ids
+        .iter()
+        .map(|id| (*id, probe(id, "u-1", "1", "USD")))
+        .collect();
+    let mut vars = vec![("BATCH_LINGER", "5s")];
     vars.extend_from_slice(extra);
-    let probe_proc = env.spawn("probe", &vars);
-    let mut events = env.events().await;
-    for i in 0..4 {
-        events.by_id(&format!("probe:b-{i}:completed"), T).await;
-    }
-    if probe_proc.metric("wallet_batch_size_count").await != 1.0 {
-        return None;
+    let (env, probe_proc, mut events) =
+        queued_as_one_batch(&commands, "probe:b-3:completed", &vars).await;
+    for id in ids {
+        events.by_id(&format!("probe:{id}:completed"), T).await;
     }
     // The pause is the scenario (a loop left idle), not a wait for something to happen.
     tokio::time::sleep(pause).await;
@@ -465,7 +462,7 @@ async fn lone_command_after_a_batch_of_four(
         env.stored_balance("u-1", "main", "USD").await,
         rust_decimal::Decimal::from(5)
     );
-    Some(took)
+    took
 }
 
 /// Two batches that both meet a platform account that does not exist yet: one creates it, the

@@ -12,6 +12,7 @@ use crate::free_port;
 #[derive(Debug)]
 pub struct PrivateNats {
     pub port: u16,
+    bin: PathBuf,
     dir: PathBuf,
     child: Mutex<Option<Child>>,
 }
@@ -24,11 +25,19 @@ impl PrivateNats {
     /// One started with a configuration file: `conf` is given the server's folder (for
     /// certificates) and returns the file's text (`tls { … }`, `authorization { … }`).
     pub fn with_config(conf: impl FnOnce(&std::path::Path) -> String) -> Self {
+        Self::of("nats-server", conf)
+    }
+
+    /// One of the server binary `bin` (Debian's `nats-server` on the PATH, or
+    /// [`crate::pinned_nats_server`]), started with a configuration file as in
+    /// [`Self::with_config`].
+    pub fn of(bin: impl Into<PathBuf>, conf: impl FnOnce(&std::path::Path) -> String) -> Self {
         let dir = std::env::temp_dir().join(format!("nats-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("nats.conf"), conf(&dir)).unwrap();
         let n = Self {
             port: free_port(),
+            bin: bin.into(),
             dir,
             child: Mutex::new(None),
         };
@@ -47,14 +56,16 @@ impl PrivateNats {
             .append(true)
             .open(self.dir.join("log"))
             .unwrap();
-        let child = Command::new("nats-server")
+        let child = Command::new(&self.bin)
             .args(["-c", self.dir.join("nats.conf").to_str().unwrap()])
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
             .args(["-sd", self.dir.join("store").to_str().unwrap()])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("nats-server (apt-get install nats-server)");
+            .unwrap_or_else(|e| {
+                panic!("{} (apt-get install nats-server): {e}", self.bin.display())
+            });
         *self.child.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
