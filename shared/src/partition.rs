@@ -36,6 +36,12 @@ impl Partition {
     }
 }
 
+/// The subject a command of `user_id` for `subject` goes to on a partitioned stream:
+/// `wallet.deposit` → `wallet.deposit.144` for `u-7`.
+pub fn subject(subject: &str, user_id: &str) -> String {
+    format!("{subject}.{}", Partition::of(user_id).get())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

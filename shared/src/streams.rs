@@ -66,6 +66,12 @@ pub struct StreamDef {
     pub max_msg_size: i32,
     #[serde(default = "one")]
     pub replicas: usize,
+    /// A command stream whose commands may carry their user's partition as one more, last token
+    /// (`wallet.deposit.144`, docs/sharding.md): it takes each of its subjects bare and followed
+    /// by `.*`. Its consumer reads it whole, unfiltered: nats-server 2.9 gives a consumer one
+    /// filter, and none selects both `wallet.deposit` and `wallet.deposit.144`.
+    #[serde(default)]
+    pub partitioned: bool,
 }
 
 fn one() -> usize {
@@ -94,7 +100,9 @@ pub struct ConsumerDef {
     /// The function (folder and binary name) that reads this consumer; also its durable name.
     pub function: String,
     pub stream: String,
-    pub filter_subject: String,
+    /// The subjects of its stream it reads; all of them when unset (a partitioned stream's).
+    #[serde(default)]
+    pub filter_subject: Option<String>,
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// Deliveries a message gets before the runtime dead-letters it (`max_deliver`).
@@ -112,9 +120,16 @@ impl Topology {
                     c.function
                 )));
             }
-            if !t.streams.iter().any(|s| s.name == c.stream) {
+            let Some(stream) = t.streams.iter().find(|s| s.name == c.stream) else {
                 return Err(TopologyError::Invalid(format!(
                     "consumer `{}` names unknown stream `{}`",
+                    c.function, c.stream
+                )));
+            };
+            if stream.partitioned && c.filter_subject.is_some() {
+                return Err(TopologyError::Invalid(format!(
+                    "consumer `{}` filters the partitioned stream `{}`: it must read it whole \
+                     (one filter cannot take both its bare and its partitioned subjects)",
                     c.function, c.stream
                 )));
             }
@@ -128,8 +143,9 @@ impl Topology {
                         a.name
                     )));
                 }
-                let overlapping = a.subjects.iter().find_map(|x| {
-                    b.subjects
+                let (a_subjects, b_subjects) = (a.taken(), b.taken());
+                let overlapping = a_subjects.iter().find_map(|x| {
+                    b_subjects
                         .iter()
                         .find(|y| subjects_overlap(x, y))
                         .map(|y| (x, y))
@@ -163,6 +179,35 @@ impl Topology {
         self.consumers.iter().find(|c| c.function == function)
     }
 
+    pub fn stream(&self, name: &str) -> Option<&StreamDef> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+
+    /// The subjects `consumer` reads (its filter, or all its stream takes), unprefixed.
+    pub fn read_by(&self, consumer: &ConsumerDef) -> Vec<String> {
+        match &consumer.filter_subject {
+            Some(f) => vec![f.clone()],
+            None => self
+                .stream(&consumer.stream)
+                .map(StreamDef::taken)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Where a client publishes a command for `subject` (unprefixed): followed by the partition
+    /// of `user_id` when a partitioned stream takes it, else `subject` itself.
+    pub fn command_subject(&self, subject: &str, user_id: &str) -> String {
+        let partitioned = self
+            .streams
+            .iter()
+            .any(|s| s.partitioned && s.subjects.iter().any(|x| x == subject));
+        if partitioned {
+            crate::partition::subject(subject, user_id)
+        } else {
+            subject.to_owned()
+        }
+    }
+
     /// Creates or updates every stream and consumer; returns one line per object saying what
     /// happened. Objects that would need recreation are reported with `NOT APPLIED`.
     pub async fn apply(
@@ -182,10 +227,22 @@ impl Topology {
 }
 
 impl StreamDef {
+    /// The subjects it takes, unprefixed: its own, and each followed by `.*` when partitioned.
+    pub fn taken(&self) -> Vec<String> {
+        let partitioned = self
+            .partitioned
+            .then(|| self.subjects.iter().map(|s| format!("{s}.*")));
+        self.subjects
+            .iter()
+            .cloned()
+            .chain(partitioned.into_iter().flatten())
+            .collect()
+    }
+
     pub fn config(&self, names: &Names) -> stream::Config {
         stream::Config {
             name: names.name(&self.name),
-            subjects: self.subjects.iter().map(|s| names.subject(s)).collect(),
+            subjects: self.taken().iter().map(|s| names.subject(s)).collect(),
             retention: match self.retention {
                 Retention::Limits => stream::RetentionPolicy::Limits,
                 Retention::Workqueue => stream::RetentionPolicy::WorkQueue,
@@ -209,7 +266,11 @@ impl ConsumerDef {
     pub fn config(&self, names: &Names) -> consumer::pull::Config {
         consumer::pull::Config {
             durable_name: Some(names.name(&self.function)),
-            filter_subject: names.subject(&self.filter_subject),
+            filter_subject: self
+                .filter_subject
+                .as_deref()
+                .map(|f| names.subject(f))
+                .unwrap_or_default(),
             ack_policy: consumer::AckPolicy::Explicit,
             deliver_policy: consumer::DeliverPolicy::All,
             ack_wait: self.ack_wait,
@@ -401,7 +462,43 @@ mod tests {
         assert_eq!(deposit.stream, "DEPOSITS");
         let c = deposit.config(&Names::new("t").expect("ns"));
         assert_eq!(c.durable_name.as_deref(), Some("t_deposit"));
-        assert_eq!(c.filter_subject, "t.wallet.deposit");
+        assert_eq!(c.filter_subject, "", "reads its partitioned stream whole");
+        let stream = t
+            .stream("DEPOSITS")
+            .expect("deposits")
+            .config(&Names::new("t").expect("ns"));
+        assert_eq!(stream.subjects, ["t.wallet.deposit", "t.wallet.deposit.*"]);
+        assert_eq!(t.read_by(deposit), ["wallet.deposit", "wallet.deposit.*"]);
+        assert_eq!(
+            t.command_subject("wallet.deposit", "u-7"),
+            "wallet.deposit.144"
+        );
+        let acks = t.consumer("provider-ack").expect("provider-ack");
+        assert_eq!(t.read_by(acks), ["provider.*.ack"]);
+        assert_eq!(
+            t.command_subject("provider.alpha.ack", "u-7"),
+            "provider.alpha.ack"
+        );
+    }
+
+    #[test]
+    fn a_partitioned_stream_is_read_whole() {
+        let file = |filter: &str| {
+            format!(
+                "[[stream]]\nname = \"S\"\nsubjects = [\"a.b\"]\npartitioned = true\n\
+                 duplicate_window = \"30s\"\nmax_bytes = 1\nmax_msg_size = 1\n\
+                 [[consumer]]\nfunction = \"f\"\nstream = \"S\"\n{filter}\
+                 ack_wait = \"30s\"\ndead_letter_after = 1\nmax_ack_pending = 1\n"
+            )
+        };
+        assert!(Topology::parse(&file("")).is_ok());
+        let err = Topology::parse(&file("filter_subject = \"a.b\"\n"))
+            .expect_err("a filter on a partitioned stream");
+        assert!(
+            err.to_string()
+                .contains("filters the partitioned stream `S`"),
+            "{err}"
+        );
     }
 
     #[test]

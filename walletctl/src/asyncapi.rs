@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use wallet_ops::catalog::{self, FunctionSpec, Kind};
 use wallet_runtime::interface::{Interface, Message, Operation};
+use wallet_runtime::streams::Topology;
 
 const ASYNCAPI: &str = "asyncapi.yaml";
 const SCHEMAS: &str = "schemas";
@@ -29,7 +30,8 @@ pub fn generate(root: &Path, bin_dir: &Path, check: bool) -> anyhow::Result<Vec<
         .iter()
         .map(|s| interface(bin_dir, s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let files = render(&specs, &interfaces)?;
+    let topology = Topology::load(Some(&root.join("streams.toml")))?;
+    let files = render(&specs, &topology, &interfaces)?;
     crate::generated::write_or_check(root, &files, &[SCHEMAS], check)
 }
 
@@ -138,6 +140,7 @@ struct Document {
 /// The generated files, by path under the repository root.
 pub fn render(
     specs: &[FunctionSpec],
+    topology: &Topology,
     interfaces: &[Interface],
 ) -> anyhow::Result<BTreeMap<PathBuf, String>> {
     let mut files = BTreeMap::new();
@@ -169,76 +172,26 @@ pub fn render(
                     "payload": m.payload,
                 }),
             );
-            let id = channel_id(&i.function, m);
-            let channel = channels.entry(id.clone()).or_insert_with(|| {
-                let address = if m.subject.is_empty() {
-                    Value::Null
-                } else {
-                    Value::from(m.subject.clone())
-                };
-                json!({ "address": address, "messages": {} })
+            // A command of a partitioned stream is received on its user's partition too.
+            let partitioned = m.operation == Operation::Receive
+                && spec
+                    .stream
+                    .as_deref()
+                    .and_then(|n| topology.stream(n))
+                    .is_some_and(|d| d.partitioned);
+            let on_partition = partitioned.then(|| Message {
+                subject: format!("{}.{{partition}}", m.subject),
+                ..m.clone()
             });
-            let c = channel.as_object_mut().expect("a channel is an object");
-            if let Some(Value::Object(ms)) = c.get_mut("messages") {
-                ms.insert(
-                    message_id.clone(),
-                    json!({ "$ref": format!("#/components/messages/{message_id}") }),
+            add_channel(&mut channels, &mut operations, (spec, i), m, "receive");
+            if let Some(m) = on_partition {
+                add_channel(
+                    &mut channels,
+                    &mut operations,
+                    (spec, i),
+                    &m,
+                    "receive.partitioned",
                 );
-            }
-            let params: Map<String, Value> = parameters(&m.subject)
-                .into_iter()
-                .map(|p| (p.to_owned(), parameter(p, m)))
-                .collect();
-            if !params.is_empty() {
-                let existing = c.entry("parameters").or_insert_with(|| json!({}));
-                merge_parameters(existing, params);
-            }
-            if let (Operation::Receive, Some(stream)) = (m.operation, &spec.stream) {
-                c.insert(
-                    "x-jetstream".into(),
-                    json!({ "stream": stream, "consumer": spec.name }),
-                );
-            }
-            let message_ref = json!({ "$ref": format!("#/channels/{id}/messages/{message_id}") });
-            match m.operation {
-                Operation::Receive => {
-                    // The NATS binding: a request-reply function answers in a queue group of
-                    // its name; a JetStream function reads through its durable consumer
-                    // (`x-jetstream` on the channel).
-                    let mut nats = json!({ "bindingVersion": "0.1.0" });
-                    if spec.kind == Kind::RequestReply {
-                        nats["queue"] = Value::from(spec.name.clone());
-                    }
-                    let mut op = json!({
-                        "action": "receive",
-                        "channel": { "$ref": format!("#/channels/{id}") },
-                        "summary": m.summary,
-                        "messages": [message_ref],
-                        "bindings": { "nats": nats },
-                    });
-                    if let Some(reply) = i.messages.iter().find(|r| r.operation == Operation::Reply)
-                    {
-                        let reply_id = channel_id(&i.function, reply);
-                        let reply_message = format!("{}.{}", i.function, reply.name);
-                        op["reply"] = json!({
-                            "channel": { "$ref": format!("#/channels/{reply_id}") },
-                            "messages": [{ "$ref": format!("#/channels/{reply_id}/messages/{reply_message}") }],
-                        });
-                    }
-                    operations.insert(format!("{}.receive", i.function), op);
-                }
-                Operation::Send => {
-                    operations.insert(
-                        format!("{}.send.{}", i.function, m.name),
-                        json!({
-                            "action": "send",
-                            "channel": { "$ref": format!("#/channels/{id}") },
-                            "summary": m.summary,
-                            "messages": [message_ref],
-                        }),
-                    );
-                }
-                Operation::Reply => {}
             }
         }
     }
@@ -272,6 +225,88 @@ pub fn render(
     Ok(files)
 }
 
+/// `m`'s channel (shared with other functions' messages on its address) and its operation, added;
+/// a message received is the operation `<function>.<receive>`.
+fn add_channel(
+    channels: &mut BTreeMap<String, Value>,
+    operations: &mut BTreeMap<String, Value>,
+    (spec, i): (&FunctionSpec, &Interface),
+    m: &Message,
+    receive: &str,
+) {
+    let message_id = format!("{}.{}", i.function, m.name);
+    let id = channel_id(&i.function, m);
+    let channel = channels.entry(id.clone()).or_insert_with(|| {
+        let address = if m.subject.is_empty() {
+            Value::Null
+        } else {
+            Value::from(m.subject.clone())
+        };
+        json!({ "address": address, "messages": {} })
+    });
+    let c = channel.as_object_mut().expect("a channel is an object");
+    if let Some(Value::Object(ms)) = c.get_mut("messages") {
+        ms.insert(
+            message_id.clone(),
+            json!({ "$ref": format!("#/components/messages/{message_id}") }),
+        );
+    }
+    let params: Map<String, Value> = parameters(&m.subject)
+        .into_iter()
+        .map(|p| (p.to_owned(), parameter(p, m)))
+        .collect();
+    if !params.is_empty() {
+        let existing = c.entry("parameters").or_insert_with(|| json!({}));
+        merge_parameters(existing, params);
+    }
+    if let (Operation::Receive, Some(stream)) = (m.operation, &spec.stream) {
+        c.insert(
+            "x-jetstream".into(),
+            json!({ "stream": stream, "consumer": spec.name }),
+        );
+    }
+    let message_ref = json!({ "$ref": format!("#/channels/{id}/messages/{message_id}") });
+    match m.operation {
+        Operation::Receive => {
+            // The NATS binding: a request-reply function answers in a queue group of
+            // its name; a JetStream function reads through its durable consumer
+            // (`x-jetstream` on the channel).
+            let mut nats = json!({ "bindingVersion": "0.1.0" });
+            if spec.kind == Kind::RequestReply {
+                nats["queue"] = Value::from(spec.name.clone());
+            }
+            let mut op = json!({
+                "action": "receive",
+                "channel": { "$ref": format!("#/channels/{id}") },
+                "summary": m.summary,
+                "messages": [message_ref],
+                "bindings": { "nats": nats },
+            });
+            if let Some(reply) = i.messages.iter().find(|r| r.operation == Operation::Reply) {
+                let reply_id = channel_id(&i.function, reply);
+                let reply_message = format!("{}.{}", i.function, reply.name);
+                op["reply"] = json!({
+                    "channel": { "$ref": format!("#/channels/{reply_id}") },
+                    "messages": [{ "$ref": format!("#/channels/{reply_id}/messages/{reply_message}") }],
+                });
+            }
+            operations.insert(format!("{}.{receive}", i.function), op);
+        }
+        Operation::Send => {
+            operations.insert(
+                format!("{}.send.{}", i.function, m.name),
+                json!({
+                    "action": "send",
+                    "channel": { "$ref": format!("#/channels/{id}") },
+                    "summary": m.summary,
+                    "messages": [message_ref],
+                }),
+            );
+        }
+        Operation::Reply => {}
+    }
+}
+
 /// A subject parameter's description; `status` lists the event's statuses.
 fn parameter(name: &str, m: &Message) -> Value {
     match name {
@@ -284,6 +319,9 @@ fn parameter(name: &str, m: &Message) -> Value {
             json!({ "description": "the event's status", "enum": statuses })
         }
         "provider" => json!({ "description": "a configured provider (`[a-z0-9-]{1,32}`)" }),
+        "partition" => json!({
+            "description": "the partition of the command's `user_id`, 0 to 255: FNV-1a (32-bit) of its UTF-8 bytes, modulo 256 (docs/CONTRACT.md §3)",
+        }),
         _ => json!({ "description": name }),
     }
 }

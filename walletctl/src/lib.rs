@@ -107,7 +107,8 @@ pub enum Cmd {
         command: CampaignCmd,
     },
     /// Publish one command, as a client does: JSON to SUBJECT (`wallet.deposit`, …) with
-    /// `Nats-Msg-Id: ID`, waiting until JetStream stored it.
+    /// `Nats-Msg-Id: ID`, on its user's partition (`wallet.deposit.144`), waiting until
+    /// JetStream stored it.
     Publish {
         subject: String,
         payload: String,
@@ -379,7 +380,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         } => {
             println!(
                 "{}",
-                client::publish(&config, &subject, &id, &payload).await?
+                client::publish(&config, &topology, &subject, &id, &payload).await?
             );
             Ok(ExitCode::SUCCESS)
         }

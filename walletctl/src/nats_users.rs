@@ -22,9 +22,6 @@ use wallet_runtime::streams::Topology;
 
 use wallet_ops::catalog::{FunctionSpec, Kind};
 
-/// The commands that platform clients publish (the command streams' subjects).
-const COMMANDS: [&str; 3] = ["wallet.deposit", "wallet.transfer-out", "bonus.grant"];
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub name: String,
@@ -86,7 +83,10 @@ pub fn users(
         });
     }
     let events = names.name("WALLET_EVENTS");
-    let mut publish: Vec<String> = COMMANDS.iter().map(|c| names.subject(c)).collect();
+    let mut publish: Vec<String> = client_commands(specs, topology)
+        .iter()
+        .map(|c| names.subject(c))
+        .collect();
     publish.push(names.subject("wallet.balance.get"));
     publish.extend([
         format!("$JS.API.STREAM.INFO.{events}"),
@@ -107,6 +107,18 @@ pub fn users(
         allow_responses: false,
     });
     out
+}
+
+/// What platform clients publish: every command function's subject that names no party (a
+/// provider's or a payment provider's acks, `provider.*.ack`, are theirs to publish), bare and,
+/// on a partitioned stream, followed by a partition.
+fn client_commands(specs: &[FunctionSpec], topology: &Topology) -> Vec<String> {
+    specs
+        .iter()
+        .filter(|s| matches!(s.kind, Kind::Jetstream) && !s.subject.contains('*'))
+        .filter_map(|s| topology.consumer(&s.name))
+        .flat_map(|c| topology.read_by(c))
+        .collect()
 }
 
 /// The environment variable that holds `user`'s password where nats-server and the user's
@@ -181,6 +193,24 @@ mod tests {
                 .any(|p| p.contains("beta") || p.contains('*'))
         );
         assert!(user("balance").allow_responses);
+        let platform = user("platform");
+        for command in [
+            "wallet.deposit",
+            "wallet.transfer-out",
+            "bonus.grant",
+            "wallet.withdraw",
+            "wallet.transfer-in",
+        ] {
+            assert!(
+                platform.publish.contains(&format!("t.{command}")),
+                "{command}"
+            );
+            assert!(
+                platform.publish.contains(&format!("t.{command}.*")),
+                "{command}"
+            );
+        }
+        assert!(!platform.publish.iter().any(|p| p.contains("ack")));
         let text = conf(&users, |u| format!("${}", password_var(&u.name)));
         assert!(
             text.contains("password: $NATS_PASSWORD_PROVIDER_ACK"),

@@ -2,8 +2,8 @@
 //!
 //! Writes `functions/<name>/` from `walletctl/template/` (Cargo.toml, function.toml, a `main.rs` of one call, a handler with
 //! one example rule, an integration test), appends the function's stream and consumer to
-//! `streams.toml` (on `wallet.<name>`, or on the subject given with `--subject`, wildcards
-//! allowed, as `payout.*.ack`), adds its PostgreSQL role to `libs/ops/src/roles.sql`, and generates its
+//! `streams.toml` (on `wallet.<name>` and its user's partitions, `wallet.<name>.<partition>`, or
+//! on the subject given with `--subject`, wildcards allowed, as `payout.*.ack`), adds its PostgreSQL role to `libs/ops/src/roles.sql`, and generates its
 //! Kubernetes manifests. The new function credits a user's
 //! `main` wallet from a platform account of its own and rejects amounts above 1,000
 //! (`over_limit`): edit its payload and rules from there.
@@ -146,7 +146,13 @@ pub fn new_function(root: &Path, name: &str, subject: Option<&str>) -> anyhow::R
     let streams_file = root.join("streams.toml");
     let streams = std::fs::read_to_string(&streams_file)
         .with_context(|| format!("reading {}", streams_file.display()))?;
-    let updated = format!("{}\n\n{}", streams.trim_end(), n.fill(STREAMS, &n.subject));
+    let mut block = n.fill(STREAMS, &n.subject);
+    // A subject with wildcards is a party's (`payout.*.ack`), whose messages name no user: there
+    // is no partition for them to carry.
+    if n.subject.contains(['*', '>']) {
+        block = block.replace("partitioned = true\n", "");
+    }
+    let updated = format!("{}\n\n{}", streams.trim_end(), block);
     // Refuses a stream or subject that another stream has already.
     let topology = Topology::parse(&updated)?;
     let roles_file = root.join("libs/ops/src/roles.sql");

@@ -104,7 +104,8 @@ fn asyncapi_and_schemas_are_what_the_function_binaries_say() {
         assert!(doc.pointer(pointer).is_some(), "dangling $ref #{pointer}");
     }
     // The commands a client can send, with the stream that keeps them: what streams.toml's
-    // consumers read (a `{parameter}` of the address is the filter's `*`).
+    // consumers read (a `{parameter}` of the address is the filter's `*`), a partitioned
+    // stream's commands on their partitions too.
     let consumed: BTreeMap<String, String> = doc["channels"]
         .as_object()
         .unwrap()
@@ -125,10 +126,17 @@ fn asyncapi_and_schemas_are_what_the_function_binaries_say() {
     let consumers: BTreeMap<String, String> = topology
         .consumers
         .iter()
-        .map(|c| (c.filter_subject.clone(), c.stream.clone()))
+        .flat_map(|c| {
+            topology
+                .read_by(c)
+                .into_iter()
+                .map(|s| (s, c.stream.clone()))
+        })
         .collect();
     assert_eq!(consumed, consumers);
-    assert!(consumed.contains_key("wallet.deposit") && consumed.contains_key("provider.*.ack"));
+    for read in ["wallet.deposit", "wallet.deposit.*", "provider.*.ack"] {
+        assert!(consumed.contains_key(read), "{read}");
+    }
 }
 
 /// The contract's JSON examples satisfy the schemas: the event of §4 is a deposit event, the

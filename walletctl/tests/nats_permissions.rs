@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use serde_json::json;
-use testkit::commands::{ack, deposit, grant, transfer};
+use testkit::commands::{ack, deposit, grant, transfer, transfer_in};
 use testkit::{PrivateNats, TestEnv};
 use wallet_runtime::names::Names;
+use wallet_runtime::partition;
 use wallet_runtime::streams::Topology;
 
 const T: Duration = Duration::from_secs(60);
@@ -114,6 +115,30 @@ async fn every_process_works_as_its_own_user_and_is_refused_the_rest() {
     };
     send(deposit("d-1", "u-1", "50", "USD")).await;
     events.by_id("deposit:d-1:completed", T).await;
+    // On its user's partition too, and every other command: stored (their functions are not
+    // running here; the streams' counts below say they were accepted).
+    let (subject, id, payload) = deposit("d-2", "u-7", "1", "USD");
+    send((partition::subject(&subject, "u-7"), id, payload)).await;
+    events.by_id("deposit:d-2:completed", T).await;
+    let withdraw = json!({"withdraw_id": "w-1", "user_id": "u-1", "psp": "acme",
+                          "amount": "1", "currency": "USD"});
+    let (transfer_in_subject, id, payload) = transfer_in("ti-1", "u-1", "alpha", None, "USD");
+    for (subject, id, payload) in [
+        (
+            "wallet.withdraw".to_owned(),
+            "w-1".to_owned(),
+            serde_json::to_vec(&withdraw).unwrap(),
+        ),
+        (transfer_in_subject, id, payload),
+    ] {
+        send((
+            partition::subject(&subject, "u-1"),
+            id.clone(),
+            payload.clone(),
+        ))
+        .await;
+        send((subject, format!("{id}-bare"), payload)).await;
+    }
     send(transfer("t-1", "u-1", "alpha", "20", "USD")).await;
     events.by_id("transfer:t-1:pending", T).await;
     let (_, alpha_js) = as_user(&url, "provider-alpha", Duration::from_secs(10)).await;
@@ -161,6 +186,9 @@ async fn every_process_works_as_its_own_user_and_is_refused_the_rest() {
     }
     for stream in ["DEPOSITS", "PROVIDER_ACKS"] {
         assert_eq!(env.stored(stream).await, 0, "{stream}");
+    }
+    for stream in ["WITHDRAW", "TRANSFER_IN"] {
+        assert_eq!(env.stored(stream).await, 2, "{stream}");
     }
     assert_eq!(env.stored("DLQ").await, 0);
     assert!(env.audit().await.ok());

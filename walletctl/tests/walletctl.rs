@@ -40,31 +40,44 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
         "{changed:#?}"
     );
 
-    // A deployment set up before the runtime counted deliveries itself: its consumers' limit
-    // (max_deliver 20) and streams' message size (1 MiB) are lifted and lowered in place.
+    // A deployment set up before the runtime counted deliveries itself (its consumers' limit,
+    // max_deliver 20, and streams' message size, 1 MiB) and before commands carried their
+    // user's partition (the stream took `wallet.deposit` alone, the consumer filtered on it): all
+    // changed in place, the consumer left reading the whole stream.
     let stream = env
         .js
         .get_stream(env.config.names.name("DEPOSITS"))
         .await
         .unwrap();
-    let mut old = topology.consumers[0].config(&env.config.names);
-    old.max_deliver = 20;
-    stream.create_consumer(old).await.unwrap();
+    let bare = env.config.names.subject("wallet.deposit");
     let mut old_stream = topology.streams[0].config(&env.config.names);
     old_stream.max_message_size = 1_044_480;
+    old_stream.subjects = vec![bare.clone()];
     env.js.update_stream(old_stream).await.unwrap();
+    let mut old = topology.consumers[0].config(&env.config.names);
+    old.max_deliver = 20;
+    old.filter_subject = bare;
+    stream.create_consumer(old).await.unwrap();
     let upgraded = wallet_ops::setup::setup(&env.config, &topology)
         .await
         .unwrap();
     let stream_name = env.config.names.name(&topology.streams[0].name);
     for line in [
-        format!("consumer {consumer}: updated (max_deliver)"),
-        format!("stream {stream_name}: updated (max_msg_size)"),
+        format!("consumer {consumer}: updated (filter_subject, max_deliver)"),
+        format!("stream {stream_name}: updated (subjects, max_msg_size)"),
     ] {
         assert!(upgraded.contains(&line), "{upgraded:#?}");
     }
     let info = stream.consumer_info(&consumer).await.unwrap();
     assert_eq!(info.config.max_deliver, -1);
+    assert_eq!(info.config.filter_subject, "");
+    env.publish("wallet.deposit.144", "on-a-partition", b"{}".to_vec())
+        .await;
+    let info = stream.consumer_info(&consumer).await.unwrap();
+    assert_eq!(
+        info.num_pending, 1,
+        "the consumer reads the partitioned subject"
+    );
 
     // One that needs the stream recreated is reported, and the stream is left alone.
     let deposits = topology
@@ -86,7 +99,7 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
         .unwrap();
     let info = stream.info().await.unwrap();
     assert_eq!(info.config.retention, RetentionPolicy::WorkQueue);
-    assert_eq!(info.state.messages, 1, "the stream's message was lost");
+    assert_eq!(info.state.messages, 2, "the stream's messages were lost");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,7 +181,16 @@ fn a_function_disagreeing_with_streams_toml_fails_the_check() {
         check_agreement(&specs, &topology).unwrap_err().to_string()
     };
     assert!(broken(&|s| s.stream = Some("TRANSFERS".into())).contains("stream TRANSFERS"));
-    assert!(broken(&|s| s.subject = "wallet.deposits".into()).contains("subject wallet.deposits"));
+    assert!(
+        broken(&|s| s.subject = "wallet.deposits".into())
+            .contains("does not carry wallet.deposits")
+    );
+    // An unfiltered consumer reads its stream whole: the stream may carry nothing else.
+    let mut wide = topology.clone();
+    let deposits = wide.streams.iter_mut().find(|s| s.name == "DEPOSITS");
+    deposits.unwrap().subjects.push("wallet.extra".into());
+    let err = check_agreement(&specs, &wide).unwrap_err().to_string();
+    assert!(err.contains("reads stream DEPOSITS whole"), "{err}");
     assert!(broken(&|s| s.name = "ghost".into()).contains("no [[consumer]]"));
     assert!(broken(&|s| s.scaling.lag_threshold = None).contains("lag_threshold"));
 }
@@ -240,9 +262,11 @@ async fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_roles_and
     let topology =
         wallet_runtime::streams::Topology::load(Some(&tmp.join("streams.toml"))).unwrap();
     let consumer = topology.consumer("cash-back").unwrap();
+    assert_eq!(consumer.stream, "CASH_BACK");
     assert_eq!(
-        (consumer.stream.as_str(), consumer.filter_subject.as_str()),
-        ("CASH_BACK", "wallet.cash-back")
+        topology.read_by(consumer),
+        ["wallet.cash-back", "wallet.cash-back.*"],
+        "its commands on their users' partitions too"
     );
     let yaml = std::fs::read_to_string(tmp.join("k8s/base/functions/cash-back.yaml")).unwrap();
     assert!(
@@ -311,8 +335,9 @@ async fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_roles_and
     let topology =
         wallet_runtime::streams::Topology::load(Some(&tmp.join("streams.toml"))).unwrap();
     assert_eq!(
-        topology.consumer("cash-out").unwrap().filter_subject,
-        "cashout.*.ack"
+        topology.read_by(topology.consumer("cash-out").unwrap()),
+        ["cashout.*.ack"],
+        "a party's subject carries no partition"
     );
     let stream = topology
         .streams
@@ -512,12 +537,11 @@ async fn publish_sends_a_command_once_and_balance_reads_it_back() {
     let stored = walletctl(&["publish", "wallet.deposit", deposit, "--id", "d-1"]);
     let stdout = String::from_utf8_lossy(&stored.stdout);
     assert!(stored.status.success(), "{stored:?}");
+    // On u-1's partition, 2 (docs/sharding.md's vector).
+    let ns = env.config.names.namespace();
     assert_eq!(
         stdout.trim(),
-        format!(
-            "stored in {}_DEPOSITS as message 1",
-            env.config.names.namespace()
-        )
+        format!("stored in {ns}_DEPOSITS as message 1 on {ns}.wallet.deposit.2")
     );
     let again = walletctl(&["publish", "wallet.deposit", deposit, "--id", "d-1"]);
     assert!(

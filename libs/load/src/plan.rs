@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use wallet_client::Message;
+use wallet_runtime::partition;
 
 pub use crate::mix::{Kind, Mix};
 
@@ -225,28 +226,30 @@ impl Plan {
         let kind = self.kind(i);
         let id = self.id(kind, i);
         let broken = self.broken(i);
+        let user = match (kind, broken) {
+            (Kind::Bonus, Broken::No) => self.grant_user(i),
+            (Kind::Bonus, _) => "not a user id".into(),
+            _ => self.user(i),
+        };
         let body = match (kind, broken) {
             (_, Broken::NotJson) => format!(r#"{{"{}":"{id}", "#, kind.id_field()),
             (Kind::Deposit, _) => {
                 let amount = amount_json(broken, self.deposit_cents(i));
                 format!(
-                    r#"{{"deposit_id":"{id}","user_id":"{}","amount":{amount},"currency":"USD"}}"#,
-                    self.user(i)
+                    r#"{{"deposit_id":"{id}","user_id":"{user}","amount":{amount},"currency":"USD"}}"#
                 )
             }
             (Kind::Transfer, _) => {
                 let amount = amount_json(broken, self.transfer_cents(i));
                 format!(
-                    r#"{{"transfer_id":"{id}","user_id":"{}","provider":"{}","amount":{amount},"currency":"USD"}}"#,
-                    self.user(i),
+                    r#"{{"transfer_id":"{id}","user_id":"{user}","provider":"{}","amount":{amount},"currency":"USD"}}"#,
                     self.provider(i)
                 )
             }
             (Kind::Withdraw, _) => {
                 let amount = amount_json(broken, self.withdraw_cents(i));
                 format!(
-                    r#"{{"withdraw_id":"{id}","user_id":"{}","psp":"{}","amount":{amount},"currency":"USD"}}"#,
-                    self.user(i),
+                    r#"{{"withdraw_id":"{id}","user_id":"{user}","psp":"{}","amount":{amount},"currency":"USD"}}"#,
                     self.psp(i)
                 )
             }
@@ -256,16 +259,11 @@ impl Plan {
                     (_, c) => amount_json(broken, c.unwrap_or(1)),
                 };
                 format!(
-                    r#"{{"transfer_id":"{id}","user_id":"{}","provider":"{}","currency":"USD","amount":{amount}}}"#,
-                    self.user(i),
+                    r#"{{"transfer_id":"{id}","user_id":"{user}","provider":"{}","currency":"USD","amount":{amount}}}"#,
                     self.provider(i)
                 )
             }
             (Kind::Bonus, _) => {
-                let user = match broken {
-                    Broken::No => self.grant_user(i),
-                    _ => "not a user id".into(),
-                };
                 format!(
                     r#"{{"grant_id":"{id}","campaign_id":"{}","user_id":"{user}"}}"#,
                     self.campaign
@@ -275,7 +273,9 @@ impl Plan {
         (
             kind,
             Message {
-                subject: self.names.subject(kind.subject()),
+                subject: self
+                    .names
+                    .subject(&partition::subject(kind.subject(), &user)),
                 msg_id: id,
                 payload: body.into_bytes().into(),
             },
@@ -285,11 +285,13 @@ impl Plan {
     /// A deposit of `amount` to user `u`, outside the measured commands (funding).
     pub fn funding(&self, u: usize) -> Message {
         let id = format!("{}-f{u}", self.run);
+        let user = format!("{}-u{u}", self.run);
         Message {
-            subject: self.names.subject("wallet.deposit"),
+            subject: self
+                .names
+                .subject(&partition::subject("wallet.deposit", &user)),
             payload: format!(
-                r#"{{"deposit_id":"{id}","user_id":"{}-u{u}","amount":"{FUNDING}","currency":"USD"}}"#,
-                self.run
+                r#"{{"deposit_id":"{id}","user_id":"{user}","amount":"{FUNDING}","currency":"USD"}}"#
             )
             .into_bytes()
             .into(),
@@ -393,6 +395,12 @@ mod tests {
         assert!((dups - 0.1).abs() < 0.01, "{dups}");
     }
 
+    /// Where a command of the payload `v` goes: its user's partition, written out by hand.
+    fn subject(base: &str, v: &serde_json::Value) -> String {
+        let p = wallet_runtime::partition::Partition::of(v["user_id"].as_str().unwrap());
+        format!("ns.{base}.{}", p.get())
+    }
+
     #[test]
     fn ids_round_trip_and_payloads_are_what_the_contract_expects() {
         let p = plan("deposit=1,transfer=1,bonus=1,withdraw=1,transfer_in=1", 0.0);
@@ -402,18 +410,24 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
             match kind {
                 Kind::Deposit => {
-                    assert_eq!(m.subject, "ns.wallet.deposit");
+                    assert_eq!(m.subject, subject("wallet.deposit", &v));
                     assert_eq!(v["amount"], cents(p.deposit_cents(i)));
                 }
-                Kind::Transfer => assert_eq!(v["provider"], p.provider(i)),
-                Kind::Bonus => assert_eq!(v["campaign_id"], "r1-red"),
+                Kind::Transfer => {
+                    assert_eq!(m.subject, subject("wallet.transfer-out", &v));
+                    assert_eq!(v["provider"], p.provider(i));
+                }
+                Kind::Bonus => {
+                    assert_eq!(m.subject, subject("bonus.grant", &v));
+                    assert_eq!(v["campaign_id"], "r1-red");
+                }
                 Kind::Withdraw => {
-                    assert_eq!(m.subject, "ns.wallet.withdraw");
+                    assert_eq!(m.subject, subject("wallet.withdraw", &v));
                     assert_eq!(v["withdraw_id"], m.msg_id);
                     assert_eq!(v["amount"], cents(p.withdraw_cents(i)));
                 }
                 Kind::TransferIn => {
-                    assert_eq!(m.subject, "ns.wallet.transfer-in");
+                    assert_eq!(m.subject, subject("wallet.transfer-in", &v));
                     assert_eq!(v["transfer_id"], m.msg_id);
                     match p.transfer_in_cents(i) {
                         Some(c) => assert_eq!(v["amount"], cents(c)),

@@ -140,18 +140,26 @@ pub fn check_agreement(specs: &[FunctionSpec], topology: &Topology) -> anyhow::R
                     "{s_name}: function.toml says stream {stream}, streams.toml's consumer reads {}",
                     consumer.stream
                 );
-                ensure!(
-                    consumer.filter_subject == s.subject,
-                    "{s_name}: function.toml says subject {}, streams.toml's consumer filters {}",
-                    s.subject,
-                    consumer.filter_subject
-                );
-                let Some(def) = topology.streams.iter().find(|d| d.name == *stream) else {
+                if let Some(filter) = &consumer.filter_subject {
+                    ensure!(
+                        *filter == s.subject,
+                        "{s_name}: function.toml says subject {}, streams.toml's consumer filters {filter}",
+                        s.subject,
+                    );
+                }
+                let Some(def) = topology.stream(stream) else {
                     bail!("{s_name}: streams.toml has no stream {stream}");
                 };
                 ensure!(
                     def.subjects.contains(&s.subject),
                     "{s_name}: stream {stream} does not carry {}",
+                    s.subject
+                );
+                // An unfiltered consumer reads its whole stream: the stream must hold nothing else.
+                ensure!(
+                    consumer.filter_subject.is_some() || def.subjects == [s.subject.clone()],
+                    "{s_name}: its consumer reads stream {stream} whole, which carries {} besides {}",
+                    def.subjects.join(", "),
                     s.subject
                 );
                 ensure!(

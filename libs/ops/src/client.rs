@@ -8,21 +8,29 @@ use anyhow::{Context as _, bail};
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use wallet_runtime::Config;
+use wallet_runtime::streams::Topology;
 
 /// Publishes `payload` (JSON) to `subject` with `Nats-Msg-Id: msg_id` and waits until JetStream
-/// stored it; returns the line to print (stream and sequence, or that it was a duplicate).
+/// stored it; returns the line to print (stream, sequence and subject, or that it was a
+/// duplicate). A command with a `user_id` for a partitioned stream goes to its user's partition
+/// (`wallet.deposit.144`), as clients are to publish it.
 pub async fn publish(
     config: &Config,
+    topology: &Topology,
     subject: &str,
     msg_id: &str,
     payload: &str,
 ) -> anyhow::Result<String> {
-    serde_json::from_str::<serde_json::Value>(payload)
+    let body = serde_json::from_str::<serde_json::Value>(payload)
         .with_context(|| format!("the payload is not JSON: {payload}"))?;
+    let subject = match body.get("user_id").and_then(|u| u.as_str()) {
+        Some(user) => topology.command_subject(subject, user),
+        None => subject.to_owned(),
+    };
     let js = jetstream::new(crate::nats(config).await?);
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", msg_id);
-    let subject = config.names.subject(subject);
+    let subject = config.names.subject(&subject);
     let ack = js
         .publish_with_headers(subject.clone(), headers, payload.to_owned().into())
         .await
@@ -32,7 +40,10 @@ pub async fn publish(
     Ok(if ack.duplicate {
         format!("duplicate of {msg_id}: already stored in {}", ack.stream)
     } else {
-        format!("stored in {} as message {}", ack.stream, ack.sequence)
+        format!(
+            "stored in {} as message {} on {subject}",
+            ack.stream, ack.sequence
+        )
     })
 }
 

@@ -157,7 +157,11 @@ pub async fn replay(
     let Some(consumer) = topology.consumer(function) else {
         anyhow::bail!("no function `{function}` in the streams file");
     };
-    let filter = config.names.subject(&consumer.filter_subject);
+    let read: Vec<String> = topology
+        .read_by(consumer)
+        .iter()
+        .map(|s| config.names.subject(s))
+        .collect();
     let js = jetstream::new(crate::nats(config).await?);
     let stream = js.get_stream(config.names.name("DLQ")).await?;
     let letters = list_with(&js, config, Some(function)).await?;
@@ -166,10 +170,12 @@ pub async fn replay(
         .into_iter()
         .filter(|l| id.is_none_or(|id| l.msg_id == id))
     {
-        if !subject_matches(&filter, &l.subject) {
+        if !read.iter().any(|r| subject_matches(r, &l.subject)) {
             eprintln!(
-                "walletctl: dead letter {} left in the DLQ: its subject `{}` is not one {function} reads ({filter})",
-                l.seq, l.subject
+                "walletctl: dead letter {} left in the DLQ: its subject `{}` is not one {function} reads ({})",
+                l.seq,
+                l.subject,
+                read.join(", ")
             );
             done.refused += 1;
             continue;
