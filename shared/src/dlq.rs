@@ -13,6 +13,8 @@ use crate::names::Names;
 
 pub const MALFORMED: &str = "malformed";
 pub const ID_CONFLICT: &str = "id_conflict";
+/// On a partitioned subject that is not its user's ([`crate::partition::Routing`]).
+pub const WRONG_PARTITION: &str = "wrong_partition";
 /// The message failed on its last allowed delivery.
 pub const MAX_DELIVER: &str = "max_deliver";
 

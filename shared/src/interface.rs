@@ -241,7 +241,7 @@ impl Interface {
     }
 
     /// The command `T` on `subject`; the runtime's dead letters (`malformed`, `id_conflict`,
-    /// `max_deliver`) and `dead_letters` are its dead-letter reasons.
+    /// `wrong_partition`, `max_deliver`) and `dead_letters` are its dead-letter reasons.
     pub fn command<T: JsonSchema>(mut self, subject: &str, dead_letters: &[&str]) -> Self {
         let id_field = self
             .command
@@ -259,7 +259,12 @@ impl Interface {
                 "the command's `{id_field}`: JetStream drops a repeat inside its duplicate window"
             ))]),
         });
-        let mut reasons = vec![dlq::MALFORMED, dlq::ID_CONFLICT, dlq::MAX_DELIVER];
+        let mut reasons = vec![
+            dlq::MALFORMED,
+            dlq::ID_CONFLICT,
+            dlq::WRONG_PARTITION,
+            dlq::MAX_DELIVER,
+        ];
         reasons.extend_from_slice(dead_letters);
         let function = self.function.clone();
         self.messages

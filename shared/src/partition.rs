@@ -14,6 +14,8 @@ use core::hash::Hasher as _;
 
 use hash32::Hasher as _;
 
+use crate::streams::StreamDef;
+
 /// How many partitions there are. Never changed: it is part of every partition number.
 pub const PARTITIONS: u16 = 256;
 
@@ -42,6 +44,38 @@ pub fn subject(subject: &str, user_id: &str) -> String {
     format!("{subject}.{}", Partition::of(user_id).get())
 }
 
+/// What a function checks of the partition a command arrived on: the bare subjects of its
+/// stream when the stream is partitioned, none otherwise.
+///
+/// A command on `wallet.deposit.<p>` whose `user_id` is not in partition `p` is dead-lettered
+/// `wrong_partition` before it is decided: once the ledger has several shards, deciding it
+/// would open the user's wallets and remember its id on a shard that does not hold them. A
+/// command on the bare subject names no partition and is not checked.
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    subjects: Vec<String>,
+}
+
+impl Routing {
+    pub fn of(stream: &StreamDef) -> Self {
+        let subjects = if stream.partitioned {
+            stream.subjects.clone()
+        } else {
+            Vec::new()
+        };
+        Self { subjects }
+    }
+
+    /// False when `subject` (without the namespace) names a partition other than `user_id`'s,
+    /// written as [`subject`] writes it.
+    pub fn admits(&self, subject: &str, user_id: &str) -> bool {
+        self.subjects
+            .iter()
+            .find_map(|bare| subject.strip_prefix(bare.as_str())?.strip_prefix('.'))
+            .is_none_or(|named| named == Partition::of(user_id).get().to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +92,31 @@ mod tests {
         ] {
             assert_eq!(Partition::of(user).get(), partition, "{user}");
         }
+    }
+
+    #[test]
+    fn a_command_is_admitted_on_its_bare_subject_or_its_users_partition_only() {
+        let stream = |partitioned| {
+            let file = format!(
+                "[[stream]]\nname = \"S\"\nsubjects = [\"wallet.deposit\"]\n\
+                 partitioned = {partitioned}\nduplicate_window = \"30s\"\nmax_bytes = 1\n\
+                 max_msg_size = 1\n"
+            );
+            let t = crate::streams::Topology::parse(&file).expect("a stream");
+            Routing::of(&t.streams[0])
+        };
+        let routing = stream(true);
+        assert!(routing.admits("wallet.deposit", "u-7"));
+        assert!(routing.admits("wallet.deposit.144", "u-7"));
+        for wrong in [
+            "wallet.deposit.2",
+            "wallet.deposit.0144",
+            "wallet.deposit.x",
+        ] {
+            assert!(!routing.admits(wrong, "u-7"), "{wrong}");
+        }
+        // Not a partitioned stream: its subjects carry no partition to check.
+        assert!(stream(false).admits("wallet.deposit.2", "u-7"));
     }
 
     /// FNV-1a's own published values (before the modulo), so that a wrong constant cannot hide

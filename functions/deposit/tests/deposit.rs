@@ -463,3 +463,61 @@ async fn a_claim_among_ids_decided_before_still_claims_the_new_ones() {
         ]
     );
 }
+
+/// CONTRACT §3: a deposit may name its user's partition in its subject, or none; one naming
+/// another partition is dead-lettered `wrong_partition` and moves nothing (on several shards it
+/// would open the user's wallets where they are not kept).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposit_on_another_users_partition_is_dead_lettered_and_moves_nothing() {
+    let env = TestEnv::new().await;
+    let _deposit = env.spawn("deposit", &[]);
+    let mut events = env.events().await;
+    // u-7 is in partition 144 (docs/sharding.md's vectors), u-1 in 2.
+    for (subject, id) in [
+        ("wallet.deposit.144", "on-its-partition"),
+        ("wallet.deposit", "bare"),
+        ("wallet.deposit.2", "on-u-1s"),
+        ("wallet.deposit.0144", "zero-padded"),
+    ] {
+        env.publish(subject, id, deposit(id, "u-7", "1", "USD"))
+            .await;
+    }
+    events.by_id("deposit:on-its-partition:completed", T).await;
+    events.by_id("deposit:bare:completed", T).await;
+    let mut dlq = env.dead_letters().await;
+    let mut letters: Vec<(String, String, String)> = dlq
+        .count(2, T)
+        .await
+        .iter()
+        .map(|l| {
+            let h = |n| l.header(n);
+            (
+                h("Wallet-Dlq-Msg-Id"),
+                h("Wallet-Dlq-Reason"),
+                h("Wallet-Dlq-Subject"),
+            )
+        })
+        .collect();
+    letters.sort();
+    let subject = |s| env.subject(s);
+    assert_eq!(
+        letters,
+        [
+            (
+                "on-u-1s".into(),
+                "wrong_partition".into(),
+                subject("wallet.deposit.2")
+            ),
+            (
+                "zero-padded".into(),
+                "wrong_partition".into(),
+                subject("wallet.deposit.0144")
+            ),
+        ]
+    );
+    assert_eq!(
+        env.stored_balance("u-7", "main", "USD").await,
+        rust_decimal::Decimal::from(2)
+    );
+    assert!(env.audit().await.ok());
+}

@@ -1,5 +1,6 @@
 //! Decoding a delivered message before any transaction: a JSON object of at most 64 KiB with a
-//! valid id, then the function's validation. What fails the first step is malformed.
+//! valid id, on its user's partition if its subject names one, then the function's validation.
+//! What fails the first step is malformed.
 
 use std::time::SystemTime;
 
@@ -9,12 +10,15 @@ use crate::context::Context;
 use crate::dedup::{self, Fingerprint};
 use crate::events::Event;
 use crate::function::{Command, Function, Invalid, Payload};
+use crate::partition::Routing;
 use crate::streams::MAX_COMMAND_BYTES;
 
 /// A message as the runtime sees it before any transaction.
 #[allow(clippy::large_enum_variant)] // Short-lived, one per message of a batch.
 pub(super) enum Decoded<C> {
     Malformed,
+    /// On a partition that is not its user's.
+    WrongPartition,
     Command {
         key: String,
         print: Fingerprint,
@@ -34,13 +38,25 @@ fn parse(payload: &[u8], id_field: &str) -> Option<(Payload, String)> {
     Some((object, id))
 }
 
-/// Decodes one message: [`parse`], then the function's validation.
-pub(super) fn decode<F: Function>(f: &F, ctx: &Context, message: &Message) -> Decoded<F::Command> {
+/// Decodes one message: [`parse`], the partition its subject names, then the function's
+/// validation.
+pub(super) fn decode<F: Function>(
+    f: &F,
+    ctx: &Context,
+    routing: &Routing,
+    message: &Message,
+) -> Decoded<F::Command> {
     let Some((object, id)) = parse(&message.payload, F::ID_FIELD) else {
         return Decoded::Malformed;
     };
     let id = id.as_str();
     let subject = ctx.names.strip(&message.subject);
+    // Without a user id there is no partition to check: the function's validation rejects it.
+    if let Some(user) = object.get("user_id").and_then(|u| u.as_str())
+        && !routing.admits(subject, user)
+    {
+        return Decoded::WrongPartition;
+    }
     let stored_at = message
         .info()
         .map(|i| SystemTime::from(i.published))

@@ -21,6 +21,7 @@ use crate::events::{Event, Reason};
 use crate::function::{Command, Function, Outcome, Screened};
 use crate::metrics;
 use crate::outbox::{self, OutboxMessage, Row};
+use crate::partition::Routing;
 use crate::trace::{self, CommandSpan};
 
 mod decode;
@@ -75,13 +76,14 @@ struct Unit<C> {
     trace: CommandSpan,
 }
 
-/// Decides `messages`; a message is delivered at most `dead_letter_after` times before it is
-/// dead-lettered. `Err` only for an outage: then nothing was decided and the caller retries the
+/// Decides `messages`, which arrived on the subjects `routing` checks; a message is delivered at
+/// most `dead_letter_after` times before it is dead-lettered. `Err` only for an outage: then nothing was decided and the caller retries the
 /// whole batch later. Answers decided without a transaction ([`Function::screen`]) are published
 /// here, before any of them is acknowledged.
 pub async fn process<F: Function>(
     f: &F,
     ctx: &Context,
+    routing: &Routing,
     dead_letter_after: i64,
     messages: &[Message],
 ) -> Result<Processed, StepError> {
@@ -102,8 +104,11 @@ pub async fn process<F: Function>(
             out.dispositions[index] = Disposition::DeadLetter(dlq::MAX_DELIVER);
             continue;
         }
-        match decode(f, ctx, message) {
+        match decode(f, ctx, routing, message) {
             Decoded::Malformed => out.dispositions[index] = Disposition::DeadLetter(dlq::MALFORMED),
+            Decoded::WrongPartition => {
+                out.dispositions[index] = Disposition::DeadLetter(dlq::WRONG_PARTITION);
+            }
             Decoded::Command {
                 key,
                 print,

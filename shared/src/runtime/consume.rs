@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::function::Function;
 use crate::metrics;
 use crate::outbox::Row;
+use crate::partition::Routing;
 use crate::streams::ConsumerDef;
 
 /// Runs `BATCHES_IN_FLIGHT` consume loops on one consumer, so that one batch's transaction
@@ -28,7 +29,7 @@ use crate::streams::ConsumerDef;
 pub(super) async fn consume<F: Function>(
     f: Arc<F>,
     ctx: Arc<Context>,
-    def: ConsumerDef,
+    (def, routing): (ConsumerDef, Routing),
     tasks: Tasks,
 ) {
     let shutdown = tasks.shutdown();
@@ -39,6 +40,7 @@ pub(super) async fn consume<F: Function>(
     // dead-letters a message on its last allowed delivery, so none is ever left behind.
     let dead_letter_after = def.dead_letter_after;
     let loops = ctx.config.batches_in_flight;
+    let routing = Arc::new(routing);
     tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), dead_letter_after, loops, "consuming");
     tasks.spawn(
         "lag watcher",
@@ -57,7 +59,7 @@ pub(super) async fn consume<F: Function>(
             f.clone(),
             ctx.clone(),
             consumer.clone(),
-            dead_letter_after,
+            (routing.clone(), dead_letter_after),
             events.clone(),
             shutdown.clone(),
         ));
@@ -75,7 +77,7 @@ async fn consume_loop<F: Function>(
     f: Arc<F>,
     ctx: Arc<Context>,
     consumer: PullConsumer,
-    dead_letter_after: i64,
+    (routing, dead_letter_after): (Arc<Routing>, i64),
     events: mpsc::Sender<Vec<Row>>,
     shutdown: CancellationToken,
 ) {
@@ -109,7 +111,7 @@ async fn consume_loop<F: Function>(
             let attempt = async {
                 // Redis first: no effect is committed while its events could not be published.
                 ctx.cache.ping().await?;
-                batch::process(&*f, &ctx, dead_letter_after, &msgs).await
+                batch::process(&*f, &ctx, &routing, dead_letter_after, &msgs).await
             };
             match attempt.instrument(span.clone()).await {
                 Ok(p) => break Some(p),

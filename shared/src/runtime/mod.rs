@@ -36,6 +36,7 @@ use crate::db::DbError;
 use crate::error::ConfigError;
 use crate::function::Function;
 use crate::interface::Interface;
+use crate::partition::Routing;
 use crate::streams::{Topology, TopologyError};
 use crate::{http, outbox, telemetry};
 
@@ -82,12 +83,11 @@ pub fn run<F: Function>(f: F) -> ExitCode {
                 .consumer(F::NAME)
                 .cloned()
                 .ok_or(StartError::NoConsumer(F::NAME))?;
-            let largest = topology
-                .streams
-                .iter()
-                .find(|s| s.name == def.stream)
+            let stream = topology.stream(&def.stream);
+            let largest = stream
                 .and_then(|s| usize::try_from(s.max_msg_size).ok())
                 .filter(|&n| n > 0);
+            let routing = stream.map(Routing::of).unwrap_or_default();
             if largest.is_none_or(|n| n > ctx.config.batch_max_bytes) {
                 return Err(StartError::FetchTooSmall {
                     batch_max_bytes: ctx.config.batch_max_bytes,
@@ -103,7 +103,7 @@ pub fn run<F: Function>(f: F) -> ExitCode {
                 outbox::relay(ctx.publisher(), interval, tasks.shutdown()),
             );
             tasks.spawn("background", f.background(ctx.clone(), tasks.shutdown()));
-            consume::consume(Arc::new(f), ctx, def, tasks).await;
+            consume::consume(Arc::new(f), ctx, (def, routing), tasks).await;
             Ok(())
         },
     )
