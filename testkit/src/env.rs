@@ -464,8 +464,9 @@ impl Drop for TestEnv {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let topology = Topology::load(None).unwrap();
-                if let Err(e) = wallet_ops::teardown::teardown(&config, &topology).await {
+                // The test crate's own streams too (the runtime's PROBES): the built-in file
+                // alone left one stream behind per probe test on the shared server.
+                if let Err(e) = wallet_ops::teardown::teardown(&config, &crate::topology()).await {
                     eprintln!("test cleanup: {e:#}");
                 }
             });
