@@ -25,6 +25,12 @@ use crate::ClientError;
 const BATCH: usize = 1024;
 /// How long one pull waits on the server; an idle follower checks its consumer this often.
 const PULL: Duration = Duration::from_secs(2);
+/// How long after its expiry a pull is still waited for. nats-server 2.9.10 sometimes lets a pull
+/// request lapse without its `408` status; async-nats then ends the pull 5 s after its expiry,
+/// and nothing was handed on meanwhile: the quiet bench profile's publish-to-event maximum was
+/// that 5 s, in one run of two. A message the server did send after this is caught by the
+/// next pull's sequence check.
+const LATE: Duration = Duration::from_millis(500);
 /// How long a request about the consumer (create, info, delete) may take before it is in doubt.
 const PATIENCE: Duration = Duration::from_secs(5);
 /// Messages read ahead of the caller.
@@ -165,8 +171,8 @@ impl Follower {
     ) -> Result<(), Doubt> {
         // None after a failed replacement: it is tried again.
         let consumer = self.consumer.as_ref().ok_or(Doubt::Gone)?;
-        // The batch ends when the server says the pull expired, or a few seconds later by
-        // itself when no server says anything.
+        // The batch ends when the server says the pull expired, or `LATE` after that when no
+        // server says anything.
         let mut batch = consumer
             .batch()
             .max_messages(BATCH)
@@ -175,7 +181,8 @@ impl Follower {
             .await
             .map_err(|e| Doubt::Failed(e.into()))?;
         let mut arrived = 0;
-        while let Some(m) = batch.next().await {
+        let deadline = tokio::time::Instant::now() + PULL + LATE;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, batch.next()).await {
             let m = m?;
             let info = m.info()?;
             let (got, stream_sequence) = (info.consumer_sequence, info.stream_sequence);
