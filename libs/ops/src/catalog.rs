@@ -157,7 +157,8 @@ pub fn check_agreement(specs: &[FunctionSpec], topology: &Topology) -> anyhow::R
                 );
                 // An unfiltered consumer reads its whole stream: the stream must hold nothing else.
                 ensure!(
-                    consumer.filter_subject.is_some() || def.subjects == [s.subject.clone()],
+                    consumer.filter_subject.is_some()
+                        || def.subjects == std::slice::from_ref(&s.subject),
                     "{s_name}: its consumer reads stream {stream} whole, which carries {} besides {}",
                     def.subjects.join(", "),
                     s.subject

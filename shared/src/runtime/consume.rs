@@ -29,7 +29,8 @@ use crate::streams::ConsumerDef;
 pub(super) async fn consume<F: Function>(
     f: Arc<F>,
     ctx: Arc<Context>,
-    (def, routing): (ConsumerDef, Routing),
+    def: ConsumerDef,
+    routing: Routing,
     tasks: Tasks,
 ) {
     let shutdown = tasks.shutdown();
@@ -59,7 +60,8 @@ pub(super) async fn consume<F: Function>(
             f.clone(),
             ctx.clone(),
             consumer.clone(),
-            (routing.clone(), dead_letter_after),
+            routing.clone(),
+            dead_letter_after,
             events.clone(),
             shutdown.clone(),
         ));
@@ -77,7 +79,8 @@ async fn consume_loop<F: Function>(
     f: Arc<F>,
     ctx: Arc<Context>,
     consumer: PullConsumer,
-    (routing, dead_letter_after): (Arc<Routing>, i64),
+    routing: Arc<Routing>,
+    dead_letter_after: i64,
     events: mpsc::Sender<Vec<Row>>,
     shutdown: CancellationToken,
 ) {

@@ -103,7 +103,7 @@ pub fn run<F: Function>(f: F) -> ExitCode {
                 outbox::relay(ctx.publisher(), interval, tasks.shutdown()),
             );
             tasks.spawn("background", f.background(ctx.clone(), tasks.shutdown()));
-            consume::consume(Arc::new(f), ctx, (def, routing), tasks).await;
+            consume::consume(Arc::new(f), ctx, def, routing, tasks).await;
             Ok(())
         },
     )
