@@ -15,6 +15,7 @@ use crate::function::{Command, Invalid, Outcome, Payload, Transaction, currency_
 use crate::ids;
 use crate::ledger::Refused;
 use crate::money::Currency;
+use crate::partition::Partition;
 use crate::wallet::WalletKey;
 
 /// A valid credit command's fields.
@@ -80,7 +81,7 @@ pub async fn apply<C: Send + Sync>(
     let wallets = |c: &Credit| {
         (
             WalletKey::main(&c.user_id, c.currency),
-            WalletKey::platform(platform, c.currency),
+            WalletKey::platform(platform, Partition::of(&c.user_id), c.currency),
         )
     };
     let keys = commands.iter().flat_map(|c| {

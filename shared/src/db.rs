@@ -240,12 +240,23 @@ pub async fn create_database_if_missing(config: &Config) -> Result<bool, DbError
 /// Runs the migrations not yet applied; returns their names. Concurrent runs take turns on an
 /// advisory lock.
 pub async fn migrate(config: &Config) -> Result<Vec<String>, DbError> {
+    run_migrations(config, refinery::Target::Latest).await
+}
+
+/// [`migrate`] up to migration `version` (`V<version>__…`): a database as an earlier version of
+/// the project left it, for a test of the migrations that follow.
+pub async fn migrate_to(config: &Config, version: i32) -> Result<Vec<String>, DbError> {
+    run_migrations(config, refinery::Target::Version(version)).await
+}
+
+async fn run_migrations(config: &Config, target: refinery::Target) -> Result<Vec<String>, DbError> {
     let mut client = client(config).await?;
     // Any constant: it only has to be the same for every setup.
     client
         .execute("SELECT pg_advisory_lock(7301550003)", &[])
         .await?;
     let report = embedded::migrations::runner()
+        .set_target(target)
         .run_async(&mut client)
         .await
         .map_err(|e| DbError::Migration(e.to_string()))?;

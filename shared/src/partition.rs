@@ -36,6 +36,11 @@ impl Partition {
     pub fn get(self) -> u16 {
         self.0
     }
+
+    /// As the `partition SMALLINT` of the ledger's tables stores it.
+    pub fn as_smallint(self) -> i16 {
+        i16::try_from(self.0).expect("below PARTITIONS, an i16")
+    }
 }
 
 /// The subject a command of `user_id` for `subject` goes to on a partitioned stream:

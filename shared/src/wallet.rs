@@ -1,4 +1,5 @@
-//! The wallet value types: which wallet ([`WalletKey`]: owner, [`Kind`], provider, currency) and
+//! The wallet value types: which wallet ([`WalletKey`]: partition, owner, [`Kind`], provider,
+//! currency) and
 //! a wallet's balance after some posting ([`WalletSnapshot`]), as events and the cache carry it.
 //!
 //! They sit below the ledger, the cache and the events, which all speak of wallets and of nothing
@@ -8,6 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::money::Currency;
+use crate::partition::Partition;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -45,11 +47,14 @@ impl Kind {
     }
 }
 
-/// A wallet: its owner, kind, provider (game and in_transit: the game provider; held: the payment
-/// provider; a platform account: its purpose) and currency. The derived order is the order in
-/// which new wallets are created.
+/// A wallet: its partition, owner, kind, provider (game and in_transit: the game provider; held:
+/// the payment provider; a platform account: its purpose) and currency. The derived order is the
+/// order in which new wallets are created, the order of the accounts' unique key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WalletKey {
+    /// A user wallet's is its owner's; a platform account has one per partition, and a command
+    /// posts to the one of its user's partition.
+    pub partition: Partition,
     pub owner: String,
     pub kind: Kind,
     pub provider: String,
@@ -59,6 +64,7 @@ pub struct WalletKey {
 impl WalletKey {
     pub fn user(owner: &str, kind: Kind, provider: &str, currency: Currency) -> Self {
         Self {
+            partition: Partition::of(owner),
             owner: owner.to_owned(),
             kind,
             provider: provider.to_owned(),
@@ -70,9 +76,11 @@ impl WalletKey {
         Self::user(owner, Kind::Main, "", currency)
     }
 
-    /// A platform account, named by what it counts (`deposits`, `bonus:<campaign>`, …).
-    pub fn platform(purpose: &str, currency: Currency) -> Self {
+    /// A platform account, named by what it counts (`deposits`, `bonus:<campaign>`, …), in
+    /// `partition`: the partition of the user wallets it is the counterpart of.
+    pub fn platform(purpose: &str, partition: Partition, currency: Currency) -> Self {
         Self {
+            partition,
             owner: String::new(),
             kind: Kind::Platform,
             provider: purpose.to_owned(),

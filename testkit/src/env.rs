@@ -356,6 +356,35 @@ impl TestEnv {
     }
 
     /// A connection to this test's database.
+    /// Recreates the database, migrated up to `version` only: as an earlier version of the
+    /// project left it, for a test of the migrations after it ([`TestEnv::setup`] runs them).
+    pub async fn database_at(&self, version: i32) {
+        let (admin, conn) = tokio_postgres::connect(
+            &format!("{}/postgres", postgres_server()),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let db = &self.db_name;
+        for sql in [
+            format!("DROP DATABASE \"{db}\" WITH (FORCE)"),
+            format!("CREATE DATABASE \"{db}\""),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
+        wallet_runtime::db::migrate_to(&self.config, version)
+            .await
+            .unwrap();
+    }
+
+    /// `walletctl setup` again: the migrations not yet applied, the roles, the streams.
+    pub async fn setup(&self) -> Vec<String> {
+        wallet_ops::setup::setup(&self.config, &topology())
+            .await
+            .unwrap()
+    }
+
     pub async fn pg(&self) -> tokio_postgres::Client {
         let (client, conn) =
             tokio_postgres::connect(&self.config.database_url, tokio_postgres::NoTls)
@@ -390,7 +419,7 @@ impl TestEnv {
         self.pg()
             .await
             .query_one(
-                "SELECT coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                "SELECT coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id)
                  WHERE a.kind = 'platform' AND a.provider = $1 AND a.currency = $2",
                 &[&purpose, &currency],
             )

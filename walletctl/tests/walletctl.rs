@@ -298,7 +298,7 @@ async fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_roles_and
         .unwrap();
     client
         .execute(
-            "INSERT INTO accounts (owner, kind, provider, currency) VALUES ('u-x', 'main', '', 'USD')",
+            "INSERT INTO accounts (partition, owner, kind, provider, currency) VALUES (wallet_partition('u-x'), 'u-x', 'main', '', 'USD')",
             &[],
         )
         .await
@@ -395,8 +395,8 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
                 // Rows (row-level security): another function's dedup ids, wallets it never
                 // creates, postings of another function's commands.
                 "INSERT INTO commands (function, id, fingerprint) VALUES ('transfer-out', 'x', '')",
-                "INSERT INTO accounts (owner, kind, provider, currency) VALUES ('u-x', 'game', 'alpha', 'USD')",
-                "INSERT INTO postings (account_id, amount, command) VALUES (1, 1, 'transfer-out:x')",
+                "INSERT INTO accounts (partition, owner, kind, provider, currency) VALUES (wallet_partition('u-x'), 'u-x', 'game', 'alpha', 'USD')",
+                "INSERT INTO postings (partition, account_id, amount, command) VALUES (0, 1, 1, 'transfer-out:x')",
             ],
         ),
         (
@@ -412,7 +412,7 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
                 "SELECT 1 FROM campaigns",
                 "UPDATE transfers SET amount = 1",
                 "UPDATE transfers SET user_id = 'x'",
-                "INSERT INTO accounts (owner, kind, provider, currency) VALUES ('u-x', 'bonus', '', 'USD')",
+                "INSERT INTO accounts (partition, owner, kind, provider, currency) VALUES (wallet_partition('u-x'), 'u-x', 'bonus', '', 'USD')",
             ],
         ),
         (
@@ -421,7 +421,7 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
             &["SELECT count(*) FROM transfers"],
             &[
                 "SELECT 1 FROM accounts",
-                "INSERT INTO postings (account_id, amount, command) VALUES (1, 1, 'transfer-in:x')",
+                "INSERT INTO postings (partition, account_id, amount, command) VALUES (0, 1, 1, 'transfer-in:x')",
                 "UPDATE transfers SET status = 'completed'",
                 "INSERT INTO commands (function, id, fingerprint) VALUES ('transfer-out', 'x', '')",
             ],
@@ -454,8 +454,8 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
     owner
         .batch_execute(
             "INSERT INTO commands (function, id, fingerprint) VALUES ('transfer-out', 't-1', '');
-             INSERT INTO accounts (owner, kind, provider, currency, balance)
-                 VALUES ('u-1', 'game', 'alpha', 'USD', 5), ('u-1', 'main', '', 'USD', 5)",
+             INSERT INTO accounts (partition, owner, kind, provider, currency, balance)
+                 VALUES (2, 'u-1', 'game', 'alpha', 'USD', 5), (2, 'u-1', 'main', '', 'USD', 5)",
         )
         .await
         .unwrap();
@@ -493,8 +493,8 @@ async fn each_function_role_can_do_only_what_its_sql_needs() {
 
     // A database set up before transfers in (V10): provider-ack's old policy let it create no
     // platform account. Setup replaces it, and its answers to transfers in can post.
-    let platform = "INSERT INTO accounts (owner, kind, provider, currency)
-                    VALUES ('', 'platform', 'game-results:alpha', 'USD')";
+    let platform = "INSERT INTO accounts (partition, owner, kind, provider, currency)
+                    VALUES (0, '', 'platform', 'game-results:alpha', 'USD')";
     owner
         .batch_execute(
             r#"DROP POLICY "creates_provider-ack" ON accounts;

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use wallet_runtime::interface::{Balance as BalanceString, CurrencyCode, Id, Interface, Provider};
 use wallet_runtime::metrics as runtime_metrics;
+use wallet_runtime::partition::Partition;
 use wallet_runtime::runtime::Responder;
 use wallet_runtime::wallet::{Kind, WalletSnapshot, field};
 use wallet_runtime::{Context, StepError, ids};
@@ -75,7 +76,7 @@ pub struct Wallet {
 
 const WALLETS: &str = "
     SELECT kind, provider, currency, balance, version FROM accounts
-    WHERE owner = $1 AND kind <> 'platform' AND version > 0";
+    WHERE partition = $2 AND owner = $1 AND kind <> 'platform' AND version > 0";
 
 impl Responder for Balance {
     const NAME: &'static str = "balance";
@@ -170,7 +171,12 @@ pub async fn wallets(ctx: &Context, user: &str) -> Result<Vec<Wallet>, StepError
                 .await
                 .inspect_err(|e| tracing::debug!(error = %e, "cache fill not begun"))
                 .ok();
-            let rows = ctx.pool.get().await?.query(WALLETS, &[&user]).await?;
+            let rows = ctx
+                .pool
+                .get()
+                .await?
+                .query(WALLETS, &[&user, &Partition::of(user).as_smallint()])
+                .await?;
             let mut snapshots = Vec::with_capacity(rows.len());
             let mut wallets = Vec::with_capacity(rows.len());
             for row in rows {

@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use wallet_campaigns::campaign;
 use wallet_runtime::function::Transaction;
 use wallet_runtime::money::Currency;
+use wallet_runtime::partition::Partition;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{Command, Context, Event, Function, Outcome, Reason, Status, StepError};
 
@@ -164,7 +165,7 @@ pub(crate) async fn apply(
     let wallets = |user: &str, currency: Currency, campaign: &str| {
         (
             WalletKey::user(user, Kind::Bonus, "", currency),
-            WalletKey::platform(&format!("bonus:{campaign}"), currency),
+            WalletKey::platform(&format!("bonus:{campaign}"), Partition::of(user), currency),
         )
     };
     let keys = granted.iter().flat_map(|g| {

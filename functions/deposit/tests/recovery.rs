@@ -112,6 +112,23 @@ async fn kill_9_with_2000_deposits_in_flight_then_restart_applies_each_exactly_o
     let (user_postings, platform): (i64, String) = (row.get(0), row.get(1));
     assert_eq!(user_postings, 2000, "one user posting per deposit, no more");
     assert_eq!(platform, "-2500.00");
+    // The platform's side is posted in each user's partition: every partition's postings
+    // balance on their own.
+    let row = pg
+        .query_one(
+            "SELECT (SELECT count(DISTINCT partition) FROM postings WHERE command IS NULL),
+                    (SELECT count(DISTINCT wallet_partition(owner)) FROM accounts WHERE owner <> ''),
+                    (SELECT count(*) FROM (SELECT FROM postings GROUP BY partition
+                                           HAVING sum(amount) <> 0) unbalanced)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (platform_partitions, user_partitions, unbalanced): (i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    assert!(user_partitions > 10, "{user_partitions}");
+    assert_eq!(platform_partitions, user_partitions);
+    assert_eq!(unbalanced, 0);
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
 }
@@ -160,6 +177,30 @@ async fn audit_fails_on_a_tampered_balance() {
         .await;
     events.by_id("deposit:x-1:completed", T).await;
     assert!(env.audit().await.ok());
+    // The platform's side moved to another partition's account: the transaction still sums to
+    // zero, but neither partition does on its own (u-1 is in partition 2).
+    env.pg()
+        .await
+        .batch_execute(
+            "INSERT INTO accounts (partition, owner, kind, provider, currency)
+                 VALUES (5, '', 'platform', 'deposits', 'USD');
+             UPDATE postings SET (partition, account_id) =
+                 (SELECT partition, id FROM accounts WHERE partition = 5)
+             WHERE command IS NULL",
+        )
+        .await
+        .unwrap();
+    let report = env.audit().await.to_string();
+    assert!(
+        report.contains(
+            "FAIL  every journal entry since the ledger was partitioned sums to zero within each partition"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("ok    every journal entry's postings sum to zero per currency"),
+        "{report}"
+    );
     env.pg()
         .await
         .execute(
@@ -238,6 +279,21 @@ async fn audit_fails_on_a_tampered_balance() {
     let could_not = audit(&[("DATABASE_URL", unreachable.as_str())]);
     assert_eq!(could_not.status.code(), Some(2), "{could_not:?}");
     assert!(could_not.stdout.is_empty(), "{could_not:?}");
+    // A wallet stored in a partition that is not its owner's.
+    env.pg()
+        .await
+        .execute("UPDATE accounts SET partition = 3 WHERE owner = 'u-1'", &[])
+        .await
+        .unwrap();
+    let report = env.audit().await.to_string();
+    assert!(
+        report.contains("FAIL  every user wallet is in its owner's partition"),
+        "{report}"
+    );
+    assert!(
+        report.contains("u-1 main  USD: partition 3, its owner's 2"),
+        "{report}"
+    );
 }
 
 /// Two deposits of 10 USD to u-1 (the first creates its wallet and the platform account, the
@@ -266,17 +322,18 @@ async fn deposit_after_a_restore(restore: &str) -> TestEnv {
 /// retried, and the deposit lands on its own user's wallet.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remembered_wallet_id_that_now_names_another_wallet_is_not_credited() {
-    // As a restore to before u-1's wallet existed, after which u-2's got the same id.
+    // As a restore to before u-1's wallet existed, after which u-14's got the same id (u-14 is
+    // in u-1's partition, 2: the key is the partition and the id).
     let env = deposit_after_a_restore(
         "CREATE TEMP TABLE w AS SELECT id FROM accounts WHERE owner = 'u-1';
          DELETE FROM postings WHERE account_id IN (SELECT id FROM w);
          DELETE FROM accounts WHERE id IN (SELECT id FROM w);
-         INSERT INTO accounts (id, owner, kind, provider, currency)
-             OVERRIDING SYSTEM VALUE SELECT id, 'u-2', 'main', '', 'USD' FROM w;",
+         INSERT INTO accounts (partition, id, owner, kind, provider, currency)
+             OVERRIDING SYSTEM VALUE SELECT 2, id, 'u-14', 'main', '', 'USD' FROM w;",
     )
     .await;
     assert_eq!(
-        env.stored_balance("u-2", "main", "USD").await,
+        env.stored_balance("u-14", "main", "USD").await,
         rust_decimal::Decimal::ZERO,
         "u-1's deposit credited the wallet that now has its old id"
     );
@@ -291,14 +348,15 @@ async fn a_remembered_wallet_id_that_now_names_another_wallet_is_not_credited() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_remembered_platform_account_id_that_now_names_a_user_wallet_gets_no_posting() {
     // As a restore to before the platform account existed (u-1's wallet, empty, did), after which
-    // u-9's wallet got the platform account's id.
+    // u-14's wallet got the platform account's id (u-14 is in u-1's partition, 2, and so is the
+    // platform account u-1's deposits post to).
     let env = deposit_after_a_restore(
         "CREATE TEMP TABLE p AS SELECT id FROM accounts WHERE kind = 'platform';
          DELETE FROM postings;
          UPDATE accounts SET balance = 0 WHERE owner = 'u-1';
          DELETE FROM accounts WHERE id IN (SELECT id FROM p);
-         INSERT INTO accounts (id, owner, kind, provider, currency)
-             OVERRIDING SYSTEM VALUE SELECT id, 'u-9', 'main', '', 'USD' FROM p;",
+         INSERT INTO accounts (partition, id, owner, kind, provider, currency)
+             OVERRIDING SYSTEM VALUE SELECT 2, id, 'u-14', 'main', '', 'USD' FROM p;",
     )
     .await;
     let pg = env.pg().await;
@@ -308,7 +366,7 @@ async fn a_remembered_platform_account_id_that_now_names_a_user_wallet_gets_no_p
             let row = pg
                 .query_one(
                     "SELECT count(*), coalesce(sum(p.amount), 0) FROM postings p
-                     JOIN accounts a ON a.id = p.account_id WHERE a.owner = $1",
+                     JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id) WHERE a.owner = $1",
                     &[&owner],
                 )
                 .await
@@ -317,7 +375,7 @@ async fn a_remembered_platform_account_id_that_now_names_a_user_wallet_gets_no_p
         }
     };
     assert_eq!(
-        postings("u-9").await,
+        postings("u-14").await,
         (0, rust_decimal::Decimal::ZERO),
         "the platform's side of the deposit went to the wallet that now has its old id"
     );

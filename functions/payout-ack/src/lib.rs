@@ -26,6 +26,7 @@ use schemars::JsonSchema;
 use wallet_runtime::answer::{self, ACK_CONFLICT, Ending, PROVIDER_MISMATCH, SagaRow, Take};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Id, Interface};
+use wallet_runtime::partition::Partition;
 use wallet_runtime::saga;
 use wallet_runtime::sweeper;
 use wallet_runtime::wallet::{Kind, WalletKey};
@@ -227,7 +228,11 @@ impl Function for PayoutAck {
                 let currency = answer::currency(ctx, &command.id, &w.currency)?;
                 // Out of the platform, or back to main.
                 let to = if a.paid {
-                    WalletKey::platform(&saga::PAYOUTS.account(&w.psp), currency)
+                    WalletKey::platform(
+                        &saga::PAYOUTS.account(&w.psp),
+                        Partition::of(&w.user_id),
+                        currency,
+                    )
                 } else {
                     declined.push(w);
                     WalletKey::main(&w.user_id, currency)

@@ -8,6 +8,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use wallet_runtime::Config;
+use wallet_runtime::partition::Partition;
 use wallet_runtime::saga::{self, Saga};
 
 /// One invariant and what was found.
@@ -156,7 +157,7 @@ fn explained_checks() -> Vec<(String, String)> {
                          WHERE ({rows}) AND status = '{ended}' GROUP BY 1, 2),
                      posted AS (
                          SELECT a.provider AS purpose, a.currency, coalesce(sum(p.amount), 0) AS total
-                         FROM accounts a LEFT JOIN postings p ON p.account_id = a.id
+                         FROM accounts a LEFT JOIN postings p ON (p.partition, p.account_id) = (a.partition, a.id)
                          WHERE a.kind = 'platform' AND starts_with(a.provider, '{purpose}:') GROUP BY 1, 2)
                      SELECT coalesce(x.purpose, e.purpose) || ' ' || coalesce(x.currency, e.currency)
                             || ': posted ' || coalesce(x.total, 0) || ', {label} ' || coalesce(e.total, 0)
@@ -173,30 +174,47 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "the ledger sums to zero in every currency",
         "SELECT a.currency || ': postings sum to ' || sum(p.amount)
-         FROM postings p JOIN accounts a ON a.id = p.account_id
+         FROM postings p JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id)
          GROUP BY a.currency HAVING sum(p.amount) <> 0",
     ),
     (
         // A journal entry is a transaction's postings (V6); before V6, a command's.
         "every journal entry's postings sum to zero per currency",
         "SELECT e.entry || ' ' || a.currency || ': ' || sum(p.amount)
-         FROM postings p JOIN accounts a ON a.id = p.account_id,
+         FROM postings p JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id),
               LATERAL (SELECT coalesce('transaction ' || p.entry, p.command) AS entry) e
          GROUP BY e.entry, a.currency HAVING sum(p.amount) <> 0",
+    ),
+    (
+        // V11 on: a partition's postings balance on their own, so the partition can move.
+        "every journal entry since the ledger was partitioned sums to zero within each partition",
+        "SELECT 'transaction ' || p.entry || ' ' || a.currency || ' in partition ' || p.partition
+                || ': ' || sum(p.amount)
+         FROM postings p JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id)
+         WHERE p.entry > (SELECT max(entry) FROM partitioned_since)
+         GROUP BY p.entry, p.partition, a.currency HAVING sum(p.amount) <> 0",
+    ),
+    (
+        "every user wallet is in its owner's partition",
+        "SELECT owner || ' ' || kind || ' ' || provider || ' ' || currency || ': partition '
+                || partition || ', its owner''s ' || wallet_partition(owner)
+         FROM accounts WHERE owner <> '' AND partition <> wallet_partition(owner)",
     ),
     (
         "every wallet's balance equals the sum of its postings",
         "SELECT a.owner || ' ' || a.kind || ' ' || a.provider || ' ' || a.currency
                 || ': balance ' || a.balance || ', postings ' || coalesce(s.total, 0)
          FROM accounts a
-         LEFT JOIN (SELECT account_id, sum(amount) AS total, count(*) AS n FROM postings GROUP BY account_id) s
-                ON s.account_id = a.id
+         LEFT JOIN (SELECT partition, account_id, sum(amount) AS total, count(*) AS n
+                    FROM postings GROUP BY 1, 2) s
+                ON (s.partition, s.account_id) = (a.partition, a.id)
          WHERE a.kind <> 'platform' AND (a.balance <> coalesce(s.total, 0) OR a.version <> coalesce(s.n, 0))",
     ),
     (
         "every posting's account exists",
-        "SELECT 'posting ' || p.id || ': no account ' || p.account_id
-         FROM postings p WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = p.account_id)",
+        "SELECT 'posting ' || p.id || ': no account ' || p.account_id || ' in partition ' || p.partition
+         FROM postings p
+         WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE (a.partition, a.id) = (p.partition, p.account_id))",
     ),
     (
         "no user wallet is below zero",
@@ -206,7 +224,7 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "every posting to a user wallet names its command; only platform accounts get a transaction's sum",
         "SELECT 'posting ' || p.id || ' to ' || a.owner || ' ' || a.kind || ' ' || a.currency || ': no command'
-         FROM postings p JOIN accounts a ON a.id = p.account_id
+         FROM postings p JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id)
          WHERE p.command IS NULL AND a.kind <> 'platform'",
     ),
     (
@@ -236,7 +254,7 @@ const CHECKS: &[(&str, &str)] = &[
                     sum(p.amount) FILTER (WHERE a.kind = 'main') AS credited,
                     -sum(p.amount) FILTER (WHERE a.kind = 'game') AS took,
                     count(*) AS legs
-             FROM postings p JOIN accounts a ON a.id = p.account_id
+             FROM postings p JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id)
              WHERE p.command LIKE 'provider-ack:%' GROUP BY 1)
          SELECT t.id || ' ' || t.status || ': ' || coalesce(f.legs, 0) || ' leg(s), credited '
                 || coalesce(f.credited, 0) || ', took ' || coalesce(f.took, 0) || '; returned '
@@ -364,9 +382,19 @@ async fn cache_check(config: &Config, pg: &tokio_postgres::Client) -> anyhow::Re
         }
         keys
     };
+    let owners: Vec<&str> = keys.iter().map(|k| &k[prefix.len()..]).collect();
+    let partitions: Vec<i16> = owners
+        .iter()
+        .map(|o| Partition::of(o).as_smallint())
+        .collect();
     let rows = pg
-        .query("SELECT owner, kind, provider, currency, balance FROM accounts WHERE kind <> 'platform' AND owner = ANY($1)",
-            &[&keys.iter().map(|k| k[prefix.len()..].to_owned()).collect::<Vec<_>>()])
+        .query(
+            "SELECT a.owner, a.kind, a.provider, a.currency, a.balance
+             FROM accounts a JOIN unnest($1::smallint[], $2::text[]) AS k (partition, owner)
+               ON (a.partition, a.owner) = (k.partition, k.owner)
+             WHERE a.kind <> 'platform'",
+            &[&partitions, &owners],
+        )
         .await?;
     let truth: HashMap<(String, String), Decimal> = rows
         .iter()

@@ -17,7 +17,7 @@ const TRANSFER: &str = "
 /// `provider-ack`).
 const POSTINGS: &str = "
     SELECT p.command, a.kind, a.provider, p.amount, p.created_at
-    FROM postings p JOIN accounts a ON a.id = p.account_id
+    FROM postings p JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id)
     WHERE p.command = ANY($1) ORDER BY p.id";
 
 /// The transfer `id`; an error when there is none.

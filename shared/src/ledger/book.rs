@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use super::Refused;
 use crate::error::StepError;
 use crate::money::{Currency, exact_add};
+use crate::partition::Partition;
 use crate::wallet::{WalletKey, WalletSnapshot};
 
 #[derive(Debug)]
@@ -22,27 +23,39 @@ pub(super) struct Slot {
 #[derive(Debug)]
 pub struct Book {
     pub(super) slots: HashMap<WalletKey, Slot>,
-    /// User wallets' postings, each with its command; platform legs are summed in their slots.
-    pub(super) postings: Vec<(i64, Decimal, Option<String>)>,
+    /// User wallets' postings (partition, account, amount), each with its command; platform legs
+    /// are summed in their slots.
+    pub(super) postings: Vec<(Partition, i64, Decimal, Option<String>)>,
 }
 
 const INSERT_POSTINGS: &str = "
-    INSERT INTO postings (account_id, amount, command)
-    SELECT * FROM unnest($1::bigint[], $2::numeric[], $3::text[])";
+    INSERT INTO postings (partition, account_id, amount, command)
+    SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::numeric[], $4::text[])";
 
 const UPDATE_BALANCES: &str = "
     UPDATE accounts a SET balance = u.balance, version = u.version
-    FROM unnest($1::bigint[], $2::numeric[], $3::bigint[]) AS u (id, balance, version)
-    WHERE a.id = u.id";
+    FROM unnest($1::smallint[], $2::bigint[], $3::numeric[], $4::bigint[])
+      AS u (partition, id, balance, version)
+    WHERE (a.partition, a.id) = (u.partition, u.id)";
 
 impl Book {
     /// Applies one command's postings, all or none. Every key must have been opened, and the
-    /// amounts must sum to zero per currency (a bug otherwise: `Err(Permanent)`).
+    /// amounts must sum to zero per currency, within one partition (a bug otherwise:
+    /// `Err(Permanent)`): what a partition's postings sum to never depends on another's, so a
+    /// partition can move to another shard with its postings alone.
     pub fn post(
         &mut self,
         command: &str,
         legs: &[(&WalletKey, Decimal)],
     ) -> Result<Result<(), Refused>, StepError> {
+        if legs
+            .windows(2)
+            .any(|w| w[0].0.partition != w[1].0.partition)
+        {
+            return Err(StepError::permanent(format!(
+                "ledger: postings of {command} span partitions"
+            )));
+        }
         // A command has a few legs in one or two currencies: a list beats a map.
         let mut sums: Vec<(Currency, Decimal)> = Vec::with_capacity(legs.len());
         for (key, amount) in legs {
@@ -90,7 +103,7 @@ impl Book {
                 slot.version += 1;
                 slot.dirty = true;
                 self.postings
-                    .push((slot.id, *amount, Some(command.to_owned())));
+                    .push((key.partition, slot.id, *amount, Some(command.to_owned())));
             }
         }
         Ok(Ok(()))
@@ -110,38 +123,42 @@ impl Book {
 
     /// Stores the postings, one per platform account touched, and the new balances.
     pub async fn write(mut self, tx: &Transaction<'_>) -> Result<(), StepError> {
-        let mut platform: Vec<&Slot> = self
+        let mut platform: Vec<(Partition, &Slot)> = self
             .slots
             .iter()
             .filter(|(k, s)| k.is_platform() && !s.balance.is_zero())
-            .map(|(_, s)| s)
+            .map(|(k, s)| (k.partition, s))
             .collect();
-        platform.sort_by_key(|s| s.id);
+        platform.sort_by_key(|(_, s)| s.id);
         self.postings
-            .extend(platform.iter().map(|s| (s.id, s.balance, None)));
+            .extend(platform.iter().map(|(p, s)| (*p, s.id, s.balance, None)));
         if self.postings.is_empty() {
             return Ok(());
         }
-        let (ids, amounts, commands): (Vec<i64>, Vec<Decimal>, Vec<Option<String>>) =
-            self.postings.into_iter().fold(
-                (Vec::new(), Vec::new(), Vec::new()),
-                |(mut a, mut b, mut c), (id, amount, command)| {
-                    a.push(id);
-                    b.push(amount);
-                    c.push(command);
-                    (a, b, c)
-                },
-            );
-        let mut dirty: Vec<&Slot> = self.slots.values().filter(|s| s.dirty).collect();
-        dirty.sort_by_key(|s| s.id);
-        let slot_ids: Vec<i64> = dirty.iter().map(|s| s.id).collect();
-        let balances: Vec<Decimal> = dirty.iter().map(|s| s.balance).collect();
-        let versions: Vec<i64> = dirty.iter().map(|s| s.version).collect();
+        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (partition, id, amount, command) in self.postings {
+            columns.0.push(partition.as_smallint());
+            columns.1.push(id);
+            columns.2.push(amount);
+            columns.3.push(command);
+        }
+        let (partitions, ids, amounts, commands): (Vec<i16>, Vec<i64>, Vec<Decimal>, Vec<_>) =
+            columns;
+        let mut dirty: Vec<(&WalletKey, &Slot)> =
+            self.slots.iter().filter(|(_, s)| s.dirty).collect();
+        dirty.sort_by_key(|(_, s)| s.id);
+        let slot_partitions: Vec<i16> = dirty
+            .iter()
+            .map(|(k, _)| k.partition.as_smallint())
+            .collect();
+        let slot_ids: Vec<i64> = dirty.iter().map(|(_, s)| s.id).collect();
+        let balances: Vec<Decimal> = dirty.iter().map(|(_, s)| s.balance).collect();
+        let versions: Vec<i64> = dirty.iter().map(|(_, s)| s.version).collect();
         // Independent statements: tokio-postgres pipelines them in one round trip.
-        let posting_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&ids, &amounts, &commands];
-        let balance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&slot_ids, &balances, &versions];
+        let posting_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&partitions, &ids, &amounts, &commands];
+        let balance_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&slot_partitions, &slot_ids, &balances, &versions];
         let (insert, update) = futures::try_join!(
             tx.prepare_cached(INSERT_POSTINGS),
             tx.prepare_cached(UPDATE_BALANCES),
@@ -199,8 +216,8 @@ mod tests {
         );
         let (main_usd, main_eur) = (WalletKey::main("u-1", usd), WalletKey::main("u-1", eur));
         let (fx_usd, fx_eur) = (
-            WalletKey::platform("fx", usd),
-            WalletKey::platform("fx", eur),
+            WalletKey::platform("fx", main_usd.partition, usd),
+            WalletKey::platform("fx", main_usd.partition, eur),
         );
         let mut b = book(&[
             (&main_usd, "10.00"),
@@ -233,5 +250,36 @@ mod tests {
         assert_eq!(b.post("fx:3", &too_much).unwrap(), Err(Refused::Overdraft));
         assert_eq!(b.snapshot(&main_usd).unwrap().balance, "5.00");
         assert_eq!(b.postings.len(), 2);
+    }
+
+    #[test]
+    fn a_command_posts_within_one_partition() {
+        let usd = Currencies::default().get("USD").unwrap();
+        let (u1, u7) = (WalletKey::main("u-1", usd), WalletKey::main("u-7", usd));
+        assert_ne!(u1.partition, u7.partition);
+        let (deposits_u1, deposits_u7) = (
+            WalletKey::platform("deposits", u1.partition, usd),
+            WalletKey::platform("deposits", u7.partition, usd),
+        );
+        let mut b = book(&[
+            (&u1, "0"),
+            (&u7, "0"),
+            (&deposits_u1, ""),
+            (&deposits_u7, ""),
+        ]);
+
+        assert_eq!(
+            b.post("deposit:1", &[(&u1, dec("3")), (&deposits_u1, dec("-3"))])
+                .unwrap(),
+            Ok(())
+        );
+        // Balanced, but the counterpart is another partition's account: a bug, and nothing moved.
+        let e = b
+            .post("deposit:2", &[(&u7, dec("2")), (&deposits_u1, dec("-2"))])
+            .unwrap_err();
+        assert!(e.to_string().contains("span partitions"), "{e}");
+        assert_eq!(b.balance(&u7), Some(dec("0")));
+        assert_eq!(b.postings.len(), 1);
+        assert_eq!(b.postings[0].0, u1.partition);
     }
 }

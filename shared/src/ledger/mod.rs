@@ -70,42 +70,50 @@ const KNOWN_WALLETS: usize = 200_000;
 /// (a concurrent creator's row, waited for) or created here, and the SELECT, a second statement
 /// with a new snapshot, sees them all.
 const CREATE_WALLETS: &str = "
-    INSERT INTO accounts (owner, kind, provider, currency)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+    INSERT INTO accounts (partition, owner, kind, provider, currency)
+    SELECT * FROM unnest($1::smallint[], $2::text[], $3::text[], $4::text[], $5::text[])
     ON CONFLICT DO NOTHING
     RETURNING id";
 
 const WALLET_IDS: &str = "
     SELECT a.id, k.n
     FROM accounts a
-    JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[])
-      WITH ORDINALITY AS k (owner, kind, provider, currency, n)
-      ON (a.owner, a.kind, a.provider, a.currency) = (k.owner, k.kind, k.provider, k.currency)";
+    JOIN unnest($1::smallint[], $2::text[], $3::text[], $4::text[], $5::text[])
+      WITH ORDINALITY AS k (partition, owner, kind, provider, currency, n)
+      ON (a.partition, a.owner, a.kind, a.provider, a.currency)
+       = (k.partition, k.owner, k.kind, k.provider, k.currency)";
 
-/// Locks the user wallets (`$1`) in id order, the one order every function uses (LockRows runs
-/// above the sort). A lock only marks the row: unlike `ON CONFLICT DO UPDATE`, it writes no new
-/// row version, so the balance update that follows is the only one per wallet and batch, and fits
-/// on its page (fillfactor, V4) as a HOT update. The remembered platform accounts (`$2`) are read,
-/// not locked: every replica posts to them. Each row comes back with its key: an id is checked
-/// against the wallet this process knew by it.
+/// Locks the user wallets (`$1`, `$2`: partitions and ids) in id order, the one order every
+/// function uses (LockRows runs above the sort). A lock only marks the row: unlike `ON CONFLICT
+/// DO UPDATE`, it writes no new row version, so the balance update that follows is the only one
+/// per wallet and batch, and fits on its page (fillfactor, V4) as a HOT update. The remembered
+/// platform accounts (`$3`, `$4`) are read, not locked: every replica posts to them. Each row
+/// comes back with its key: an id is checked against the wallet this process knew by it.
 const LOCK_WALLETS: &str = "
     WITH locked AS (
-        SELECT id, balance, version, owner, kind, provider, currency
-        FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+        SELECT a.id, a.balance, a.version, a.partition, a.owner, a.kind, a.provider, a.currency
+        FROM accounts a
+        JOIN unnest($1::smallint[], $2::bigint[]) AS k (partition, id)
+          ON (a.partition, a.id) = (k.partition, k.id)
+        ORDER BY a.id FOR UPDATE OF a)
     SELECT * FROM locked
     UNION ALL
-    SELECT id, balance, version, owner, kind, provider, currency
-    FROM accounts WHERE id = ANY($2)";
+    SELECT a.id, a.balance, a.version, a.partition, a.owner, a.kind, a.provider, a.currency
+    FROM accounts a
+    JOIN unnest($3::smallint[], $4::bigint[]) AS k (partition, id)
+      ON (a.partition, a.id) = (k.partition, k.id)";
 
 /// The platform account's id, and whether this transaction created it. `ON CONFLICT DO NOTHING`
 /// takes no lock on an existing row, so replicas never wait for each other here.
 const PLATFORM_ACCOUNT: &str = "
     WITH created AS (
-        INSERT INTO accounts (owner, kind, provider, currency) VALUES ('', 'platform', $1, $2)
+        INSERT INTO accounts (partition, owner, kind, provider, currency)
+        VALUES ($1, '', 'platform', $2, $3)
         ON CONFLICT DO NOTHING RETURNING id)
     SELECT id, true FROM created
     UNION ALL
-    SELECT id, false FROM accounts WHERE owner = '' AND kind = 'platform' AND provider = $1 AND currency = $2";
+    SELECT id, false FROM accounts
+    WHERE partition = $1 AND owner = '' AND kind = 'platform' AND provider = $2 AND currency = $3";
 
 impl Ledger {
     /// Resolved in the caller's transaction (a second connection could wait on a pool the
@@ -126,8 +134,11 @@ impl Ledger {
             return Ok((*id, true));
         }
         let statement = tx.prepare_cached(PLATFORM_ACCOUNT).await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&key.provider, &key.currency.code()];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [
+            &key.partition.as_smallint(),
+            &key.provider,
+            &key.currency.code(),
+        ];
         // When a concurrent transaction creates the account first, this INSERT waits for it and
         // does nothing, and the SELECT, reading the statement's snapshot, does not see it either:
         // no row. The second run has a new snapshot that does.
@@ -211,6 +222,7 @@ impl Ledger {
         }
         if !unknown.is_empty() {
             unknown.sort();
+            let partitions: Vec<i16> = unknown.iter().map(|k| k.partition.as_smallint()).collect();
             let mut c: [Vec<&str>; 4] = Default::default();
             for k in &unknown {
                 c[0].push(k.owner.as_str());
@@ -219,14 +231,16 @@ impl Ledger {
                 c[3].push(k.currency.code());
             }
             let [o, k, p, c] = &c;
+            let columns: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&partitions, o, k, p, c];
             let created: HashSet<i64> = tx
-                .query(&tx.prepare_cached(CREATE_WALLETS).await?, &[o, k, p, c])
+                .query(&tx.prepare_cached(CREATE_WALLETS).await?, &columns)
                 .await?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
             let rows = tx
-                .query(&tx.prepare_cached(WALLET_IDS).await?, &[o, k, p, c])
+                .query(&tx.prepare_cached(WALLET_IDS).await?, &columns)
                 .await?;
             if rows.len() != unknown.len() {
                 return Err(StepError::transient(format!(
@@ -255,16 +269,14 @@ impl Ledger {
                 ids.insert(id, key);
             }
         }
-        let mut order: Vec<i64> = ids.keys().copied().collect();
-        order.sort_unstable();
-        let platform_ids: Vec<i64> = remembered.keys().copied().collect();
+        let (users, platform) = (by_id(&ids), by_id(&remembered));
         let rows = tx
             .query(
                 &tx.prepare_cached(LOCK_WALLETS).await?,
-                &[&order, &platform_ids],
+                &[&users.0, &users.1, &platform.0, &platform.1],
             )
             .await?;
-        let expected = order.len() + platform_ids.len();
+        let expected = users.1.len() + platform.1.len();
         if rows.len() != expected {
             // Only a wallet believed to exist can be missing.
             return Err(self.forget(format!(
@@ -283,10 +295,11 @@ impl Ledger {
                     false,
                 ),
             };
-            let (owner, kind, provider, currency): (&str, &str, &str, &str) =
-                (row.get(3), row.get(4), row.get(5), row.get(6));
-            if (owner, kind, provider, currency)
+            let (partition, owner, kind, provider, currency): (i16, &str, &str, &str, &str) =
+                (row.get(3), row.get(4), row.get(5), row.get(6), row.get(7));
+            if (partition, owner, kind, provider, currency)
                 != (
+                    key.partition.as_smallint(),
                     key.owner.as_str(),
                     key.kind.as_str(),
                     key.provider.as_str(),
@@ -314,4 +327,14 @@ impl Ledger {
             postings: Vec::new(),
         })
     }
+}
+
+/// The wallets' partitions and ids, in id order, as [`LOCK_WALLETS`] takes them.
+fn by_id(wallets: &HashMap<i64, WalletKey>) -> (Vec<i16>, Vec<i64>) {
+    let mut ids: Vec<(i64, i16)> = wallets
+        .iter()
+        .map(|(id, key)| (*id, key.partition.as_smallint()))
+        .collect();
+    ids.sort_unstable();
+    ids.into_iter().map(|(id, p)| (p, id)).unzip()
 }
