@@ -71,6 +71,16 @@ impl Routing {
         Self { subjects }
     }
 
+    /// Where a client publishes a command of `user_id` for `subject` (without the namespace):
+    /// on the user's partition ([`subject`]) when `subject` is one of this stream's, else as is.
+    pub fn publish(&self, subject: &str, user_id: &str) -> String {
+        if self.subjects.iter().any(|s| s == subject) {
+            self::subject(subject, user_id)
+        } else {
+            subject.to_owned()
+        }
+    }
+
     /// False when `subject` (without the namespace) names a partition other than `user_id`'s,
     /// written as [`subject`] writes it.
     pub fn admits(&self, subject: &str, user_id: &str) -> bool {

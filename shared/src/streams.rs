@@ -14,6 +14,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use serde::Deserialize;
 
 use crate::names::Names;
+use crate::partition::Routing;
 
 /// The largest command the contract accepts.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -194,18 +195,14 @@ impl Topology {
         }
     }
 
-    /// Where a client publishes a command for `subject` (unprefixed): followed by the partition
-    /// of `user_id` when a partitioned stream takes it, else `subject` itself.
-    pub fn command_subject(&self, subject: &str, user_id: &str) -> String {
-        let partitioned = self
-            .streams
+    /// The routing of the stream that takes `subject` (unprefixed, as the stream lists it); none
+    /// when no stream does.
+    pub fn routing(&self, subject: &str) -> Routing {
+        self.streams
             .iter()
-            .any(|s| s.partitioned && s.subjects.iter().any(|x| x == subject));
-        if partitioned {
-            crate::partition::subject(subject, user_id)
-        } else {
-            subject.to_owned()
-        }
+            .find(|s| s.subjects.iter().any(|x| x == subject))
+            .map(Routing::of)
+            .unwrap_or_default()
     }
 
     /// Creates or updates every stream and consumer; returns one line per object saying what
@@ -470,13 +467,14 @@ mod tests {
         assert_eq!(stream.subjects, ["t.wallet.deposit", "t.wallet.deposit.*"]);
         assert_eq!(t.read_by(deposit), ["wallet.deposit", "wallet.deposit.*"]);
         assert_eq!(
-            t.command_subject("wallet.deposit", "u-7"),
+            t.routing("wallet.deposit").publish("wallet.deposit", "u-7"),
             "wallet.deposit.144"
         );
         let acks = t.consumer("provider-ack").expect("provider-ack");
         assert_eq!(t.read_by(acks), ["provider.*.ack"]);
         assert_eq!(
-            t.command_subject("provider.alpha.ack", "u-7"),
+            t.routing("provider.alpha.ack")
+                .publish("provider.alpha.ack", "u-7"),
             "provider.alpha.ack"
         );
     }

@@ -28,6 +28,9 @@ pub struct Names {
     pub subject: String,
     /// One subject its test publishes to: `subject` with its wildcards filled in.
     pub sample: String,
+    /// Whether its stream is partitioned: not for a subject with wildcards, a party's
+    /// (`payout.*.ack`), whose messages name no user and so no partition.
+    pub partitioned: bool,
 }
 
 impl Names {
@@ -81,6 +84,7 @@ impl Names {
         Ok(Self {
             name: name.to_owned(),
             stream: snake.to_ascii_uppercase(),
+            partitioned: !subject.contains(['*', '>']),
             subject,
             sample,
             snake,
@@ -96,6 +100,10 @@ impl Names {
             .replace("SCAFFOLD_EXAMPLE", &self.stream)
             .replace("scaffold_example", &self.snake)
             .replace("scaffold-example", &self.name)
+            .replace(
+                "partitioned = true",
+                &format!("partitioned = {}", self.partitioned),
+            )
     }
 }
 
@@ -146,12 +154,7 @@ pub fn new_function(root: &Path, name: &str, subject: Option<&str>) -> anyhow::R
     let streams_file = root.join("streams.toml");
     let streams = std::fs::read_to_string(&streams_file)
         .with_context(|| format!("reading {}", streams_file.display()))?;
-    let mut block = n.fill(STREAMS, &n.subject);
-    // A subject with wildcards is a party's (`payout.*.ack`), whose messages name no user: there
-    // is no partition for them to carry.
-    if n.subject.contains(['*', '>']) {
-        block = block.replace("partitioned = true\n", "");
-    }
+    let block = n.fill(STREAMS, &n.subject);
     let updated = format!("{}\n\n{}", streams.trim_end(), block);
     // Refuses a stream or subject that another stream has already.
     let topology = Topology::parse(&updated)?;

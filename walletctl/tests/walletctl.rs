@@ -345,6 +345,7 @@ async fn new_function_scaffolds_a_folder_that_agrees_with_streams_toml_roles_and
         .find(|s| s.name == "CASH_OUT")
         .unwrap();
     assert_eq!(stream.subjects, ["cashout.*.ack"]);
+    assert!(!stream.partitioned);
     let read =
         |path: &str| std::fs::read_to_string(tmp.join("functions/cash-out").join(path)).unwrap();
     assert!(read("function.toml").contains("subject = \"cashout.*.ack\""));

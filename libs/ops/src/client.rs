@@ -24,7 +24,7 @@ pub async fn publish(
     let body = serde_json::from_str::<serde_json::Value>(payload)
         .with_context(|| format!("the payload is not JSON: {payload}"))?;
     let subject = match body.get("user_id").and_then(|u| u.as_str()) {
-        Some(user) => topology.command_subject(subject, user),
+        Some(user) => topology.routing(subject).publish(subject, user),
         None => subject.to_owned(),
     };
     let js = jetstream::new(crate::nats(config).await?);
