@@ -92,7 +92,8 @@ impl PrivateCluster {
         self.advertise.get_or_insert_with(free_port);
     }
 
-    /// Starts every node and waits until the cluster has a JetStream meta leader.
+    /// Starts every node and waits until the cluster has a JetStream meta leader that counts
+    /// every node online.
     pub async fn start_all(&self) {
         for i in 0..self.nodes.len() {
             self.start_node(i);
@@ -214,22 +215,33 @@ impl PrivateCluster {
         self.nodes[i].http_port
     }
 
+    /// Until the cluster's meta leader counts every other node current and online: a stream of
+    /// three replicas created before that was refused "no suitable peers for placement, peer
+    /// offline" (once, in CI), with a leader already elected.
     async fn wait_for_meta_leader(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let others = self.nodes.len() - 1;
         loop {
             for n in &self.nodes {
                 let jsz = crate::http_get(n.http_port, "/jsz").await;
-                let leader = jsz.and_then(|(_, body)| {
+                let ready = jsz.and_then(|(_, body)| {
                     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-                    Some(v["meta_cluster"]["leader"].as_str()?.to_owned())
+                    let meta = &v["meta_cluster"];
+                    let leader = meta["leader"].as_str().filter(|l| !l.is_empty())?;
+                    // Only the leader lists the others, each with whether it is current.
+                    let replicas = meta["replicas"].as_array()?;
+                    let online = replicas.iter().filter(|r| {
+                        r["current"].as_bool() == Some(true) && r["offline"].as_bool() != Some(true)
+                    });
+                    (online.count() == others).then_some(leader.to_owned())
                 });
-                if leader.is_some_and(|l| !l.is_empty()) {
+                if ready.is_some() {
                     return;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "the cluster elected no meta leader in 30 s (logs in {})",
+                "the cluster elected no meta leader with every node online in 30 s (logs in {})",
                 self.dir.display()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
