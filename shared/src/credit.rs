@@ -15,7 +15,6 @@ use crate::function::{Command, Invalid, Outcome, Payload, Transaction, currency_
 use crate::ids;
 use crate::ledger::Refused;
 use crate::money::Currency;
-use crate::partition::Partition;
 use crate::wallet::WalletKey;
 
 /// A valid credit command's fields.
@@ -79,10 +78,9 @@ pub async fn apply<C: Send + Sync>(
     credit: impl Fn(&C) -> &Credit,
 ) -> Result<Vec<Outcome>, StepError> {
     let wallets = |c: &Credit| {
-        (
-            WalletKey::main(&c.user_id, c.currency),
-            WalletKey::platform(platform, Partition::of(&c.user_id), c.currency),
-        )
+        let main = WalletKey::main(&c.user_id, c.currency);
+        let counterpart = main.counterpart(platform);
+        (main, counterpart)
     };
     let keys = commands.iter().flat_map(|c| {
         let (main, platform) = wallets(credit(&c.body));

@@ -88,6 +88,11 @@ impl WalletKey {
         }
     }
 
+    /// The platform account `purpose` that balances this wallet: in its partition and currency.
+    pub fn counterpart(&self, purpose: &str) -> Self {
+        Self::platform(purpose, self.partition, self.currency)
+    }
+
     pub fn is_platform(&self) -> bool {
         self.kind == Kind::Platform
     }

@@ -10,7 +10,6 @@ use rust_decimal::Decimal;
 use wallet_campaigns::campaign;
 use wallet_runtime::function::Transaction;
 use wallet_runtime::money::Currency;
-use wallet_runtime::partition::Partition;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{Command, Context, Event, Function, Outcome, Reason, Status, StepError};
 
@@ -163,10 +162,9 @@ pub(crate) async fn apply(
     }
 
     let wallets = |user: &str, currency: Currency, campaign: &str| {
-        (
-            WalletKey::user(user, Kind::Bonus, "", currency),
-            WalletKey::platform(&format!("bonus:{campaign}"), Partition::of(user), currency),
-        )
+        let bonus = WalletKey::user(user, Kind::Bonus, "", currency);
+        let counterpart = bonus.counterpart(&format!("bonus:{campaign}"));
+        (bonus, counterpart)
     };
     let keys = granted.iter().flat_map(|g| {
         let (bonus, platform) = wallets(g.user, g.currency, &g.command.body.campaign_id);

@@ -177,20 +177,25 @@ async fn audit_fails_on_a_tampered_balance() {
         .await;
     events.by_id("deposit:x-1:completed", T).await;
     assert!(env.audit().await.ok());
+    // Changes the ledger behind the function's back, then audits it.
+    let tampered = |sql: &'static str| {
+        let env = &env;
+        async move {
+            env.pg().await.batch_execute(sql).await.unwrap();
+            env.audit().await
+        }
+    };
     // The platform's side moved to another partition's account: the transaction still sums to
     // zero, but neither partition does on its own (u-1 is in partition 2).
-    env.pg()
-        .await
-        .batch_execute(
-            "INSERT INTO accounts (partition, owner, kind, provider, currency)
-                 VALUES (5, '', 'platform', 'deposits', 'USD');
-             UPDATE postings SET (partition, account_id) =
-                 (SELECT partition, id FROM accounts WHERE partition = 5)
-             WHERE command IS NULL",
-        )
-        .await
-        .unwrap();
-    let report = env.audit().await.to_string();
+    let report = tampered(
+        "INSERT INTO accounts (partition, owner, kind, provider, currency)
+             VALUES (5, '', 'platform', 'deposits', 'USD');
+         UPDATE postings SET (partition, account_id) =
+             (SELECT partition, id FROM accounts WHERE partition = 5)
+         WHERE command IS NULL",
+    )
+    .await
+    .to_string();
     assert!(
         report.contains(
             "FAIL  every journal entry since the ledger was partitioned sums to zero within each partition"
@@ -201,15 +206,7 @@ async fn audit_fails_on_a_tampered_balance() {
         report.contains("ok    every journal entry's postings sum to zero per currency"),
         "{report}"
     );
-    env.pg()
-        .await
-        .execute(
-            "UPDATE accounts SET balance = balance + 1 WHERE owner = 'u-1'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let report = env.audit().await;
+    let report = tampered("UPDATE accounts SET balance = balance + 1 WHERE owner = 'u-1'").await;
     assert!(!report.ok());
     assert!(
         report
@@ -219,29 +216,17 @@ async fn audit_fails_on_a_tampered_balance() {
     );
     // The platform's side of the deposit's transaction made smaller: that entry no longer
     // balances, and no user wallet shows it.
-    env.pg()
+    let report = tampered("UPDATE postings SET amount = amount + 1 WHERE command IS NULL")
         .await
-        .execute(
-            "UPDATE postings SET amount = amount + 1 WHERE command IS NULL",
-            &[],
-        )
-        .await
-        .unwrap();
-    let report = env.audit().await.to_string();
+        .to_string();
     assert!(
         report.contains("FAIL  every journal entry's postings sum to zero per currency"),
         "{report}"
     );
     // A user wallet's posting that no longer names its command.
-    env.pg()
+    let report = tampered("UPDATE postings SET command = NULL WHERE command IS NOT NULL")
         .await
-        .execute(
-            "UPDATE postings SET command = NULL WHERE command IS NOT NULL",
-            &[],
-        )
-        .await
-        .unwrap();
-    let report = env.audit().await.to_string();
+        .to_string();
     assert!(
         report.contains("FAIL  every posting to a user wallet names its command"),
         "{report}"
@@ -280,12 +265,9 @@ async fn audit_fails_on_a_tampered_balance() {
     assert_eq!(could_not.status.code(), Some(2), "{could_not:?}");
     assert!(could_not.stdout.is_empty(), "{could_not:?}");
     // A wallet stored in a partition that is not its owner's.
-    env.pg()
+    let report = tampered("UPDATE accounts SET partition = 3 WHERE owner = 'u-1'")
         .await
-        .execute("UPDATE accounts SET partition = 3 WHERE owner = 'u-1'", &[])
-        .await
-        .unwrap();
-    let report = env.audit().await.to_string();
+        .to_string();
     assert!(
         report.contains("FAIL  every user wallet is in its owner's partition"),
         "{report}"

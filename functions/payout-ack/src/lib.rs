@@ -26,7 +26,6 @@ use schemars::JsonSchema;
 use wallet_runtime::answer::{self, ACK_CONFLICT, Ending, PROVIDER_MISMATCH, SagaRow, Take};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Id, Interface};
-use wallet_runtime::partition::Partition;
 use wallet_runtime::saga;
 use wallet_runtime::sweeper;
 use wallet_runtime::wallet::{Kind, WalletKey};
@@ -226,13 +225,10 @@ impl Function for PayoutAck {
             |index, command, w| {
                 let a = &command.body;
                 let currency = answer::currency(ctx, &command.id, &w.currency)?;
+                let held = WalletKey::user(&w.user_id, Kind::Held, &w.psp, currency);
                 // Out of the platform, or back to main.
                 let to = if a.paid {
-                    WalletKey::platform(
-                        &saga::PAYOUTS.account(&w.psp),
-                        Partition::of(&w.user_id),
-                        currency,
-                    )
+                    held.counterpart(&saga::PAYOUTS.account(&w.psp))
                 } else {
                     declined.push(w);
                     WalletKey::main(&w.user_id, currency)
@@ -247,7 +243,7 @@ impl Function for PayoutAck {
                 Ok(Ok(Ending {
                     index,
                     posting: format!("{}:{}", Self::NAME, command.key),
-                    from: WalletKey::user(&w.user_id, Kind::Held, &w.psp, currency),
+                    from: held,
                     take: Take::Amount,
                     to,
                     amount: w.amount,

@@ -26,7 +26,6 @@ use wallet_runtime::answer::{self, Answer, Ending, SagaRow, Take};
 use wallet_runtime::function::Transaction;
 use wallet_runtime::interface::{Balance, Id, Interface, ProviderField};
 use wallet_runtime::money::{AmountError, parse_amount};
-use wallet_runtime::partition::Partition;
 use wallet_runtime::saga::{self, Saga};
 use wallet_runtime::sweeper;
 use wallet_runtime::wallet::{Kind, WalletKey};
@@ -264,11 +263,7 @@ impl Function for ProviderAck {
                         };
                         let take = Take::Held {
                             up_to: t.amount.map(|_| returned),
-                            difference: WalletKey::platform(
-                                &saga::GAME_RESULTS.account(&t.provider),
-                                Partition::of(&t.user_id),
-                                currency,
-                            ),
+                            difference: game.counterpart(&saga::GAME_RESULTS.account(&t.provider)),
                         };
                         (game, take, main, returned, Some(returned))
                     }

@@ -224,18 +224,21 @@ impl PrivateCluster {
         loop {
             for n in &self.nodes {
                 let jsz = crate::http_get(n.http_port, "/jsz").await;
-                let ready = jsz.and_then(|(_, body)| {
-                    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                let ready = jsz.is_some_and(|(_, body)| {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                        return false;
+                    };
                     let meta = &v["meta_cluster"];
-                    let leader = meta["leader"].as_str().filter(|l| !l.is_empty())?;
                     // Only the leader lists the others, each with whether it is current.
-                    let replicas = meta["replicas"].as_array()?;
-                    let online = replicas.iter().filter(|r| {
-                        r["current"].as_bool() == Some(true) && r["offline"].as_bool() != Some(true)
+                    let online = meta["replicas"].as_array().map_or(0, |replicas| {
+                        replicas
+                            .iter()
+                            .filter(|r| r["current"] == true && r["offline"] != true)
+                            .count()
                     });
-                    (online.count() == others).then_some(leader.to_owned())
+                    meta["leader"].as_str().is_some_and(|l| !l.is_empty()) && online == others
                 });
-                if ready.is_some() {
+                if ready {
                     return;
                 }
             }
