@@ -35,6 +35,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Another `streams.toml` than the built-in one.
     pub streams_file: Option<PathBuf>,
+    /// `SHARDS_FILE`: the shard map (`crate::shards`); unset on one PostgreSQL.
+    pub shards_file: Option<PathBuf>,
+    /// `SHARD`: the shard a function process serves (its consumer `<function>-<shard>`, its
+    /// `DATABASE_URL` that shard's database); unset on one PostgreSQL.
+    pub shard: Option<String>,
     /// The most messages one batch (one transaction) and one pull request hold.
     pub batch_max: usize,
     /// The most bytes one batch and one pull request hold (JetStream counts payload and
@@ -164,6 +169,16 @@ impl Config {
             streams_file: lookup("STREAMS_FILE")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            shards_file: file("SHARDS_FILE")?,
+            shard: match lookup("SHARD").filter(|v| !v.is_empty()) {
+                Some(s) if !crate::shards::is_valid_name(&s) => {
+                    return Err(err(
+                        "SHARD",
+                        format!("`{s}` is not a shard name (1 to 16 of a-z 0-9)"),
+                    ));
+                }
+                other => other,
+            },
             batch_max: number("BATCH_MAX", "1000", 1, 10_000)?,
             batches_in_flight: number("BATCHES_IN_FLIGHT", "2", 1, 64)?,
             // At least one command of the largest size a command stream stores, or a pull could
@@ -194,6 +209,25 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The shard map `SHARDS_FILE` names; none on one PostgreSQL.
+    pub fn shard_map(&self) -> Result<Option<crate::shards::ShardMap>, crate::shards::ShardsError> {
+        self.shards_file
+            .as_deref()
+            .map(crate::shards::ShardMap::load)
+            .transpose()
+    }
+
+    /// This configuration on `shard`'s database (what `walletctl` does on each shard).
+    pub fn on_shard(&self, shard: &crate::shards::Shard) -> Self {
+        Self {
+            database_url: shard.database_url.clone(),
+            shard: Some(shard.name.clone()),
+            ..self.clone()
+        }
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
@@ -202,6 +236,7 @@ impl fmt::Debug for Config {
             .field("database_url", &redact(&self.database_url))
             .field("redis_url", &redact(&self.redis_url))
             .field("namespace", &self.names.namespace())
+            .field("shard", &self.shard)
             .field("http_addr", &self.http_addr)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("batch_max", &self.batch_max)

@@ -32,6 +32,7 @@ pub mod outbox;
 pub mod partition;
 pub mod runtime;
 pub mod saga;
+pub mod shards;
 pub mod streams;
 pub mod sweeper;
 pub mod telemetry;

@@ -33,6 +33,11 @@ impl Partition {
         Self(u16::try_from(p).expect("below PARTITIONS, a u16"))
     }
 
+    /// Partition `p`; none at or above [`PARTITIONS`].
+    pub fn new(p: u16) -> Option<Self> {
+        (p < PARTITIONS).then_some(Self(p))
+    }
+
     pub fn get(self) -> u16 {
         self.0
     }

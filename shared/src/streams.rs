@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::names::Names;
 use crate::partition::Routing;
+use crate::shards::{Shard, ShardMap};
 
 /// The largest command the contract accepts.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -70,7 +71,8 @@ pub struct StreamDef {
     /// A command stream whose commands may carry their user's partition as one more, last token
     /// (`wallet.deposit.144`, docs/sharding.md): it takes each of its subjects bare and followed
     /// by `.*`. Its consumer reads it whole, unfiltered: nats-server 2.9 gives a consumer one
-    /// filter, and none selects both `wallet.deposit` and `wallet.deposit.144`.
+    /// filter, and none selects both `wallet.deposit` and `wallet.deposit.144`. With a shard map
+    /// it takes only `.*` and each shard's consumer filters its partitions (`crate::shards`).
     #[serde(default)]
     pub partitioned: bool,
 }
@@ -195,6 +197,25 @@ impl Topology {
         }
     }
 
+    /// Every consumer as a deployment has it: each function's one, or with a shard map one
+    /// per shard (`<function>-<shard>`), except for a stream that carries no partition, which
+    /// one shard only can read (see [`Topology::apply`]).
+    pub fn consumers_in<'a>(
+        &'a self,
+        shards: Option<&'a ShardMap>,
+    ) -> Vec<(&'a ConsumerDef, Option<&'a Shard>)> {
+        let Some(map) = shards else {
+            return self.consumers.iter().map(|c| (c, None)).collect();
+        };
+        self.consumers
+            .iter()
+            .filter(|c| {
+                map.shards().len() == 1 || self.stream(&c.stream).is_some_and(|s| s.partitioned)
+            })
+            .flat_map(|c| map.shards().iter().map(move |s| (c, Some(s))))
+            .collect()
+    }
+
     /// The routing of the stream that takes `subject` (unprefixed, as the stream lists it); none
     /// when no stream does.
     pub fn routing(&self, subject: &str) -> Routing {
@@ -207,17 +228,39 @@ impl Topology {
 
     /// Creates or updates every stream and consumer; returns one line per object saying what
     /// happened. Objects that would need recreation are reported with `NOT APPLIED`.
+    ///
+    /// With a shard map, a partitioned stream takes only its partitioned subjects (a command on
+    /// the bare subject, which names no shard, is refused at the publisher: no stream takes it)
+    /// and each shard gets its own consumer of it, reading that shard's partitions. A stream
+    /// that carries no partition (the providers' acks) can be read by one shard only: with
+    /// several, its consumer is reported `NOT APPLIED`.
     pub async fn apply(
         &self,
         js: &jetstream::Context,
         names: &Names,
+        shards: Option<&ShardMap>,
     ) -> Result<Vec<String>, TopologyError> {
         let mut report = Vec::new();
         for def in &self.streams {
-            report.push(apply_stream(js, names, def).await?);
+            report.push(apply_stream(js, names, def, shards.is_some()).await?);
         }
+        let applied = self.consumers_in(shards);
         for def in &self.consumers {
-            report.push(apply_consumer(js, names, def).await?);
+            if !applied.iter().any(|(c, _)| c.function == def.function) {
+                report.push(format!(
+                    "consumer {}: NOT APPLIED: stream {} carries no partition, so none of the \
+                     shards can read its share of it (docs/sharding.md, step 4)",
+                    names.name(&def.function),
+                    names.name(&def.stream),
+                ));
+            }
+        }
+        for (def, shard) in applied {
+            let stream = self
+                .stream(&def.stream)
+                .expect("parse checks every consumer's stream");
+            let want = def.config(names, stream, shard);
+            report.push(apply_consumer(js, names, def, want).await?);
         }
         Ok(report)
     }
@@ -236,10 +279,15 @@ impl StreamDef {
             .collect()
     }
 
-    pub fn config(&self, names: &Names) -> stream::Config {
+    /// Its configuration; `sharded`: without the bare subjects of a partitioned stream.
+    pub fn config(&self, names: &Names, sharded: bool) -> stream::Config {
+        let taken = self.taken();
+        let taken = taken
+            .iter()
+            .filter(|s| !(sharded && self.partitioned && self.subjects.contains(s)));
         stream::Config {
             name: names.name(&self.name),
-            subjects: self.taken().iter().map(|s| names.subject(s)).collect(),
+            subjects: taken.map(|s| names.subject(s)).collect(),
             retention: match self.retention {
                 Retention::Limits => stream::RetentionPolicy::Limits,
                 Retention::Workqueue => stream::RetentionPolicy::WorkQueue,
@@ -260,14 +308,38 @@ impl StreamDef {
 }
 
 impl ConsumerDef {
-    pub fn config(&self, names: &Names) -> consumer::pull::Config {
+    /// Its durable name, without the namespace: the function's, and on a shard
+    /// `<function>-<shard>`.
+    pub fn durable(&self, shard: Option<&str>) -> String {
+        match shard {
+            Some(shard) => format!("{}-{shard}", self.function),
+            None => self.function.clone(),
+        }
+    }
+
+    /// Its configuration on `stream`, for `shard`'s process when there is a shard map: then
+    /// it reads only the shard's partitions of a partitioned stream.
+    pub fn config(
+        &self,
+        names: &Names,
+        stream: &StreamDef,
+        shard: Option<&Shard>,
+    ) -> consumer::pull::Config {
+        let mut filters: Vec<String> = match (shard, stream.partitioned) {
+            (Some(shard), true) => shard.filter(&stream.subjects),
+            _ => self.filter_subject.iter().cloned().collect(),
+        };
+        filters.iter_mut().for_each(|f| *f = names.subject(f));
+        // One filter is `filter_subject`, which nats-server 2.9 knows; several need 2.10.
+        let (filter_subject, filter_subjects) = if filters.len() == 1 {
+            (filters.remove(0), Vec::new())
+        } else {
+            (String::new(), filters)
+        };
         consumer::pull::Config {
-            durable_name: Some(names.name(&self.function)),
-            filter_subject: self
-                .filter_subject
-                .as_deref()
-                .map(|f| names.subject(f))
-                .unwrap_or_default(),
+            durable_name: Some(names.name(&self.durable(shard.map(|s| s.name.as_str())))),
+            filter_subject,
+            filter_subjects,
             ack_policy: consumer::AckPolicy::Explicit,
             deliver_policy: consumer::DeliverPolicy::All,
             ack_wait: self.ack_wait,
@@ -322,8 +394,9 @@ async fn apply_stream(
     js: &jetstream::Context,
     names: &Names,
     def: &StreamDef,
+    sharded: bool,
 ) -> Result<String, TopologyError> {
-    let want = def.config(names);
+    let want = def.config(names, sharded);
     let name = want.name.clone();
     let mut existing = match js.get_stream(&name).await {
         Ok(s) => s,
@@ -398,9 +471,9 @@ async fn apply_consumer(
     js: &jetstream::Context,
     names: &Names,
     def: &ConsumerDef,
+    want: consumer::pull::Config,
 ) -> Result<String, TopologyError> {
-    let want = def.config(names);
-    let name = names.name(&def.function);
+    let name = want.durable_name.clone().expect("a durable consumer");
     let stream = js
         .get_stream_no_info(names.name(&def.stream))
         .await
@@ -416,6 +489,10 @@ async fn apply_consumer(
     };
     let changed = differing([
         ("filter_subject", have.filter_subject != want.filter_subject),
+        (
+            "filter_subjects",
+            have.filter_subjects != want.filter_subjects,
+        ),
         ("ack_wait", have.ack_wait != want.ack_wait),
         ("max_deliver", have.max_deliver != want.max_deliver),
         ("backoff", have.backoff != want.backoff),
@@ -457,14 +534,27 @@ mod tests {
         );
         let deposit = t.consumer("deposit").expect("deposit consumer");
         assert_eq!(deposit.stream, "DEPOSITS");
-        let c = deposit.config(&Names::new("t").expect("ns"));
+        let deposits = t.stream("DEPOSITS").expect("deposits");
+        let c = deposit.config(&Names::new("t").expect("ns"), deposits, None);
         assert_eq!(c.durable_name.as_deref(), Some("t_deposit"));
         assert_eq!(c.filter_subject, "", "reads its partitioned stream whole");
-        let stream = t
-            .stream("DEPOSITS")
-            .expect("deposits")
-            .config(&Names::new("t").expect("ns"));
+        let stream = deposits.config(&Names::new("t").expect("ns"), false);
         assert_eq!(stream.subjects, ["t.wallet.deposit", "t.wallet.deposit.*"]);
+        // Sharded: the bare subject names no shard, so no stream takes it.
+        let sharded = deposits.config(&Names::new("t").expect("ns"), true);
+        assert_eq!(sharded.subjects, ["t.wallet.deposit.*"]);
+        let map = ShardMap::parse(
+            "[[shard]]\nname = \"a\"\ndatabase_url = \"postgres://h/a\"\npartitions = \"0-1\"\n\
+             [[shard]]\nname = \"b\"\ndatabase_url = \"postgres://h/b\"\npartitions = \"2-255\"\n",
+        )
+        .expect("a map");
+        let a = deposit.config(&Names::new("t").expect("ns"), deposits, map.get("a"));
+        assert_eq!(a.durable_name.as_deref(), Some("t_deposit-a"));
+        assert_eq!(
+            a.filter_subjects,
+            ["t.wallet.deposit.0", "t.wallet.deposit.1"]
+        );
+        assert_eq!(a.filter_subject, "");
         assert_eq!(t.read_by(deposit), ["wallet.deposit", "wallet.deposit.*"]);
         assert_eq!(
             t.routing("wallet.deposit").publish("wallet.deposit", "u-7"),

@@ -50,11 +50,11 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
         .await
         .unwrap();
     let bare = env.config.names.subject("wallet.deposit");
-    let mut old_stream = topology.streams[0].config(&env.config.names);
+    let mut old_stream = topology.streams[0].config(&env.config.names, false);
     old_stream.max_message_size = 1_044_480;
     old_stream.subjects = vec![bare.clone()];
     env.js.update_stream(old_stream).await.unwrap();
-    let mut old = topology.consumers[0].config(&env.config.names);
+    let mut old = topology.consumers[0].config(&env.config.names, &topology.streams[0], None);
     old.max_deliver = 20;
     old.filter_subject = bare;
     stream.create_consumer(old).await.unwrap();

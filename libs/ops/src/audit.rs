@@ -10,6 +10,7 @@ use serde::Serialize;
 use wallet_runtime::Config;
 use wallet_runtime::partition::Partition;
 use wallet_runtime::saga::{self, Saga};
+use wallet_runtime::shards::{Shard, ShardMap};
 
 /// One invariant and what was found.
 #[derive(Debug, Serialize)]
@@ -201,6 +202,14 @@ const CHECKS: &[(&str, &str)] = &[
          FROM accounts WHERE owner <> '' AND partition <> wallet_partition(owner)",
     ),
     (
+        // V12: empty on one PostgreSQL, where every partition is this database's.
+        "every wallet is in a partition the shard map gives this database",
+        "SELECT a.owner || ' ' || a.kind || ' ' || a.provider || ' ' || a.currency || ': partition '
+                || a.partition || ', which the map gives to ' || coalesce(m.shard, 'no shard')
+         FROM accounts a LEFT JOIN partition_map m USING (partition)
+         WHERE m.shard IS DISTINCT FROM (SELECT name FROM shard_self)",
+    ),
+    (
         "every wallet's balance equals the sum of its postings",
         "SELECT a.owner || ' ' || a.kind || ' ' || a.provider || ' ' || a.currency
                 || ': balance ' || a.balance || ', postings ' || coalesce(s.total, 0)
@@ -311,7 +320,68 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The audit of the one database, or with a shard map (`SHARDS_FILE`) of every shard's: each
+/// check and note then names its shard, and each shard's database must be the one the map says,
+/// holding the map's partitions.
 pub async fn audit(config: &Config) -> anyhow::Result<Report> {
+    let Some(map) = config.shard_map()? else {
+        return audit_database(config, None).await;
+    };
+    let mut report = Report::default();
+    for shard in map.shards() {
+        let config = config.on_shard(shard);
+        let mut one = audit_database(&config, Some(shard)).await?;
+        one.checks.insert(0, map_check(&config, &map, shard).await?);
+        let named = |s: String| format!("shard {}: {s}", shard.name);
+        report.notes.extend(one.notes.into_iter().map(named));
+        report.checks.extend(one.checks.into_iter().map(|c| Check {
+            name: named(c.name),
+            ..c
+        }));
+    }
+    Ok(report)
+}
+
+/// The shard's database is `shard`'s and holds the map's partitions as `map` places them.
+async fn map_check(config: &Config, map: &ShardMap, shard: &Shard) -> anyhow::Result<Check> {
+    let pg = crate::postgres(config).await?;
+    let mut breaches = Vec::new();
+    let is: Option<String> = pg
+        .query_opt("SELECT name FROM shard_self", &[])
+        .await?
+        .map(|r| r.get(0));
+    if is.as_deref() != Some(shard.name.as_str()) {
+        breaches.push(format!(
+            "the database is {}, not shard `{}`'s",
+            is.map_or("no shard's".to_owned(), |n| format!("shard `{n}`'s")),
+            shard.name
+        ));
+    }
+    let stored: HashMap<i16, String> = pg
+        .query("SELECT partition, shard FROM partition_map", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for p in 0..wallet_runtime::partition::PARTITIONS {
+        let want = &map
+            .shard_of(Partition::new(p).expect("below PARTITIONS"))
+            .name;
+        let key = Partition::new(p).expect("below PARTITIONS").as_smallint();
+        if stored.get(&key) != Some(want) {
+            breaches.push(format!(
+                "partition {p}: the database's map says {:?}, SHARDS_FILE `{want}`",
+                stored.get(&key)
+            ));
+        }
+    }
+    Ok(Check {
+        name: "the database is this shard's, and its partition map is SHARDS_FILE's".to_owned(),
+        breaches,
+    })
+}
+
+async fn audit_database(config: &Config, shard: Option<&Shard>) -> anyhow::Result<Report> {
     let pg = crate::postgres(config).await?;
     let mut report = Report::default();
     // One snapshot for every check: they see the same ledger.
@@ -356,7 +426,7 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
         .checks
         .push(campaign_check(config, &pg, &mut report.notes).await?);
     if outbox == 0 {
-        report.checks.push(cache_check(config, &pg).await?);
+        report.checks.push(cache_check(config, &pg, shard).await?);
     } else {
         report.notes.push(format!(
             "skipped: the balance cache check ({outbox} event(s) still carry balances to the cache); run audit again once they are published"
@@ -368,7 +438,12 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
 
 /// Every cached wallet matches PostgreSQL. Only meaningful with the outbox empty: an event
 /// waiting there still carries its balances to the cache.
-async fn cache_check(config: &Config, pg: &tokio_postgres::Client) -> anyhow::Result<Check> {
+/// With a shard, only the cached wallets of its partitions.
+async fn cache_check(
+    config: &Config,
+    pg: &tokio_postgres::Client,
+    shard: Option<&Shard>,
+) -> anyhow::Result<Check> {
     let name = "the balance cache agrees with PostgreSQL".to_owned();
     let client = wallet_runtime::cache::client(config)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -380,7 +455,9 @@ async fn cache_check(config: &Config, pg: &tokio_postgres::Client) -> anyhow::Re
         while let Some(k) = futures::StreamExt::next(&mut iter).await {
             keys.push(k?);
         }
-        keys
+        keys.into_iter()
+            .filter(|k| shard.is_none_or(|s| s.holds(Partition::of(&k[prefix.len()..]))))
+            .collect()
     };
     let owners: Vec<&str> = keys.iter().map(|k| &k[prefix.len()..]).collect();
     let partitions: Vec<i16> = owners

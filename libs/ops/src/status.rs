@@ -50,8 +50,9 @@ pub async fn status(config: &Config, topology: &Topology) -> anyhow::Result<Stat
         .unwrap_or_default();
     let specs = crate::catalog::built_in();
     let mut out = Vec::new();
-    for def in &topology.consumers {
-        let consumer = names.name(&def.function);
+    let shards = config.shard_map()?;
+    for (def, shard) in topology.consumers_in(shards.as_ref()) {
+        let consumer = names.name(&def.durable(shard.map(|s| s.name.as_str())));
         let dead_letters = dead
             .iter()
             .find(|(f, _)| *f == def.function)

@@ -25,6 +25,11 @@ pub async fn teardown(config: &Config, topology: &Topology) -> anyhow::Result<Ve
     if db::drop_database(config).await? {
         report.push("database: dropped".into());
     }
+    for shard in config.shard_map()?.iter().flat_map(|m| m.shards()) {
+        if db::drop_database(&config.on_shard(shard)).await? {
+            report.push(format!("shard {}: database dropped", shard.name));
+        }
+    }
     let client = wallet_runtime::cache::client(config)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let pattern = config.names.redis_key("*");

@@ -13,6 +13,7 @@ use crate::cache::BalanceCache;
 use crate::config::Config;
 use crate::context::Context;
 use crate::db;
+use crate::error::StepError;
 use crate::ledger::Ledger;
 use crate::outbox;
 use crate::streams::ConsumerDef;
@@ -80,6 +81,52 @@ pub(super) async fn connect(
     })))
 }
 
+/// Checks that `DATABASE_URL` is the database of the shard `SHARD` names (or of none, with
+/// `SHARD` unset), waiting out a PostgreSQL that is down. `Ok(false)`: shut down while waiting.
+///
+/// A process pointed at another shard's database would decide its shard's commands in a ledger
+/// that does not hold their users, and one without `SHARD` on a shard's database would wait for
+/// a consumer that never exists: both are refused at start, in one line.
+pub(super) async fn check_shard(
+    ctx: &Context,
+    shutdown: &CancellationToken,
+) -> Result<bool, StartError> {
+    let mut backoff = Backoff::default();
+    let found = loop {
+        let read = async {
+            let row = ctx
+                .pool
+                .get()
+                .await?
+                .query_opt("SELECT name FROM shard_self", &[])
+                .await?;
+            Ok::<_, StepError>(row.map(|r| r.get::<_, String>(0)))
+        };
+        match read.await {
+            Ok(found) => break found,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "postgres unavailable; retrying");
+                if !pause(backoff.delay(), shutdown).await {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(StartError::Postgres(db::DbError::Postgres(e.to_string()))),
+        }
+    };
+    let wanted = ctx.config.shard.as_deref();
+    if found.as_deref() == wanted {
+        return Ok(true);
+    }
+    Err(StartError::Shard(match (wanted, found) {
+        (Some(w), Some(f)) => format!("SHARD={w}, but DATABASE_URL is shard `{f}`'s database"),
+        (Some(w), None) => format!(
+            "SHARD={w}, but DATABASE_URL is no shard's database (has `walletctl setup` run with SHARDS_FILE?)"
+        ),
+        (None, Some(f)) => format!("DATABASE_URL is shard `{f}`'s database: set SHARD={f}"),
+        (None, None) => unreachable!("equal"),
+    }))
+}
+
 /// Exponential backoff from 100 ms to 5 s: short enough to keep held messages alive (progress
 /// acks go out at every step), long enough not to hammer a dependency that is down.
 #[derive(Debug, Default)]
@@ -110,7 +157,8 @@ pub(super) async fn bind(
     def: &ConsumerDef,
     shutdown: &CancellationToken,
 ) -> Option<PullConsumer> {
-    let (stream, name) = (ctx.names.name(&def.stream), ctx.names.name(&def.function));
+    let durable = def.durable(ctx.config.shard.as_deref());
+    let (stream, name) = (ctx.names.name(&def.stream), ctx.names.name(&durable));
     let mut backoff = Backoff::default();
     loop {
         let found = async {

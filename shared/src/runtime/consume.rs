@@ -42,7 +42,7 @@ pub(super) async fn consume<F: Function>(
     let dead_letter_after = def.dead_letter_after;
     let loops = ctx.config.batches_in_flight;
     let routing = Arc::new(routing);
-    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.function), dead_letter_after, loops, "consuming");
+    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.durable(ctx.config.shard.as_deref())), dead_letter_after, loops, "consuming");
     tasks.spawn(
         "lag watcher",
         watch_lag(F::NAME, consumer.clone(), shutdown.clone()),

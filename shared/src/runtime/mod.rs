@@ -60,6 +60,8 @@ pub enum StartError {
     Postgres(DbError),
     #[error("REDIS_URL: {0}")]
     Redis(redis::RedisError),
+    #[error("{0}")]
+    Shard(String),
     #[error("no consumer for function `{0}` in the streams file")]
     NoConsumer(&'static str),
     #[error(
@@ -88,6 +90,9 @@ pub fn run<F: Function>(f: F) -> ExitCode {
                 .and_then(|s| usize::try_from(s.max_msg_size).ok())
                 .filter(|&n| n > 0);
             let routing = stream.map(Routing::of).unwrap_or_default();
+            if !connect::check_shard(&ctx, &tasks.shutdown()).await? {
+                return Ok(());
+            }
             if largest.is_none_or(|n| n > ctx.config.batch_max_bytes) {
                 return Err(StartError::FetchTooSmall {
                     batch_max_bytes: ctx.config.batch_max_bytes,
