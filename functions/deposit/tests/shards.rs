@@ -91,6 +91,26 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         assert!(stderr.contains(said), "{stderr}");
     }
 
+    // Setup never moves a partition, nor turns one shard's database into another's.
+    for (edited, said) in [
+        (
+            map.replace("0-127", "0-126").replace("128-255", "127-255"),
+            "SHARDS_FILE moves 1 partition(s), the first 127 from shard `a` to `b`",
+        ),
+        (
+            map.replace("name = \"a\"", "name = \"c\""),
+            "is shard `a`'s database; SHARDS_FILE gives it to shard `c`",
+        ),
+    ] {
+        let path = pg_b.write_file("edited.toml", edited.as_bytes(), 0o644);
+        let mut config = env.config.clone();
+        config.shards_file = Some(path);
+        let refused = wallet_ops::setup::setup(&config, &testkit::topology())
+            .await
+            .expect_err("refused");
+        assert!(format!("{refused:#}").contains(said), "{refused:#}");
+    }
+
     // The bare subject names no shard: no stream takes it, and the publisher hears so.
     let bare = env
         .js
