@@ -22,7 +22,6 @@ pub(crate) async fn read_balances(
     let mut events = nats
         .subscribe(config.names.subject("wallet.events.>"))
         .await?;
-    let subject = config.names.subject("wallet.balance.get");
     let (mut seen, mut answered, mut failed) = (0u64, 0u64, 0u64);
     loop {
         let event = tokio::select! {
@@ -41,6 +40,10 @@ pub(crate) async fn read_balances(
             continue;
         };
         let request = serde_json::json!({ "user_id": user }).to_string();
+        let subject = config.names.subject(&wallet_runtime::partition::subject(
+            "wallet.balance.get",
+            user,
+        ));
         let reply = tokio::time::timeout(
             Duration::from_secs(2),
             nats.request(subject.clone(), request.into()),

@@ -76,6 +76,14 @@ impl Routing {
         Self { subjects }
     }
 
+    /// The routing of requests to `subject` (without the namespace), which a request may also
+    /// name followed by its user's partition (`wallet.balance.get.144`).
+    pub fn of_subject(subject: &str) -> Self {
+        Self {
+            subjects: vec![subject.to_owned()],
+        }
+    }
+
     /// Where a client publishes a command of `user_id` for `subject` (without the namespace):
     /// on the user's partition ([`subject`]) when `subject` is one of this stream's, else as is.
     pub fn publish(&self, subject: &str, user_id: &str) -> String {

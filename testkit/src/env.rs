@@ -349,7 +349,13 @@ impl TestEnv {
         let req = serde_json::to_vec(&serde_json::json!({ "user_id": user })).unwrap();
         let reply = self
             .nats
-            .request(self.subject("wallet.balance.get"), req.into())
+            .request(
+                self.subject(&wallet_runtime::partition::subject(
+                    "wallet.balance.get",
+                    user,
+                )),
+                req.into(),
+            )
             .await
             .unwrap();
         serde_json::from_slice(&reply.payload).unwrap()
@@ -463,6 +469,11 @@ impl TestEnv {
         let cache = self.cache().await;
         let ticket = cache.begin_fill(user).await.unwrap();
         assert!(cache.fill(user, &ticket, &[]).await.unwrap());
+    }
+
+    /// Removes `user`'s balance hash: their next balance read is PostgreSQL's.
+    pub async fn uncache(&self, user: &str) {
+        let _: i64 = self.on_cached_hash("DEL", user, None).await;
     }
 
     /// The seconds to live of `user`'s balance hash (-2: no hash; -1: one without a TTL).

@@ -172,13 +172,15 @@ pub fn render(
                     "payload": m.payload,
                 }),
             );
-            // A command of a partitioned stream is received on its user's partition too.
+            // A command of a partitioned stream, and a request, are received on their user's
+            // partition too.
             let partitioned = m.operation == Operation::Receive
-                && spec
-                    .stream
-                    .as_deref()
-                    .and_then(|n| topology.stream(n))
-                    .is_some_and(|d| d.partitioned);
+                && (spec.kind == Kind::RequestReply
+                    || spec
+                        .stream
+                        .as_deref()
+                        .and_then(|n| topology.stream(n))
+                        .is_some_and(|d| d.partitioned));
             let on_partition = partitioned.then(|| Message {
                 subject: format!("{}.{{partition}}", m.subject),
                 ..m.clone()
@@ -320,7 +322,7 @@ fn parameter(name: &str, m: &Message) -> Value {
         }
         "provider" => json!({ "description": "a configured provider (`[a-z0-9-]{1,32}`)" }),
         "partition" => json!({
-            "description": "the partition of the command's `user_id`, 0 to 255: FNV-1a (32-bit) of its UTF-8 bytes, modulo 256 (docs/CONTRACT.md §3)",
+            "description": "the partition of the command's or request's `user_id`, 0 to 255: FNV-1a (32-bit) of its UTF-8 bytes, modulo 256 (docs/CONTRACT.md §3)",
         }),
         _ => json!({ "description": name }),
     }

@@ -65,7 +65,11 @@ pub fn users(
             _ => User {
                 name: s.name.clone(),
                 publish: s.publishes.iter().map(|p| names.subject(p)).collect(),
-                subscribe: vec![names.subject(&s.subject)],
+                // A request on its user's partition too (`wallet.balance.get.144`).
+                subscribe: vec![
+                    names.subject(&s.subject),
+                    names.subject(&format!("{}.*", s.subject)),
+                ],
                 allow_responses: true,
             },
         };
@@ -88,6 +92,7 @@ pub fn users(
         .map(|c| names.subject(c))
         .collect();
     publish.push(names.subject("wallet.balance.get"));
+    publish.push(names.subject("wallet.balance.get.*"));
     publish.extend([
         format!("$JS.API.STREAM.INFO.{events}"),
         format!("$JS.API.CONSUMER.*.{events}"),

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use wallet_runtime::interface::{Balance as BalanceString, CurrencyCode, Id, Interface, Provider};
 use wallet_runtime::metrics as runtime_metrics;
-use wallet_runtime::partition::Partition;
+use wallet_runtime::partition::{Partition, Routing};
 use wallet_runtime::runtime::Responder;
 use wallet_runtime::wallet::{Kind, WalletSnapshot, field};
 use wallet_runtime::{Context, StepError, ids};
@@ -56,6 +56,8 @@ pub enum ErrorCode {
     InvalidUserId,
     /// PostgreSQL cannot answer now; retry.
     Unavailable,
+    /// Asked on a partition's subject (`wallet.balance.get.<p>`) that is not the user's.
+    WrongPartition,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq, JsonSchema)]
@@ -86,7 +88,12 @@ impl Responder for Balance {
         Interface::new(Self::NAME).request_reply::<BalanceRequest, BalanceReply>(Self::SUBJECT)
     }
 
-    async fn respond<'a>(&'a self, ctx: &'a Context, payload: &'a [u8]) -> Vec<u8> {
+    async fn respond<'a>(
+        &'a self,
+        ctx: &'a Context,
+        subject: &'a str,
+        payload: &'a [u8],
+    ) -> Vec<u8> {
         let request: Result<serde_json::Map<String, serde_json::Value>, _> =
             serde_json::from_slice(payload);
         let reply = match request {
@@ -99,6 +106,14 @@ impl Responder for Balance {
                     ErrorCode::InvalidUserId,
                     "user_id must be 1 to 128 characters from A-Z a-z 0-9 _ . : -",
                 ),
+                // On a shard, another shard's user is not in this database: an answer would
+                // say they have no wallets.
+                Some(user_id) if !Routing::of_subject(Self::SUBJECT).admits(subject, user_id) => {
+                    error(
+                        ErrorCode::WrongPartition,
+                        "user_id is not in the partition the subject names",
+                    )
+                }
                 Some(user_id) => match wallets(ctx, user_id).await {
                     Ok(wallets) => BalanceReply::Wallets { user_id, wallets },
                     Err(e) => {
@@ -141,6 +156,7 @@ fn error(code: ErrorCode, message: &'static str) -> BalanceReply<'static> {
         ErrorCode::InvalidRequest => "invalid_request",
         ErrorCode::InvalidUserId => "invalid_user_id",
         ErrorCode::Unavailable => "unavailable",
+        ErrorCode::WrongPartition => "wrong_partition",
     };
     metrics::counter!(ERRORS, "code" => label).increment(1);
     BalanceReply::Error {

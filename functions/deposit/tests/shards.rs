@@ -216,6 +216,46 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         .await;
     assert_eq!(mains(&pg_b).await, holds(&in_b, "15.00"));
 
+    // The balance query: one process per shard, each answering its partitions' subjects from
+    // its database; a request on a partition that is not its user's is refused.
+    let balances: Vec<_> = [("a", &pg_a), ("b", &pg_b)]
+        .into_iter()
+        .map(|(shard, pg)| {
+            env.spawn(
+                "balance",
+                &[
+                    ("SHARD", shard),
+                    ("DATABASE_URL", &owner(pg, "wallet_balance")),
+                ],
+            )
+        })
+        .collect();
+    for p in &balances {
+        env.ready(p).await;
+    }
+    for user in [&in_a[0], &in_b[0]] {
+        env.uncache(user).await;
+        let reply = env.balance(user).await;
+        assert_eq!(
+            reply["wallets"],
+            serde_json::json!([{"kind": "main", "currency": "USD", "balance": "15.00"}]),
+            "{user}: {reply}"
+        );
+    }
+    let wrong = format!("wallet.balance.get.{}", Partition::of(&in_b[0]).get());
+    let reply = env
+        .nats
+        .request(
+            env.subject(&wrong),
+            serde_json::to_vec(&serde_json::json!({"user_id": &in_a[0]}))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["error"]["code"], "wrong_partition", "{reply}");
+
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
     for shard in ["a", "b"] {

@@ -50,7 +50,10 @@ pub async fn publish(
 /// Asks `wallet.balance.get` for `user`'s wallets; the reply, as `balance` sent it (JSON).
 pub async fn balance(config: &Config, user: &str) -> anyhow::Result<String> {
     let nats = crate::nats(config).await?;
-    let subject = config.names.subject("wallet.balance.get");
+    let subject = config.names.subject(&wallet_runtime::partition::subject(
+        "wallet.balance.get",
+        user,
+    ));
     let request = serde_json::json!({ "user_id": user }).to_string();
     let reply = tokio::time::timeout(
         Duration::from_secs(5),

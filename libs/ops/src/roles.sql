@@ -61,7 +61,7 @@ BEGIN
         -- Another setup (another database on this server) created it meanwhile.
         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
         END;
-        EXECUTE format('GRANT SELECT ON shard_self TO %I', r);
+        EXECUTE format('GRANT SELECT ON shard_self, partition_map TO %I', r);
         EXECUTE format('GRANT SELECT, INSERT, DELETE ON commands TO %I', r);
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO %I', r);
         IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE policyname = 'own_commands_' || f.function) THEN
@@ -105,7 +105,7 @@ END $$;
 GRANT SELECT ON accounts TO wallet_balance;
 
 -- Every function checks at start that its database is its SHARD's (V12).
-GRANT SELECT ON shard_self TO wallet_balance;
+GRANT SELECT ON shard_self, partition_map TO wallet_balance;
 
 -- transfer-out and transfer-in record each transfer; provider-ack finishes it (for a transfer in,
 -- with what came back) and its sweeper queries providers. provider-ack changes a transfer's

@@ -82,7 +82,8 @@ pub(super) async fn connect(
 }
 
 /// Checks that `DATABASE_URL` is the database of the shard `SHARD` names (or of none, with
-/// `SHARD` unset), waiting out a PostgreSQL that is down. `Ok(false)`: shut down while waiting.
+/// `SHARD` unset), waiting out a PostgreSQL that is down; returns the partitions the database's
+/// map gives that shard (none without `SHARD`). `Ok(None)`: shut down while waiting.
 ///
 /// A process pointed at another shard's database would decide its shard's commands in a ledger
 /// that does not hold their users, and one without `SHARD` on a shard's database would wait for
@@ -90,7 +91,7 @@ pub(super) async fn connect(
 pub(super) async fn check_shard(
     ctx: &Context,
     shutdown: &CancellationToken,
-) -> Result<bool, StartError> {
+) -> Result<Option<Vec<u16>>, StartError> {
     let mut backoff = Backoff::default();
     let found = loop {
         let read = async {
@@ -98,24 +99,40 @@ pub(super) async fn check_shard(
                 .pool
                 .get()
                 .await?
-                .query_opt("SELECT name FROM shard_self", &[])
+                .query_opt(
+                    "SELECT s.name, array_agg(m.partition ORDER BY m.partition)
+                            FILTER (WHERE m.partition IS NOT NULL)
+                     FROM shard_self s LEFT JOIN partition_map m ON m.shard = s.name
+                     GROUP BY s.name",
+                    &[],
+                )
                 .await?;
-            Ok::<_, StepError>(row.map(|r| r.get::<_, String>(0)))
+            Ok::<_, StepError>(row.map(|r| {
+                let partitions: Option<Vec<i16>> = r.get(1);
+                (r.get::<_, String>(0), partitions.unwrap_or_default())
+            }))
         };
         match read.await {
             Ok(found) => break found,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "postgres unavailable; retrying");
                 if !pause(backoff.delay(), shutdown).await {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
             Err(e) => return Err(StartError::Postgres(db::DbError::Postgres(e.to_string()))),
         }
     };
     let wanted = ctx.config.shard.as_deref();
+    let (found, partitions) = found.unzip();
     if found.as_deref() == wanted {
-        return Ok(true);
+        let partitions = partitions.unwrap_or_default();
+        return Ok(Some(
+            partitions
+                .into_iter()
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect(),
+        ));
     }
     Err(StartError::Shard(match (wanted, found) {
         (Some(w), Some(f)) => format!("SHARD={w}, but DATABASE_URL is shard `{f}`'s database"),

@@ -90,7 +90,10 @@ pub fn run<F: Function>(f: F) -> ExitCode {
                 .and_then(|s| usize::try_from(s.max_msg_size).ok())
                 .filter(|&n| n > 0);
             let routing = stream.map(Routing::of).unwrap_or_default();
-            if !connect::check_shard(&ctx, &tasks.shutdown()).await? {
+            if connect::check_shard(&ctx, &tasks.shutdown())
+                .await?
+                .is_none()
+            {
                 return Ok(());
             }
             if largest.is_none_or(|n| n > ctx.config.batch_max_bytes) {
@@ -121,7 +124,10 @@ pub fn serve<R: Responder>(r: R) -> ExitCode {
         R::interface,
         move |_| Ok(r),
         move |r, ctx, _, tasks| async move {
-            respond::respond_loop(Arc::new(r), ctx, tasks.shutdown()).await;
+            let Some(partitions) = connect::check_shard(&ctx, &tasks.shutdown()).await? else {
+                return Ok(());
+            };
+            respond::respond_loop(Arc::new(r), ctx, partitions, tasks.shutdown()).await;
             Ok(())
         },
     )

@@ -1,5 +1,10 @@
 //! Request-reply functions: core NATS requests answered in a queue group, a bounded number at
 //! once, the ones in flight finished at shutdown.
+//!
+//! A request may name its user's partition as one more token (`wallet.balance.get.144`), as a
+//! command may (docs/sharding.md). On one PostgreSQL a process answers the bare subject and every
+//! partition's; on a shard (`SHARD`), only its partitions', in a queue group of its shard, so
+//! that a request reaches a process whose database holds the user.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use super::connect::{Backoff, pause};
 use crate::context::Context;
 use crate::interface::Interface;
 
-/// A request-reply function (core NATS, queue group `<ns>_<NAME>`).
+/// A request-reply function (core NATS, queue group `<ns>_<NAME>`, or `<ns>_<NAME>-<shard>`).
 pub trait Responder: Send + Sync + 'static {
     const NAME: &'static str;
     /// The subject it answers, without the namespace prefix.
@@ -20,39 +25,67 @@ pub trait Responder: Send + Sync + 'static {
     /// Its request and reply, with their schemas ([`Interface::request_reply`]).
     fn interface() -> Interface;
 
+    /// Answers `payload`, received on `subject` (without the namespace): [`Self::SUBJECT`] or
+    /// it followed by a partition.
     fn respond<'a>(
         &'a self,
         ctx: &'a Context,
+        subject: &'a str,
         payload: &'a [u8],
     ) -> impl Future<Output = Vec<u8>> + Send + 'a;
 }
 
-/// Answers requests on `<ns>.<SUBJECT>` in the queue group `<ns>_<NAME>` until `shutdown`, then
-/// finishes the requests in flight.
+/// Answers requests until `shutdown`, then finishes the requests in flight: on `<ns>.<SUBJECT>`
+/// and `<ns>.<SUBJECT>.*` in the queue group `<ns>_<NAME>`, or with `SHARD` on
+/// `<ns>.<SUBJECT>.<p>` for each of the shard's `partitions` in `<ns>_<NAME>-<shard>`.
 pub(super) async fn respond_loop<R: Responder>(
     r: Arc<R>,
     ctx: Arc<Context>,
+    partitions: Vec<u16>,
     shutdown: CancellationToken,
 ) {
     const IN_FLIGHT: u32 = 256;
-    let subject = ctx.names.subject(R::SUBJECT);
-    let mut backoff = Backoff::default();
-    let mut sub = loop {
-        match ctx
-            .nats
-            .queue_subscribe(subject.clone(), ctx.names.name(R::NAME))
-            .await
-        {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe; retrying");
-                if !pause(backoff.delay(), &shutdown).await {
-                    return;
+    let (subjects, group) = match ctx.config.shard.as_deref() {
+        None => (
+            vec![R::SUBJECT.to_owned(), format!("{}.*", R::SUBJECT)],
+            R::NAME.to_owned(),
+        ),
+        Some(shard) => (
+            partitions
+                .iter()
+                .map(|p| format!("{}.{p}", R::SUBJECT))
+                .collect(),
+            format!("{}-{shard}", R::NAME),
+        ),
+    };
+    let group = ctx.names.name(&group);
+    let mut subs = Vec::with_capacity(subjects.len());
+    for subject in &subjects {
+        let subject = ctx.names.subject(subject);
+        let mut backoff = Backoff::default();
+        loop {
+            match ctx
+                .nats
+                .queue_subscribe(subject.clone(), group.clone())
+                .await
+            {
+                Ok(s) => break subs.push(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe; retrying");
+                    if !pause(backoff.delay(), &shutdown).await {
+                        return;
+                    }
                 }
             }
         }
-    };
-    tracing::info!(function = R::NAME, subject, "serving");
+    }
+    tracing::info!(
+        function = R::NAME,
+        subjects = subjects.len(),
+        group,
+        "serving"
+    );
+    let mut sub = futures::stream::select_all(subs);
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT as usize));
     loop {
         let msg = tokio::select! {
@@ -68,7 +101,8 @@ pub(super) async fn respond_loop<R: Responder>(
         let (r, ctx) = (r.clone(), ctx.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let answer = r.respond(&ctx, &msg.payload).await;
+            let subject = ctx.names.strip(&msg.subject);
+            let answer = r.respond(&ctx, subject, &msg.payload).await;
             if let Err(e) = ctx.nats.publish(reply, answer.into()).await {
                 tracing::debug!(error = %e, "reply not sent");
             }
@@ -76,7 +110,9 @@ pub(super) async fn respond_loop<R: Responder>(
             drop(permit);
         });
     }
-    let _ = sub.unsubscribe().await;
+    for s in sub.iter_mut() {
+        let _ = s.unsubscribe().await;
+    }
     // Every permit back: every request in flight answered.
     let _ = slots.acquire_many(IN_FLIGHT).await;
 }
