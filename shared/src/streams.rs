@@ -111,6 +111,12 @@ pub struct ConsumerDef {
     /// Deliveries a message gets before the runtime dead-letters it (`max_deliver`).
     pub dead_letter_after: i64,
     pub max_ack_pending: i64,
+    /// It may run on each of several shards (docs/sharding.md): its stream carries the
+    /// partition, every effect of its commands stays in the user's partition, and nothing it
+    /// waits for comes back without the partition. Off, a shard map of several shards gives it no
+    /// consumer at all, rather than one that would decide commands it cannot finish.
+    #[serde(default)]
+    pub sharded: bool,
 }
 
 impl Topology {
@@ -129,6 +135,12 @@ impl Topology {
                     c.function, c.stream
                 )));
             };
+            if c.sharded && !stream.partitioned {
+                return Err(TopologyError::Invalid(format!(
+                    "consumer `{}` is sharded, but its stream `{}` is not partitioned",
+                    c.function, c.stream
+                )));
+            }
             if stream.partitioned && c.filter_subject.is_some() {
                 return Err(TopologyError::Invalid(format!(
                     "consumer `{}` filters the partitioned stream `{}`: it must read it whole \
@@ -198,8 +210,8 @@ impl Topology {
     }
 
     /// Every consumer as a deployment has it: each function's one, or with a shard map one
-    /// per shard (`<function>-<shard>`), except for a stream that carries no partition, which
-    /// one shard only can read (see [`Topology::apply`]).
+    /// per shard (`<function>-<shard>`); with several shards, only the `sharded` ones (see
+    /// [`Topology::apply`]).
     pub fn consumers_in<'a>(
         &'a self,
         shards: Option<&'a ShardMap>,
@@ -209,9 +221,7 @@ impl Topology {
         };
         self.consumers
             .iter()
-            .filter(|c| {
-                map.shards().len() == 1 || self.stream(&c.stream).is_some_and(|s| s.partitioned)
-            })
+            .filter(|c| map.shards().len() == 1 || c.sharded)
             .flat_map(|c| map.shards().iter().map(move |s| (c, Some(s))))
             .collect()
     }
@@ -231,9 +241,8 @@ impl Topology {
     ///
     /// With a shard map, a partitioned stream takes only its partitioned subjects (a command on
     /// the bare subject, which names no shard, is refused at the publisher: no stream takes it)
-    /// and each shard gets its own consumer of it, reading that shard's partitions. A stream
-    /// that carries no partition (the providers' acks) can be read by one shard only: with
-    /// several, its consumer is reported `NOT APPLIED`.
+    /// and each shard gets its own consumer of it, reading that shard's partitions. With several
+    /// shards a consumer not marked `sharded` gets none, reported `NOT APPLIED`.
     pub async fn apply(
         &self,
         js: &jetstream::Context,
@@ -248,10 +257,10 @@ impl Topology {
         for def in &self.consumers {
             if !applied.iter().any(|(c, _)| c.function == def.function) {
                 report.push(format!(
-                    "consumer {}: NOT APPLIED: stream {} carries no partition, so none of the \
-                     shards can read its share of it (docs/sharding.md, step 4)",
+                    "consumer {}: NOT APPLIED: `{}` is not sharded in the streams file, so it \
+                     runs on one shard only (docs/sharding.md)",
                     names.name(&def.function),
-                    names.name(&def.stream),
+                    def.function,
                 ));
             }
         }
@@ -585,6 +594,39 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("filters the partitioned stream `S`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn several_shards_run_only_the_sharded_consumers() {
+        let t = Topology::parse(BUILT_IN).expect("built-in streams.toml");
+        let shard = |partitions: &str, name: &str| {
+            format!(
+                "[[shard]]\nname = \"{name}\"\ndatabase_url = \"postgres://h/{name}\"\n\
+                 partitions = \"{partitions}\"\n"
+            )
+        };
+        let one = ShardMap::parse(&shard("0-255", "a")).expect("one shard");
+        let two = ShardMap::parse(&(shard("0-127", "a") + &shard("128-255", "b"))).expect("two");
+        let names = |map| -> Vec<String> {
+            t.consumers_in(Some(map))
+                .iter()
+                .map(|(c, s)| c.durable(s.map(|s| s.name.as_str())))
+                .collect()
+        };
+        assert_eq!(names(&one).len(), t.consumers.len());
+        assert!(names(&one).contains(&"provider-ack-a".to_owned()));
+        assert_eq!(names(&two), ["deposit-a", "deposit-b"]);
+
+        let unpartitioned = BUILT_IN.replace(
+            "function = \"provider-ack\"\nstream = \"PROVIDER_ACKS\"\n",
+            "function = \"provider-ack\"\nstream = \"PROVIDER_ACKS\"\nsharded = true\n",
+        );
+        let err = Topology::parse(&unpartitioned).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("is sharded, but its stream `PROVIDER_ACKS` is not partitioned"),
             "{err}"
         );
     }

@@ -71,12 +71,21 @@ pub enum Cmd {
     /// Generate k8s/base/functions/, k8s/nats/authorization.conf and compose.yaml from every
     /// functions/*/function.toml (checked against streams.toml); with --check, only report
     /// whether the committed files are current.
+    ///
+    /// With --shards FILE (a shard map, docs/sharding.md) it writes instead, to --out, the
+    /// function manifests of that sharded deployment: one Deployment and ScaledObject per
+    /// function and shard, and the NATS users with every shard's consumer.
     K8s {
         #[arg(long)]
         check: bool,
         /// The repository root.
         #[arg(long, default_value = ".")]
         root: std::path::PathBuf,
+        #[arg(long, requires = "out", conflicts_with = "check")]
+        shards: Option<std::path::PathBuf>,
+        /// Where --shards writes.
+        #[arg(long, requires = "shards")]
+        out: Option<std::path::PathBuf>,
     },
     /// Generate asyncapi.yaml and schemas/ from every function folder (each function's binary
     /// prints its interface with --interface); with --check, only report whether they are current.
@@ -325,7 +334,20 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::K8s { check, root } => {
+        Cmd::K8s {
+            check,
+            root,
+            shards: Some(file),
+            out: Some(out),
+        } => {
+            let map = wallet_runtime::shards::ShardMap::load(&file)?;
+            for path in k8s::generate_sharded(&root, &topology, &map, &out)? {
+                println!("wrote: {}", out.join(path).display());
+            }
+            let _ = check;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::K8s { check, root, .. } => {
             let differ = k8s::generate(&root, &topology, check)?;
             Ok(report_generated("k8s/", "make k8s", &differ, check))
         }

@@ -18,6 +18,7 @@
 use std::fmt::Write as _;
 
 use wallet_runtime::names::Names;
+use wallet_runtime::shards::ShardMap;
 use wallet_runtime::streams::Topology;
 
 use wallet_ops::catalog::{FunctionSpec, Kind};
@@ -41,18 +42,28 @@ fn pull(stream: &str, consumer: &str) -> Vec<String> {
 }
 
 /// Every user of a deployment under `names`.
+/// With a shard map, a command function may pull from its consumer on each shard.
 pub fn users(
     specs: &[FunctionSpec],
     topology: &Topology,
+    shards: Option<&ShardMap>,
     providers: &[String],
     names: &Names,
 ) -> Vec<User> {
     let inbox = || vec!["_INBOX.>".to_owned()];
+    let consumers = topology.consumers_in(shards);
     let mut out = Vec::new();
     for s in specs {
         let user = match (&s.kind, topology.consumer(&s.name)) {
-            (Kind::Jetstream, Some(c)) => {
-                let mut publish = pull(&names.name(&c.stream), &names.name(&c.function));
+            (Kind::Jetstream, Some(_)) => {
+                let mut publish: Vec<String> = consumers
+                    .iter()
+                    .filter(|(c, _)| c.function == s.name)
+                    .flat_map(|(c, shard)| {
+                        let durable = c.durable(shard.map(|s| s.name.as_str()));
+                        pull(&names.name(&c.stream), &names.name(&durable))
+                    })
+                    .collect();
                 publish.push(names.subject(&format!("dlq.{}", s.name)));
                 publish.extend(s.publishes.iter().map(|p| names.subject(p)));
                 User {
@@ -179,7 +190,7 @@ mod tests {
         let specs = wallet_ops::catalog::built_in();
         let topology = Topology::load(None).expect("streams");
         let names = Names::new("t").expect("ns");
-        let users = users(&specs, &topology, &["alpha".into()], &names);
+        let users = users(&specs, &topology, None, &["alpha".into()], &names);
         let user = |n: &str| users.iter().find(|u| u.name == n).expect(n);
         let deposit = user("deposit");
         assert!(

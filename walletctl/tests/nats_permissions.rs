@@ -52,6 +52,7 @@ async fn every_process_works_as_its_own_user_and_is_refused_the_rest() {
     let users = walletctl::nats_users::users(
         &specs,
         &Topology::load(None).unwrap(),
+        None,
         &["alpha".into(), "beta".into()],
         &names,
     );

@@ -572,7 +572,12 @@ async fn publish_sends_a_command_once_and_balance_reads_it_back() {
 /// to that number on every `kubectl apply`.
 #[test]
 fn generated_deployments_leave_the_replica_count_to_the_autoscaler() {
-    let files = walletctl::k8s::render(&wallet_ops::catalog::built_in());
+    let files = walletctl::k8s::render(
+        &wallet_ops::catalog::built_in(),
+        &wallet_runtime::streams::Topology::load(None).unwrap(),
+        None,
+        std::path::Path::new("k8s/base/functions"),
+    );
     let functions: Vec<&String> = files
         .iter()
         .filter(|(path, _)| !path.ends_with("kustomization.yaml"))
@@ -588,4 +593,69 @@ fn generated_deployments_leave_the_replica_count_to_the_autoscaler() {
             "{body}"
         );
     }
+}
+
+/// With a shard map, each shard of a function is its own Deployment, reading its shard's
+/// consumer and database and scaled by that consumer's lag; a function not `sharded` in
+/// streams.toml (all but deposit, until docs/sharding.md's steps 4 and 5) runs on none of two.
+#[test]
+fn sharded_manifests_run_each_function_once_per_shard() {
+    let dir = std::env::temp_dir().join(format!("shards-{}", testkit::namespace()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let map = dir.join("shards.toml");
+    std::fs::write(
+        &map,
+        "[[shard]]\nname = \"a\"\ndatabase_url = \"postgres://h/a\"\npartitions = \"0-127\"\n\
+         [[shard]]\nname = \"b\"\ndatabase_url = \"postgres://h/b\"\npartitions = \"128-255\"\n",
+    )
+    .unwrap();
+    let out = dir.join("functions");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let run = std::process::Command::new(testkit::binary("walletctl"))
+        .args(["k8s", "--root", root, "--shards"])
+        .arg(&map)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let mut want: Vec<String> = ["balance", "deposit"]
+        .iter()
+        .flat_map(|f| ["a", "b"].map(|s| format!("{f}-{s}.yaml")))
+        .chain([
+            "authorization.conf".to_owned(),
+            "kustomization.yaml".to_owned(),
+        ])
+        .collect();
+    want.sort();
+    assert_eq!(written, want);
+    let deposit = std::fs::read_to_string(out.join("deposit-b.yaml")).unwrap();
+    for line in [
+        "name: deposit-b",
+        "key: DATABASE_URL_DEPOSIT_B",
+        "- name: SHARD\n          value: b",
+        "consumer: deposit-b",
+        "app.kubernetes.io/name: deposit-b",
+    ] {
+        assert!(deposit.contains(line), "{line}: {deposit}");
+    }
+    let users = std::fs::read_to_string(out.join("authorization.conf")).unwrap();
+    for consumer in ["DEPOSITS.deposit-a", "DEPOSITS.deposit-b"] {
+        assert!(
+            users.contains(&format!("$JS.API.CONSUMER.MSG.NEXT.{consumer}")),
+            "{users}"
+        );
+    }
+    assert!(!users.contains("MSG.NEXT.PROVIDER_ACKS"), "{users}");
+    assert!(!users.contains("MSG.NEXT.TRANSFERS"), "{users}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

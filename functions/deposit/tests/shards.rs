@@ -256,6 +256,39 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(reply["error"]["code"], "wrong_partition", "{reply}");
 
+    // `walletctl load` over both shards: its commands on their partitions, its verification
+    // (every outcome, every wallet's balance, the audit) reading every shard.
+    let out = std::process::Command::new(testkit::binary("walletctl"))
+        .args([
+            "load",
+            "--mix",
+            "deposit=1",
+            "--count",
+            "2000",
+            "--users",
+            "300",
+            "--rate",
+            "2000",
+            "--duplicates",
+            "0.05",
+            "--drain-timeout",
+            "60s",
+            "--json",
+        ])
+        .envs(env.env())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["verification"]["passed"], true, "{report:#}");
+    assert!(
+        report["lag"]["peak_by_function"]["deposit"]
+            .as_u64()
+            .is_some(),
+        "the lag of both shards' consumers is sampled: {report:#}"
+    );
+
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
     for shard in ["a", "b"] {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use wallet_runtime::names::Names;
+use wallet_runtime::shards::ShardMap;
 use wallet_runtime::streams::Topology;
 
 use crate::track::Live;
@@ -23,11 +24,13 @@ pub struct LagSeries {
 }
 
 /// Samples, every second until `stop`, each function's lag as KEDA reads it (messages not yet
-/// delivered plus delivered but not acknowledged), and publishes the sum to `live`.
+/// delivered plus delivered but not acknowledged), and publishes the sum to `live`. With a shard
+/// map a function's lag is the sum over its shards' consumers.
 pub async fn sample(
     js: jetstream::Context,
     names: Names,
     topology: Topology,
+    shards: Option<ShardMap>,
     functions: Vec<&'static str>,
     live: Arc<Live>,
     stop: CancellationToken,
@@ -36,11 +39,12 @@ pub async fn sample(
     let mut series = LagSeries::default();
     // Each consumer's stream, looked up once: a sample is then one request per consumer.
     let mut consumers = Vec::new();
-    for f in &functions {
-        if let Some(def) = topology.consumer(f)
+    for (def, shard) in topology.consumers_in(shards.as_ref()) {
+        if let Some(f) = functions.iter().find(|f| **f == def.function)
             && let Ok(stream) = js.get_stream_no_info(names.name(&def.stream)).await
         {
-            consumers.push((*f, stream, names.name(f)));
+            let durable = def.durable(shard.map(|s| s.name.as_str()));
+            consumers.push((*f, stream, names.name(&durable)));
         }
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -50,13 +54,17 @@ pub async fn sample(
             _ = tick.tick() => {}
         }
         let mut total = 0;
+        let mut by_function: BTreeMap<&str, u64> = BTreeMap::new();
         for (f, stream, name) in &consumers {
             if let Ok(info) = stream.consumer_info(name.as_str()).await {
                 let lag = info.num_pending + info.num_ack_pending as u64;
                 total += lag;
-                let peak = series.peak_by_function.entry((*f).to_owned()).or_default();
-                *peak = (*peak).max(lag);
+                *by_function.entry(f).or_default() += lag;
             }
+        }
+        for (f, lag) in by_function {
+            let peak = series.peak_by_function.entry(f.to_owned()).or_default();
+            *peak = (*peak).max(lag);
         }
         live.lag.store(total, Ordering::Relaxed);
         series

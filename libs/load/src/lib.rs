@@ -217,6 +217,7 @@ async fn measure(
         js.clone(),
         config.names.clone(),
         topology.clone(),
+        config.shard_map()?,
         functions.clone(),
         live.clone(),
         stop.clone(),

@@ -98,8 +98,16 @@ pub async fn verify(
             format!("{granted} of {envelopes} envelopes"),
         ));
     }
-    let pg = wallet_ops::postgres(config).await?;
-    let rows = pg.query(RUN_WALLETS, &[&plan.run]).await?;
+    // With a shard map, the run's wallets are spread over every shard's database.
+    let databases = match config.shard_map()? {
+        None => vec![config.clone()],
+        Some(map) => map.shards().iter().map(|s| config.on_shard(s)).collect(),
+    };
+    let mut rows = Vec::new();
+    for database in &databases {
+        let pg = wallet_ops::postgres(database).await?;
+        rows.extend(pg.query(RUN_WALLETS, &[&plan.run]).await?);
+    }
     let mut expected: HashMap<(String, String, String), Decimal> = tracker
         .balances
         .iter()
