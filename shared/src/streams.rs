@@ -570,7 +570,7 @@ mod tests {
             "wallet.deposit.144"
         );
         let acks = t.consumer("provider-ack").expect("provider-ack");
-        assert_eq!(t.read_by(acks), ["provider.*.ack"]);
+        assert_eq!(t.read_by(acks), ["provider.*.ack", "provider.*.ack.*"]);
         assert_eq!(
             t.routing("provider.alpha.ack")
                 .publish("provider.alpha.ack", "u-7"),
@@ -617,16 +617,31 @@ mod tests {
         };
         assert_eq!(names(&one).len(), t.consumers.len());
         assert!(names(&one).contains(&"provider-ack-a".to_owned()));
-        assert_eq!(names(&two), ["deposit-a", "deposit-b"]);
-
-        let unpartitioned = BUILT_IN.replace(
-            "function = \"provider-ack\"\nstream = \"PROVIDER_ACKS\"\n",
-            "function = \"provider-ack\"\nstream = \"PROVIDER_ACKS\"\nsharded = true\n",
+        // Every consumer but bonus-grant's, whose budget is counted in one database.
+        let sharded: Vec<String> = t
+            .consumers
+            .iter()
+            .filter(|c| c.function != "bonus-grant")
+            .flat_map(|c| [format!("{}-a", c.function), format!("{}-b", c.function)])
+            .collect();
+        assert_eq!(names(&two), sharded);
+        let provider_ack = t.consumer("provider-ack").expect("provider-ack");
+        let b = provider_ack.config(
+            &Names::default(),
+            t.stream("PROVIDER_ACKS").expect("acks"),
+            two.get("b"),
         );
-        let err = Topology::parse(&unpartitioned).expect_err("refused");
+        assert_eq!(b.filter_subjects.len(), 128);
+        assert_eq!(b.filter_subjects[0], "provider.*.ack.128");
+
+        let unpartitioned = "[[stream]]\nname = \"S\"\nsubjects = [\"a.b\"]\n\
+                             duplicate_window = \"30s\"\nmax_bytes = 1\nmax_msg_size = 1\n\
+                             [[consumer]]\nfunction = \"f\"\nstream = \"S\"\nsharded = true\n\
+                             ack_wait = \"30s\"\ndead_letter_after = 1\nmax_ack_pending = 1\n";
+        let err = Topology::parse(unpartitioned).expect_err("refused");
         assert!(
             err.to_string()
-                .contains("is sharded, but its stream `PROVIDER_ACKS` is not partitioned"),
+                .contains("is sharded, but its stream `S` is not partitioned"),
             "{err}"
         );
     }

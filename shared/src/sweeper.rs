@@ -176,7 +176,8 @@ async fn sweep(saga: &Saga, advance: &str, ctx: &Context) -> Result<usize, StepE
         let mut query = serde_json::Map::new();
         query.insert(saga.id_field.to_owned(), id.clone().into());
         messages.push(OutboxMessage::new(
-            format!("{}.{partner}.status", saga.prefix),
+            // On the saga's user's partition, as its request went.
+            crate::partition::subject(&format!("{}.{partner}.status", saga.prefix), &user_id),
             format!("{id}:status:{checks}"),
             &query,
         ));

@@ -6,7 +6,7 @@
 //!   publish what its `function.toml` says it publishes (its events, its provider requests) and
 //!   its own dead letters; replies to its JetStream publishes come to its inbox;
 //! - a request-reply function: receive requests on its subject and answer them;
-//! - a provider adapter `provider-<p>`: publish only `provider.<p>.ack`, and read the requests of
+//! - a provider adapter `provider-<p>`: publish only `provider.<p>.ack` (and `.ack.<partition>`), and read the requests of
 //!   its own durable consumer `provider-<p>` (created by the operator, filtered on `provider.<p>.>`);
 //! - `platform`, the clients: publish commands and balance requests, read events;
 //! - `walletctl`, the operator: everything (setup, replays, audits).
@@ -90,6 +90,8 @@ pub fn users(
     for p in providers {
         let mut publish = pull(&requests, &names.name(&format!("provider-{p}")));
         publish.push(names.subject(&format!("provider.{p}.ack")));
+        // On the partition its request named (docs/sharding.md).
+        publish.push(names.subject(&format!("provider.{p}.ack.*")));
         out.push(User {
             name: format!("provider-{p}"),
             publish,
@@ -202,11 +204,13 @@ mod tests {
         assert!(!deposit.publish.iter().any(|p| p.contains("wallet.deposit")));
         let alpha = user("provider-alpha");
         assert!(alpha.publish.contains(&"t.provider.alpha.ack".to_owned()));
+        assert!(alpha.publish.contains(&"t.provider.alpha.ack.*".to_owned()));
+        // Never another provider's acks.
         assert!(
             !alpha
                 .publish
                 .iter()
-                .any(|p| p.contains("beta") || p.contains('*'))
+                .any(|p| p.contains("beta") || p.contains("provider.*"))
         );
         assert!(user("balance").allow_responses);
         let platform = user("platform");

@@ -597,7 +597,7 @@ fn generated_deployments_leave_the_replica_count_to_the_autoscaler() {
 
 /// With a shard map, each shard of a function is its own Deployment, reading its shard's
 /// consumer and database and scaled by that consumer's lag; a function not `sharded` in
-/// streams.toml (all but deposit, until docs/sharding.md's steps 4 and 5) runs on none of two.
+/// streams.toml (bonus-grant, until docs/sharding.md's step 5) runs on none of two.
 #[test]
 fn sharded_manifests_run_each_function_once_per_shard() {
     let dir = std::env::temp_dir().join(format!("shards-{}", testkit::namespace()));
@@ -628,14 +628,22 @@ fn sharded_manifests_run_each_function_once_per_shard() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     written.sort();
-    let mut want: Vec<String> = ["balance", "deposit"]
-        .iter()
-        .flat_map(|f| ["a", "b"].map(|s| format!("{f}-{s}.yaml")))
-        .chain([
-            "authorization.conf".to_owned(),
-            "kustomization.yaml".to_owned(),
-        ])
-        .collect();
+    let mut want: Vec<String> = [
+        "balance",
+        "deposit",
+        "payout-ack",
+        "provider-ack",
+        "transfer-in",
+        "transfer-out",
+        "withdraw",
+    ]
+    .iter()
+    .flat_map(|f| ["a", "b"].map(|s| format!("{f}-{s}.yaml")))
+    .chain([
+        "authorization.conf".to_owned(),
+        "kustomization.yaml".to_owned(),
+    ])
+    .collect();
     want.sort();
     assert_eq!(written, want);
     let deposit = std::fs::read_to_string(out.join("deposit-b.yaml")).unwrap();
@@ -655,7 +663,10 @@ fn sharded_manifests_run_each_function_once_per_shard() {
             "{users}"
         );
     }
-    assert!(!users.contains("MSG.NEXT.PROVIDER_ACKS"), "{users}");
-    assert!(!users.contains("MSG.NEXT.TRANSFERS"), "{users}");
+    assert!(
+        users.contains("MSG.NEXT.PROVIDER_ACKS.provider-ack-b"),
+        "{users}"
+    );
+    assert!(!users.contains("MSG.NEXT.BONUS"), "{users}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,7 @@
-//! The ledger on two PostgreSQL servers (docs/sharding.md, step 3): one map (`SHARDS_FILE`), one
-//! deposit process per shard (`SHARD`), each reading its shard's partitions and committing to its
-//! shard's database; a shard that is down holds up its own commands only.
+//! The ledger on two PostgreSQL servers (docs/sharding.md, steps 3 and 4): one map
+//! (`SHARDS_FILE`), one process of each sharded function per shard (`SHARD`), each reading its
+//! shard's partitions (commands and providers' answers) and committing to its shard's database;
+//! a shard that is down holds up its own commands only.
 
 #![allow(clippy::unwrap_used)]
 
@@ -120,16 +121,22 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         .await;
     assert!(bare.is_err(), "{bare:?}");
 
+    // Every function that may run sharded, once per shard, each as its own role.
+    let functions = [
+        "deposit",
+        "transfer-out",
+        "provider-ack",
+        "transfer-in",
+        "withdraw",
+        "payout-ack",
+    ];
     let procs: Vec<_> = [("a", &pg_a), ("b", &pg_b)]
         .into_iter()
-        .map(|(shard, pg)| {
-            env.spawn(
-                "deposit",
-                &[
-                    ("SHARD", shard),
-                    ("DATABASE_URL", &owner(pg, "wallet_deposit")),
-                ],
-            )
+        .flat_map(|(shard, pg)| {
+            functions.map(|f| {
+                let url = owner(pg, &wallet_ops::setup::role(f));
+                env.spawn(f, &[("SHARD", shard), ("DATABASE_URL", &url)])
+            })
         })
         .collect();
     for p in &procs {
@@ -139,9 +146,11 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         .await
         .unwrap();
     let consumers: Vec<&str> = status.0.iter().map(|c| c.consumer.as_str()).collect();
-    for shard in ["a", "b"] {
-        let name = env.config.names.name(&format!("deposit-{shard}"));
-        assert!(consumers.contains(&name.as_str()), "{consumers:?}");
+    for f in functions {
+        for shard in ["a", "b"] {
+            let name = env.config.names.name(&format!("{f}-{shard}"));
+            assert!(consumers.contains(&name.as_str()), "{consumers:?}");
+        }
     }
 
     let users: Vec<String> = (0..200).map(|u| format!("u-{u}")).collect();
@@ -256,23 +265,24 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(reply["error"]["code"], "wrong_partition", "{reply}");
 
-    // `walletctl load` over both shards: its commands on their partitions, its verification
-    // (every outcome, every wallet's balance, the audit) reading every shard.
+    // `walletctl load` over both shards, every sharded kind of command, the providers played
+    // with their answers on the partition each request named: its verification (every outcome,
+    // every wallet's balance, the audit) reads every shard.
     let out = std::process::Command::new(testkit::binary("walletctl"))
         .args([
             "load",
             "--mix",
-            "deposit=1",
+            "deposit=40,transfer=20,withdraw=15,transfer_in=10",
             "--count",
-            "2000",
+            "1500",
             "--users",
-            "300",
+            "200",
             "--rate",
-            "2000",
+            "1000",
             "--duplicates",
             "0.05",
             "--drain-timeout",
-            "60s",
+            "90s",
             "--json",
         ])
         .envs(env.env())

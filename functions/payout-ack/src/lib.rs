@@ -156,7 +156,7 @@ impl Function for PayoutAck {
             .events::<withdraw::PspField>(&[PAID, DECLINED, Status::STUCK], &[])
             .sends::<PayoutStatusQuery>(
                 "payout-status",
-                "payout.{psp}.status",
+                "payout.{psp}.status.{partition}",
                 "Asks the payment provider about a withdrawal that has waited too long for its answer",
                 "`<withdraw_id>:status:<n>`, n the query's number",
             )
@@ -170,7 +170,8 @@ impl Function for PayoutAck {
         p: &Payload,
     ) -> Result<Answer, Invalid> {
         let psp = match subject.split('.').collect::<Vec<_>>()[..] {
-            ["payout", psp, "ack"] => psp,
+            // Bare, or on the partition the request named (CONTRACT §3).
+            ["payout", psp, "ack"] | ["payout", psp, "ack", _] => psp,
             _ => return Err(Invalid::Malformed),
         };
         let paid = match p.get("status").and_then(|s| s.as_str()) {

@@ -171,7 +171,7 @@ impl Function for ProviderAck {
             )
             .sends::<StatusQuery>(
                 "provider-status",
-                "provider.{provider}.status",
+                "provider.{provider}.status.{partition}",
                 "Asks the provider about a transfer that has waited too long for its ack",
                 "`<transfer_id>:status:<n>`, n the query's number",
             )
@@ -185,7 +185,8 @@ impl Function for ProviderAck {
         p: &Payload,
     ) -> Result<Ack, Invalid> {
         let provider = match subject.split('.').collect::<Vec<_>>()[..] {
-            ["provider", provider, "ack"] => provider,
+            // Bare, or on the partition the request named (CONTRACT §3).
+            ["provider", provider, "ack"] | ["provider", provider, "ack", _] => provider,
             _ => return Err(Invalid::Malformed),
         };
         let accepted = match p.get("status").and_then(|s| s.as_str()) {

@@ -216,7 +216,14 @@ async fn a_dropped_ack_is_recovered_through_the_status_query() {
     let done = events.by_id("transfer:t-1:completed", T).await;
     assert_eq!(done.body["balance"], "4.00");
     let query = requests.by_id("t-1:status:1", T).await;
-    assert_eq!(query.subject, env.subject("provider.beta.status"));
+    // On the user's partition, as the request went.
+    assert_eq!(
+        query.subject,
+        env.subject(&wallet_runtime::partition::subject(
+            "provider.beta.status",
+            "u-0"
+        ))
+    );
     assert_eq!(query.body, json!({"transfer_id": "t-1"}));
     let pg = env.pg().await;
     let row = pg

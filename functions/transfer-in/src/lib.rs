@@ -74,7 +74,7 @@ impl Function for TransferIn {
             )
             .sends::<ProviderWithdraw>(
                 "provider-withdraw",
-                "provider.{provider}.withdraw",
+                "provider.{provider}.withdraw.{partition}",
                 "Asks the provider's adapter to return the player's money (its answer, on `provider.{provider}.ack`, says how much); published if and only if the transfer was recorded",
                 "the transfer's id",
             )
@@ -159,7 +159,11 @@ pub struct ProviderWithdraw<'a> {
 
 fn request(id: &str, c: &TransferInCommand) -> OutboxMessage {
     OutboxMessage::new(
-        format!("provider.{}.withdraw", c.provider),
+        // On its user's partition, which the adapter's ack echoes (docs/sharding.md).
+        wallet_runtime::partition::subject(
+            &format!("provider.{}.withdraw", c.provider),
+            &c.user_id,
+        ),
         id.to_owned(),
         &ProviderWithdraw {
             transfer_id: id,

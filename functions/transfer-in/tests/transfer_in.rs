@@ -64,7 +64,13 @@ async fn what_comes_back_is_credited_and_the_game_wallet_gives_up_at_most_what_i
                "reason": null, "provider": "alpha"})
     );
     let asked = requests.by_id("i-1", T).await;
-    assert_eq!(asked.subject, env.subject("provider.alpha.withdraw"));
+    assert_eq!(
+        asked.subject,
+        env.subject(&wallet_runtime::partition::subject(
+            "provider.alpha.withdraw",
+            "u-0"
+        ))
+    );
     assert_eq!(
         asked.body,
         json!({"transfer_id": "i-1", "user_id": "u-0", "currency": "USD", "amount": null})
@@ -354,7 +360,13 @@ async fn a_transfer_in_without_an_answer_is_queried_then_reported_stuck() {
     )
     .await;
     let query = requests.by_id("i-1:status:1", T).await;
-    assert_eq!(query.subject, env.subject("provider.alpha.status"));
+    assert_eq!(
+        query.subject,
+        env.subject(&wallet_runtime::partition::subject(
+            "provider.alpha.status",
+            "u-0"
+        ))
+    );
     assert_eq!(query.body, json!({"transfer_id": "i-1"}));
     let stuck = events.by_id("transfer_in:i-1:stuck", T).await;
     assert_eq!(stuck.body["amount"], serde_json::Value::Null);

@@ -89,7 +89,7 @@ impl Function for TransferOut {
             )
             .sends::<ProviderTransfer>(
                 "provider-transfer",
-                "provider.{provider}.transfer",
+                "provider.{provider}.transfer.{partition}",
                 "Asks the provider's adapter to credit its game wallet; published if and only if the debit committed",
                 "the transfer's id",
             )
@@ -203,7 +203,11 @@ pub struct ProviderTransfer<'a> {
 
 fn request(id: &str, c: &TransferCommand) -> OutboxMessage {
     OutboxMessage::new(
-        format!("provider.{}.transfer", c.provider),
+        // On its user's partition, which the adapter's ack echoes (docs/sharding.md).
+        wallet_runtime::partition::subject(
+            &format!("provider.{}.transfer", c.provider),
+            &c.user_id,
+        ),
         id.to_owned(),
         &ProviderTransfer {
             transfer_id: id,

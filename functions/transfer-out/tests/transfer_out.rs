@@ -38,7 +38,14 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
                "provider": "alpha"})
     );
     let r = requests.by_id("t-1", T).await;
-    assert_eq!(r.subject, env.subject("provider.alpha.transfer"));
+    // On the user's partition, which the adapter's ack echoes.
+    assert_eq!(
+        r.subject,
+        env.subject(&wallet_runtime::partition::subject(
+            "provider.alpha.transfer",
+            "u-1"
+        ))
+    );
     assert_eq!(
         r.body,
         json!({"transfer_id": "t-1", "user_id": "u-1", "amount": "30.50", "currency": "USD"})

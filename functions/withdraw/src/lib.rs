@@ -154,7 +154,7 @@ impl Function for Withdraw {
             )
             .sends::<PayoutRequest>(
                 "payout-request",
-                "payout.{psp}.request",
+                "payout.{psp}.request.{partition}",
                 "Asks the payment provider to pay the withdrawal out; published if and only if the debit committed",
                 "the withdrawal's id",
             )
@@ -285,7 +285,8 @@ pub struct PayoutRequest<'a> {
 
 fn request(id: &str, c: &WithdrawCommand) -> OutboxMessage {
     OutboxMessage::new(
-        format!("payout.{}.request", c.psp),
+        // On its user's partition, which the adapter's answer echoes (docs/sharding.md).
+        wallet_runtime::partition::subject(&format!("payout.{}.request", c.psp), &c.user_id),
         id.to_owned(),
         &PayoutRequest {
             withdraw_id: id,

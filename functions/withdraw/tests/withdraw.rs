@@ -64,7 +64,14 @@ async fn a_withdrawal_is_held_asked_for_and_settled_once_by_its_answer() {
                "reason": null, "psp": "bank"})
     );
     let r = requests.by_id("w-1", T).await;
-    assert_eq!(r.subject, env.subject("payout.bank.request"));
+    // On the user's partition, which the adapter's answer echoes.
+    assert_eq!(
+        r.subject,
+        env.subject(&wallet_runtime::partition::subject(
+            "payout.bank.request",
+            "u-1"
+        ))
+    );
     assert_eq!(
         r.body,
         json!({"withdraw_id": "w-1", "user_id": "u-1", "amount": "30.50", "currency": "USD"})
@@ -379,7 +386,13 @@ async fn a_withdrawal_without_an_answer_is_queried_then_reported_stuck_and_still
     .await;
 
     let q = requests.by_id("w-1:status:1", T).await;
-    assert_eq!(q.subject, env.subject("payout.card.status"));
+    assert_eq!(
+        q.subject,
+        env.subject(&wallet_runtime::partition::subject(
+            "payout.card.status",
+            "u-1"
+        ))
+    );
     assert_eq!(q.body, json!({"withdraw_id": "w-1"}));
     let stuck = events.by_id("withdrawal:w-1:stuck", T).await;
     assert_eq!(
@@ -467,11 +480,11 @@ async fn the_simulated_payment_providers_answer_requests_and_status_queries() {
             s.iter().any(|r| r.msg_id.contains(":status:"))
         })
         .await;
-    assert!(
-        queries
-            .iter()
-            .any(|q| q.subject == env.subject("payout.card.status"))
-    );
+    assert!(queries.iter().any(|q| q.subject
+        == env.subject(&wallet_runtime::partition::subject(
+            "payout.card.status",
+            "u-1"
+        ))));
     env.drained("payout-ack").await;
     assert_eq!(
         env.stored_balance("u-1", "held", "USD").await,

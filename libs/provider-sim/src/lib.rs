@@ -187,6 +187,12 @@ pub async fn run(
     Ok(stats)
 }
 
+/// Whom an answer goes to: the provider, on the partition its request named (if any).
+struct To<'a> {
+    provider: &'a str,
+    partition: Option<&'a str>,
+}
+
 impl Sim {
     /// What its sagas share.
     fn first(&self) -> &'static Saga {
@@ -251,8 +257,15 @@ impl Sim {
         };
         let transfer = field(p.id_field);
         let tokens: Vec<&str> = subject.split('.').collect();
-        let (provider, kind, transfer) = match (&tokens[..], transfer) {
-            ([prefix, provider, kind], Some(t)) if *prefix == p.prefix => (*provider, *kind, t),
+        // A request on its user's partition (`provider.alpha.transfer.144`) is answered on the
+        // same partition (`provider.alpha.ack.144`): the shard that asked reads only its own.
+        let (provider, kind, partition, transfer) = match (&tokens[..], transfer) {
+            ([prefix, provider, kind], Some(t)) if *prefix == p.prefix => {
+                (*provider, *kind, None, t)
+            }
+            ([prefix, provider, kind, partition], Some(t)) if *prefix == p.prefix => {
+                (*provider, *kind, Some(*partition), t)
+            }
             _ => {
                 tracing::warn!(subject, "provider-sim: not a provider request; skipped");
                 let _ = message.ack().await;
@@ -266,20 +279,23 @@ impl Sim {
             .and_then(|h| h.get(TRACEPARENT))
             .map(|v| v.as_str().to_owned());
         let trace = trace.as_deref();
+        let to = To {
+            provider,
+            partition,
+        };
         let asked = self.sagas.iter().find(|s| s.request == kind);
         let result = match asked {
             Some(s) if s.returns => {
                 let amount = field("amount").unwrap_or_else(|| self.left(&transfer));
-                self.transfer(provider, &transfer, Some(&amount), trace)
-                    .await
+                self.transfer(&to, &transfer, Some(&amount), trace).await
             }
-            Some(_) => self.transfer(provider, &transfer, None, trace).await,
+            Some(_) => self.transfer(&to, &transfer, None, trace).await,
             None => {
                 self.stats.status_queries.fetch_add(1, Ordering::Relaxed);
                 let returns = self.sagas.iter().any(|s| s.returns);
                 let amount = returns.then(|| self.left(&transfer));
                 self.ack(
-                    provider,
+                    &to,
                     &transfer,
                     accepts(&self.opts, &transfer),
                     amount.as_deref(),
@@ -308,7 +324,7 @@ impl Sim {
     /// Answers a request: a transfer out, or (with what it returns) a transfer in.
     async fn transfer(
         &self,
-        provider: &str,
+        to: &To<'_>,
         transfer: &str,
         returned: Option<&str>,
         trace: Option<&str>,
@@ -328,7 +344,7 @@ impl Sim {
                 + Duration::from_millis((draw(o.seed, "hold", transfer) * 100.0) as u64);
         }
         tokio::time::sleep(delay).await;
-        self.ack(provider, transfer, accepted, returned, "", trace)
+        self.ack(to, transfer, accepted, returned, "", trace)
             .await?;
         if accepted {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -337,13 +353,13 @@ impl Sim {
         }
         if chance("duplicate", o.duplicate) {
             stats.duplicated.fetch_add(1, Ordering::Relaxed);
-            self.ack(provider, transfer, accepted, returned, ":copy", trace)
+            self.ack(to, transfer, accepted, returned, ":copy", trace)
                 .await?;
         }
         if contradicts(o, transfer) {
             stats.contradicted.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(o.latency).await;
-            self.ack(provider, transfer, !accepted, returned, "", trace)
+            self.ack(to, transfer, !accepted, returned, "", trace)
                 .await?;
         }
         Ok(())
@@ -352,7 +368,7 @@ impl Sim {
     /// Publishes one ack and waits until JetStream stored it.
     async fn ack(
         &self,
-        provider: &str,
+        to: &To<'_>,
         transfer: &str,
         accepted: bool,
         returned: Option<&str>,
@@ -360,6 +376,7 @@ impl Sim {
         trace: Option<&str>,
     ) -> anyhow::Result<()> {
         let p = self.first();
+        let provider = to.provider;
         let status = if accepted { p.answers.0 } else { p.answers.1 };
         let mut payload = serde_json::json!({
             p.id_field: transfer,
@@ -381,7 +398,10 @@ impl Sim {
         }
         self.js
             .publish_with_headers(
-                self.names.subject(&format!("{}.{provider}.ack", p.prefix)),
+                self.names.subject(&match to.partition {
+                    Some(partition) => format!("{}.{provider}.ack.{partition}", p.prefix),
+                    None => format!("{}.{provider}.ack", p.prefix),
+                }),
                 headers,
                 serde_json::to_vec(&payload)?.into(),
             )
