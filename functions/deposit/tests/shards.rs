@@ -1,4 +1,4 @@
-//! The ledger on two PostgreSQL servers (docs/sharding.md, steps 3 and 4): one map
+//! The ledger on two and four PostgreSQL servers (docs/sharding.md, steps 3 and 4): one map
 //! (`SHARDS_FILE`), one process of each sharded function per shard (`SHARD`), each reading its
 //! shard's partitions (commands and providers' answers) and committing to its shard's database;
 //! a shard that is down holds up its own commands only.
@@ -9,11 +9,108 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use testkit::{PrivateNats, PrivatePostgres, TestEnv, commands, namespace, pinned_nats_server};
+use testkit::{
+    PrivateNats, PrivatePostgres, Proc, TestEnv, commands, namespace, pinned_nats_server,
+};
 use wallet_runtime::partition::{self, Partition};
 
 fn owner(pg: &PrivatePostgres, role: &str) -> String {
     format!("postgres://{role}@127.0.0.1:{}/wallet", pg.port)
+}
+
+/// Every function that may run on several shards (`sharded` in streams.toml).
+const SHARDED: [&str; 6] = [
+    "deposit",
+    "transfer-out",
+    "provider-ack",
+    "transfer-in",
+    "withdraw",
+    "payout-ack",
+];
+
+/// `n` PostgreSQL servers, one shard each (`a`, `b`, …, the partitions split evenly), the pinned
+/// nats-server (several filter subjects per consumer need 2.10 or later), and an env set up on
+/// them. Its fields drop in order: the env's teardown needs the servers and the map.
+struct Sharded {
+    env: TestEnv,
+    pgs: Vec<PrivatePostgres>,
+    _nats: PrivateNats,
+    map: String,
+}
+
+impl Sharded {
+    async fn start(n: usize) -> Self {
+        let nats = PrivateNats::of(pinned_nats_server(), |_| String::new());
+        let pgs: Vec<_> = (0..n).map(|_| PrivatePostgres::start(&[], None)).collect();
+        let width = 256 / n;
+        let map: String = pgs
+            .iter()
+            .enumerate()
+            .map(|(i, pg)| {
+                format!(
+                    "[[shard]]\nname = \"{}\"\ndatabase_url = \"{}\"\npartitions = \"{}-{}\"\n",
+                    Self::name(i),
+                    pg.url("wallet"),
+                    i * width,
+                    (i + 1) * width - 1
+                )
+            })
+            .collect();
+        let file = pgs[0].write_file("shards.toml", map.as_bytes(), 0o644);
+        let vars = [
+            ("NATS_URL", nats.url()),
+            ("SHARDS_FILE", file.to_str().unwrap().to_owned()),
+        ];
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env = TestEnv::in_namespace(namespace(), &vars).await;
+        Self {
+            env,
+            pgs,
+            _nats: nats,
+            map,
+        }
+    }
+
+    fn name(i: usize) -> String {
+        char::from(b'a' + u8::try_from(i).unwrap()).to_string()
+    }
+
+    /// Each of `functions` once per shard, as its own role on its shard's database; ready.
+    async fn spawn(&self, functions: &[&str]) -> Vec<Proc> {
+        let procs: Vec<Proc> = self
+            .pgs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, pg)| {
+                functions.iter().map(move |f| {
+                    let url = owner(pg, &wallet_ops::setup::role(f));
+                    self.env
+                        .spawn(f, &[("SHARD", &Self::name(i)), ("DATABASE_URL", &url)])
+                })
+            })
+            .collect();
+        for p in &procs {
+            self.env.ready(p).await;
+        }
+        procs
+    }
+
+    /// `walletctl load` with `args` (and `--json`): its report, once it passed its verification
+    /// (every outcome, every wallet's balance in every shard's database, the audit).
+    fn load(&self, args: &[&str]) -> serde_json::Value {
+        let out = std::process::Command::new(testkit::binary("walletctl"))
+            .arg("load")
+            .args(args)
+            .arg("--json")
+            .envs(self.env.env())
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(out.status.code(), Some(0), "{report:#}");
+        assert_eq!(report["verification"]["passed"], true, "{report:#}");
+        report
+    }
 }
 
 /// Deposits of `amount` for `users`, on their partitions' subjects, with ids `<round>-<user>`.
@@ -47,37 +144,20 @@ async fn mains(pg: &PrivatePostgres) -> Vec<(String, Decimal)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its_own() {
-    // Several filter subjects per consumer: the pinned nats-server (2.10 or later).
-    let nats = PrivateNats::of(pinned_nats_server(), |_| String::new());
-    let (pg_a, pg_b) = (
-        PrivatePostgres::start(&[], None),
-        PrivatePostgres::start(&[], None),
-    );
-    let map = format!(
-        "[[shard]]\nname = \"a\"\ndatabase_url = \"{}\"\npartitions = \"0-127\"\n\
-         [[shard]]\nname = \"b\"\ndatabase_url = \"{}\"\npartitions = \"128-255\"\n",
-        pg_a.url("wallet"),
-        pg_b.url("wallet")
-    );
-    let file = pg_a.write_file("shards.toml", map.as_bytes(), 0o644);
-    let file = file.to_str().unwrap();
-    let env = TestEnv::in_namespace(
-        namespace(),
-        &[("NATS_URL", &nats.url()), ("SHARDS_FILE", file)],
-    )
-    .await;
+    let s = Sharded::start(2).await;
+    let (env, pg_a, pg_b, map) = (&s.env, &s.pgs[0], &s.pgs[1], &s.map);
 
     // A process pointed at the wrong database, or at a shard's without SHARD, refuses to start.
     for (vars, said) in [
         (
             vec![
                 ("SHARD", "b".to_owned()),
-                ("DATABASE_URL", owner(&pg_a, "wallet_deposit")),
+                ("DATABASE_URL", owner(pg_a, "wallet_deposit")),
             ],
             "SHARD=b, but DATABASE_URL is shard `a`'s database",
         ),
         (
-            vec![("DATABASE_URL", owner(&pg_a, "wallet_deposit"))],
+            vec![("DATABASE_URL", owner(pg_a, "wallet_deposit"))],
             "DATABASE_URL is shard `a`'s database: set SHARD=a",
         ),
     ] {
@@ -122,31 +202,12 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     assert!(bare.is_err(), "{bare:?}");
 
     // Every function that may run sharded, once per shard, each as its own role.
-    let functions = [
-        "deposit",
-        "transfer-out",
-        "provider-ack",
-        "transfer-in",
-        "withdraw",
-        "payout-ack",
-    ];
-    let procs: Vec<_> = [("a", &pg_a), ("b", &pg_b)]
-        .into_iter()
-        .flat_map(|(shard, pg)| {
-            functions.map(|f| {
-                let url = owner(pg, &wallet_ops::setup::role(f));
-                env.spawn(f, &[("SHARD", shard), ("DATABASE_URL", &url)])
-            })
-        })
-        .collect();
-    for p in &procs {
-        env.ready(p).await;
-    }
+    let _procs = s.spawn(&SHARDED).await;
     let status = wallet_ops::status::status(&env.config, &testkit::topology())
         .await
         .unwrap();
     let consumers: Vec<&str> = status.0.iter().map(|c| c.consumer.as_str()).collect();
-    for f in functions {
+    for f in SHARDED {
         for shard in ["a", "b"] {
             let name = env.config.names.name(&format!("{f}-{shard}"));
             assert!(consumers.contains(&name.as_str()), "{consumers:?}");
@@ -176,8 +237,8 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         want.sort();
         want
     };
-    assert_eq!(mains(&pg_a).await, holds(&in_a, "10.00"));
-    assert_eq!(mains(&pg_b).await, holds(&in_b, "10.00"));
+    assert_eq!(mains(pg_a).await, holds(&in_a, "10.00"));
+    assert_eq!(mains(pg_b).await, holds(&in_b, "10.00"));
 
     // Shard b's PostgreSQL crashes: its deposits wait in the stream while shard a's flow on.
     pg_b.stop();
@@ -211,7 +272,7 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         decided_b, 0,
         "shard b's deposits were decided without its database"
     );
-    assert_eq!(mains(&pg_a).await, holds(&in_a, "15.00"));
+    assert_eq!(mains(pg_a).await, holds(&in_a, "15.00"));
 
     pg_b.start_again();
     round_a
@@ -223,25 +284,11 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
             want_b.iter().all(|id| done.contains(id.as_str()))
         })
         .await;
-    assert_eq!(mains(&pg_b).await, holds(&in_b, "15.00"));
+    assert_eq!(mains(pg_b).await, holds(&in_b, "15.00"));
 
     // The balance query: one process per shard, each answering its partitions' subjects from
     // its database; a request on a partition that is not its user's is refused.
-    let balances: Vec<_> = [("a", &pg_a), ("b", &pg_b)]
-        .into_iter()
-        .map(|(shard, pg)| {
-            env.spawn(
-                "balance",
-                &[
-                    ("SHARD", shard),
-                    ("DATABASE_URL", &owner(pg, "wallet_balance")),
-                ],
-            )
-        })
-        .collect();
-    for p in &balances {
-        env.ready(p).await;
-    }
+    let _balances = s.spawn(&["balance"]).await;
     for user in [&in_a[0], &in_b[0]] {
         env.uncache(user).await;
         let reply = env.balance(user).await;
@@ -268,30 +315,20 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     // `walletctl load` over both shards, every sharded kind of command, the providers played
     // with their answers on the partition each request named: its verification (every outcome,
     // every wallet's balance, the audit) reads every shard.
-    let out = std::process::Command::new(testkit::binary("walletctl"))
-        .args([
-            "load",
-            "--mix",
-            "deposit=40,transfer=20,withdraw=15,transfer_in=10",
-            "--count",
-            "1500",
-            "--users",
-            "200",
-            "--rate",
-            "1000",
-            "--duplicates",
-            "0.05",
-            "--drain-timeout",
-            "90s",
-            "--json",
-        ])
-        .envs(env.env())
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
-    assert_eq!(report["verification"]["passed"], true, "{report:#}");
+    let report = s.load(&[
+        "--mix",
+        "deposit=40,transfer=20,withdraw=15,transfer_in=10",
+        "--count",
+        "1500",
+        "--users",
+        "200",
+        "--rate",
+        "1000",
+        "--duplicates",
+        "0.05",
+        "--drain-timeout",
+        "90s",
+    ]);
     assert!(
         report["lag"]["peak_by_function"]["deposit"]
             .as_u64()
@@ -336,5 +373,48 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
             Partition::of(stray).get()
         )],
         "{audit}"
+    );
+}
+
+/// Four shards, each on its own PostgreSQL: every sharded function once per shard, a mixed load
+/// verified over all four (every outcome, every balance, the audit), and each database holding
+/// wallets of its own partitions only, every one of them some.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_sharded_function_runs_on_four_shards() {
+    let s = Sharded::start(4).await;
+    let _procs = s.spawn(&SHARDED).await;
+    s.load(&[
+        "--mix",
+        "deposit=40,transfer=20,withdraw=15,transfer_in=10",
+        "--count",
+        "1000",
+        "--users",
+        "200",
+        "--rate",
+        "1000",
+        "--drain-timeout",
+        "90s",
+    ]);
+    for (i, pg) in s.pgs.iter().enumerate() {
+        let owners = mains(pg).await;
+        assert!(!owners.is_empty(), "shard {i} holds no wallet");
+        for (owner, _) in owners {
+            let p = Partition::of(&owner).get();
+            assert_eq!(
+                usize::from(p) / 64,
+                i,
+                "{owner} (partition {p}) in shard {i}"
+            );
+        }
+    }
+    let audit = s.env.audit().await;
+    assert!(audit.ok(), "{audit}");
+    assert_eq!(
+        audit
+            .checks
+            .iter()
+            .filter(|c| c.name.ends_with("its partition map is SHARDS_FILE's"))
+            .count(),
+        4
     );
 }
