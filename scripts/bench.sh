@@ -23,7 +23,7 @@ export RUST_LOG="${RUST_LOG:-warn}"
 OUT=bench/runs
 # Results of one run only: RESULTS.md never mixes commits.
 rm -rf "$OUT"; mkdir -p "$OUT"
-ALL="raw deposit-max per-message deposit-peak mixed-peak mixed-all-peak flash-bonus quiet history raw-r3 deposit-max-r3 quiet-r3 mixed-r3"
+ALL="raw deposit-max per-message deposit-peak mixed-peak mixed-all-peak flash-bonus quiet history shards raw-r3 deposit-max-r3 quiet-r3 mixed-r3"
 PROFILES="${PROFILES:-$ALL}"
 # bench/RESULTS.md is one run of every profile; a subset is rendered beside its runs.
 RESULTS=bench/RESULTS.md
@@ -50,6 +50,33 @@ on_cluster() {
 on_single() {
   export NATS_URL="$single_url"; unset STREAM_REPLICAS
 }
+# The shards profile's server: one pinned current nats-server (scripts/nats-bin.sh) on port 4250,
+# since a consumer per shard filters several subjects (nats-server 2.10 or later).
+pinned_url=""
+pinned_pid=""
+on_pinned() {
+  if [ -z "$pinned_url" ]; then
+    local bin store
+    bin="$(bash scripts/nats-bin.sh)"
+    store="$DEV/nats-pinned"
+    rm -rf "$store"
+    setsid "$bin" -a 127.0.0.1 -p 4250 -js -sd "$store" >"$DEV/nats-pinned.log" 2>&1 &
+    pinned_pid=$!
+    wait_up 127.0.0.1 4250 nats-pinned
+    pinned_url="nats://127.0.0.1:4250"
+  fi
+  export NATS_URL="$pinned_url"; unset STREAM_REPLICAS
+}
+
+# shard_map N: a shard map of N shards s0… (the partitions split evenly), each a database
+# wallet_bench_s<k> on DATABASE_URL's server.
+shard_map() {
+  local n="$1" k width=$((256 / $1))
+  for k in $(seq 0 $((n - 1))); do
+    printf '[[shard]]\nname = "s%d"\ndatabase_url = "%s"\npartitions = "%d-%d"\n' \
+      "$k" "${DATABASE_URL%/*}/wallet_bench_s$k" $((k * width)) $(((k + 1) * width - 1))
+  done
+}
 
 pids=()
 watch=()
@@ -62,6 +89,7 @@ stop_functions() {
 }
 cleanup() {
   stop_functions
+  [ -z "$pinned_pid" ] || kill -TERM "$pinned_pid" 2>/dev/null || true
   for ns in bench benchfresh; do
     in_namespace "$ns"
     "$BIN/walletctl" teardown --confirm "$ns" >/dev/null 2>&1 || true
@@ -189,6 +217,27 @@ for profile in $PROFILES; do
       in_namespace benchfresh
       "$BIN/walletctl" teardown --confirm benchfresh >/dev/null
       in_namespace bench ;;
+    shards)
+      # The cost of sharding itself (docs/sharding.md): deposit-max with 1, 2 and 4 shards, each
+      # a database of its own on this one PostgreSQL, one deposit process per shard. Every shard
+      # shares the same two cores, so the rate cannot grow with shards here; what must stay flat
+      # is the work per deposit, which RESULTS.md's "Sharding" table divides out.
+      on_pinned
+      for n in 1 2 4; do
+        shard_map "$n" >"$OUT/shards-$n.toml"
+        export SHARDS_FILE="$OUT/shards-$n.toml"
+        fresh
+        for k in $(seq 0 $((n - 1))); do
+          start deposit SHARD="s$k" DATABASE_URL="${DATABASE_URL%/*}/wallet_bench_s$k"
+          # Each shard's process watched by a name of its own.
+          watch[${#watch[@]}-1]="deposit-s$k=${pids[${#pids[@]}-1]}"
+        done
+        load "shards-$n" --count 300000 --users 10000
+        "$BIN/walletctl" teardown --confirm "$WALLET_NAMESPACE" >/dev/null
+        unset SHARDS_FILE
+      done
+      # The namespace as the other profiles leave it (the results read its server's version).
+      fresh ;;
     raw-r3)
       echo "bench: raw-r3"
       "$BIN/walletctl" bench raw --count 30000 --runs "$RUNS" --json >"$OUT/raw-r3.json" ;;

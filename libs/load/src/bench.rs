@@ -11,7 +11,7 @@ use crate::report::Report;
 use crate::results::{self, Failure, Provenance};
 
 /// The profiles of `make bench`, in the order the results list them.
-pub const PROFILES: [&str; 12] = [
+pub const PROFILES: [&str; 15] = [
     "deposit-max",
     "per-message",
     "deposit-peak",
@@ -21,6 +21,9 @@ pub const PROFILES: [&str; 12] = [
     "quiet",
     "history-fresh",
     "history",
+    "shards-1",
+    "shards-2",
+    "shards-4",
     "deposit-max-r3",
     "quiet-r3",
     "mixed-r3",

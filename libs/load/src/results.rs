@@ -96,6 +96,52 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
+/// The cost of sharding itself (docs/sharding.md): deposit-max on 1, 2 and 4 shards of this
+/// host, per CPU-second of PostgreSQL and of the deposit processes. On one host the rate cannot
+/// grow with shards; the work per deposit must not grow either.
+fn sharding<'a>(s: &mut String, find: &dyn Fn(&str) -> Option<&'a Report>) {
+    let runs: Vec<(usize, &Report)> = [1, 2, 4]
+        .into_iter()
+        .filter_map(|n| find(&format!("shards-{n}")).map(|r| (n, r)))
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n## Sharding\n\n`shards-N`: deposit-max with N shards, each a database on this host's one \
+         PostgreSQL with a deposit process of its own, on the pinned nats-server. The shards share \
+         two cores, so the rate cannot grow here; the deposits per CPU-second show what sharding \
+         itself costs.\n\n\
+         | shards | deposits/s | per PostgreSQL CPU-second | per deposit-process CPU-second | nats-server CPU-seconds |\n\
+         |---:|---:|---:|---:|---:|"
+    );
+    for (n, r) in runs {
+        let cpu = |of: &dyn Fn(&str) -> bool| -> Option<f64> {
+            let used: Vec<f64> = r
+                .cpu_seconds
+                .iter()
+                .filter(|(name, _)| of(name))
+                .filter_map(|(_, seconds)| *seconds)
+                .collect();
+            (!used.is_empty()).then(|| used.iter().sum())
+        };
+        let per = |seconds: Option<f64>| {
+            seconds
+                .filter(|c| *c > 0.0)
+                .map_or("—".to_owned(), |c| rate(r.commands as f64 / c))
+        };
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {} | {} |",
+            rate(r.outcomes_per_second),
+            per(cpu(&|name| name == "postgres")),
+            per(cpu(&|name| name.starts_with("deposit"))),
+            cpu(&|name| name == "nats-server").map_or("—".to_owned(), |c| format!("{c:.1}")),
+        );
+    }
+}
+
 /// `bench/RESULTS.md`: the profiles side by side and the targets.
 /// `failed`: the profiles that ended without a summary; each is a row of its own and fails the
 /// targets it is part of.
@@ -345,6 +391,7 @@ pub fn markdown(p: &Provenance, runs: &Runs) -> String {
             None,
         ),
     }
+    sharding(&mut s, &find);
     let _ = writeln!(s, "\n## Profiles\n");
     for r in reports {
         let _ = writeln!(s, "### {}\n\n{}", r.profile.as_deref().unwrap_or(&r.run), r);
@@ -448,5 +495,49 @@ mod tests {
         assert_eq!(met(&md, "history:"), "**no**", "20,000 ÷ 25,000 = 0.8");
         assert_eq!(met(&md, "batch path"), "yes", "30×");
         assert_eq!(met(&md, "every function process"), "yes", "39 MiB");
+        assert!(!md.contains("## Sharding"), "no shards profile run");
+    }
+
+    /// Deposits per CPU-second of PostgreSQL and of every shard's deposit process together.
+    #[test]
+    fn the_sharding_table_divides_the_deposits_by_the_cpu_they_took() {
+        let shards = |n: usize, postgres: f64, each: f64| {
+            let mut r = report(&format!("shards-{n}"), "max", 10_000.0, 1.0, 2.0);
+            r.cpu_seconds.insert("postgres".into(), Some(postgres));
+            r.cpu_seconds.insert("nats-server".into(), Some(30.0));
+            for k in 0..n {
+                r.cpu_seconds.insert(format!("deposit-s{k}"), Some(each));
+            }
+            r
+        };
+        let runs = Runs {
+            raw: None,
+            raw_r3: None,
+            // 1,000 deposits each: 1 shard, 0.5 s of PostgreSQL and 0.25 of deposit; 2 shards,
+            // 0.5 s and 2 × 0.25; 4 shards missing.
+            reports: vec![shards(1, 0.5, 0.25), shards(2, 0.5, 0.25)],
+            failed: vec![],
+            search: None,
+            seed: None,
+        };
+        let md = markdown(
+            &Provenance {
+                machine: "m".into(),
+                servers: "s".into(),
+                commit: "c".into(),
+                date: "d".into(),
+            },
+            &runs,
+        );
+        let table = md.split_once("## Sharding").expect("a sharding section").1;
+        assert!(
+            table.contains("| 1 | 10,000 | 2,000 | 4,000 | 30.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 2 | 10,000 | 2,000 | 2,000 | 30.0 |"),
+            "{table}"
+        );
+        assert!(!table.contains("| 4 |"), "{table}");
     }
 }
