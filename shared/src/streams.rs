@@ -72,7 +72,8 @@ pub struct StreamDef {
     /// (`wallet.deposit.144`, docs/sharding.md): it takes each of its subjects bare and followed
     /// by `.*`. Its consumer reads it whole, unfiltered: nats-server 2.9 gives a consumer one
     /// filter, and none selects both `wallet.deposit` and `wallet.deposit.144`. With a shard map
-    /// it takes only `.*` and each shard's consumer filters its partitions (`crate::shards`).
+    /// it takes each subject followed by each partition, spelled out, and each shard's consumer
+    /// filters its partitions (`crate::shards`).
     #[serde(default)]
     pub partitioned: bool,
 }
@@ -288,15 +289,22 @@ impl StreamDef {
             .collect()
     }
 
-    /// Its configuration; `sharded`: without the bare subjects of a partitioned stream.
+    /// Its configuration. `sharded`: a partitioned stream takes each of its subjects followed
+    /// by each partition, spelled out, and neither the bare subject nor any other token. No
+    /// shard's consumer could read a command on `wallet.deposit.x`: it would wait in the stream
+    /// for good, so its publish is refused instead (no stream takes it).
     pub fn config(&self, names: &Names, sharded: bool) -> stream::Config {
-        let taken = self.taken();
-        let taken = taken
-            .iter()
-            .filter(|s| !(sharded && self.partitioned && self.subjects.contains(s)));
+        let taken = if sharded && self.partitioned {
+            self.subjects
+                .iter()
+                .flat_map(|s| (0..crate::partition::PARTITIONS).map(move |p| format!("{s}.{p}")))
+                .collect()
+        } else {
+            self.taken()
+        };
         stream::Config {
             name: names.name(&self.name),
-            subjects: taken.map(|s| names.subject(s)).collect(),
+            subjects: taken.iter().map(|s| names.subject(s)).collect(),
             retention: match self.retention {
                 Retention::Limits => stream::RetentionPolicy::Limits,
                 Retention::Workqueue => stream::RetentionPolicy::WorkQueue,
@@ -551,7 +559,9 @@ mod tests {
         assert_eq!(stream.subjects, ["t.wallet.deposit", "t.wallet.deposit.*"]);
         // Sharded: the bare subject names no shard, so no stream takes it.
         let sharded = deposits.config(&Names::new("t").expect("ns"), true);
-        assert_eq!(sharded.subjects, ["t.wallet.deposit.*"]);
+        assert_eq!(sharded.subjects.len(), 256);
+        assert_eq!(sharded.subjects[0], "t.wallet.deposit.0");
+        assert_eq!(sharded.subjects[255], "t.wallet.deposit.255");
         let map = ShardMap::parse(
             "[[shard]]\nname = \"a\"\ndatabase_url = \"postgres://h/a\"\npartitions = \"0-1\"\n\
              [[shard]]\nname = \"b\"\ndatabase_url = \"postgres://h/b\"\npartitions = \"2-255\"\n",

@@ -192,14 +192,17 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         assert!(format!("{refused:#}").contains(said), "{refused:#}");
     }
 
-    // The bare subject names no shard: no stream takes it, and the publisher hears so.
-    let bare = env
-        .js
-        .publish(env.subject("wallet.deposit"), "{}".into())
-        .await
-        .unwrap()
-        .await;
-    assert!(bare.is_err(), "{bare:?}");
+    // The bare subject names no shard, and `x` or `256` no partition: no stream takes them, and
+    // the publisher hears so (no shard's consumer would ever read them).
+    for subject in ["wallet.deposit", "wallet.deposit.x", "wallet.deposit.256"] {
+        let refused = env
+            .js
+            .publish(env.subject(subject), "{}".into())
+            .await
+            .unwrap()
+            .await;
+        assert!(refused.is_err(), "{subject}: {refused:?}");
+    }
 
     // Every function that may run sharded, once per shard, each as its own role.
     let _procs = s.spawn(&SHARDED).await;
