@@ -124,6 +124,17 @@ fn deposits(round: &str, users: &[String], amount: &str) -> Vec<commands::Msg> {
         .collect()
 }
 
+/// True once events of every command of `want` (`deposit:<id>`) have been seen.
+fn decided(want: &BTreeSet<String>) -> impl Fn(&[testkit::Received]) -> bool + '_ {
+    move |seen| {
+        let done: BTreeSet<&str> = seen
+            .iter()
+            .filter_map(|r| Some(r.msg_id.rsplit_once(':')?.0))
+            .collect();
+        want.iter().all(|id| done.contains(id.as_str()))
+    }
+}
+
 /// Each user's `main` USD balance in the shard's database.
 async fn mains(pg: &PrivatePostgres) -> Vec<(String, Decimal)> {
     let (client, conn) = tokio_postgres::connect(&pg.url("wallet"), tokio_postgres::NoTls)
@@ -255,13 +266,11 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     let (want_a, want_b) = (ids("d2", &in_a), ids("d2", &in_b));
     env.publish_many(deposits("d2", &users, "5.00")).await;
     let seen = round_a
-        .until(Duration::from_secs(120), "shard a's deposits", |seen| {
-            let done: BTreeSet<&str> = seen
-                .iter()
-                .filter_map(|r| Some(r.msg_id.rsplit_once(':')?.0))
-                .collect();
-            want_a.iter().all(|id| done.contains(id.as_str()))
-        })
+        .until(
+            Duration::from_secs(120),
+            "shard a's deposits",
+            decided(&want_a),
+        )
         .await;
     let decided_b = seen
         .iter()
@@ -279,13 +288,11 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
 
     pg_b.start_again();
     round_a
-        .until(Duration::from_secs(120), "shard b's deposits", |seen| {
-            let done: BTreeSet<&str> = seen
-                .iter()
-                .filter_map(|r| Some(r.msg_id.rsplit_once(':')?.0))
-                .collect();
-            want_b.iter().all(|id| done.contains(id.as_str()))
-        })
+        .until(
+            Duration::from_secs(120),
+            "shard b's deposits",
+            decided(&want_b),
+        )
         .await;
     assert_eq!(mains(pg_b).await, holds(&in_b, "15.00"));
 
@@ -420,4 +427,67 @@ async fn every_sharded_function_runs_on_four_shards() {
             .count(),
         4
     );
+    // teardown drops every shard's database (the env's drop runs it again, finding none).
+    drop(_procs);
+    let removed = wallet_ops::teardown::teardown(&s.env.config, &testkit::topology())
+        .await
+        .unwrap();
+    for shard in ["a", "b", "c", "d"] {
+        let line = format!("shard {shard}: database dropped");
+        assert!(removed.contains(&line), "{removed:?}");
+    }
+}
+
+/// Several shards on nats-server 2.9 (Debian's), which would ignore a consumer's filter subjects
+/// and give one shard every shard's commands: setup refuses, before it touches a database.
+#[tokio::test(flavor = "multi_thread")]
+async fn several_shards_are_refused_on_nats_server_2_9() {
+    let nats = PrivateNats::start();
+    let ns = namespace();
+    let db = |shard: &str| format!("wallet_test_{ns}_{shard}");
+    let map: String = [("a", "0-127"), ("b", "128-255")]
+        .iter()
+        .map(|(shard, partitions)| {
+            format!(
+                "[[shard]]\nname = \"{shard}\"\ndatabase_url = \"{}/{}\"\npartitions = \"{partitions}\"\n",
+                testkit::postgres_server(),
+                db(shard)
+            )
+        })
+        .collect();
+    let file = std::env::temp_dir().join(format!("{ns}.shards.toml"));
+    std::fs::write(&file, map).unwrap();
+    let vars = [
+        ("NATS_URL", nats.url()),
+        ("SHARDS_FILE", file.display().to_string()),
+        ("WALLET_NAMESPACE", ns.clone()),
+    ];
+    let config = wallet_runtime::Config::from_lookup(|k| {
+        vars.iter().find(|(v, _)| *v == k).map(|(_, x)| x.clone())
+    })
+    .unwrap();
+    let refused = wallet_ops::setup::setup(&config, &testkit::topology())
+        .await
+        .expect_err("refused");
+    let said = format!("{refused:#}");
+    assert!(
+        said.contains("several shards need nats-server 2.10 or later") && said.contains("runs 2.9"),
+        "{said}"
+    );
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{}/postgres", testkit::postgres_server()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let created = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname = ANY($1)",
+            &[&vec![db("a"), db("b")]],
+        )
+        .await
+        .unwrap();
+    assert!(created.is_empty(), "setup created a shard's database");
+    std::fs::remove_file(&file).unwrap();
 }

@@ -429,6 +429,15 @@ mod tests {
         .expect("a report")
     }
 
+    fn provenance() -> Provenance {
+        Provenance {
+            machine: "m".into(),
+            servers: "s".into(),
+            commit: "c".into(),
+            date: "d".into(),
+        }
+    }
+
     fn raw(rate: f64) -> Raw {
         Raw {
             messages: 100_000,
@@ -473,15 +482,7 @@ mod tests {
             search: Some("50/s held\n75/s p99 300 ms".into()),
             seed: None,
         };
-        let md = markdown(
-            &Provenance {
-                machine: "m".into(),
-                servers: "s".into(),
-                commit: "c".into(),
-                date: "d".into(),
-            },
-            &runs,
-        );
+        let md = markdown(&provenance(), &runs);
         assert_eq!(met(&md, "deposit-peak:"), "yes");
         assert_eq!(met(&md, "mixed-peak:"), "not run");
         assert_eq!(met(&md, "quiet:"), "**no**", "p99 72 ms");
@@ -520,15 +521,7 @@ mod tests {
             search: None,
             seed: None,
         };
-        let md = markdown(
-            &Provenance {
-                machine: "m".into(),
-                servers: "s".into(),
-                commit: "c".into(),
-                date: "d".into(),
-            },
-            &runs,
-        );
+        let md = markdown(&provenance(), &runs);
         let table = md.split_once("## Sharding").expect("a sharding section").1;
         assert!(
             table.contains("| 1 | 10,000 | 2,000 | 4,000 | 30.0 |"),

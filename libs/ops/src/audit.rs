@@ -363,14 +363,12 @@ async fn map_check(config: &Config, map: &ShardMap, shard: &Shard) -> anyhow::Re
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    for p in 0..wallet_runtime::partition::PARTITIONS {
-        let want = &map
-            .shard_of(Partition::new(p).expect("below PARTITIONS"))
-            .name;
-        let key = Partition::new(p).expect("below PARTITIONS").as_smallint();
+    for p in (0..wallet_runtime::partition::PARTITIONS).filter_map(Partition::new) {
+        let (want, key) = (&map.shard_of(p).name, p.as_smallint());
         if stored.get(&key) != Some(want) {
             breaches.push(format!(
-                "partition {p}: the database's map says {:?}, SHARDS_FILE `{want}`",
+                "partition {}: the database's map says {:?}, SHARDS_FILE `{want}`",
+                p.get(),
                 stored.get(&key)
             ));
         }

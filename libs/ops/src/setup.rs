@@ -23,6 +23,21 @@ pub fn role(function: &str) -> String {
 pub async fn setup(config: &Config, topology: &Topology) -> anyhow::Result<Vec<String>> {
     let mut report = Vec::new();
     let shards = config.shard_map()?;
+    // Checked before any database is touched: a refused setup changes nothing.
+    let nats = crate::nats(config).await?;
+    if let Some(map) = &shards
+        && map.shards().len() > 1
+    {
+        // A consumer with several filter subjects needs 2.10; an older server would ignore the
+        // field and give one shard's consumer every shard's commands.
+        let version = nats.server_info().version;
+        if !at_least_2_10(&version) {
+            bail!(
+                "several shards need nats-server 2.10 or later (consumers with several filter subjects); {} runs {version}",
+                wallet_runtime::config::redact(&config.nats_url)
+            );
+        }
+    }
     match &shards {
         None => database(config, &mut report).await?,
         Some(map) => {
@@ -37,20 +52,6 @@ pub async fn setup(config: &Config, topology: &Topology) -> anyhow::Result<Vec<S
                         .map(|l| format!("shard {}: {l}", shard.name)),
                 );
             }
-        }
-    }
-    let nats = crate::nats(config).await?;
-    if let Some(map) = &shards
-        && map.shards().len() > 1
-    {
-        // A consumer with several filter subjects needs 2.10; an older server would ignore the
-        // field and give one shard's consumer every shard's commands.
-        let version = nats.server_info().version;
-        if !at_least_2_10(&version) {
-            bail!(
-                "several shards need nats-server 2.10 or later (consumers with several filter subjects); {} runs {version}",
-                wallet_runtime::config::redact(&config.nats_url)
-            );
         }
     }
     let js = async_nats::jetstream::new(nats);
