@@ -13,10 +13,29 @@ use crate::eventually;
 /// another test's process before the server started here bound it: the server then exited with
 /// "address in use" while the other process answered its `/readyz` (a CI run saw a mixed
 /// load run whose bonus-grant never started).
+///
+/// Two test processes could also draw the same free port before either server bound it (a CI
+/// run's `balance` exited "address in use" while the shards tests ran 38 processes): a port is
+/// claimed by a file under the temporary folder, created only if missing, so it goes to one
+/// test process. A claim older than ten minutes is from a test long over and is taken back.
 pub fn free_port() -> u16 {
+    let claims = std::env::temp_dir().join("testkit-ports");
+    std::fs::create_dir_all(&claims).unwrap();
     loop {
         let port = rand::random_range(10_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let claim = claims.join(port.to_string());
+        let stale = std::fs::metadata(&claim)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 600));
+        if stale {
+            let _ = std::fs::remove_file(&claim);
+        }
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_ok();
+        if claimed && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
