@@ -308,6 +308,16 @@ pub fn currency(ctx: &Context, id: &str, code: &str) -> Result<Currency, StepErr
     })
 }
 
+/// Who answered on `subject` (unprefixed): `alpha` for `provider.alpha.ack` under `provider`,
+/// bare or on the partition its request named (`provider.alpha.ack.144`, CONTRACT §3); `None`
+/// for any other subject.
+pub fn answerer<'s>(subject: &'s str, prefix: &str) -> Option<&'s str> {
+    match subject.split('.').collect::<Vec<_>>()[..] {
+        [p, who, "ack"] | [p, who, "ack", _] if p == prefix => Some(who),
+        _ => None,
+    }
+}
+
 /// An answer's free-text field (the provider's reference, its reason), kept as the provider sent
 /// it but for control characters ([`text::printable`]); a value that is not a string is kept as
 /// JSON text; null or missing is `None`.
@@ -323,6 +333,20 @@ pub fn free_text(p: &Payload, field: &str) -> Option<String> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn an_answer_names_who_answered_bare_or_on_its_partition() {
+        use super::answerer;
+        assert_eq!(answerer("provider.alpha.ack", "provider"), Some("alpha"));
+        assert_eq!(
+            answerer("provider.alpha.ack.144", "provider"),
+            Some("alpha")
+        );
+        assert_eq!(answerer("payout.bank.ack.7", "payout"), Some("bank"));
+        assert_eq!(answerer("payout.bank.ack", "provider"), None);
+        assert_eq!(answerer("provider.alpha.transfer", "provider"), None);
+        assert_eq!(answerer("provider.alpha.ack.1.2", "provider"), None);
+    }
+
     use super::*;
 
     #[test]

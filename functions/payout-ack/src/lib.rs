@@ -169,11 +169,7 @@ impl Function for PayoutAck {
         _id: &str,
         p: &Payload,
     ) -> Result<Answer, Invalid> {
-        let psp = match subject.split('.').collect::<Vec<_>>()[..] {
-            // Bare, or on the partition the request named (CONTRACT §3).
-            ["payout", psp, "ack"] | ["payout", psp, "ack", _] => psp,
-            _ => return Err(Invalid::Malformed),
-        };
+        let psp = answer::answerer(subject, "payout").ok_or(Invalid::Malformed)?;
         let paid = match p.get("status").and_then(|s| s.as_str()) {
             Some("paid") => true,
             Some("declined") => false,

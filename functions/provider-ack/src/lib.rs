@@ -184,11 +184,7 @@ impl Function for ProviderAck {
         _id: &str,
         p: &Payload,
     ) -> Result<Ack, Invalid> {
-        let provider = match subject.split('.').collect::<Vec<_>>()[..] {
-            // Bare, or on the partition the request named (CONTRACT §3).
-            ["provider", provider, "ack"] | ["provider", provider, "ack", _] => provider,
-            _ => return Err(Invalid::Malformed),
-        };
+        let provider = answer::answerer(subject, "provider").ok_or(Invalid::Malformed)?;
         let accepted = match p.get("status").and_then(|s| s.as_str()) {
             Some("accepted") => true,
             Some("rejected") => false,
