@@ -3,8 +3,8 @@
 //! A deployment with one PostgreSQL has no map: `SHARDS_FILE` is unset, every function reads its
 //! stream whole and commits to `DATABASE_URL`, as before sharding. With a map (`shards.toml`),
 //! every partition belongs to exactly one shard, a shard is one database, and a function process
-//! serves one shard (`SHARD=<name>`): its consumer reads only that shard's partitions, so a
-//! batch still commits in one transaction on one database.
+//! serves one shard (`SHARD=<name>`): its consumer reads only that shard's partitions (its own
+//! stream, `DEPOSITS-a`), so a batch still commits in one transaction on one database.
 //!
 //! What this module guarantees is the map's shape, checked when it is read: names are unique
 //! subject-safe tokens, and each of the [`PARTITIONS`] partitions is held by exactly one shard.
@@ -182,13 +182,10 @@ impl Shard {
         &self.partitions
     }
 
-    /// What this shard's consumer of a partitioned stream taking `subjects` reads (unprefixed):
-    /// each subject followed by each of its partitions, or by `*` when it holds them all (one
-    /// filter, which nats-server 2.9 also takes).
-    pub fn filter(&self, subjects: &[String]) -> Vec<String> {
-        if self.partitions.len() == usize::from(PARTITIONS) {
-            return subjects.iter().map(|s| format!("{s}.*")).collect();
-        }
+    /// What this shard's stream of a partitioned stream taking `subjects` takes (unprefixed):
+    /// each subject followed by each of the shard's partitions, spelled out, so that a command
+    /// on a token that is no partition is refused at its publisher.
+    pub fn subjects(&self, subjects: &[String]) -> Vec<String> {
         subjects
             .iter()
             .flat_map(|s| self.partitions.iter().map(move |p| format!("{s}.{p}")))
@@ -289,15 +286,17 @@ mod tests {
     }
 
     #[test]
-    fn a_shards_consumer_reads_its_partitions() {
+    fn a_shards_stream_takes_its_partitions() {
         let m = map(&[("a", "0-1,7"), ("b", "2-6,8-255")]).expect("a map");
         let subjects = ["wallet.deposit".to_owned()];
         assert_eq!(
-            m.get("a").expect("a").filter(&subjects),
+            m.get("a").expect("a").subjects(&subjects),
             ["wallet.deposit.0", "wallet.deposit.1", "wallet.deposit.7"]
         );
         let whole = map(&[("a", "0-255")]).expect("one shard");
-        assert_eq!(whole.shards()[0].filter(&subjects), ["wallet.deposit.*"]);
+        let all = whole.shards()[0].subjects(&subjects);
+        assert_eq!(all.len(), 256);
+        assert_eq!(all[255], "wallet.deposit.255");
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub struct StreamDef {
     /// (`wallet.deposit.144`, docs/sharding.md): it takes each of its subjects bare and followed
     /// by `.*`. Its consumer reads it whole, unfiltered: nats-server 2.9 gives a consumer one
     /// filter, and none selects both `wallet.deposit` and `wallet.deposit.144`. With a shard map
-    /// it takes each subject followed by each partition, spelled out, and each shard's consumer
-    /// filters its partitions (`crate::shards`).
+    /// it takes each subject followed by each partition, spelled out; when a sharded consumer
+    /// reads it, it is one stream per shard instead (see [`Topology::streams_in`]).
     #[serde(default)]
     pub partitioned: bool,
 }
@@ -139,6 +139,17 @@ impl Topology {
             if c.sharded && !stream.partitioned {
                 return Err(TopologyError::Invalid(format!(
                     "consumer `{}` is sharded, but its stream `{}` is not partitioned",
+                    c.function, c.stream
+                )));
+            }
+            if !c.sharded
+                && t.consumers
+                    .iter()
+                    .any(|other| other.sharded && other.stream == c.stream)
+            {
+                return Err(TopologyError::Invalid(format!(
+                    "consumer `{}` is not sharded, but its stream `{}` is read by a sharded \
+                     consumer: with a shard map that stream is one per shard",
                     c.function, c.stream
                 )));
             }
@@ -227,6 +238,34 @@ impl Topology {
             .collect()
     }
 
+    /// Every stream as a deployment has it. With a shard map, a partitioned stream that a
+    /// sharded consumer reads is one stream per shard, `<stream>-<shard>`, taking that shard's
+    /// partitions; each shard's consumer then reads its own stream whole. One stream with a
+    /// consumer per shard filtering its partitions was the first design: nats-server walks every
+    /// subject a consumer's filters match for each message it delivers (a 2-shard deposit-max
+    /// cost it 3 times the CPU of one shard, bench/ANALYSIS.md), while a stream's subjects cost
+    /// one lookup at publish.
+    pub fn streams_in<'a>(
+        &'a self,
+        shards: Option<&'a ShardMap>,
+    ) -> Vec<(&'a StreamDef, Option<&'a Shard>)> {
+        self.streams
+            .iter()
+            .flat_map(|s| match shards {
+                Some(map) if self.split(s) => map.shards().iter().map(|sh| (s, Some(sh))).collect(),
+                _ => vec![(s, None)],
+            })
+            .collect()
+    }
+
+    /// True when `stream` is one per shard under a shard map: a sharded consumer reads it (parse
+    /// checks that every consumer of it is sharded then).
+    fn split(&self, stream: &StreamDef) -> bool {
+        self.consumers
+            .iter()
+            .any(|c| c.sharded && c.stream == stream.name)
+    }
+
     /// The routing of the stream that takes `subject` (unprefixed, as the stream lists it); none
     /// when no stream does.
     pub fn routing(&self, subject: &str) -> Routing {
@@ -251,8 +290,9 @@ impl Topology {
         shards: Option<&ShardMap>,
     ) -> Result<Vec<String>, TopologyError> {
         let mut report = Vec::new();
-        for def in &self.streams {
-            report.push(apply_stream(js, names, def, shards.is_some()).await?);
+        for (def, shard) in self.streams_in(shards) {
+            let want = def.config(names, shards.is_some(), shard);
+            report.push(apply_stream(js, want).await?);
         }
         let applied = self.consumers_in(shards);
         for def in &self.consumers {
@@ -266,11 +306,9 @@ impl Topology {
             }
         }
         for (def, shard) in applied {
-            let stream = self
-                .stream(&def.stream)
-                .expect("parse checks every consumer's stream");
-            let want = def.config(names, stream, shard);
-            report.push(apply_consumer(js, names, def, want).await?);
+            let shard = shard.map(|s| s.name.as_str());
+            let stream = names.name(&def.stream_on(shard));
+            report.push(apply_consumer(js, &stream, def.config(names, shard)).await?);
         }
         Ok(report)
     }
@@ -289,21 +327,29 @@ impl StreamDef {
             .collect()
     }
 
-    /// Its configuration. `sharded`: a partitioned stream takes each of its subjects followed
-    /// by each partition, spelled out, and neither the bare subject nor any other token. No
-    /// shard's consumer could read a command on `wallet.deposit.x`: it would wait in the stream
-    /// for good, so its publish is refused instead (no stream takes it).
-    pub fn config(&self, names: &Names, sharded: bool) -> stream::Config {
-        let taken = if sharded && self.partitioned {
-            self.subjects
+    /// Its name without the namespace, and on `shard` the shard's own (`DEPOSITS-a`,
+    /// [`Topology::streams_in`]).
+    pub fn name_on(&self, shard: Option<&Shard>) -> String {
+        on_shard(&self.name, shard.map(|s| s.name.as_str()))
+    }
+
+    /// Its configuration. `sharded` (there is a shard map): a partitioned stream takes each of
+    /// its subjects followed by each partition, spelled out, and neither the bare subject nor
+    /// any other token. No shard's consumer could read a command on `wallet.deposit.x`: it would
+    /// wait in the stream for good, so its publish is refused instead (no stream takes it).
+    /// `shard`: it is that shard's stream, taking only the shard's partitions.
+    pub fn config(&self, names: &Names, sharded: bool, shard: Option<&Shard>) -> stream::Config {
+        let taken = match shard {
+            Some(shard) => shard.subjects(&self.subjects),
+            None if sharded && self.partitioned => self
+                .subjects
                 .iter()
                 .flat_map(|s| (0..crate::partition::PARTITIONS).map(move |p| format!("{s}.{p}")))
-                .collect()
-        } else {
-            self.taken()
+                .collect(),
+            None => self.taken(),
         };
         stream::Config {
-            name: names.name(&self.name),
+            name: names.name(&self.name_on(shard)),
             subjects: taken.iter().map(|s| names.subject(s)).collect(),
             retention: match self.retention {
                 Retention::Limits => stream::RetentionPolicy::Limits,
@@ -324,39 +370,37 @@ impl StreamDef {
     }
 }
 
+/// `name` on `shard`: `<name>-<shard>` (a consumer `deposit-a`, a stream `DEPOSITS-a`).
+fn on_shard(name: &str, shard: Option<&str>) -> String {
+    match shard {
+        Some(shard) => format!("{name}-{shard}"),
+        None => name.to_owned(),
+    }
+}
+
 impl ConsumerDef {
     /// Its durable name, without the namespace: the function's, and on a shard
     /// `<function>-<shard>`.
     pub fn durable(&self, shard: Option<&str>) -> String {
-        match shard {
-            Some(shard) => format!("{}-{shard}", self.function),
-            None => self.function.clone(),
-        }
+        on_shard(&self.function, shard)
     }
 
-    /// Its configuration on `stream`, for `shard`'s process when there is a shard map: then
-    /// it reads only the shard's partitions of a partitioned stream.
-    pub fn config(
-        &self,
-        names: &Names,
-        stream: &StreamDef,
-        shard: Option<&Shard>,
-    ) -> consumer::pull::Config {
-        let mut filters: Vec<String> = match (shard, stream.partitioned) {
-            (Some(shard), true) => shard.filter(&stream.subjects),
-            _ => self.filter_subject.iter().cloned().collect(),
-        };
-        filters.iter_mut().for_each(|f| *f = names.subject(f));
-        // One filter is `filter_subject`, which nats-server 2.9 knows; several need 2.10.
-        let (filter_subject, filter_subjects) = if filters.len() == 1 {
-            (filters.remove(0), Vec::new())
-        } else {
-            (String::new(), filters)
-        };
+    /// The stream it reads on `shard`, without the namespace: a sharded consumer's is the
+    /// shard's own (`DEPOSITS-a`, [`Topology::streams_in`]).
+    pub fn stream_on(&self, shard: Option<&str>) -> String {
+        on_shard(&self.stream, shard.filter(|_| self.sharded))
+    }
+
+    /// Its configuration, for `shard`'s process when there is a shard map. It never needs more
+    /// than its own filter: a sharded consumer's stream holds only its shard's partitions.
+    pub fn config(&self, names: &Names, shard: Option<&str>) -> consumer::pull::Config {
         consumer::pull::Config {
-            durable_name: Some(names.name(&self.durable(shard.map(|s| s.name.as_str())))),
-            filter_subject,
-            filter_subjects,
+            durable_name: Some(names.name(&self.durable(shard))),
+            filter_subject: self
+                .filter_subject
+                .as_deref()
+                .map(|f| names.subject(f))
+                .unwrap_or_default(),
             ack_policy: consumer::AckPolicy::Explicit,
             deliver_policy: consumer::DeliverPolicy::All,
             ack_wait: self.ack_wait,
@@ -409,11 +453,8 @@ fn nats_err(e: impl std::fmt::Display) -> TopologyError {
 
 async fn apply_stream(
     js: &jetstream::Context,
-    names: &Names,
-    def: &StreamDef,
-    sharded: bool,
+    want: stream::Config,
 ) -> Result<String, TopologyError> {
-    let want = def.config(names, sharded);
     let name = want.name.clone();
     let mut existing = match js.get_stream(&name).await {
         Ok(s) => s,
@@ -486,15 +527,11 @@ fn updated<T, E: std::fmt::Display>(what: &str, changed: &[&str], result: Result
 
 async fn apply_consumer(
     js: &jetstream::Context,
-    names: &Names,
-    def: &ConsumerDef,
+    stream: &str,
     want: consumer::pull::Config,
 ) -> Result<String, TopologyError> {
     let name = want.durable_name.clone().expect("a durable consumer");
-    let stream = js
-        .get_stream_no_info(names.name(&def.stream))
-        .await
-        .map_err(nats_err)?;
+    let stream = js.get_stream_no_info(stream).await.map_err(nats_err)?;
     let have = match stream.consumer_info(&name).await {
         Ok(info) => Some(info.config),
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
@@ -552,13 +589,13 @@ mod tests {
         let deposit = t.consumer("deposit").expect("deposit consumer");
         assert_eq!(deposit.stream, "DEPOSITS");
         let deposits = t.stream("DEPOSITS").expect("deposits");
-        let c = deposit.config(&Names::new("t").expect("ns"), deposits, None);
+        let c = deposit.config(&Names::new("t").expect("ns"), None);
         assert_eq!(c.durable_name.as_deref(), Some("t_deposit"));
         assert_eq!(c.filter_subject, "", "reads its partitioned stream whole");
-        let stream = deposits.config(&Names::new("t").expect("ns"), false);
+        let stream = deposits.config(&Names::new("t").expect("ns"), false, None);
         assert_eq!(stream.subjects, ["t.wallet.deposit", "t.wallet.deposit.*"]);
         // Sharded: the bare subject names no shard, so no stream takes it.
-        let sharded = deposits.config(&Names::new("t").expect("ns"), true);
+        let sharded = deposits.config(&Names::new("t").expect("ns"), true, None);
         assert_eq!(sharded.subjects.len(), 256);
         assert_eq!(sharded.subjects[0], "t.wallet.deposit.0");
         assert_eq!(sharded.subjects[255], "t.wallet.deposit.255");
@@ -567,13 +604,18 @@ mod tests {
              [[shard]]\nname = \"b\"\ndatabase_url = \"postgres://h/b\"\npartitions = \"2-255\"\n",
         )
         .expect("a map");
-        let a = deposit.config(&Names::new("t").expect("ns"), deposits, map.get("a"));
+        // Each shard's consumer reads its own stream, which takes the shard's partitions.
+        let a = deposit.config(&Names::new("t").expect("ns"), Some("a"));
         assert_eq!(a.durable_name.as_deref(), Some("t_deposit-a"));
         assert_eq!(
-            a.filter_subjects,
-            ["t.wallet.deposit.0", "t.wallet.deposit.1"]
+            (a.filter_subject.as_str(), a.filter_subjects.len()),
+            ("", 0)
         );
-        assert_eq!(a.filter_subject, "");
+        assert_eq!(deposit.stream_on(Some("a")), "DEPOSITS-a");
+        assert_eq!(deposit.stream_on(None), "DEPOSITS");
+        let on_a = deposits.config(&Names::new("t").expect("ns"), true, map.get("a"));
+        assert_eq!(on_a.name, "t_DEPOSITS-a");
+        assert_eq!(on_a.subjects, ["t.wallet.deposit.0", "t.wallet.deposit.1"]);
         assert_eq!(t.read_by(deposit), ["wallet.deposit", "wallet.deposit.*"]);
         assert_eq!(
             t.routing("wallet.deposit").publish("wallet.deposit", "u-7"),
@@ -635,14 +677,32 @@ mod tests {
             .flat_map(|c| [format!("{}-a", c.function), format!("{}-b", c.function)])
             .collect();
         assert_eq!(names(&two), sharded);
-        let provider_ack = t.consumer("provider-ack").expect("provider-ack");
-        let b = provider_ack.config(
-            &Names::default(),
-            t.stream("PROVIDER_ACKS").expect("acks"),
-            two.get("b"),
+        // A stream a sharded consumer reads is one per shard; the others stay one stream.
+        let streams: Vec<(String, usize, String)> = t
+            .streams_in(Some(&two))
+            .iter()
+            .map(|(s, shard)| {
+                let c = s.config(&Names::default(), true, *shard);
+                (c.name, c.subjects.len(), c.subjects[0].clone())
+            })
+            .collect();
+        let stream = |name: &str| streams.iter().find(|s| s.0 == name).cloned();
+        assert_eq!(
+            stream("PROVIDER_ACKS-b"),
+            Some(("PROVIDER_ACKS-b".into(), 128, "provider.*.ack.128".into()))
         );
-        assert_eq!(b.filter_subjects.len(), 128);
-        assert_eq!(b.filter_subjects[0], "provider.*.ack.128");
+        assert_eq!(stream("PROVIDER_ACKS"), None);
+        assert_eq!(
+            stream("PROVIDER_REQUESTS"),
+            Some((
+                "PROVIDER_REQUESTS".into(),
+                768,
+                "provider.*.transfer.0".into()
+            ))
+        );
+        assert_eq!(stream("BONUS").map(|s| s.1), Some(256));
+        assert_eq!(stream("WALLET_EVENTS").map(|s| s.1), Some(1));
+        assert_eq!(streams.len(), t.streams.len() + 6);
 
         let unpartitioned = "[[stream]]\nname = \"S\"\nsubjects = [\"a.b\"]\n\
                              duplicate_window = \"30s\"\nmax_bytes = 1\nmax_msg_size = 1\n\
@@ -652,6 +712,21 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("is sharded, but its stream `S` is not partitioned"),
+            "{err}"
+        );
+        let consumer = |f: &str, sharded: bool| {
+            format!(
+                "[[consumer]]\nfunction = \"{f}\"\nstream = \"S\"\nsharded = {sharded}\n\
+                 ack_wait = \"30s\"\ndead_letter_after = 1\nmax_ack_pending = 1\n"
+            )
+        };
+        let stream = "[[stream]]\nname = \"S\"\nsubjects = [\"a.b\"]\npartitioned = true\n\
+                      duplicate_window = \"30s\"\nmax_bytes = 1\nmax_msg_size = 1\n";
+        let mixed = format!("{stream}{}{}", consumer("f", true), consumer("g", false));
+        let err = Topology::parse(&mixed).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("`g` is not sharded, but its stream `S` is read by a sharded consumer"),
             "{err}"
         );
     }

@@ -60,8 +60,11 @@ pub fn users(
                     .iter()
                     .filter(|(c, _)| c.function == s.name)
                     .flat_map(|(c, shard)| {
-                        let durable = c.durable(shard.map(|s| s.name.as_str()));
-                        pull(&names.name(&c.stream), &names.name(&durable))
+                        let shard = shard.map(|s| s.name.as_str());
+                        pull(
+                            &names.name(&c.stream_on(shard)),
+                            &names.name(&c.durable(shard)),
+                        )
                     })
                     .collect();
                 publish.push(names.subject(&format!("dlq.{}", s.name)));

@@ -50,11 +50,11 @@ async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
         .await
         .unwrap();
     let bare = env.config.names.subject("wallet.deposit");
-    let mut old_stream = topology.streams[0].config(&env.config.names, false);
+    let mut old_stream = topology.streams[0].config(&env.config.names, false, None);
     old_stream.max_message_size = 1_044_480;
     old_stream.subjects = vec![bare.clone()];
     env.js.update_stream(old_stream).await.unwrap();
-    let mut old = topology.consumers[0].config(&env.config.names, &topology.streams[0], None);
+    let mut old = topology.consumers[0].config(&env.config.names, None);
     old.max_deliver = 20;
     old.filter_subject = bare;
     stream.create_consumer(old).await.unwrap();
@@ -652,19 +652,20 @@ fn sharded_manifests_run_each_function_once_per_shard() {
         "key: DATABASE_URL_DEPOSIT_B",
         "- name: SHARD\n          value: b",
         "consumer: deposit-b",
+        "stream: DEPOSITS-b",
         "app.kubernetes.io/name: deposit-b",
     ] {
         assert!(deposit.contains(line), "{line}: {deposit}");
     }
     let users = std::fs::read_to_string(out.join("authorization.conf")).unwrap();
-    for consumer in ["DEPOSITS.deposit-a", "DEPOSITS.deposit-b"] {
+    for consumer in ["DEPOSITS-a.deposit-a", "DEPOSITS-b.deposit-b"] {
         assert!(
             users.contains(&format!("$JS.API.CONSUMER.MSG.NEXT.{consumer}")),
             "{users}"
         );
     }
     assert!(
-        users.contains("MSG.NEXT.PROVIDER_ACKS.provider-ack-b"),
+        users.contains("MSG.NEXT.PROVIDER_ACKS-b.provider-ack-b"),
         "{users}"
     );
     assert!(!users.contains("MSG.NEXT.BONUS"), "{users}");

@@ -28,9 +28,8 @@ const SHARDED: [&str; 6] = [
     "payout-ack",
 ];
 
-/// `n` PostgreSQL servers, one shard each (`a`, `b`, …, the partitions split evenly), the pinned
-/// nats-server (several filter subjects per consumer need 2.10 or later), and an env set up on
-/// them. Its fields drop in order: the env's teardown needs the servers and the map.
+/// `n` PostgreSQL servers, one shard each (`a`, `b`, …, the partitions split evenly), a private
+/// `nats`, and an env set up on them. Its fields drop in order: the env's teardown needs the servers and the map.
 struct Sharded {
     env: TestEnv,
     pgs: Vec<PrivatePostgres>,
@@ -39,8 +38,7 @@ struct Sharded {
 }
 
 impl Sharded {
-    async fn start(n: usize) -> Self {
-        let nats = PrivateNats::of(pinned_nats_server(), |_| String::new());
+    async fn start(n: usize, nats: PrivateNats) -> Self {
         let pgs: Vec<_> = (0..n).map(|_| PrivatePostgres::start(&[], None)).collect();
         let width = 256 / n;
         let map: String = pgs
@@ -155,7 +153,7 @@ async fn mains(pg: &PrivatePostgres) -> Vec<(String, Decimal)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its_own() {
-    let s = Sharded::start(2).await;
+    let s = Sharded::start(2, PrivateNats::of(pinned_nats_server(), |_| String::new())).await;
     let (env, pg_a, pg_b, map) = (&s.env, &s.pgs[0], &s.pgs[1], &s.map);
 
     // A process pointed at the wrong database, or at a shard's without SHARD, refuses to start.
@@ -227,6 +225,29 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
             assert!(consumers.contains(&name.as_str()), "{consumers:?}");
         }
     }
+    // Each shard's consumer reads its own stream, which takes its partitions, unfiltered.
+    for (shard, first) in [("a", 0), ("b", 128)] {
+        let mut stream = env
+            .js
+            .get_stream(env.config.names.name(&format!("DEPOSITS-{shard}")))
+            .await
+            .unwrap();
+        let subjects = stream.info().await.unwrap().config.subjects.clone();
+        assert_eq!(subjects.len(), 128);
+        assert_eq!(subjects[0], env.subject(&format!("wallet.deposit.{first}")));
+        let consumer = stream
+            .consumer_info(env.config.names.name(&format!("deposit-{shard}")))
+            .await
+            .unwrap();
+        assert_eq!(consumer.config.filter_subject, "");
+        assert!(consumer.config.filter_subjects.is_empty());
+    }
+    assert!(
+        env.js
+            .get_stream(env.config.names.name("DEPOSITS"))
+            .await
+            .is_err()
+    );
 
     let users: Vec<String> = (0..200).map(|u| format!("u-{u}")).collect();
     let (in_a, in_b): (Vec<String>, Vec<String>) = users
@@ -283,6 +304,21 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     assert_eq!(
         decided_b, 0,
         "shard b's deposits were decided without its database"
+    );
+    let waiting = env
+        .js
+        .get_stream(env.config.names.name("DEPOSITS-b"))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(
+        waiting,
+        in_b.len() as u64,
+        "shard b's deposits wait in its stream"
     );
     assert_eq!(mains(pg_a).await, holds(&in_a, "15.00"));
 
@@ -386,12 +422,15 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     );
 }
 
-/// Four shards, each on its own PostgreSQL: every sharded function once per shard, a mixed load
+/// Four shards, each on its own PostgreSQL, on nats-server 2.9 (Debian's: a shard's stream is
+/// plain subjects, no consumer filters): every sharded function once per shard, a mixed load
 /// verified over all four (every outcome, every balance, the audit), and each database holding
 /// wallets of its own partitions only, every one of them some.
 #[tokio::test(flavor = "multi_thread")]
-async fn every_sharded_function_runs_on_four_shards() {
-    let s = Sharded::start(4).await;
+async fn every_sharded_function_runs_on_four_shards_on_nats_server_2_9() {
+    let s = Sharded::start(4, PrivateNats::start()).await;
+    let version = s.env.js.client().server_info().version;
+    assert!(version.starts_with("2.9."), "{version}");
     let _procs = s.spawn(&SHARDED).await;
     s.load(&[
         "--mix",
@@ -436,58 +475,4 @@ async fn every_sharded_function_runs_on_four_shards() {
         let line = format!("shard {shard}: database dropped");
         assert!(removed.contains(&line), "{removed:?}");
     }
-}
-
-/// Several shards on nats-server 2.9 (Debian's), which would ignore a consumer's filter subjects
-/// and give one shard every shard's commands: setup refuses, before it touches a database.
-#[tokio::test(flavor = "multi_thread")]
-async fn several_shards_are_refused_on_nats_server_2_9() {
-    let nats = PrivateNats::start();
-    let ns = namespace();
-    let db = |shard: &str| format!("wallet_test_{ns}_{shard}");
-    let map: String = [("a", "0-127"), ("b", "128-255")]
-        .iter()
-        .map(|(shard, partitions)| {
-            format!(
-                "[[shard]]\nname = \"{shard}\"\ndatabase_url = \"{}/{}\"\npartitions = \"{partitions}\"\n",
-                testkit::postgres_server(),
-                db(shard)
-            )
-        })
-        .collect();
-    let file = std::env::temp_dir().join(format!("{ns}.shards.toml"));
-    std::fs::write(&file, map).unwrap();
-    let vars = [
-        ("NATS_URL", nats.url()),
-        ("SHARDS_FILE", file.display().to_string()),
-        ("WALLET_NAMESPACE", ns.clone()),
-    ];
-    let config = wallet_runtime::Config::from_lookup(|k| {
-        vars.iter().find(|(v, _)| *v == k).map(|(_, x)| x.clone())
-    })
-    .unwrap();
-    let refused = wallet_ops::setup::setup(&config, &testkit::topology())
-        .await
-        .expect_err("refused");
-    let said = format!("{refused:#}");
-    assert!(
-        said.contains("several shards need nats-server 2.10 or later") && said.contains("runs 2.9"),
-        "{said}"
-    );
-    let (client, conn) = tokio_postgres::connect(
-        &format!("{}/postgres", testkit::postgres_server()),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let created = client
-        .query(
-            "SELECT datname FROM pg_database WHERE datname = ANY($1)",
-            &[&vec![db("a"), db("b")]],
-        )
-        .await
-        .unwrap();
-    assert!(created.is_empty(), "setup created a shard's database");
-    std::fs::remove_file(&file).unwrap();
 }

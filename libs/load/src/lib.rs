@@ -213,16 +213,17 @@ async fn measure(
     let tracker = Tracker::new(plan.clone(), times.clone(), live.clone())
         .start(js, stop.clone())
         .await?;
+    let shards = config.shard_map()?;
     let lag = tokio::spawn(lag::sample(
         js.clone(),
         config.names.clone(),
         topology.clone(),
-        config.shard_map()?,
+        shards.clone(),
         functions.clone(),
         live.clone(),
         stop.clone(),
     ));
-    let seq_before = lag::stream_sequences(js, &config.names, topology).await?;
+    let seq_before = lag::stream_sequences(js, &config.names, topology, shards.as_ref()).await?;
     let cpu_before = cpu::sample(&args.watch, &args.cpu);
     let progress = progress::Progress::start(live.clone(), count, args.duration);
     let sending = send(js, &plan, &times, &live, args.rate, count, args.duration).await;
@@ -243,7 +244,7 @@ async fn measure(
     let tracker = tracker.await??;
     let lag = lag.await?;
     let messages = sending?;
-    let seq_after = lag::stream_sequences(js, &config.names, topology).await?;
+    let seq_after = lag::stream_sequences(js, &config.names, topology, shards.as_ref()).await?;
     let verifying = Instant::now();
     let verification =
         verify::verify(config, &plan, &tracker, sent, envelopes, !args.no_audit).await?;

@@ -47,6 +47,9 @@ pub struct KindSummary {
 pub struct Lag {
     pub peak: u64,
     pub peak_by_function: BTreeMap<String, u64>,
+    /// The most commands each partition held at once (partitions that held none are absent).
+    #[serde(default)]
+    pub peak_by_partition: BTreeMap<u16, u64>,
     /// Mean lag over the first and the last fifth of the sending time.
     pub first_fifth_mean: f64,
     pub last_fifth_mean: f64,
@@ -182,6 +185,28 @@ impl Report {
     }
 }
 
+impl Lag {
+    /// How the partitions' peak lags spread: the highest (and its partition), the median and
+    /// the lowest over the partitions that held commands; `None` when none was sampled.
+    pub fn partition_spread(&self) -> Option<String> {
+        // The first partition of the highest (`max_by_key` keeps the last of equals).
+        let (&top, &max) = self
+            .peak_by_partition
+            .iter()
+            .rev()
+            .max_by_key(|(_, v)| **v)?;
+        let mut peaks: Vec<u64> = self.peak_by_partition.values().copied().collect();
+        peaks.sort_unstable();
+        Some(format!(
+            "max {} (partition {top}), median {}, min {}, over {} partitions",
+            thousands(max),
+            thousands(peaks[peaks.len() / 2]),
+            thousands(peaks[0]),
+            peaks.len()
+        ))
+    }
+}
+
 fn lag_summary(series: &LagSeries, send_seconds: f64, rate: f64) -> Lag {
     let sending: Vec<u64> = series
         .samples
@@ -198,6 +223,7 @@ fn lag_summary(series: &LagSeries, send_seconds: f64, rate: f64) -> Lag {
     Lag {
         peak: series.samples.iter().map(|(_, l)| *l).max().unwrap_or(0),
         peak_by_function: series.peak_by_function.clone(),
+        peak_by_partition: series.peak_by_partition.clone(),
         first_fifth_mean: first,
         last_fifth_mean: last,
         growing: (sending.len() >= 10).then(|| last > first + rate.max(1_000.0)),
@@ -297,6 +323,9 @@ impl fmt::Display for Report {
             thousands(self.lag.peak),
             by.join(", ")
         )?;
+        if let Some(spread) = self.lag.partition_spread() {
+            writeln!(f, "| peak lag per partition | {spread} |")?;
+        }
         writeln!(
             f,
             "| lag trend | first fifth {:.0}, last fifth {:.0}: {} |",

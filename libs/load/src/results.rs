@@ -112,9 +112,10 @@ fn sharding<'a>(s: &mut String, find: &dyn Fn(&str) -> Option<&'a Report>) {
         "\n## Sharding\n\n`shards-N`: deposit-max with N shards, each a database on this host's one \
          PostgreSQL with a deposit process of its own, on the pinned nats-server. The shards share \
          two cores, so the rate cannot grow here; the deposits per CPU-second show what sharding \
-         itself costs.\n\n\
-         | shards | deposits/s | per PostgreSQL CPU-second | per deposit-process CPU-second | nats-server CPU-seconds |\n\
-         |---:|---:|---:|---:|---:|"
+         itself costs. The peak lag per partition is the most deposits a partition held at once \
+         (highest, median, lowest of the 256).\n\n\
+         | shards | deposits/s | per PostgreSQL CPU-second | per deposit-process CPU-second | nats-server CPU-seconds | peak lag per partition |\n\
+         |---:|---:|---:|---:|---:|---|"
     );
     for (n, r) in runs {
         let cpu = |of: &dyn Fn(&str) -> bool| -> Option<f64> {
@@ -133,11 +134,12 @@ fn sharding<'a>(s: &mut String, find: &dyn Fn(&str) -> Option<&'a Report>) {
         };
         let _ = writeln!(
             s,
-            "| {n} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} |",
             rate(r.outcomes_per_second),
             per(cpu(&|name| name == "postgres")),
             per(cpu(&|name| name.starts_with("deposit"))),
             cpu(&|name| name == "nats-server").map_or("—".to_owned(), |c| format!("{c:.1}")),
+            r.lag.partition_spread().unwrap_or_else(|| "—".to_owned()),
         );
     }
 }
@@ -511,12 +513,14 @@ mod tests {
             }
             r
         };
+        let mut two = shards(2, 0.5, 0.25);
+        two.lag.peak_by_partition = (0..256).map(|p| (p, u64::from(p % 10))).collect();
         let runs = Runs {
             raw: None,
             raw_r3: None,
             // 1,000 deposits each: 1 shard, 0.5 s of PostgreSQL and 0.25 of deposit; 2 shards,
             // 0.5 s and 2 × 0.25; 4 shards missing.
-            reports: vec![shards(1, 0.5, 0.25), shards(2, 0.5, 0.25)],
+            reports: vec![shards(1, 0.5, 0.25), two],
             failed: vec![],
             search: None,
             seed: None,
@@ -524,11 +528,14 @@ mod tests {
         let md = markdown(&provenance(), &runs);
         let table = md.split_once("## Sharding").expect("a sharding section").1;
         assert!(
-            table.contains("| 1 | 10,000 | 2,000 | 4,000 | 30.0 |"),
+            table.contains("| 1 | 10,000 | 2,000 | 4,000 | 30.0 | — |"),
             "{table}"
         );
+        // Partition 9 is the first that held 9, the most; the 129th of 256 held 4.
         assert!(
-            table.contains("| 2 | 10,000 | 2,000 | 2,000 | 30.0 |"),
+            table.contains(
+                "| 2 | 10,000 | 2,000 | 2,000 | 30.0 | max 9 (partition 9), median 4, min 0, over 256 partitions |"
+            ),
             "{table}"
         );
         assert!(!table.contains("| 4 |"), "{table}");

@@ -23,21 +23,7 @@ pub fn role(function: &str) -> String {
 pub async fn setup(config: &Config, topology: &Topology) -> anyhow::Result<Vec<String>> {
     let mut report = Vec::new();
     let shards = config.shard_map()?;
-    // Checked before any database is touched: a refused setup changes nothing.
     let nats = crate::nats(config).await?;
-    if let Some(map) = &shards
-        && map.shards().len() > 1
-    {
-        // A consumer with several filter subjects needs 2.10; an older server would ignore the
-        // field and give one shard's consumer every shard's commands.
-        let version = nats.server_info().version;
-        if !at_least_2_10(&version) {
-            bail!(
-                "several shards need nats-server 2.10 or later (consumers with several filter subjects); {} runs {version}",
-                wallet_runtime::config::redact(&config.nats_url)
-            );
-        }
-    }
     match &shards {
         None => database(config, &mut report).await?,
         Some(map) => {
@@ -151,33 +137,4 @@ async fn write_map(config: &Config, map: &ShardMap, shard: &str) -> anyhow::Resu
         ranges(own),
         wallet_runtime::partition::PARTITIONS
     ))
-}
-
-/// `2.10.0` and later (`2.9.10`, `2.9.25` are not).
-fn at_least_2_10(version: &str) -> bool {
-    let mut parts = version.split('.').map(|p| {
-        p.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse::<u32>()
-            .unwrap_or(0)
-    });
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (2, 10)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn filter_subjects_arrived_in_2_10() {
-        for (v, ok) in [
-            ("2.9.10", false),
-            ("2.9.25", false),
-            ("2.10.0", true),
-            ("2.12.1", true),
-            ("3.0.0-beta", true),
-        ] {
-            assert_eq!(super::at_least_2_10(v), ok, "{v}");
-        }
-    }
 }

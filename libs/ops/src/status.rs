@@ -52,12 +52,16 @@ pub async fn status(config: &Config, topology: &Topology) -> anyhow::Result<Stat
     let mut out = Vec::new();
     let shards = config.shard_map()?;
     for (def, shard) in topology.consumers_in(shards.as_ref()) {
-        let consumer = names.name(&def.durable(shard.map(|s| s.name.as_str())));
+        let shard = shard.map(|s| s.name.as_str());
+        let consumer = names.name(&def.durable(shard));
         let dead_letters = dead
             .iter()
             .find(|(f, _)| *f == def.function)
             .map_or(0, |(_, n)| *n);
-        let info = match js.get_stream_no_info(names.name(&def.stream)).await {
+        let info = match js
+            .get_stream_no_info(names.name(&def.stream_on(shard)))
+            .await
+        {
             Ok(stream) => stream.consumer_info(&consumer).await.ok(),
             Err(_) => None,
         };

@@ -16,8 +16,9 @@ pub async fn teardown(config: &Config, topology: &Topology) -> anyhow::Result<Ve
     );
     let mut report = Vec::new();
     let js = jetstream::new(crate::nats(config).await?);
-    for def in &topology.streams {
-        let name = config.names.name(&def.name);
+    let shards = config.shard_map()?;
+    for (def, shard) in topology.streams_in(shards.as_ref()) {
+        let name = config.names.name(&def.name_on(shard));
         if js.delete_stream(&name).await.is_ok() {
             report.push(format!("stream {name}: deleted"));
         }
@@ -25,7 +26,7 @@ pub async fn teardown(config: &Config, topology: &Topology) -> anyhow::Result<Ve
     if db::drop_database(config).await? {
         report.push("database: dropped".into());
     }
-    for shard in config.shard_map()?.iter().flat_map(|m| m.shards()) {
+    for shard in shards.iter().flat_map(|m| m.shards()) {
         if db::drop_database(&config.on_shard(shard)).await? {
             report.push(format!("shard {}: database dropped", shard.name));
         }

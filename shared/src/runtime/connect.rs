@@ -174,8 +174,11 @@ pub(super) async fn bind(
     def: &ConsumerDef,
     shutdown: &CancellationToken,
 ) -> Option<PullConsumer> {
-    let durable = def.durable(ctx.config.shard.as_deref());
-    let (stream, name) = (ctx.names.name(&def.stream), ctx.names.name(&durable));
+    let shard = ctx.config.shard.as_deref();
+    let (stream, name) = (
+        ctx.names.name(&def.stream_on(shard)),
+        ctx.names.name(&def.durable(shard)),
+    );
     let mut backoff = Backoff::default();
     loop {
         let found = async {
