@@ -11,8 +11,9 @@ release:
 	$(CARGO) build --release --workspace --bins
 
 # Integration tests start the real binaries: build them first, then run every test; then render
-# and validate the Kubernetes manifests, then two minutes of chaos. The tests that start a private
-# 3-node JetStream cluster (fsync on every write, every node on this machine's disk) run after the
+# and validate the Kubernetes manifests, then two minutes of chaos, and two more with the ledger
+# on two PostgreSQL servers (one stopped at a time). The tests that start a private 3-node
+# JetStream cluster (fsync on every write, every node on this machine's disk) run after the
 # others, one at a time, so that three fsyncing servers and the concurrent tests do not slow each
 # other on a 2-core host. (The 120 s stalls once seen there, twice in CI, were the test's event
 # reader, an async-nats ordered consumer, since replaced: libs/client/src/follow.rs.)
@@ -22,6 +23,7 @@ test: test-deps build
 	$(CARGO) nextest run --workspace --no-fail-fast --test-threads 1 -E '$(CLUSTER_TESTS)'
 	$(MAKE) validate-k8s
 	$(MAKE) chaos
+	$(MAKE) chaos SHARDS=2
 
 # What the tests need on a fresh machine: the three servers running, nextest, tmux, kubectl and a
 # virtual environment with kubernetes-validate (scripts/test-deps.sh says what it would need root for).
@@ -33,12 +35,14 @@ test-deps:
 # 2 minutes by default (part of `make test`); `make chaos DURATION=30m` soaks; CHAOS_SEED=N
 # replays a schedule; RATE=N commands/s (150). CLUSTER=3: NATS as in production, three nodes with
 # R3 streams and fsync on every write, and the cluster's faults (a node killed, leaders stepped
-# down, a node cut off, a rolling restart). Debug binaries; CHAOS_PROFILE=release for the
+# down, a node cut off, a rolling restart). SHARDS=2: the ledger on two private PostgreSQL
+# servers, every sharded function run per shard, one shard's PostgreSQL stopped at a time (no
+# bonus grants, which run on one shard only). Debug binaries; CHAOS_PROFILE=release for the
 # release ones.
 CHAOS_PROFILE ?= debug
 chaos:
 	$(CARGO) build --workspace --bins $(if $(filter release,$(CHAOS_PROFILE)),--release)
-	./target/$(CHAOS_PROFILE)/chaos $(if $(DURATION),--duration $(DURATION)) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(if $(RATE),--rate $(RATE)) $(if $(CLUSTER),--cluster $(CLUSTER))
+	./target/$(CHAOS_PROFILE)/chaos $(if $(DURATION),--duration $(DURATION)) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(if $(RATE),--rate $(RATE)) $(if $(CLUSTER),--cluster $(CLUSTER)) $(if $(SHARDS),--shards $(SHARDS))
 
 # Hostile input against every function (walletctl/tests/hostile.rs): 10,000 generated hostile
 # messages per command subject mixed with valid deposits; prints what became of them, the

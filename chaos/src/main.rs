@@ -14,6 +14,10 @@
 //! killed with SIGKILL and restarted on its store, a stream's or consumer's leader asked to step
 //! down, a node cut off from the other two and from the clients for up to 10 s, a rolling
 //! restart of the three.
+//! With `--shards N` (`make chaos SHARDS=2`) the ledger is N shards, each a private PostgreSQL
+//! behind its own proxy, with every sharded function (and `balance`) run per shard; PostgreSQL's
+//! stop and a cut connection hit one shard, whose commands wait while the others' flow on.
+//! The mix then leaves out bonus grants, which run on one shard only (docs/sharding.md).
 //! Then the load's verification: every command has exactly one terminal outcome and the one its
 //! command must have (so nothing transient was dead-lettered), every wallet equals its accepted
 //! commands, the campaign granted exactly its envelopes, `walletctl audit` is clean.
@@ -37,6 +41,7 @@ use testkit::{PrivatePostgres, PrivateRedis};
 use tokio_util::sync::CancellationToken;
 use wallet_load::{self as load, LoadArgs};
 use wallet_runtime::Config;
+use wallet_runtime::shards::ShardMap;
 
 use crate::faults::Fault;
 use crate::nats::Nats;
@@ -59,7 +64,10 @@ struct Args {
     /// NATS servers: 1, or a cluster of 3 with R3 streams and the cluster's faults.
     #[arg(long, env = "CLUSTER", default_value_t = 1)]
     cluster: usize,
-    /// Processes of each JetStream function.
+    /// PostgreSQL shards: 1 (no shard map), or N private servers and a map of N shards.
+    #[arg(long, env = "SHARDS", default_value_t = 1)]
+    shards: usize,
+    /// Processes of each JetStream function (on each shard).
     #[arg(long, default_value_t = 3)]
     replicas: usize,
     /// Time between two faults.
@@ -122,18 +130,34 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut rng = StdRng::seed_from_u64(seed);
     std::fs::create_dir_all(&args.logs)?;
 
+    anyhow::ensure!(
+        (1..=8).contains(&args.shards),
+        "--shards is 1 to 8, not {}",
+        args.shards
+    );
     let nats = Nats::start(args.cluster).await?;
-    let pg = PrivatePostgres::start(&[], None);
     let redis = PrivateRedis::start();
     let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let pg_proxy = Proxy::start(local(pg.port)).await?;
+    let mut pgs = Vec::new();
+    let mut pg_proxies = Vec::new();
+    for _ in 0..args.shards {
+        let pg = PrivatePostgres::start(&[], None);
+        pg_proxies.push(Proxy::start(local(pg.port)).await?);
+        pgs.push(pg);
+    }
     let redis_proxy = Proxy::start(local(redis.port())).await?;
-    let env: Vec<(String, String)> = vec![
+    let pg_url =
+        |role: &str, k: usize| format!("postgres://{role}@127.0.0.1:{}/wallet", pg_proxies[k].port);
+    // With several shards, the map (`a`, `b`, …), through the proxies.
+    let map = ShardMap::even(
+        &(0..args.shards)
+            .map(|k| pg_url("postgres", k))
+            .collect::<Vec<_>>(),
+    );
+    let shard_names: Vec<&str> = map.shards().iter().map(|s| s.name.as_str()).collect();
+    let mut env: Vec<(String, String)> = vec![
         ("NATS_URL".into(), nats.url()),
-        (
-            "DATABASE_URL".into(),
-            format!("postgres://postgres@127.0.0.1:{}/wallet", pg_proxy.port),
-        ),
+        ("DATABASE_URL".into(), pg_url("postgres", 0)),
         (
             "REDIS_URL".into(),
             format!("redis://127.0.0.1:{}", redis_proxy.port),
@@ -142,6 +166,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         ("RUST_LOG".into(), "warn".into()),
         ("SHUTDOWN_GRACE".into(), "10s".into()),
     ];
+    if args.shards > 1 {
+        let file = std::path::absolute(args.logs.join("shards.toml"))?;
+        std::fs::write(&file, map.to_toml())?;
+        env.push(("SHARDS_FILE".into(), file.display().to_string()));
+    }
     let config =
         Config::from_lookup(|k| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -157,19 +186,29 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     let mut replicas = Vec::new();
     for name in wallet_ops::catalog::names() {
-        for i in 0..args.replicas {
-            let mut e = env.clone();
-            e.push((
-                "HTTP_ADDR".into(),
-                format!("127.0.0.1:{}", testkit::free_port()),
-            ));
-            let role = wallet_ops::setup::role(&name);
-            e.push((
-                "DATABASE_URL".into(),
-                format!("postgres://{role}@127.0.0.1:{}/wallet", pg_proxy.port),
-            ));
-            let log = args.logs.join(format!("{name}-{i}.log"));
-            replicas.push(Replica::spawn(&name, Vec::new(), e, log)?);
+        // On several shards, a JetStream function that is not sharded runs on none.
+        let on_shards = match topology.consumer(&name) {
+            Some(c) if args.shards > 1 && !c.sharded => 0,
+            _ => args.shards,
+        };
+        for (k, shard) in shard_names.iter().enumerate().take(on_shards) {
+            for i in 0..args.replicas {
+                let mut e = env.clone();
+                e.push((
+                    "HTTP_ADDR".into(),
+                    format!("127.0.0.1:{}", testkit::free_port()),
+                ));
+                e.push((
+                    "DATABASE_URL".into(),
+                    pg_url(&wallet_ops::setup::role(&name), k),
+                ));
+                let mut log = format!("{name}-{i}.log");
+                if args.shards > 1 {
+                    e.push(("SHARD".into(), (*shard).to_owned()));
+                    log = format!("{name}-{shard}-{i}.log");
+                }
+                replicas.push(Replica::spawn(&name, Vec::new(), e, args.logs.join(log))?);
+            }
         }
     }
     // The providers' side, in a process of its own like a real provider's adapter; the load
@@ -266,10 +305,19 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 took
             }
             Fault::PostgresStop => {
-                blocking(|| pg.stop());
+                // (One shard draws nothing: a seed replays the schedule it did before shards.)
+                let k = if args.shards > 1 {
+                    rng.random_range(0..args.shards)
+                } else {
+                    0
+                };
+                blocking(|| pgs[k].stop());
                 tokio::time::sleep(args.pg_outage).await;
-                blocking(|| pg.start_again());
-                format!("{} s", args.pg_outage.as_secs())
+                blocking(|| pgs[k].start_again());
+                match args.shards {
+                    1 => format!("{} s", args.pg_outage.as_secs()),
+                    _ => format!("shard {}, {} s", shard_names[k], args.pg_outage.as_secs()),
+                }
             }
             Fault::RedisRestart => {
                 blocking(|| {
@@ -280,14 +328,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             }
             Fault::ConnectionsCut => {
                 let (name, proxies) = match rng.random_range(0..3) {
-                    0 => ("NATS", nats.client_proxies()),
-                    1 => ("PostgreSQL", vec![&pg_proxy]),
-                    _ => ("Redis", vec![&redis_proxy]),
+                    0 => ("NATS".to_owned(), nats.client_proxies()),
+                    1 if args.shards > 1 => {
+                        let k = rng.random_range(0..args.shards);
+                        (
+                            format!("PostgreSQL of shard {}", shard_names[k]),
+                            vec![&pg_proxies[k]],
+                        )
+                    }
+                    1 => ("PostgreSQL".to_owned(), vec![&pg_proxies[0]]),
+                    _ => ("Redis".to_owned(), vec![&redis_proxy]),
                 };
                 proxies.iter().for_each(|p| p.cut());
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..5000))).await;
                 proxies.iter().for_each(|p| p.restore());
-                name.to_owned()
+                name
             }
         };
         println!(
@@ -321,6 +376,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "one server"
         }
     );
+    if args.shards > 1 {
+        println!(
+            "| PostgreSQL | {} shards, each its own server |",
+            args.shards
+        );
+    }
     println!("| rate | {} commands/s |", args.rate);
     println!("| commands sent | {} |", report.commands);
     for (fault, n) in &faults {
@@ -346,7 +407,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         println!(
             "\nchaos: holding for inspection (Ctrl-C ends it): NATS_URL={} DATABASE_URL=postgres://postgres@127.0.0.1:{}/wallet WALLET_NAMESPACE=chaos; logs in {}{}",
             nats.url(),
-            pg.port,
+            pgs[0].port,
             args.logs.display(),
             nats.store()
                 .map(|d| format!(", NATS stores and logs in {d}"))
@@ -386,8 +447,13 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn load_args(args: &Args, seed: u64) -> anyhow::Result<LoadArgs> {
+    let mix = if args.shards > 1 {
+        "deposit=55,transfer=20,withdraw=15,transfer_in=10"
+    } else {
+        "deposit=45,transfer=20,bonus=15,withdraw=10,transfer_in=10"
+    };
     let line = format!(
-        "--mix deposit=45,transfer=20,bonus=15,withdraw=10,transfer_in=10 --rate {} --duration {}s \
+        "--mix {mix} --rate {} --duration {}s \
          --users 2000 --duplicates 0.03 --malformed 0.02 --seed {seed} --drain-timeout 10m \
          --providers-elsewhere",
         args.rate,

@@ -149,6 +149,45 @@ impl ShardMap {
         Ok(Self { shards })
     }
 
+    /// One shard per URL, named `a`, `b`, …, holding the partitions split evenly in order (the
+    /// last takes what does not divide): the map tests and tools build. At most 26 shards.
+    pub fn even(urls: &[String]) -> Self {
+        let n = urls.len();
+        assert!(
+            (1..=26).contains(&n),
+            "an even map has 1 to 26 shards, not {n}"
+        );
+        let width = PARTITIONS / u16::try_from(n).expect("at most 26");
+        let shards = (0u16..)
+            .zip(urls)
+            .map(|(k, url)| Shard {
+                name: char::from(b'a' + u8::try_from(k).expect("at most 26")).to_string(),
+                database_url: url.clone(),
+                partitions: if usize::from(k) + 1 == n {
+                    (k * width..PARTITIONS).collect()
+                } else {
+                    (k * width..(k + 1) * width).collect()
+                },
+            })
+            .collect();
+        Self { shards }
+    }
+
+    /// The map as a shards file, which [`ShardMap::parse`] reads back.
+    pub fn to_toml(&self) -> String {
+        self.shards
+            .iter()
+            .map(|s| {
+                format!(
+                    "[[shard]]\nname = \"{}\"\ndatabase_url = \"{}\"\npartitions = \"{}\"\n",
+                    s.name,
+                    s.database_url,
+                    ranges(&s.partitions)
+                )
+            })
+            .collect()
+    }
+
     pub fn load(path: &Path) -> Result<Self, ShardsError> {
         let text = std::fs::read_to_string(path).map_err(|source| ShardsError::Read {
             path: path.display().to_string(),
@@ -257,6 +296,30 @@ mod tests {
             })
             .collect();
         ShardMap::parse(&text)
+    }
+
+    #[test]
+    fn an_even_map_splits_the_partitions_in_order_and_reads_back() {
+        let urls: Vec<String> = ["x", "y", "z"]
+            .iter()
+            .map(|h| format!("postgres://postgres@{h}/wallet"))
+            .collect();
+        let m = ShardMap::even(&urls);
+        let shape: Vec<(&str, String)> = m
+            .shards()
+            .iter()
+            .map(|s| (s.name.as_str(), ranges(s.partitions())))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("a", "0-84".to_owned()),
+                ("b", "85-169".to_owned()),
+                ("c", "170-255".to_owned())
+            ]
+        );
+        assert_eq!(m.get("c").expect("c").database_url, urls[2]);
+        assert_eq!(ShardMap::parse(&m.to_toml()).expect("reads back"), m);
     }
 
     #[test]

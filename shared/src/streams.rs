@@ -653,14 +653,9 @@ mod tests {
     #[test]
     fn several_shards_run_only_the_sharded_consumers() {
         let t = Topology::parse(BUILT_IN).expect("built-in streams.toml");
-        let shard = |partitions: &str, name: &str| {
-            format!(
-                "[[shard]]\nname = \"{name}\"\ndatabase_url = \"postgres://h/{name}\"\n\
-                 partitions = \"{partitions}\"\n"
-            )
-        };
-        let one = ShardMap::parse(&shard("0-255", "a")).expect("one shard");
-        let two = ShardMap::parse(&(shard("0-127", "a") + &shard("128-255", "b"))).expect("two");
+        let url = |name: &str| format!("postgres://h/{name}");
+        let one = ShardMap::even(&[url("a")]);
+        let two = ShardMap::even(&[url("a"), url("b")]);
         let names = |map| -> Vec<String> {
             t.consumers_in(Some(map))
                 .iter()

@@ -4,6 +4,7 @@
 
 use async_nats::jetstream::stream::RetentionPolicy;
 use testkit::TestEnv;
+use wallet_runtime::shards::ShardMap;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn setup_is_idempotent_updates_in_place_and_never_forces_a_recreation() {
@@ -603,12 +604,8 @@ fn sharded_manifests_run_each_function_once_per_shard() {
     let dir = std::env::temp_dir().join(format!("shards-{}", testkit::namespace()));
     std::fs::create_dir_all(&dir).unwrap();
     let map = dir.join("shards.toml");
-    std::fs::write(
-        &map,
-        "[[shard]]\nname = \"a\"\ndatabase_url = \"postgres://h/a\"\npartitions = \"0-127\"\n\
-         [[shard]]\nname = \"b\"\ndatabase_url = \"postgres://h/b\"\npartitions = \"128-255\"\n",
-    )
-    .unwrap();
+    let urls = ["postgres://h/a".to_owned(), "postgres://h/b".to_owned()];
+    std::fs::write(&map, ShardMap::even(&urls).to_toml()).unwrap();
     let out = dir.join("functions");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let run = std::process::Command::new(testkit::binary("walletctl"))

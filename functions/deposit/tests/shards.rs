@@ -13,6 +13,7 @@ use testkit::{
     PrivateNats, PrivatePostgres, Proc, TestEnv, commands, namespace, pinned_nats_server,
 };
 use wallet_runtime::partition::{self, Partition};
+use wallet_runtime::shards::ShardMap;
 
 fn owner(pg: &PrivatePostgres, role: &str) -> String {
     format!("postgres://{role}@127.0.0.1:{}/wallet", pg.port)
@@ -35,25 +36,15 @@ struct Sharded {
     pgs: Vec<PrivatePostgres>,
     _nats: PrivateNats,
     map: String,
+    shards: ShardMap,
 }
 
 impl Sharded {
     async fn start(n: usize, nats: PrivateNats) -> Self {
         let pgs: Vec<_> = (0..n).map(|_| PrivatePostgres::start(&[], None)).collect();
-        let width = 256 / n;
-        let map: String = pgs
-            .iter()
-            .enumerate()
-            .map(|(i, pg)| {
-                format!(
-                    "[[shard]]\nname = \"{}\"\ndatabase_url = \"{}\"\npartitions = \"{}-{}\"\n",
-                    Self::name(i),
-                    pg.url("wallet"),
-                    i * width,
-                    (i + 1) * width - 1
-                )
-            })
-            .collect();
+        let urls: Vec<String> = pgs.iter().map(|pg| pg.url("wallet")).collect();
+        let shards = ShardMap::even(&urls);
+        let map = shards.to_toml();
         let file = pgs[0].write_file("shards.toml", map.as_bytes(), 0o644);
         let vars = [
             ("NATS_URL", nats.url()),
@@ -66,11 +57,8 @@ impl Sharded {
             pgs,
             _nats: nats,
             map,
+            shards,
         }
-    }
-
-    fn name(i: usize) -> String {
-        char::from(b'a' + u8::try_from(i).unwrap()).to_string()
     }
 
     /// Each of `functions` once per shard, as its own role on its shard's database; ready.
@@ -78,12 +66,12 @@ impl Sharded {
         let procs: Vec<Proc> = self
             .pgs
             .iter()
-            .enumerate()
-            .flat_map(|(i, pg)| {
+            .zip(self.shards.shards())
+            .flat_map(|(pg, shard)| {
                 functions.iter().map(move |f| {
                     let url = owner(pg, &wallet_ops::setup::role(f));
                     self.env
-                        .spawn(f, &[("SHARD", &Self::name(i)), ("DATABASE_URL", &url)])
+                        .spawn(f, &[("SHARD", &shard.name), ("DATABASE_URL", &url)])
                 })
             })
             .collect();
