@@ -405,9 +405,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     println!("| verified | {} |", if passed { "yes" } else { "**NO**" });
     if !passed && args.hold {
         println!(
-            "\nchaos: holding for inspection (Ctrl-C ends it): NATS_URL={} DATABASE_URL=postgres://postgres@127.0.0.1:{}/wallet WALLET_NAMESPACE=chaos; logs in {}{}",
+            "\nchaos: holding for inspection (Ctrl-C ends it): NATS_URL={} DATABASE_URL={} {}WALLET_NAMESPACE=chaos; logs in {}{}",
             nats.url(),
-            pgs[0].port,
+            pg_url("postgres", 0),
+            env.iter()
+                .find(|(k, _)| k == "SHARDS_FILE")
+                .map(|(k, v)| format!("{k}={v} "))
+                .unwrap_or_default(),
             args.logs.display(),
             nats.store()
                 .map(|d| format!(", NATS stores and logs in {d}"))

@@ -1,6 +1,10 @@
 //! Dead letters (CONTRACT §8): the original payload and headers, republished to
-//! `dlq.<function>` with `Wallet-Dlq-*` headers and `Nats-Msg-Id: dlq:<function>:<stream seq>`,
-//! so that one delivery dead-lettered twice (a crash between publish and term) is stored once.
+//! `dlq.<function>` with `Wallet-Dlq-*` headers and `Nats-Msg-Id: dlq:<function>:<stream seq>`
+//! (`dlq:<function>:<shard>:<stream seq>` on a shard), so that one delivery dead-lettered twice
+//! (a crash between publish and term) is stored once. The shard is part of the id because each
+//! shard has a stream of its own, numbered from 1 like the others: without it, two shards' dead
+//! letters of one sequence number would be one message to the DLQ's duplicate window, and the
+//! second would be dropped as a copy of the first while its command was terminated.
 //! A command stream's `max_msg_size` leaves room for the added headers (streams.toml), so every
 //! message a command stream accepted fits in the DLQ.
 
@@ -50,12 +54,21 @@ pub fn forwarded(original: Option<&HeaderMap>) -> HeaderMap {
     headers
 }
 
-/// Publishes `msg` as a dead letter and waits for JetStream to store it. The caller terminates
-/// the original only after this returns `Ok`.
+/// A dead letter's `Nats-Msg-Id`: the function, its shard if it runs on one, and where the
+/// command was in that function's (that shard's) stream: one id per delivered message.
+pub fn letter_id(function: &str, shard: Option<&str>, stream_seq: u64) -> String {
+    match shard {
+        Some(shard) => format!("dlq:{function}:{shard}:{stream_seq}"),
+        None => format!("dlq:{function}:{stream_seq}"),
+    }
+}
+
+/// Publishes `msg`, delivered to `function` on `shard`, as a dead letter and waits for JetStream
+/// to store it. The caller terminates the original only after this returns `Ok`.
 pub async fn publish(
     js: &jetstream::Context,
     names: &Names,
-    function: &str,
+    (function, shard): (&str, Option<&str>),
     msg: &Message,
     reason: &str,
 ) -> Result<(), StepError> {
@@ -72,7 +85,7 @@ pub async fn publish(
     set(
         &mut headers,
         "Nats-Msg-Id",
-        format!("dlq:{function}:{stream_seq}"),
+        letter_id(function, shard, stream_seq),
     );
     set(&mut headers, "Wallet-Dlq-Reason", reason.to_owned());
     set(&mut headers, "Wallet-Dlq-Function", function.to_owned());
@@ -114,6 +127,15 @@ mod tests {
         let names: Vec<String> = f.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(names, ["traceparent"]);
         assert_eq!(forwarded(None).iter().count(), 0);
+    }
+
+    #[test]
+    fn each_shards_dead_letter_of_one_sequence_has_its_own_id() {
+        assert_eq!(letter_id("deposit", None, 7), "dlq:deposit:7");
+        let a = letter_id("deposit", Some("a"), 7);
+        let b = letter_id("deposit", Some("b"), 7);
+        assert_eq!(a, "dlq:deposit:a:7");
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -442,7 +442,9 @@ fn dead_letter(function: &str, subject: &str, reasons: &[&str]) -> Message {
                 json!({"type": "string", "pattern": "^[0-9]+$", "description": "its sequence in its stream"}),
             ),
             ("Wallet-Dlq-Msg-Id", string("its original Nats-Msg-Id")),
-            msg_id("`dlq:<function>:<stream sequence>`"),
+            msg_id(
+                "`dlq:<function>:<stream sequence>`; on a shard `dlq:<function>:<shard>:<stream sequence>`",
+            ),
         ]),
     }
 }

@@ -370,6 +370,20 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         "the lag of both shards' consumers is sampled: {report:#}"
     );
 
+    // Bonus grants run on no shard of two (until quotas per shard): a load of them is refused
+    // before it sends anything, rather than waiting out its drain.
+    let refused = std::process::Command::new(testkit::binary("walletctl"))
+        .args(["load", "--mix", "deposit=50,bonus=50", "--count", "10"])
+        .envs(s.env.env())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_ne!(refused.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("--mix bonus: bonus-grant runs on no shard of a map of 2 shards"),
+        "{stderr}"
+    );
+
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
     for shard in ["a", "b"] {
@@ -420,6 +434,30 @@ async fn every_sharded_function_runs_on_four_shards_on_nats_server_2_9() {
     let version = s.env.js.client().server_info().version;
     assert!(version.starts_with("2.9."), "{version}");
     let _procs = s.spawn(&SHARDED).await;
+
+    // A malformed deposit first on each shard's stream: the four dead letters share the stream
+    // sequence 1, and each is stored, its id naming its shard (the DLQ's duplicate window once
+    // took the second for a copy of the first, and its command was terminated unrecorded).
+    let mut dlq = s.env.dead_letters().await;
+    for shard in s.shards.shards() {
+        let subject = format!("wallet.deposit.{}", shard.partitions()[0]);
+        let id = format!("broken-{}", shard.name);
+        s.env.publish(&subject, &id, b"{not json".to_vec()).await;
+    }
+    for shard in s.shards.shards() {
+        let letter = dlq
+            .by_id(
+                &format!("dlq:deposit:{}:1", shard.name),
+                Duration::from_secs(30),
+            )
+            .await;
+        let header = |h: &str| letter.headers.get(h).map(|v| v.as_str().to_owned());
+        assert_eq!(header("Wallet-Dlq-Reason").as_deref(), Some("malformed"));
+        assert_eq!(
+            header("Wallet-Dlq-Msg-Id"),
+            Some(format!("broken-{}", shard.name))
+        );
+    }
     s.load(&[
         "--mix",
         "deposit=40,transfer=20,withdraw=15,transfer_in=10",

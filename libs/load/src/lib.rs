@@ -41,7 +41,7 @@ mod track;
 mod verify;
 
 pub use args::{LoadArgs, Rate};
-use plan::{Kind, Plan};
+use plan::{Kind, Mix, Plan};
 pub use report::Report;
 use track::{Live, SendTimes, Tracker};
 use wallet_client::{IN_FLIGHT, publish, publish_all};
@@ -57,8 +57,36 @@ const DUPLICATE_DELAY: u64 = 1_000;
 /// With `--rate max --duration`, room is made for this many commands per second.
 const MAX_RATE_ROOM: f64 = 60_000.0;
 
+/// Refuses a mix with a kind of command that no process would decide: on a map of several
+/// shards, a function whose consumer is not `sharded` runs on none (docs/sharding.md), and its
+/// commands would wait in their stream until the drain timed out.
+fn runs_everywhere(config: &Config, topology: &Topology, mix: &Mix) -> anyhow::Result<()> {
+    let Some(map) = config.shard_map()? else {
+        return Ok(());
+    };
+    if map.shards().len() < 2 {
+        return Ok(());
+    }
+    for kind in mix.kinds() {
+        if topology
+            .consumer(kind.function())
+            .is_some_and(|c| !c.sharded)
+        {
+            anyhow::bail!(
+                "--mix {}: {} runs on no shard of a map of {} shards (docs/sharding.md), so its \
+                 commands would never be decided; leave it out of the mix",
+                kind.as_str(),
+                kind.function(),
+                map.shards().len()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs a load as `args` says and verifies it.
 pub async fn run(config: &Config, topology: &Topology, args: &LoadArgs) -> anyhow::Result<Report> {
+    runs_everywhere(config, topology, &args.mix)?;
     let nats = wallet_ops::nats(config).await?;
     let js = jetstream::new(nats);
     let secs = std::time::SystemTime::now()

@@ -1,5 +1,5 @@
 //! A run's verification: what the outcomes say against what the plan says, PostgreSQL against
-//! the outcomes, and `walletctl audit` over the whole database.
+//! the outcomes, and `walletctl audit` over the whole database (every shard's, on a shard map).
 
 use std::collections::HashMap;
 
@@ -165,7 +165,15 @@ pub async fn verify(
             "walletctl audit is clean",
             breached.len() as u64,
             &breached,
-            format!("{} checks over the whole database", audit.checks.len()),
+            format!(
+                "{} checks over {}",
+                audit.checks.len(),
+                if config.shards_file.is_some() {
+                    "every shard's database"
+                } else {
+                    "the whole database"
+                }
+            ),
         ));
     }
     Ok(Verification {

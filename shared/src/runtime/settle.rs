@@ -41,7 +41,15 @@ async fn settle_one(ctx: &Context, function: &str, m: &Message, d: Disposition) 
         Disposition::Ack => m.ack().await,
         Disposition::Nak(delay) => m.ack_with(AckKind::Nak(Some(delay))).await,
         Disposition::DeadLetter(reason) => {
-            match dlq::publish(&ctx.js, &ctx.names, function, m, reason).await {
+            match dlq::publish(
+                &ctx.js,
+                &ctx.names,
+                (function, ctx.config.shard.as_deref()),
+                m,
+                reason,
+            )
+            .await
+            {
                 Ok(()) => m.ack_with(AckKind::Term).await,
                 // Not stored (the DLQ full, or refusing the letter): the command is kept, and
                 // comes back to be dead-lettered again; JetStream never runs out of deliveries.
