@@ -19,6 +19,11 @@ const COMMITTED: &str = "
 /// read per batch that decided anything afresh): a fresh reservation of one is given back at
 /// once, a fresh rejection replaced, and both become its committed record, so that the copy
 /// proceeds to dedup (a duplicate: nothing new) instead of being refused or holding budget.
+/// The fresh rejections of grants PostgreSQL never committed are then marked checked, and only
+/// then answered: a screen that fails before this point (PostgreSQL down) leaves them unchecked,
+/// to be checked again by whoever reads them next (`make chaos` found a grant committed, its
+/// command redelivered after Redis restarted empty, decided `limit_reached` afresh with
+/// PostgreSQL down, and that rejection answered unchecked on the next try).
 pub(crate) async fn committed(
     ctx: &Context,
     reservations: &Reservations,
@@ -35,9 +40,6 @@ pub(crate) async fn committed(
         return Ok(());
     }
     let rows = ctx.pool.get().await?.query(COMMITTED, &[&fresh]).await?;
-    if rows.is_empty() {
-        return Ok(());
-    }
     let mut committed: HashMap<String, Reservation> = HashMap::new();
     for row in rows {
         let currency = ctx
@@ -92,5 +94,20 @@ pub(crate) async fn committed(
         );
         *record = Record::Committed(c.clone());
     }
-    Ok(())
+    // The other fresh rejections are checked now: answered from Redis alone from here on.
+    let checked: Vec<&str> = claims
+        .iter()
+        .zip(results.iter())
+        .filter(|(_, r)| {
+            matches!(
+                r,
+                Reserved::Record {
+                    record: Record::Rejected { .. },
+                    fresh: true
+                }
+            )
+        })
+        .map(|(c, _)| c.grant)
+        .collect();
+    reservations.confirm(&checked).await
 }

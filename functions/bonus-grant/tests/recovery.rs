@@ -297,6 +297,58 @@ async fn a_granted_grant_is_never_refused_after_its_campaign_is_reloaded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_rejection_left_unchecked_is_checked_in_postgres_before_it_is_answered() {
+    let env = TestEnv::new().await;
+    create(&env, &args("c-u", "10", "1", 1)).await;
+    let _bonus = env.spawn("bonus-grant", &[]);
+    let mut events = env.events().await;
+    env.run_commands(&mut events, "bonus", vec![grant("g-1", "c-u", "u-1")])
+        .await;
+    events.by_id("bonus:g-1:granted", T).await;
+    // A second grant of the same user: refused, checked in PostgreSQL, then answered.
+    env.run_commands(&mut events, "bonus", vec![grant("g-2", "c-u", "u-1")])
+        .await;
+    let refused = events.by_id("bonus:g-2:rejected", T).await;
+    assert_eq!(refused.body["reason"], "limit_reached");
+    let mut conn = redis_conn(&env).await;
+    let key = |g: &str| env.config.names.redis_key(&format!("bonus:g:{g}"));
+    let record: String = redis::cmd("GET")
+        .arg(key("g-2"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(record, "X|limit_reached|c-u|u-1");
+    // What a screen leaves when it fails between Redis and PostgreSQL (PostgreSQL down): g-1's
+    // command redelivered after Redis lost its data, decided afresh and refused (its user is at
+    // the limit: by g-1 itself), never checked.
+    let _: () = redis::cmd("SET")
+        .arg(key("g-1"))
+        .arg("x|limit_reached|c-u|u-1")
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (subject, _, payload) = grant("g-1", "c-u", "u-1");
+    env.publish_many(vec![(subject, "g-1-again".into(), payload)])
+        .await;
+    env.drained("bonus-grant").await;
+    events.read_for(Duration::from_secs(1)).await;
+    assert!(
+        !events.seen.iter().any(|r| r.msg_id == "bonus:g-1:rejected"),
+        "a granted grant was answered rejected"
+    );
+    let record: String = redis::cmd("GET")
+        .arg(key("g-1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(record.starts_with("C|"), "{record}");
+    assert_eq!(granted_total(&env, "c-u").await, (Decimal::from(1), 1));
+    audit_clean(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn one_campaign_that_cannot_be_reconciled_does_not_stop_the_others() {
     let env = TestEnv::new().await;
     let mut euro = args("c-a", "100", "1", 1);

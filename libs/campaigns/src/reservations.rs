@@ -6,7 +6,10 @@
 //! reservations by the time they were made. Per grant, `g:<grant_id>`: its record,
 //! `R|amount|token|epoch|user|campaign` (reserved, until the reconciler settles it), `C|…`
 //! (committed) or `X|reason|campaign|user` (rejected); committed and rejected records are kept
-//! 25 hours.
+//! 25 hours. A rejection is written `x|…` by the script that decides it and becomes `X|…` once the
+//! caller checked PostgreSQL ([`Reservations::confirm`]): a caller that fails between the two
+//! (PostgreSQL down) leaves an `x` record, and whoever reads it next checks it again instead of
+//! answering it unchecked.
 //!
 //! So Redis holds, at most: per campaign its parameters, one counter per user it granted to, and
 //! its live reservations (those younger than `BONUS_RESERVATION_TIMEOUT`, or waiting for the
@@ -53,6 +56,9 @@ const LOAD: &str = include_str!("scripts/load.lua");
 /// under another reservation), `release` (it never committed) or `forget` (an older epoch).
 /// A record whose token changed meanwhile is left alone.
 const RECONCILE: &str = include_str!("scripts/reconcile.lua");
+
+/// Marks rejections checked against PostgreSQL.
+const CONFIRM: &str = include_str!("scripts/confirm.lua");
 
 /// A grant's record in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +109,7 @@ impl Record {
                     Record::Committed(r)
                 })
             }
-            ["X", reason, rest @ ..] => {
+            ["X" | "x", reason, rest @ ..] => {
                 let rest = rest.join("|");
                 let (campaign, user) = rest.split_once('|')?;
                 Some(Record::Rejected {
@@ -118,11 +124,17 @@ impl Record {
 }
 
 /// What [`Reservations::reserve`] found or did for one grant.
+/// A rejection the script decided that no caller has checked against PostgreSQL yet.
+fn unchecked(record: &str) -> bool {
+    record.starts_with("x|")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reserved {
     /// The campaign is not in Redis: load it, then ask again.
     Missing,
-    /// The grant's record: decided now (`fresh`) or earlier.
+    /// The grant's record. `fresh`: decided now, or a rejection decided earlier by a caller that
+    /// never checked it; either way, to check against PostgreSQL before it is answered.
     Record { record: Record, fresh: bool },
 }
 
@@ -164,6 +176,7 @@ pub struct Reservations {
     reserve: redis::Script,
     load: redis::Script,
     reconcile: redis::Script,
+    confirm: redis::Script,
 }
 
 impl std::fmt::Debug for Reservations {
@@ -180,6 +193,7 @@ impl Reservations {
             reserve: redis::Script::new(RESERVE),
             load: redis::Script::new(LOAD),
             reconcile: redis::Script::new(RECONCILE),
+            confirm: redis::Script::new(CONFIRM),
         }
     }
 
@@ -228,12 +242,12 @@ impl Reservations {
             .into_iter()
             .map(|reply| match reply.as_slice() {
                 [m] if m == "missing" => Ok(Reserved::Missing),
-                [how, record] => Record::parse(record)
+                [how, raw] => Record::parse(raw)
                     .map(|record| Reserved::Record {
                         record,
-                        fresh: how == "new",
+                        fresh: how == "new" || unchecked(raw),
                     })
-                    .ok_or_else(|| StepError::permanent(format!("bonus: bad record `{record}`"))),
+                    .ok_or_else(|| StepError::permanent(format!("bonus: bad record `{raw}`"))),
                 other => Err(StepError::permanent(format!("bonus: bad reply {other:?}"))),
             })
             .collect()
@@ -266,6 +280,21 @@ impl Reservations {
     }
 
     /// Remembers a rejection decided outside the script (`unknown_campaign`).
+    /// Marks the rejections of `grants` checked against PostgreSQL (see the module's docs); a
+    /// grant whose record is no longer an unchecked rejection is left as it is.
+    pub async fn confirm(&self, grants: &[&str]) -> Result<(), StepError> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let mut i = self.confirm.prepare_invoke();
+        for grant in grants {
+            i.key(self.grant_key(grant));
+        }
+        let mut conn = self.conn.clone();
+        i.invoke_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
     pub async fn reject(
         &self,
         grant: &str,

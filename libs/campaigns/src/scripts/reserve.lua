@@ -6,8 +6,9 @@ if g then
   local kind, epoch = string.match(g, '^(%a)|[^|]*|[^|]*|([^|]*)|')
   if kind ~= 'R' or epoch == c[6] then return {'known', g} end
 end
+-- `x`: a rejection not yet checked against PostgreSQL (the caller confirms it as `X`).
 local function reject(reason)
-  local rec = 'X|' .. reason .. '|' .. ARGV[6] .. '|' .. ARGV[2]
+  local rec = 'x|' .. reason .. '|' .. ARGV[6] .. '|' .. ARGV[2]
   redis.call('SET', KEYS[4], rec, 'EX', ARGV[5])
   return {'new', rec}
 end
