@@ -154,7 +154,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             .map(|k| pg_url("postgres", k))
             .collect::<Vec<_>>(),
     );
-    let shard_names: Vec<&str> = map.shards().iter().map(|s| s.name.as_str()).collect();
     let mut env: Vec<(String, String)> = vec![
         ("NATS_URL".into(), nats.url()),
         ("DATABASE_URL".into(), pg_url("postgres", 0)),
@@ -184,14 +183,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     wallet_ops::setup::setup(&config, &topology).await?;
 
+    // A JetStream function runs where a deployment has its consumer (on several shards, only the
+    // sharded ones); `balance` on every shard.
+    let deployed = topology.consumers_in(Some(&map));
     let mut replicas = Vec::new();
     for name in wallet_ops::catalog::names() {
-        // On several shards, a JetStream function that is not sharded runs on none.
-        let on_shards = match topology.consumer(&name) {
-            Some(c) if args.shards > 1 && !c.sharded => 0,
-            _ => args.shards,
-        };
-        for (k, shard) in shard_names.iter().enumerate().take(on_shards) {
+        for (k, shard) in map.shards().iter().enumerate() {
+            let consumer = topology.consumer(&name).is_some();
+            if consumer
+                && !deployed
+                    .iter()
+                    .any(|(c, s)| c.function == name && *s == Some(shard))
+            {
+                continue;
+            }
+            let shard = &shard.name;
             for i in 0..args.replicas {
                 let mut e = env.clone();
                 e.push((
@@ -204,7 +210,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 ));
                 let mut log = format!("{name}-{i}.log");
                 if args.shards > 1 {
-                    e.push(("SHARD".into(), (*shard).to_owned()));
+                    e.push(("SHARD".into(), shard.clone()));
                     log = format!("{name}-{shard}-{i}.log");
                 }
                 replicas.push(Replica::spawn(&name, Vec::new(), e, args.logs.join(log))?);
@@ -316,7 +322,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 blocking(|| pgs[k].start_again());
                 match args.shards {
                     1 => format!("{} s", args.pg_outage.as_secs()),
-                    _ => format!("shard {}, {} s", shard_names[k], args.pg_outage.as_secs()),
+                    _ => format!(
+                        "shard {}, {} s",
+                        map.shards()[k].name,
+                        args.pg_outage.as_secs()
+                    ),
                 }
             }
             Fault::RedisRestart => {
@@ -332,7 +342,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     1 if args.shards > 1 => {
                         let k = rng.random_range(0..args.shards);
                         (
-                            format!("PostgreSQL of shard {}", shard_names[k]),
+                            format!("PostgreSQL of shard {}", map.shards()[k].name),
                             vec![&pg_proxies[k]],
                         )
                     }

@@ -58,20 +58,15 @@ const DUPLICATE_DELAY: u64 = 1_000;
 const MAX_RATE_ROOM: f64 = 60_000.0;
 
 /// Refuses a mix with a kind of command that no process would decide: on a map of several
-/// shards, a function whose consumer is not `sharded` runs on none (docs/sharding.md), and its
+/// shards, a function whose consumer is not `sharded` has no consumer (docs/sharding.md), and its
 /// commands would wait in their stream until the drain timed out.
 fn runs_everywhere(config: &Config, topology: &Topology, mix: &Mix) -> anyhow::Result<()> {
     let Some(map) = config.shard_map()? else {
         return Ok(());
     };
-    if map.shards().len() < 2 {
-        return Ok(());
-    }
+    let deployed = topology.consumers_in(Some(&map));
     for kind in mix.kinds() {
-        if topology
-            .consumer(kind.function())
-            .is_some_and(|c| !c.sharded)
-        {
+        if !deployed.iter().any(|(c, _)| c.function == kind.function()) {
             anyhow::bail!(
                 "--mix {}: {} runs on no shard of a map of {} shards (docs/sharding.md), so its \
                  commands would never be decided; leave it out of the mix",
