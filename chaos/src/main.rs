@@ -188,13 +188,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let deployed = topology.consumers_in(Some(&map));
     let mut replicas = Vec::new();
     for name in wallet_ops::catalog::names() {
+        let jetstream = topology.consumer(&name).is_some();
         for (k, shard) in map.shards().iter().enumerate() {
-            let consumer = topology.consumer(&name).is_some();
-            if consumer
-                && !deployed
+            let runs_here = || {
+                deployed
                     .iter()
                     .any(|(c, s)| c.function == name && *s == Some(shard))
-            {
+            };
+            if jetstream && !runs_here() {
                 continue;
             }
             let shard = &shard.name;

@@ -76,10 +76,8 @@ async fn a_crash_between_reservation_and_commit_gives_the_budget_back_and_the_re
     assert_eq!(status.code(), Some(70), "the fail point ended the process");
 
     let client = redis::Client::open(env.config.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let record: String = redis::cmd("GET")
-        .arg(env.config.names.redis_key("bonus:g:g-r"))
-        .query_async(&mut conn)
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let record = record(&conn, &env.config.names.redis_key("bonus:g:g-r"))
         .await
         .unwrap();
     let reserved: i64 = record.split('|').nth(1).unwrap().parse().unwrap();
@@ -182,6 +180,26 @@ async fn redis_conn(env: &TestEnv) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// A grant's record in Redis, at its full key.
+async fn record(conn: &redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap()
+}
+
+/// Once `bonus-grant` has drained: `grant` was never answered rejected.
+async fn never_rejected(env: &TestEnv, events: &mut testkit::Reader, grant: &str) {
+    env.drained("bonus-grant").await;
+    events.read_for(Duration::from_secs(1)).await;
+    let rejected = format!("bonus:{grant}:rejected");
+    assert!(
+        !events.seen.iter().any(|r| r.msg_id == rejected),
+        "a granted grant was answered rejected"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_of_fifteen_digits_of_minor_units_is_granted() {
     let env = TestEnv::new().await;
@@ -246,15 +264,8 @@ async fn a_granted_grant_is_never_refused_after_its_campaign_is_reloaded() {
     let mut conn = redis_conn(&env).await;
     let key = env.config.names.redis_key("bonus:g:g-1");
     let committed = eventually(T, "the reconciler to mark the grant committed", || {
-        let (mut conn, key) = (conn.clone(), key.clone());
-        async move {
-            let r: String = redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            r.starts_with("C|").then_some(r)
-        }
+        let (conn, key) = (conn.clone(), key.clone());
+        async move { record(&conn, &key).await.filter(|r| r.starts_with("C|")) }
     })
     .await;
     bonus.kill9();
@@ -281,17 +292,8 @@ async fn a_granted_grant_is_never_refused_after_its_campaign_is_reloaded() {
     let _bonus = env.spawn("bonus-grant", &[]);
     let refused = events.by_id("bonus:g-2:rejected", T).await;
     assert_eq!(refused.body["reason"], "campaign_exhausted");
-    env.drained("bonus-grant").await;
-    events.read_for(Duration::from_secs(1)).await;
-    assert!(
-        !events.seen.iter().any(|r| r.msg_id == "bonus:g-1:rejected"),
-        "a granted grant was answered rejected"
-    );
-    let record: String = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    never_rejected(&env, &mut events, "g-1").await;
+    let record = record(&conn, &key).await.unwrap();
     assert!(record.starts_with("C|"), "{record}");
     audit_clean(&env).await;
 }
@@ -312,12 +314,10 @@ async fn a_rejection_left_unchecked_is_checked_in_postgres_before_it_is_answered
     assert_eq!(refused.body["reason"], "limit_reached");
     let mut conn = redis_conn(&env).await;
     let key = |g: &str| env.config.names.redis_key(&format!("bonus:g:{g}"));
-    let record: String = redis::cmd("GET")
-        .arg(key("g-2"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(record, "X|limit_reached|c-u|u-1");
+    assert_eq!(
+        record(&conn, &key("g-2")).await.as_deref(),
+        Some("X|limit_reached|c-u|u-1")
+    );
     // What a screen leaves when it fails between Redis and PostgreSQL (PostgreSQL down): g-1's
     // command redelivered after Redis lost its data, decided afresh and refused (its user is at
     // the limit: by g-1 itself), never checked.
@@ -332,18 +332,9 @@ async fn a_rejection_left_unchecked_is_checked_in_postgres_before_it_is_answered
     let (subject, _, payload) = grant("g-1", "c-u", "u-1");
     env.publish_many(vec![(subject, "g-1-again".into(), payload)])
         .await;
-    env.drained("bonus-grant").await;
-    events.read_for(Duration::from_secs(1)).await;
-    assert!(
-        !events.seen.iter().any(|r| r.msg_id == "bonus:g-1:rejected"),
-        "a granted grant was answered rejected"
-    );
-    let record: String = redis::cmd("GET")
-        .arg(key("g-1"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(record.starts_with("C|"), "{record}");
+    never_rejected(&env, &mut events, "g-1").await;
+    let committed = record(&conn, &key("g-1")).await.unwrap();
+    assert!(committed.starts_with("C|"), "{committed}");
     assert_eq!(granted_total(&env, "c-u").await, (Decimal::from(1), 1));
     audit_clean(&env).await;
 }
@@ -439,15 +430,8 @@ async fn records_expire_and_a_copy_of_a_granted_grant_is_recognised_in_postgres(
     let key = |k: &str| env.config.names.redis_key(k);
     for g in ["bonus:g:g-1", "bonus:g:g-2"] {
         let committed = eventually(T, "the committed record", || {
-            let (mut conn, k) = (conn.clone(), key(g));
-            async move {
-                let r: Option<String> = redis::cmd("GET")
-                    .arg(k)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                r.filter(|r| r.starts_with("C|"))
-            }
+            let (conn, k) = (conn.clone(), key(g));
+            async move { record(&conn, &k).await.filter(|r| r.starts_with("C|")) }
         })
         .await;
         // Kept for a bounded time: Redis does not grow with every grant ever made.
@@ -479,11 +463,7 @@ async fn records_expire_and_a_copy_of_a_granted_grant_is_recognised_in_postgres(
     );
     assert_eq!(outcomes(&events, "granted").len(), 2);
     for g in ["bonus:g:g-1", "bonus:g:g-2"] {
-        let r: String = redis::cmd("GET")
-            .arg(key(g))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let r = record(&conn, &key(g)).await.unwrap();
         assert!(r.starts_with("C|"), "{g}: {r}");
     }
     // The copy's reservation was given back at once: one grant's worth counted, one per user.

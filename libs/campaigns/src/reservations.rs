@@ -123,12 +123,12 @@ impl Record {
     }
 }
 
-/// What [`Reservations::reserve`] found or did for one grant.
 /// A rejection the script decided that no caller has checked against PostgreSQL yet.
 fn unchecked(record: &str) -> bool {
     record.starts_with("x|")
 }
 
+/// What [`Reservations::reserve`] found or did for one grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reserved {
     /// The campaign is not in Redis: load it, then ask again.
@@ -279,7 +279,6 @@ impl Reservations {
         Err(StepError::transient("bonus: script not loaded"))
     }
 
-    /// Remembers a rejection decided outside the script (`unknown_campaign`).
     /// Marks the rejections of `grants` checked against PostgreSQL (see the module's docs); a
     /// grant whose record is no longer an unchecked rejection is left as it is.
     pub async fn confirm(&self, grants: &[&str]) -> Result<(), StepError> {
@@ -295,6 +294,7 @@ impl Reservations {
         Ok(())
     }
 
+    /// Remembers a rejection decided outside the script (`unknown_campaign`).
     pub async fn reject(
         &self,
         grant: &str,
