@@ -47,8 +47,8 @@ CREATE TEMPORARY VIEW seed AS
     FROM generate_series(1, :commands) i JOIN users u ON u.n = i % :users;
 
 \echo remembered ids (commands)
-INSERT INTO commands (function, id, fingerprint, created_at)
-    SELECT 'deposit', id, sha256(int8send(i)), created_at FROM seed;
+INSERT INTO commands (function, id, fingerprint, partition, created_at)
+    SELECT 'deposit', id, sha256(int8send(i)), partition, created_at FROM seed;
 
 \echo postings of the users
 INSERT INTO postings (partition, account_id, amount, command, entry, created_at)

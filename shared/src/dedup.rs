@@ -1,6 +1,9 @@
 //! Command dedup: every command id a function decided, remembered forever in PostgreSQL with a
 //! fingerprint of its payload, written in the same transaction as the command's effect.
 //!
+//! Each id is stored with its user's partition, so that a shard's split can move a partition's
+//! remembered ids with its wallets (docs/sharding.md). An id stays unique per database.
+//!
 //! [`claim`] inserts the ids of a batch in sorted order (replicas racing on the same ids then
 //! wait for each other instead of deadlocking). An id inserted by another transaction that has
 //! not committed yet makes the insert wait for it: two replicas never both apply one command.
@@ -15,6 +18,7 @@ use deadpool_postgres::Transaction;
 use sha2::{Digest, Sha256};
 
 use crate::error::StepError;
+use crate::partition::Partition;
 
 pub type Fingerprint = [u8; 32];
 
@@ -44,12 +48,12 @@ pub fn fingerprint(
 }
 
 const INSERT_NEW: &str = "
-    INSERT INTO commands (function, id, fingerprint)
-    SELECT $1, * FROM unnest($2::text[], $3::bytea[])";
+    INSERT INTO commands (function, id, fingerprint, partition)
+    SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::smallint[])";
 
 const CLAIM: &str = "
-    INSERT INTO commands (function, id, fingerprint)
-    SELECT $1, * FROM unnest($2::text[], $3::bytea[])
+    INSERT INTO commands (function, id, fingerprint, partition)
+    SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::smallint[])
     ON CONFLICT DO NOTHING
     RETURNING id";
 
@@ -57,23 +61,37 @@ const SEEN: &str = "SELECT id, fingerprint FROM commands WHERE function = $1 AND
 
 const RELEASE: &str = "DELETE FROM commands WHERE function = $1 AND id = ANY($2)";
 
+/// A command id to claim, with its payload's fingerprint and its user's partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a> {
+    pub id: &'a str,
+    pub print: Fingerprint,
+    /// `None` when the command names no user and arrived on no partition's subject (a malformed
+    /// `user_id`, an ack on a bare subject): a row of no partition is kept by every shard.
+    pub partition: Option<Partition>,
+}
+
 /// Claims `ids` (distinct) for `function`; returns one [`Claim`] per id, in the given order.
 pub async fn claim(
     tx: &Transaction<'_>,
     function: &str,
-    ids: &[(&str, Fingerprint)],
+    ids: &[Key<'_>],
 ) -> Result<Vec<Claim>, StepError> {
-    let mut sorted: Vec<&(&str, Fingerprint)> = ids.iter().collect();
-    sorted.sort_by_key(|(id, _)| *id);
-    let keys: Vec<&str> = sorted.iter().map(|(id, _)| *id).collect();
-    let prints: Vec<&[u8]> = sorted.iter().map(|(_, f)| f.as_slice()).collect();
-    if all_new(tx, function, &keys, &prints).await? {
+    let mut sorted: Vec<&Key<'_>> = ids.iter().collect();
+    sorted.sort_by_key(|k| k.id);
+    let keys: Vec<&str> = sorted.iter().map(|k| k.id).collect();
+    let prints: Vec<&[u8]> = sorted.iter().map(|k| k.print.as_slice()).collect();
+    let partitions: Vec<Option<i16>> = sorted
+        .iter()
+        .map(|k| k.partition.map(Partition::as_smallint))
+        .collect();
+    if all_new(tx, function, &keys, &prints, &partitions).await? {
         return Ok(vec![Claim::New; ids.len()]);
     }
     let rows = tx
         .query(
             &tx.prepare_cached(CLAIM).await?,
-            &[&function, &keys, &prints],
+            &[&function, &keys, &prints, &partitions],
         )
         .await?;
     // The usual case: every id is new.
@@ -83,7 +101,7 @@ pub async fn claim(
     let inserted: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
     let seen: Vec<&str> = ids
         .iter()
-        .map(|(id, _)| *id)
+        .map(|k| k.id)
         .filter(|id| !inserted.contains(*id))
         .collect();
     let stored: std::collections::HashMap<String, Vec<u8>> = if seen.is_empty() {
@@ -96,7 +114,7 @@ pub async fn claim(
             .collect()
     };
     ids.iter()
-        .map(|(id, print)| {
+        .map(|Key { id, print, .. }| {
             if inserted.contains(*id) {
                 Ok(Claim::New)
             } else {
@@ -119,9 +137,11 @@ async fn all_new(
     function: &str,
     keys: &[&str],
     prints: &[&[u8]],
+    partitions: &[Option<i16>],
 ) -> Result<bool, StepError> {
     let insert = tx.prepare_cached(INSERT_NEW).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&function, &keys, &prints];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&function, &keys, &prints, &partitions];
     let (savepoint, inserted, released) = futures::join!(
         tx.batch_execute("SAVEPOINT dedup_all_new"),
         tx.execute(&insert, &params),

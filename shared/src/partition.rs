@@ -48,6 +48,14 @@ impl Partition {
     }
 }
 
+/// The partitions of `users`, as a statement's `smallint[]` parameter takes them.
+pub fn of_users<'a>(users: impl IntoIterator<Item = &'a str>) -> Vec<i16> {
+    users
+        .into_iter()
+        .map(|u| Partition::of(u).as_smallint())
+        .collect()
+}
+
 /// The subject a command of `user_id` for `subject` goes to on a partitioned stream:
 /// `wallet.deposit` → `wallet.deposit.144` for `u-7`.
 pub fn subject(subject: &str, user_id: &str) -> String {
@@ -97,10 +105,29 @@ impl Routing {
     /// False when `subject` (without the namespace) names a partition other than `user_id`'s,
     /// written as [`subject`] writes it.
     pub fn admits(&self, subject: &str, user_id: &str) -> bool {
-        self.subjects
-            .iter()
-            .find_map(|bare| subject.strip_prefix(bare.as_str())?.strip_prefix('.'))
+        self.token(subject)
             .is_none_or(|named| named == Partition::of(user_id).get().to_string())
+    }
+
+    /// The partition `subject` (without the namespace) names, if it names one.
+    pub fn named(&self, subject: &str) -> Option<Partition> {
+        let token = self.token(subject)?;
+        let p = Partition::new(token.parse().ok()?)?;
+        // Only as [`subject`] writes it: `0144` names no partition.
+        (p.get().to_string() == token).then_some(p)
+    }
+
+    /// What follows one of the bare subjects and a dot in `subject`, the bare subject's `*`
+    /// matching any one token (`provider.*.ack` and `provider.alpha.ack.17` give `17`).
+    fn token<'s>(&self, subject: &'s str) -> Option<&'s str> {
+        self.subjects.iter().find_map(|bare| {
+            let n = bare.split('.').count();
+            let mut tokens = subject.splitn(n + 1, '.');
+            bare.split('.')
+                .all(|want| tokens.next().is_some_and(|got| want == "*" || want == got))
+                .then(|| tokens.next())
+                .flatten()
+        })
     }
 }
 
@@ -140,11 +167,42 @@ mod tests {
             "wallet.deposit.2",
             "wallet.deposit.0144",
             "wallet.deposit.x",
+            "wallet.deposit.144.1",
         ] {
             assert!(!routing.admits(wrong, "u-7"), "{wrong}");
         }
         // Not a partitioned stream: its subjects carry no partition to check.
         assert!(stream(false).admits("wallet.deposit.2", "u-7"));
+
+        // The partition a subject names, for a command that names no user (an ack).
+        let named = |subject| routing.named(subject).map(Partition::get);
+        assert_eq!(named("wallet.deposit.144"), Some(144));
+        assert_eq!(named("wallet.deposit.0"), Some(0));
+        for none in [
+            "wallet.deposit",
+            "wallet.deposit.256",
+            "wallet.deposit.0144",
+            "wallet.deposit.x",
+            "other.1",
+        ] {
+            assert_eq!(named(none), None, "{none}");
+        }
+        assert_eq!(stream(false).named("wallet.deposit.2"), None);
+
+        // A party's subject: its `*` is any one token.
+        let acks = Routing::of_subject("provider.*.ack");
+        assert_eq!(
+            acks.named("provider.alpha.ack.17").map(Partition::get),
+            Some(17)
+        );
+        for none in [
+            "provider.alpha.ack",
+            "provider.a.b.ack.17",
+            "provider.alpha.ackx.17",
+            "provider.alpha.ack.1.7",
+        ] {
+            assert_eq!(acks.named(none), None, "{none}");
+        }
     }
 
     /// FNV-1a's own published values (before the modulo), so that a wrong constant cannot hide

@@ -13,6 +13,7 @@ use crate::error::StepError;
 use crate::events::Reason;
 use crate::function::Transaction;
 use crate::money::Currency;
+use crate::partition;
 
 /// The rejection of a transfer whose id another transfer already holds.
 pub const TRANSFER_EXISTS: Reason = Reason::new("transfer_exists");
@@ -38,9 +39,10 @@ pub struct Pending<'a> {
 /// Pending; the sweeper's first status query is due after the ack timeout. A concurrent insert
 /// of the same id waits for the other transaction and then does nothing if it committed.
 const RECORD: &str = "
-    INSERT INTO transfers (id, user_id, provider, currency, amount, direction, next_check_at)
-    SELECT t.*, $6::text, now() + $7::float8 * interval '1 millisecond'
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[]) AS t
+    INSERT INTO transfers
+        (id, user_id, provider, currency, amount, partition, direction, next_check_at)
+    SELECT t.*, $7::text, now() + $8::float8 * interval '1 millisecond'
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::smallint[]) AS t
     ON CONFLICT (id) DO NOTHING
     RETURNING id";
 
@@ -62,6 +64,7 @@ pub async fn record<'a>(
         |f: fn(&Pending<'a>) -> &'a str| -> Vec<&'a str> { pending.iter().map(f).collect() };
     let currencies: Vec<&str> = pending.iter().map(|p| p.currency.code()).collect();
     let amounts: Vec<Option<Decimal>> = pending.iter().map(|p| p.amount).collect();
+    let partitions = partition::of_users(pending.iter().map(|p| p.user_id));
     let direction = match direction {
         Direction::Out => "out",
         Direction::In => "in",
@@ -76,6 +79,7 @@ pub async fn record<'a>(
                 &column(|p| p.provider),
                 &currencies,
                 &amounts,
+                &partitions,
                 &direction,
                 &timeout_ms,
             ],

@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use wallet_campaigns::campaign;
 use wallet_runtime::function::Transaction;
 use wallet_runtime::money::Currency;
+use wallet_runtime::partition;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{Command, Context, Event, Function, Outcome, Reason, Status, StepError};
 
@@ -48,8 +49,10 @@ const USER_GRANTS: &str = "
     WHERE campaign_id = ANY($1) AND user_id = ANY($2) GROUP BY 1, 2";
 
 const RECORD: &str = "
-    INSERT INTO grants (id, campaign_id, user_id, amount, token)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[])";
+    INSERT INTO grants (id, campaign_id, user_id, amount, token, partition)
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::smallint[]
+    )";
 
 const ADD: &str = "
     UPDATE campaigns c SET granted = c.granted + u.amount, grants = c.grants + u.n
@@ -210,8 +213,12 @@ pub(crate) async fn apply(
         let users: Vec<&str> = granted.iter().map(|g| g.user).collect();
         let amounts: Vec<Decimal> = granted.iter().map(|g| g.amount).collect();
         let tokens: Vec<&str> = granted.iter().map(|g| g.token).collect();
-        tx.execute(RECORD, &[&ids, &campaigns_of, &users, &amounts, &tokens])
-            .await?;
+        let partitions = partition::of_users(users.iter().copied());
+        tx.execute(
+            RECORD,
+            &[&ids, &campaigns_of, &users, &amounts, &tokens, &partitions],
+        )
+        .await?;
         let changed: Vec<(&String, &Locked)> =
             campaigns.iter().filter(|(_, l)| l.count > 0).collect();
         let ids: Vec<&str> = changed.iter().map(|(id, _)| id.as_str()).collect();

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wallet_runtime::{CancellationToken, Context, StepError, metrics};
+use wallet_runtime::{CancellationToken, Context, StepError, metrics, partition};
 
 use wallet_campaigns::loader;
 use wallet_campaigns::reservations::{Action, Record, Reservations};
@@ -35,8 +35,8 @@ const LOCK: &str = "SELECT redis_epoch FROM campaigns WHERE id = $1 FOR UPDATE S
 const COMMITTED: &str = "SELECT id, token FROM grants WHERE id = ANY($1)";
 const RELEASED: &str = "SELECT grant_id, token FROM grant_releases WHERE grant_id = ANY($1)";
 const RELEASE: &str = "
-    INSERT INTO grant_releases (grant_id, token)
-    SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING";
+    INSERT INTO grant_releases (grant_id, token, partition)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[]) ON CONFLICT DO NOTHING";
 
 pub async fn run(ctx: Arc<Context>, reservations: Reservations, shutdown: CancellationToken) {
     metrics::describe_counter(
@@ -137,7 +137,7 @@ async fn reconcile(
     let timeout =
         i64::try_from(ctx.config.bonus_reservation_timeout.as_millis()).unwrap_or(i64::MAX);
     let mut decisions = Vec::new();
-    let mut to_release: (Vec<&str>, Vec<&str>) = Default::default();
+    let mut to_release: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
     for (grant, at, record) in &pending {
         let Some(Record::Reserved(r)) = record else {
             // Committed or gone: only its place in the pending set is left.
@@ -157,6 +157,7 @@ async fn reconcile(
         } else if now - at > timeout {
             to_release.0.push(grant);
             to_release.1.push(&r.token);
+            to_release.2.push(&r.user);
             Action::Release
         } else {
             continue;
@@ -165,7 +166,9 @@ async fn reconcile(
         decisions.push((grant.clone(), r.token.clone(), action, pg_token));
     }
     if !to_release.0.is_empty() {
-        tx.execute(RELEASE, &[&to_release.0, &to_release.1]).await?;
+        let partitions = partition::of_users(to_release.2.iter().copied());
+        tx.execute(RELEASE, &[&to_release.0, &to_release.1, &partitions])
+            .await?;
         tracing::info!(
             campaign,
             released = to_release.0.len(),

@@ -420,13 +420,24 @@ async fn one_effect_per_id_whatever_the_msg_id_and_conflicts_are_dead_lettered()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_among_ids_decided_before_still_claims_the_new_ones() {
-    use wallet_runtime::dedup::{Claim, claim};
+    use wallet_runtime::dedup::{Claim, Key, claim};
+    use wallet_runtime::partition::Partition;
     let env = TestEnv::new().await;
     let pool = wallet_runtime::db::pool(&env.config).unwrap();
     let mut client = pool.get().await.unwrap();
     let (a, b) = ([1u8; 32], [2u8; 32]);
+    let key = |id, print, partition: Option<u16>| Key {
+        id,
+        print,
+        partition: partition.map(|p| Partition::new(p).unwrap()),
+    };
     let tx = client.transaction().await.unwrap();
-    let first = claim(&tx, "deposit", &[("d-2", a), ("d-1", a)]).await;
+    let first = claim(
+        &tx,
+        "deposit",
+        &[key("d-2", a, Some(7)), key("d-1", a, None)],
+    )
+    .await;
     assert_eq!(first.unwrap(), [Claim::New, Claim::New]);
     tx.commit().await.unwrap();
     // Two ids seen before among new ones: the all-new insert fails and is undone, and the
@@ -435,7 +446,12 @@ async fn a_claim_among_ids_decided_before_still_claims_the_new_ones() {
     let second = claim(
         &tx,
         "deposit",
-        &[("d-3", a), ("d-1", a), ("d-4", b), ("d-2", b)],
+        &[
+            key("d-3", a, Some(255)),
+            key("d-1", a, Some(1)),
+            key("d-4", b, Some(0)),
+            key("d-2", b, Some(9)),
+        ],
     )
     .await;
     assert_eq!(
@@ -443,23 +459,27 @@ async fn a_claim_among_ids_decided_before_still_claims_the_new_ones() {
         [Claim::New, Claim::Duplicate, Claim::New, Claim::Conflict]
     );
     tx.commit().await.unwrap();
-    let stored: Vec<(String, Vec<u8>)> = env
+    let stored: Vec<(String, Vec<u8>, Option<i16>)> = env
         .pg()
         .await
-        .query("SELECT id, fingerprint FROM commands ORDER BY id", &[])
+        .query(
+            "SELECT id, fingerprint, partition FROM commands ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let want = |id: &str, p: [u8; 32]| (id.to_owned(), p.to_vec());
+    // Each id keeps the partition of its first claim; the slow path stores it as the fast one.
+    let want = |id: &str, p: [u8; 32], partition| (id.to_owned(), p.to_vec(), partition);
     assert_eq!(
         stored,
         [
-            want("d-1", a),
-            want("d-2", a),
-            want("d-3", a),
-            want("d-4", b)
+            want("d-1", a, None),
+            want("d-2", a, Some(7)),
+            want("d-3", a, Some(255)),
+            want("d-4", b, Some(0))
         ]
     );
 }

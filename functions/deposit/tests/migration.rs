@@ -1,6 +1,7 @@
 //! A ledger written before the partitions (migration V11) is migrated by `walletctl setup` and
 //! deposits go on: its wallets and postings move to their owners' partitions, its platform
-//! account becomes partition 0's, and the audit finds old and new entries consistent.
+//! account becomes partition 0's, and the audit finds old and new entries consistent. The rows
+//! keyed by ids (V13) take their users' partitions where a row names its user.
 
 #![allow(clippy::unwrap_used)]
 
@@ -99,4 +100,71 @@ async fn a_ledger_written_before_partitions_is_partitioned_and_deposits_go_on() 
     );
     let report = env.audit().await;
     assert!(report.ok(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_keyed_by_ids_take_their_users_partitions() {
+    let env = TestEnv::new().await;
+    env.database_at(12).await;
+    let pg = env.pg().await;
+    // One row of each table as V12 left them, for u-1 (partition 2) and u-7 (144).
+    pg.batch_execute(
+        "INSERT INTO commands (function, id, fingerprint) VALUES ('deposit', 'd-1', '\\x00');
+         INSERT INTO transfers (id, user_id, provider, currency, amount)
+             VALUES ('t-1', 'u-1', 'alpha', 'USD', 1), ('t-7', 'u-7', 'alpha', 'USD', 1);
+         INSERT INTO withdrawals (id, user_id, psp, currency, amount, day)
+             VALUES ('w-7', 'u-7', 'bank', 'USD', 1, '2026-12-07');
+         INSERT INTO withdrawal_days (user_id, currency, day, amount)
+             VALUES ('u-7', 'USD', '2026-12-07', 1);
+         INSERT INTO campaigns (id, currency, budget, amount, per_user)
+             VALUES ('c-1', 'USD', 10, 1, 1);
+         INSERT INTO grants (id, campaign_id, user_id, amount, token)
+             VALUES ('g-1', 'c-1', 'u-1', 1, 'k');
+         INSERT INTO grant_releases (grant_id, token) VALUES ('g-2', 'k');",
+    )
+    .await
+    .unwrap();
+
+    let report = env.setup().await;
+    assert!(
+        report.iter().any(|l| l.contains("V13__id_partitions")),
+        "{report:?}"
+    );
+    let partitions = |sql: &'static str| {
+        let pg = &pg;
+        async move {
+            pg.query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, Option<i16>>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let id = |id: &str, p| (id.to_owned(), p);
+    assert_eq!(
+        partitions("SELECT id, partition FROM transfers ORDER BY id").await,
+        [id("t-1", Some(2)), id("t-7", Some(144))]
+    );
+    assert_eq!(
+        partitions("SELECT id, partition FROM withdrawals").await,
+        [id("w-7", Some(144))]
+    );
+    assert_eq!(
+        partitions("SELECT user_id, partition FROM withdrawal_days").await,
+        [id("u-7", Some(144))]
+    );
+    assert_eq!(
+        partitions("SELECT id, partition FROM grants").await,
+        [id("g-1", Some(2))]
+    );
+    // Neither names its user: no partition, and a split keeps such rows on every shard.
+    assert_eq!(
+        partitions("SELECT id, partition FROM commands").await,
+        [id("d-1", None)]
+    );
+    assert_eq!(
+        partitions("SELECT grant_id, partition FROM grant_releases").await,
+        [id("g-2", None)]
+    );
 }

@@ -31,11 +31,11 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
     )
     .await;
 
-    env.publish_many(vec![
-        ack("alpha", "t-1", "accepted"),
-        ack("alpha", "t-2", "rejected"),
-    ])
-    .await;
+    // t-2's on its user's partition, as an adapter answers a request that named it.
+    let mut on_partition = ack("alpha", "t-2", "rejected");
+    on_partition.0 = wallet_runtime::partition::subject(&on_partition.0, "u-0");
+    env.publish_many(vec![ack("alpha", "t-1", "accepted"), on_partition])
+        .await;
     let done = events.by_id("transfer:t-1:completed", T).await;
     assert_eq!(
         done.subject,
@@ -131,6 +131,25 @@ async fn accepted_completes_rejected_refunds_repeats_change_nothing_and_the_rest
     assert_eq!(
         (row.get::<_, String>(0), row.get::<_, String>(1)),
         ("completed".into(), "ref-t-1".into())
+    );
+    // An ack names no user: it is remembered in the partition its subject named, or in none.
+    let remembered: Vec<(String, Option<i16>)> = pg
+        .query(
+            "SELECT id, partition FROM commands WHERE function = 'provider-ack' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let u0 = wallet_runtime::partition::Partition::of("u-0").as_smallint();
+    assert_eq!(
+        remembered,
+        [
+            ("alpha:t-1:accepted".to_owned(), None),
+            ("alpha:t-2:rejected".to_owned(), Some(u0))
+        ]
     );
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");

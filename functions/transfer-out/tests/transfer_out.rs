@@ -77,7 +77,9 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     let pg = env.pg().await;
     let row = pg
         .query_one(
-            "SELECT status, amount::text, checks FROM transfers WHERE id = 't-1'",
+            "SELECT status, amount::text, checks, t.partition, c.partition
+             FROM transfers t JOIN commands c ON (c.function, c.id) = ('transfer-out', t.id)
+             WHERE t.id = 't-1'",
             &[],
         )
         .await
@@ -85,6 +87,9 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     assert_eq!(row.get::<_, String>(0), "pending");
     assert_eq!(row.get::<_, String>(1), "30.5");
     assert_eq!(row.get::<_, i32>(2), 0);
+    // The transfer and its remembered id are in u-1's partition, 2 (docs/sharding.md).
+    assert_eq!(row.get::<_, i16>(3), 2);
+    assert_eq!(row.get::<_, Option<i16>>(4), Some(2));
     let audit = env.audit().await;
     assert!(audit.ok(), "{audit}");
 
@@ -99,6 +104,22 @@ async fn a_transfer_debits_main_and_asks_its_provider_once() {
     assert_eq!(
         json["history"][0]["what"],
         "pending: main -30.50, in_transit:alpha +30.50"
+    );
+
+    // A transfer stored in another partition than its user's would not move with them.
+    pg.execute("UPDATE transfers SET partition = 3 WHERE id = 't-1'", &[])
+        .await
+        .unwrap();
+    let audit = env.audit().await.to_string();
+    assert!(
+        audit.contains(
+            "FAIL  every transfer, withdrawal, daily amount and grant is in its user's partition"
+        ),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("transfer t-1 of u-1: partition 3, its user's 2"),
+        "{audit}"
     );
 }
 
@@ -309,8 +330,10 @@ async fn an_id_a_transfer_in_takes_while_the_batch_is_decided_is_rejected_and_mo
     transfer_in
         .batch_execute(
             "BEGIN;
-             INSERT INTO transfers (id, user_id, provider, currency, amount, direction, next_check_at)
-             VALUES ('t-race', 'u-0', 'alpha', 'USD', NULL, 'in', now() + interval '1 hour')",
+             INSERT INTO transfers
+                 (id, user_id, provider, currency, amount, partition, direction, next_check_at)
+             VALUES ('t-race', 'u-0', 'alpha', 'USD', NULL, wallet_partition('u-0'), 'in',
+                     now() + interval '1 hour')",
         )
         .await
         .unwrap();

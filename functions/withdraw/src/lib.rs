@@ -25,6 +25,7 @@ use wallet_runtime::function::{Transaction, partner_command};
 use wallet_runtime::interface::{Amount, Balance, CurrencyCode, Id, Interface};
 use wallet_runtime::money::Currency;
 use wallet_runtime::outbox::OutboxMessage;
+use wallet_runtime::partition;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{
     Command, Context, Event, Function, Invalid, Outcome, Payload, Reason, Status, StepError, ids,
@@ -91,8 +92,9 @@ fn day_of(c: &Command<WithdrawCommand>) -> Day {
 /// wait for each other in opposite orders), returning what each has counted so far. The keys
 /// must be distinct: an upsert may not touch one row twice.
 const LOCK_DAYS: &str = "
-    INSERT INTO withdrawal_days (user_id, currency, day, amount)
-    SELECT u, c, d, 0 FROM unnest($1::text[], $2::text[], $3::date[]) AS k (u, c, d)
+    INSERT INTO withdrawal_days (user_id, currency, day, partition, amount)
+    SELECT u, c, d, p, 0
+    FROM unnest($1::text[], $2::text[], $3::date[], $4::smallint[]) AS k (u, c, d, p)
     ORDER BY u, c, d
     ON CONFLICT (user_id, currency, day) DO UPDATE SET amount = withdrawal_days.amount
     RETURNING user_id, currency, day, amount";
@@ -104,9 +106,11 @@ const COUNT_DAYS: &str = "
 
 /// The withdrawal, pending; the sweeper's first status query is due after the ack timeout.
 const RECORD: &str = "
-    INSERT INTO withdrawals (id, user_id, psp, currency, amount, day, next_check_at)
-    SELECT w.*, now() + $7::float8 * interval '1 millisecond'
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::date[]) AS w";
+    INSERT INTO withdrawals (id, user_id, psp, currency, amount, day, partition, next_check_at)
+    SELECT w.*, now() + $8::float8 * interval '1 millisecond'
+    FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::date[], $7::smallint[]
+    ) AS w";
 
 impl Function for Withdraw {
     const NAME: &'static str = "withdraw";
@@ -189,7 +193,15 @@ impl Function for Withdraw {
             .map(|(u, c, d)| (u.as_str(), c.as_str(), *d))
             .collect();
         let mut counted: HashMap<Day, Decimal> = tx
-            .query(LOCK_DAYS, &[&users, &currencies, &days])
+            .query(
+                LOCK_DAYS,
+                &[
+                    &users,
+                    &currencies,
+                    &days,
+                    &partition::of_users(users.iter().copied()),
+                ],
+            )
             .await?
             .iter()
             .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
@@ -252,15 +264,17 @@ impl Function for Withdraw {
         let amounts: Vec<Decimal> = pending.iter().map(|(c, _)| c.body.amount).collect();
         let days: Vec<NaiveDate> = pending.iter().map(|(_, d)| *d).collect();
         let timeout_ms = ctx.config.transfers.ack_timeout.as_secs_f64() * 1000.0;
+        let users = column(|c| &c.user_id);
         tx.execute(
             RECORD,
             &[
                 &ids,
-                &column(|c| &c.user_id),
+                &users,
                 &column(|c| &c.psp),
                 &column(|c| c.currency.code()),
                 &amounts,
                 &days,
+                &partition::of_users(users.iter().copied()),
                 &timeout_ms,
             ],
         )

@@ -202,6 +202,18 @@ const CHECKS: &[(&str, &str)] = &[
          FROM accounts WHERE owner <> '' AND partition <> wallet_partition(owner)",
     ),
     (
+        // V13: a split moves them by this column.
+        "every transfer, withdrawal, daily amount and grant is in its user's partition",
+        "SELECT r.what || ' of ' || r.user_id || ': partition ' || r.partition
+                || ', its user''s ' || wallet_partition(r.user_id)
+         FROM (SELECT 'transfer ' || id AS what, user_id, partition FROM transfers
+               UNION ALL SELECT 'withdrawal ' || id, user_id, partition FROM withdrawals
+               UNION ALL SELECT 'daily amount ' || currency || ' ' || day, user_id, partition
+                         FROM withdrawal_days
+               UNION ALL SELECT 'grant ' || id, user_id, partition FROM grants) r
+         WHERE r.partition <> wallet_partition(r.user_id)",
+    ),
+    (
         // V12: empty on one PostgreSQL, where every partition is this database's.
         "every wallet is in a partition the shard map gives this database",
         "SELECT a.owner || ' ' || a.kind || ' ' || a.provider || ' ' || a.currency || ': partition '

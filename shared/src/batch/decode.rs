@@ -10,7 +10,7 @@ use crate::context::Context;
 use crate::dedup::{self, Fingerprint};
 use crate::events::Event;
 use crate::function::{Command, Function, Invalid, Payload};
-use crate::partition::Routing;
+use crate::partition::{Partition, Routing};
 use crate::streams::MAX_COMMAND_BYTES;
 
 /// A message as the runtime sees it before any transaction.
@@ -22,6 +22,8 @@ pub(super) enum Decoded<C> {
     Command {
         key: String,
         print: Fingerprint,
+        /// Its user's, or the one its subject names; none if neither is known.
+        partition: Option<Partition>,
         /// `Ok`: valid; `Err`: its rejection event.
         command: Result<Command<C>, Event>,
     },
@@ -52,11 +54,13 @@ pub(super) fn decode<F: Function>(
     let id = id.as_str();
     let subject = ctx.names.strip(&message.subject);
     // Without a user id there is no partition to check: the function's validation rejects it.
-    if let Some(user) = object.get("user_id").and_then(|u| u.as_str())
+    let user = object.get("user_id").and_then(|u| u.as_str());
+    if let Some(user) = user
         && !routing.admits(subject, user)
     {
         return Decoded::WrongPartition;
     }
+    let partition = user.map(Partition::of).or_else(|| routing.named(subject));
     let stored_at = message
         .info()
         .map(|i| SystemTime::from(i.published))
@@ -66,11 +70,13 @@ pub(super) fn decode<F: Function>(
         Err(Invalid::Rejected(event)) => Decoded::Command {
             key: id.to_owned(),
             print: dedup::fingerprint(&object, F::FIELDS),
+            partition,
             command: Err(event),
         },
         Ok(body) => Decoded::Command {
             key: F::key(id, &body),
             print: dedup::fingerprint(&object, F::FIELDS),
+            partition,
             command: Ok(Command {
                 id: id.to_owned(),
                 key: F::key(id, &body),

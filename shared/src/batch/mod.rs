@@ -21,7 +21,7 @@ use crate::events::{Event, Reason};
 use crate::function::{Command, Function, Outcome, Screened};
 use crate::metrics;
 use crate::outbox::{self, OutboxMessage, Row};
-use crate::partition::Routing;
+use crate::partition::{Partition, Routing};
 use crate::trace::{self, CommandSpan};
 
 mod decode;
@@ -69,6 +69,7 @@ struct Unit<C> {
     index: usize,
     key: String,
     print: Fingerprint,
+    partition: Option<Partition>,
     pub(super) command: Result<Command<C>, Event>,
     /// Its last allowed delivery: a command still undecided now is dead-lettered, not retried.
     last: bool,
@@ -112,6 +113,7 @@ pub async fn process<F: Function>(
             Decoded::Command {
                 key,
                 print,
+                partition,
                 command,
             } => {
                 if let Some(&u) = first.get(&key) {
@@ -127,6 +129,7 @@ pub async fn process<F: Function>(
                     index,
                     key,
                     print,
+                    partition,
                     command,
                     last: delivered(index) >= dead_letter_after,
                     trace: CommandSpan::start(F::NAME, &message.subject, message.headers.as_ref()),
@@ -268,7 +271,14 @@ async fn decide_in<F: Function>(
     tx: &Transaction<'_>,
     units: &[&Unit<F::Command>],
 ) -> Result<Decided, StepError> {
-    let keys: Vec<(&str, Fingerprint)> = units.iter().map(|u| (u.key.as_str(), u.print)).collect();
+    let keys: Vec<dedup::Key<'_>> = units
+        .iter()
+        .map(|u| dedup::Key {
+            id: u.key.as_str(),
+            print: u.print,
+            partition: u.partition,
+        })
+        .collect();
     let claims = dedup::claim(tx, F::NAME, &keys).await?;
     let mut d = Decided::default();
     let mut messages: Vec<OutboxMessage> = Vec::new();
