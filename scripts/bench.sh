@@ -68,16 +68,6 @@ on_pinned() {
   export NATS_URL="$pinned_url"; unset STREAM_REPLICAS
 }
 
-# shard_map N: a shard map of N shards s0… (the partitions split evenly), each a database
-# wallet_bench_s<k> on DATABASE_URL's server.
-shard_map() {
-  local n="$1" k width=$((256 / $1))
-  for k in $(seq 0 $((n - 1))); do
-    printf '[[shard]]\nname = "s%d"\ndatabase_url = "%s"\npartitions = "%d-%d"\n' \
-      "$k" "${DATABASE_URL%/*}/wallet_bench_s$k" $((k * width)) $(((k + 1) * width - 1))
-  done
-}
-
 pids=()
 watch=()
 stop_functions() {
@@ -224,13 +214,17 @@ for profile in $PROFILES; do
       # is the work per deposit, which RESULTS.md's "Sharding" table divides out.
       on_pinned
       for n in 1 2 4; do
-        shard_map "$n" >"$OUT/shards-$n.toml"
+        # Shards a, b, …, each a database wallet_bench_<name> on DATABASE_URL's server.
+        names=(a b c d e f g h); names=("${names[@]:0:$n}")
+        "$BIN/walletctl" shards even \
+          $(for name in "${names[@]}"; do echo "${DATABASE_URL%/*}/wallet_bench_$name"; done) \
+          >"$OUT/shards-$n.toml"
         export SHARDS_FILE="$OUT/shards-$n.toml"
         fresh
-        for k in $(seq 0 $((n - 1))); do
-          start deposit SHARD="s$k" DATABASE_URL="${DATABASE_URL%/*}/wallet_bench_s$k"
+        for name in "${names[@]}"; do
+          start deposit SHARD="$name" DATABASE_URL="${DATABASE_URL%/*}/wallet_bench_$name"
           # Each shard's process watched by a name of its own.
-          watch[${#watch[@]}-1]="deposit-s$k=${pids[${#pids[@]}-1]}"
+          watch[${#watch[@]}-1]="deposit-$name=${pids[${#pids[@]}-1]}"
         done
         load "shards-$n" --count 300000 --users 10000
         "$BIN/walletctl" teardown --confirm "$WALLET_NAMESPACE" >/dev/null

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wallet_runtime::Config;
+use wallet_runtime::shards::ShardMap;
 use wallet_runtime::streams::Topology;
 
 pub mod asyncapi;
@@ -135,6 +136,23 @@ pub enum Cmd {
     /// Play the game providers: answer transfer requests and status queries with acks (a dev
     /// and test tool; runs until Ctrl-C).
     ProviderSim(provider_sim::SimOptions),
+    /// Shard maps (SHARDS_FILE, docs/sharding.md).
+    Shards {
+        #[command(subcommand)]
+        command: ShardsCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardsCmd {
+    /// Print a shard map of one shard per database URL, named `a`, `b`, … in order, the 256
+    /// partitions split evenly between them (the last takes the remainder): a first
+    /// SHARDS_FILE, to edit or use as is.
+    Even {
+        /// Each shard's owner's DATABASE_URL.
+        #[arg(required = true, num_args = 1..=26)]
+        database_urls: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -404,6 +422,12 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 "{}",
                 client::publish(&config, &topology, &subject, &id, &payload).await?
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Shards {
+            command: ShardsCmd::Even { database_urls },
+        } => {
+            print!("{}", ShardMap::even(&database_urls).to_toml());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Balance { user_id } => {

@@ -604,8 +604,20 @@ fn sharded_manifests_run_each_function_once_per_shard() {
     let dir = std::env::temp_dir().join(format!("shards-{}", testkit::namespace()));
     std::fs::create_dir_all(&dir).unwrap();
     let map = dir.join("shards.toml");
+    // The map as an operator writes a first one: `walletctl shards even`.
+    let even = std::process::Command::new(testkit::binary("walletctl"))
+        .args(["shards", "even", "postgres://h/a", "postgres://h/b"])
+        .output()
+        .unwrap();
+    assert!(even.status.success(), "{even:?}");
+    let toml = String::from_utf8(even.stdout).unwrap();
     let urls = ["postgres://h/a".to_owned(), "postgres://h/b".to_owned()];
-    std::fs::write(&map, ShardMap::even(&urls).to_toml()).unwrap();
+    assert_eq!(toml, ShardMap::even(&urls).to_toml());
+    assert!(
+        toml.contains("name = \"b\"\ndatabase_url = \"postgres://h/b\"\npartitions = \"128-255\""),
+        "{toml}"
+    );
+    std::fs::write(&map, toml).unwrap();
     let out = dir.join("functions");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let run = std::process::Command::new(testkit::binary("walletctl"))
