@@ -54,6 +54,10 @@ const WALK_THE_INDEX: &str = "SET LOCAL enable_bitmapscan = off";
 /// transfers among 177,000 finished, growing with the table: bench/ANALYSIS.md). A plain index
 /// scan visits an entry whose row is gone for every transaction once and marks it dead, so the
 /// next passes skip it (0.5 ms after the first pass there): [`WALK_THE_INDEX`].
+///
+/// A row of a partition that the database's map gives to another shard is left alone: a split
+/// (`walletctl shards split`) has moved it, or is copying it (on one PostgreSQL the map is
+/// empty).
 fn advance(saga: &Saga) -> String {
     let Saga {
         table,
@@ -65,6 +69,9 @@ fn advance(saga: &Saga) -> String {
             "WITH due AS (
                 SELECT id FROM {table}
                 WHERE status = 'pending' AND next_check_at <= now() AND ({rows})
+                  AND NOT EXISTS (SELECT 1 FROM partition_map m
+                                  WHERE m.partition = {table}.partition
+                                    AND m.shard IS DISTINCT FROM (SELECT name FROM shard_self))
                 ORDER BY next_check_at
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED),

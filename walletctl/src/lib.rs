@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wallet_runtime::Config;
 use wallet_runtime::shards::ShardMap;
@@ -152,6 +153,17 @@ pub enum ShardsCmd {
         /// Each shard's owner's DATABASE_URL.
         #[arg(required = true, num_args = 1..=26)]
         database_urls: Vec<String>,
+    },
+    /// Move partitions of one shard to a new shard, on a live system: MAP is SHARDS_FILE's map
+    /// with one shard added, holding partitions of one existing shard. The moved partitions'
+    /// commands wait (refused at their publishers) while their rows are copied; nothing else
+    /// stops. Then point SHARDS_FILE at MAP and start the new shard's functions
+    /// (docs/sharding.md, "Splitting a shard"). Safe to run again after a failure.
+    Split {
+        map: std::path::PathBuf,
+        /// How long to wait for the old shard to finish what it holds of the moved partitions.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        drain_timeout: std::time::Duration,
     },
 }
 
@@ -428,6 +440,21 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
             command: ShardsCmd::Even { database_urls },
         } => {
             print!("{}", ShardMap::even(&database_urls).to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Shards {
+            command: ShardsCmd::Split { map, drain_timeout },
+        } => {
+            let current = config
+                .shard_map()?
+                .context("SHARDS_FILE is unset: a split divides a shard of a shard map")?;
+            let target = ShardMap::load(&map)?;
+            for line in
+                wallet_ops::split::split(&config, &topology, &current, &target, drain_timeout)
+                    .await?
+            {
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Balance { user_id } => {

@@ -1,7 +1,8 @@
 //! The ledger on two and four PostgreSQL servers (docs/sharding.md, steps 3 and 4): one map
 //! (`SHARDS_FILE`), one process of each sharded function per shard (`SHARD`), each reading its
 //! shard's partitions (commands and providers' answers) and committing to its shard's database;
-//! a shard that is down holds up its own commands only.
+//! a shard that is down holds up its own commands only; a split moves partitions to a new
+//! shard under load.
 
 #![allow(clippy::unwrap_used)]
 
@@ -119,6 +120,16 @@ fn decided(want: &BTreeSet<String>) -> impl Fn(&[testkit::Received]) -> bool + '
             .collect();
         want.iter().all(|id| done.contains(id.as_str()))
     }
+}
+
+/// `users` sorted, each with `amount`: what [`mains`] reads when each holds it.
+fn holds(users: &[String], amount: &str) -> Vec<(String, Decimal)> {
+    let mut want: Vec<_> = users
+        .iter()
+        .map(|u| (u.clone(), amount.parse().unwrap()))
+        .collect();
+    want.sort();
+    want
 }
 
 /// Each user's `main` USD balance in the shard's database.
@@ -252,14 +263,6 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     let mut events = env.events().await;
     env.run_commands(&mut events, "deposit", deposits("d1", &users, "10.00"))
         .await;
-    let holds = |users: &[String], amount: &str| -> Vec<(String, Decimal)> {
-        let mut want: Vec<_> = users
-            .iter()
-            .map(|u| (u.clone(), amount.parse().unwrap()))
-            .collect();
-        want.sort();
-        want
-    };
     assert_eq!(mains(pg_a).await, holds(&in_a, "10.00"));
     assert_eq!(mains(pg_b).await, holds(&in_b, "10.00"));
 
@@ -501,4 +504,224 @@ async fn every_sharded_function_runs_on_four_shards_on_nats_server_2_9() {
         let line = format!("shard {shard}: database dropped");
         assert!(removed.contains(&line), "{removed:?}");
     }
+}
+
+/// `walletctl shards split` (docs/sharding.md, "Splitting a shard"): shard a, every partition on
+/// one PostgreSQL, gives its upper half to a new shard b on another. The moved users' wallets,
+/// remembered ids and pending transfers go with them: b answers a deposit already decided on a
+/// as a duplicate, settles a transfer a left pending, and the audit of both is clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
+    // Before the env, which drops every shard's database when it goes.
+    let pg_b = PrivatePostgres::start(&[], None);
+    let s = Sharded::start(1, PrivateNats::of(pinned_nats_server(), |_| String::new())).await;
+    let (env, pg_a) = (&s.env, &s.pgs[0]);
+    let functions = ["deposit", "transfer-out", "provider-ack"];
+    let _on_a = s.spawn(&functions).await;
+
+    let users: Vec<String> = (0..60).map(|u| format!("u-{u}")).collect();
+    let (in_a, in_b): (Vec<String>, Vec<String>) = users
+        .iter()
+        .cloned()
+        .partition(|u| Partition::of(u).get() < 128);
+    assert!(in_a.len() > 15 && in_b.len() > 15, "{in_a:?} {in_b:?}");
+    let on_partition = |(subject, id, payload): commands::Msg, user: &str| {
+        (partition::subject(&subject, user), id, payload)
+    };
+    let transfers = |users: &[String]| -> Vec<commands::Msg> {
+        users
+            .iter()
+            .map(|u| {
+                on_partition(
+                    commands::transfer(&format!("t-{u}"), u, "alpha", "4", "USD"),
+                    u,
+                )
+            })
+            .collect()
+    };
+    let acks = |users: &[String]| -> Vec<commands::Msg> {
+        users
+            .iter()
+            .map(|u| on_partition(commands::ack("alpha", &format!("t-{u}"), "accepted"), u))
+            .collect()
+    };
+    let mut events = env.events().await;
+    env.run_commands(&mut events, "deposit", deposits("d1", &users, "10.00"))
+        .await;
+    env.run_commands(&mut events, "transfer", transfers(&users))
+        .await;
+    // Half of each side's transfers complete before the split; the rest stay pending over it.
+    let (done_before, pending): (Vec<String>, Vec<String>) = users
+        .iter()
+        .cloned()
+        .partition(|u| u.ends_with(['0', '2', '4', '6', '8']));
+    let completed = |users: &[String]| -> BTreeSet<String> {
+        users
+            .iter()
+            .map(|u| format!("transfer:t-{u}:completed"))
+            .collect()
+    };
+    env.publish_many(acks(&done_before)).await;
+    let want = completed(&done_before);
+    events
+        .until(Duration::from_secs(60), "the first acks", |seen| {
+            want.iter().all(|w| seen.iter().any(|r| &r.msg_id == w))
+        })
+        .await;
+
+    let target = ShardMap::parse(&format!(
+        "[[shard]]\nname = \"a\"\ndatabase_url = \"{}\"\npartitions = \"0-127\"\n\
+         [[shard]]\nname = \"b\"\ndatabase_url = \"{}\"\npartitions = \"128-255\"\n",
+        pg_a.url("wallet"),
+        pg_b.url("wallet")
+    ))
+    .unwrap();
+    let target_file = pg_b.write_file("target.toml", target.to_toml().as_bytes(), 0o644);
+
+    // A load of deposits runs over the split: its commands of the moved partitions are refused
+    // at the publisher while they move (it tries again), then decided on b.
+    let deposits_a = || async {
+        env.js
+            .get_stream(env.config.names.name("DEPOSITS-a"))
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence
+    };
+    let before = deposits_a().await;
+    let load = std::process::Command::new(testkit::binary("walletctl"))
+        .args([
+            "load",
+            "--mix",
+            "deposit=100",
+            "--count",
+            "3000",
+            "--users",
+            "100",
+        ])
+        .args(["--rate", "200", "--drain-timeout", "90s", "--json"])
+        .envs(env.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    testkit::eventually(Duration::from_secs(30), "the load publishing", || async {
+        (deposits_a().await >= before + 200).then_some(())
+    })
+    .await;
+    let split = std::process::Command::new(testkit::binary("walletctl"))
+        .args(["shards", "split"])
+        .arg(&target_file)
+        .envs(env.env())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&split.stdout);
+    assert!(
+        split.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&split.stderr)
+    );
+    assert!(
+        stdout.contains("shard a: its streams no longer take partitions 128-255"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("shard a: deleted"), "{stdout}");
+
+    // Each user's wallets are in their shard's database only, as they were (the load's users
+    // are its verification's).
+    let ours = |pg| async move {
+        let mut all = mains(pg).await;
+        all.retain(|(owner, _)| owner.starts_with("u-"));
+        all
+    };
+    assert_eq!(ours(pg_a).await, holds(&in_a, "6.00"));
+    assert_eq!(ours(&pg_b).await, holds(&in_b, "6.00"));
+    // Shard a's stream of deposits takes its half; b's is made by the split.
+    for (shard, first, n) in [("a", 0, 128), ("b", 128, 128)] {
+        let subjects = env
+            .js
+            .get_stream(env.config.names.name(&format!("DEPOSITS-{shard}")))
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .config
+            .subjects
+            .clone();
+        assert_eq!(subjects.len(), n, "{shard}");
+        assert_eq!(subjects[0], env.subject(&format!("wallet.deposit.{first}")));
+    }
+
+    // SHARDS_FILE is the new map from now on (the load's verification reads it), and shard
+    // b's functions start on it.
+    let current = env
+        .env()
+        .into_iter()
+        .find_map(|(k, v)| (k == "SHARDS_FILE").then_some(v))
+        .unwrap();
+    std::fs::copy(&target_file, &current).unwrap();
+    let target_path = target_file.to_str().unwrap().to_owned();
+    let mut on_b = Vec::new();
+    for f in functions {
+        let url = owner(&pg_b, &wallet_ops::setup::role(f));
+        let p = env.spawn(
+            f,
+            &[
+                ("SHARD", "b"),
+                ("DATABASE_URL", &url),
+                ("SHARDS_FILE", &target_path),
+            ],
+        );
+        env.ready(&p).await;
+        on_b.push(p);
+    }
+
+    // d1 again under new Nats-Msg-Ids: each shard remembers its users' ids, so nothing moves.
+    // Then the pending transfers' acks and one more deposit each, on both shards.
+    let again: Vec<commands::Msg> = deposits("d1", &users, "10.00")
+        .into_iter()
+        .map(|(subject, id, payload)| (subject, format!("{id}-again"), payload))
+        .collect();
+    env.publish_many(again).await;
+    env.publish_many(acks(&pending)).await;
+    env.run_commands(&mut events, "deposit", deposits("d2", &users, "1.00"))
+        .await;
+    let want = completed(&pending);
+    events
+        .until(
+            Duration::from_secs(60),
+            "the acks after the split",
+            |seen| want.iter().all(|w| seen.iter().any(|r| &r.msg_id == w)),
+        )
+        .await;
+    assert_eq!(ours(pg_a).await, holds(&in_a, "7.00"));
+    assert_eq!(ours(&pg_b).await, holds(&in_b, "7.00"));
+    let d1 = events
+        .seen
+        .iter()
+        .filter(|r| r.msg_id.starts_with("deposit:d1-"))
+        .map(|r| r.msg_id.as_str())
+        .collect::<BTreeSet<_>>()
+        .len();
+    assert_eq!(d1, users.len(), "one outcome per deposit");
+
+    // Every command of the load, sent before, during and after the split, decided once, and
+    // every balance as its outcomes say, in both databases.
+    let out = load.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["verification"]["passed"], true, "{report:#}");
+    assert_eq!(report["verification"]["lost"], 0, "{report:#}");
+
+    let audit = env.audit().await;
+    assert!(audit.ok(), "{audit}");
+    assert!(
+        audit.checks.iter().any(|c| c.name.starts_with("shard b: ")),
+        "{audit}"
+    );
 }

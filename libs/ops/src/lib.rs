@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod client;
 pub mod dlq;
 pub mod setup;
+pub mod split;
 pub mod status;
 pub mod teardown;
 pub mod transfer;

@@ -21,10 +21,18 @@ pub fn role(function: &str) -> String {
 
 /// Returns one line per thing it looked at, saying what it changed.
 pub async fn setup(config: &Config, topology: &Topology) -> anyhow::Result<Vec<String>> {
+    with_map(config, topology, config.shard_map()?.as_ref()).await
+}
+
+/// [`setup`] with the shard map `shards` instead of `SHARDS_FILE`'s.
+pub(crate) async fn with_map(
+    config: &Config,
+    topology: &Topology,
+    shards: Option<&ShardMap>,
+) -> anyhow::Result<Vec<String>> {
     let mut report = Vec::new();
-    let shards = config.shard_map()?;
     let nats = crate::nats(config).await?;
-    match &shards {
+    match shards {
         None => database(config, &mut report).await?,
         Some(map) => {
             for shard in map.shards() {
@@ -41,12 +49,12 @@ pub async fn setup(config: &Config, topology: &Topology) -> anyhow::Result<Vec<S
         }
     }
     let js = async_nats::jetstream::new(nats);
-    report.extend(topology.apply(&js, &config.names, shards.as_ref()).await?);
+    report.extend(topology.apply(&js, &config.names, shards).await?);
     Ok(report)
 }
 
 /// The database of `config`: created, migrated, with the functions' roles.
-async fn database(config: &Config, report: &mut Vec<String>) -> anyhow::Result<()> {
+pub(crate) async fn database(config: &Config, report: &mut Vec<String>) -> anyhow::Result<()> {
     let created = db::create_database_if_missing(config).await?;
     report.push(format!(
         "database: {}",

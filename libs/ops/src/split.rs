@@ -1,0 +1,473 @@
+//! `walletctl shards split`: moves some partitions of one shard to a new shard's database, on a
+//! live system, losing nothing and deciding nothing twice (docs/sharding.md, "Splitting a
+//! shard").
+//!
+//! The moved partitions stop for the time of the copy, and only they. Their commands are
+//! refused at their publishers meanwhile (no stream takes their subjects: a client retries),
+//! and every other partition flows on. The steps, each safe to run again after a crash:
+//!
+//! 1. the new shard's database is created and migrated;
+//! 2. the old shard's streams stop taking the moved partitions' subjects;
+//! 3. what they already hold of them is decided by the old shard's functions (the split waits
+//!    until those streams hold none of their messages: a work queue drops a message once it is
+//!    acknowledged, after its commit);
+//! 4. every shard's database is told the partitions' new shard, under a lock that waits for the
+//!    old shard's sagas' sweepers, which from then on skip rows of partitions the map gives to
+//!    another shard; the old shard's outbox is waited for until it holds nothing written
+//!    before;
+//! 5. the partitions' rows are copied to the new database (with the rows of no partition,
+//!    which every shard keeps), and its identity sequences set above the copied ids;
+//! 6. the new shard's streams and consumers are created: the moved partitions' commands flow
+//!    again, to the new shard's functions;
+//! 7. the partitions' rows are deleted from the old database.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use futures::{SinkExt as _, StreamExt as _, TryStreamExt as _};
+use wallet_runtime::Config;
+use wallet_runtime::shards::{Shard, ShardMap, ranges};
+use wallet_runtime::streams::{StreamDef, Topology};
+
+/// The tables whose rows carry a partition, in the order they are copied (a grant refers to
+/// its campaign, which every shard holds whole). `true`: rows of no partition too, which every
+/// shard keeps (docs/sharding.md, step 4).
+const PARTITIONED: [(&str, bool); 8] = [
+    ("accounts", false),
+    ("postings", false),
+    ("commands", true),
+    ("transfers", false),
+    ("withdrawals", false),
+    ("withdrawal_days", false),
+    ("grants", false),
+    ("grant_releases", true),
+];
+
+/// Tables every shard holds whole.
+const WHOLE: [&str; 1] = ["campaigns"];
+
+/// Rows deleted per statement when the old shard lets its moved partitions go.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// What a split moves: `partitions` from shard `from` to the new shard `to`.
+struct Move<'a> {
+    from: &'a Shard,
+    to: &'a Shard,
+    partitions: Vec<i16>,
+}
+
+/// Splits the shard map `current` into `target`, which must be `current` with one new shard
+/// holding partitions taken from one existing shard. Returns what it did, a line per step.
+pub async fn split(
+    config: &Config,
+    topology: &Topology,
+    current: &ShardMap,
+    target: &ShardMap,
+    drain_timeout: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let m = plan(current, target)?;
+    let mut report = Vec::new();
+    let say = |report: &mut Vec<String>, line: String| report.push(line);
+    let moved = ranges(
+        &m.partitions
+            .iter()
+            .map(|&p| u16::try_from(p).expect("a partition"))
+            .collect::<Vec<_>>(),
+    );
+    let (old, new) = (config.on_shard(m.from), config.on_shard(m.to));
+
+    let mut lines = Vec::new();
+    crate::setup::database(&new, &mut lines).await?;
+    say(
+        &mut report,
+        format!("shard {}: {}", m.to.name, lines.join("; ")),
+    );
+
+    let nats = crate::nats(config).await?;
+    let js = async_nats::jetstream::new(nats);
+    for (def, shard) in streams_of(topology, target, m.from) {
+        let want = def.config(&config.names, true, Some(shard));
+        js.update_stream(&want)
+            .await
+            .with_context(|| format!("updating stream {}", want.name))?;
+    }
+    say(
+        &mut report,
+        format!(
+            "shard {}: its streams no longer take partitions {moved}",
+            m.from.name
+        ),
+    );
+
+    drain(&js, config, topology, target, &m, drain_timeout).await?;
+    say(
+        &mut report,
+        format!(
+            "shard {}: its streams hold no command of partitions {moved}",
+            m.from.name
+        ),
+    );
+
+    let fenced_at = fence(config, current, &m).await?;
+    outbox_published(&old, fenced_at, drain_timeout).await?;
+    say(
+        &mut report,
+        format!(
+            "every shard's map gives partitions {moved} to shard {}; shard {}'s outbox published what it held",
+            m.to.name, m.from.name
+        ),
+    );
+
+    let copied = copy(&old, &new, &m.partitions).await?;
+    say(
+        &mut report,
+        format!(
+            "shard {}: copied {copied} row(s) of partitions {moved} and of no partition",
+            m.to.name
+        ),
+    );
+
+    // The new shard's name and the whole map, and its streams and consumers: the moved
+    // partitions' commands flow again.
+    report.extend(crate::setup::with_map(config, topology, Some(target)).await?);
+
+    let pruned = prune(&old, &m.partitions).await?;
+    say(
+        &mut report,
+        format!(
+            "shard {}: deleted {pruned} row(s) of partitions {moved}",
+            m.from.name
+        ),
+    );
+    Ok(report)
+}
+
+/// Checks that `target` is `current` with one new shard taking partitions of one shard.
+fn plan<'a>(current: &'a ShardMap, target: &'a ShardMap) -> anyhow::Result<Move<'a>> {
+    let new: Vec<&Shard> = target
+        .shards()
+        .iter()
+        .filter(|s| current.get(&s.name).is_none())
+        .collect();
+    let [to] = new.as_slice() else {
+        bail!(
+            "the new map must add exactly one shard to the current one; it adds {}",
+            new.len()
+        );
+    };
+    for shard in current.shards() {
+        let Some(kept) = target.get(&shard.name) else {
+            bail!("the new map drops shard `{}`", shard.name);
+        };
+        ensure!(
+            kept.database_url == shard.database_url,
+            "the new map changes shard `{}`'s database",
+            shard.name
+        );
+    }
+    ensure!(
+        current
+            .shards()
+            .iter()
+            .all(|s| s.database_url != to.database_url),
+        "shard `{}`'s database is already another shard's",
+        to.name
+    );
+    let from: BTreeSet<&str> = to
+        .partitions()
+        .iter()
+        .map(|&p| current.shard_of(partition(p)).name.as_str())
+        .collect();
+    let [from] = from.into_iter().collect::<Vec<_>>()[..] else {
+        bail!(
+            "shard `{}` must take its partitions from one shard: a split divides one shard",
+            to.name
+        );
+    };
+    let from = current.get(from).expect("a shard of the map");
+    // Every other partition stays where it is.
+    for p in 0..wallet_runtime::partition::PARTITIONS {
+        let (was, is) = (
+            current.shard_of(partition(p)),
+            target.shard_of(partition(p)),
+        );
+        ensure!(
+            was.name == is.name || (was.name == from.name && is.name == to.name),
+            "the new map moves partition {p} from shard `{}` to `{}`; a split moves partitions from `{}` to `{}` only",
+            was.name,
+            is.name,
+            from.name,
+            to.name
+        );
+    }
+    Ok(Move {
+        from,
+        to,
+        partitions: to
+            .partitions()
+            .iter()
+            .map(|&p| i16::try_from(p).expect("below 256"))
+            .collect(),
+    })
+}
+
+fn partition(p: u16) -> wallet_runtime::partition::Partition {
+    wallet_runtime::partition::Partition::new(p).expect("below PARTITIONS")
+}
+
+/// The streams of `shard` under `map` (each sharded function's, `DEPOSITS-a`).
+fn streams_of<'a>(
+    topology: &'a Topology,
+    map: &'a ShardMap,
+    shard: &'a Shard,
+) -> impl Iterator<Item = (&'a StreamDef, &'a Shard)> {
+    topology
+        .streams_in(Some(map))
+        .into_iter()
+        .filter_map(move |(def, on)| on.filter(|on| on.name == shard.name).map(|on| (def, on)))
+}
+
+/// Waits until the old shard's streams hold no message on a moved partition's subject.
+async fn drain(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    topology: &Topology,
+    target: &ShardMap,
+    m: &Move<'_>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let moved: BTreeSet<String> = m.partitions.iter().map(i16::to_string).collect();
+    let deadline = Instant::now() + timeout;
+    for (def, shard) in streams_of(topology, target, m.from) {
+        let name = config.names.name(&def.name_on(Some(shard)));
+        let stream = js.get_stream(&name).await?;
+        loop {
+            let mut held = 0;
+            for subject in &def.subjects {
+                let filter = config.names.subject(&format!("{subject}.*"));
+                let mut counts = stream.info_with_subjects(&filter).await?;
+                while let Some((subject, n)) = counts.try_next().await? {
+                    if subject
+                        .rsplit_once('.')
+                        .is_some_and(|(_, p)| moved.contains(p))
+                    {
+                        held += n;
+                    }
+                }
+            }
+            if held == 0 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "stream {name} still holds {held} command(s) of the moved partitions after {timeout:?}: are shard `{}`'s functions running? Run the split again to go on",
+                m.from.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the moved partitions to the new shard in every current shard's map. On the old shard
+/// the same transaction first waits for the sagas' sweepers (a sweep updates the due rows of
+/// `transfers` and `withdrawals`, and locks them): once it commits, no sweep touches the moved
+/// rows there. Returns the old database's time of the commit.
+async fn fence(
+    config: &Config,
+    current: &ShardMap,
+    m: &Move<'_>,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let mut fenced_at = None;
+    for shard in current.shards() {
+        let mut pg = crate::postgres(&config.on_shard(shard)).await?;
+        let tx = pg.transaction().await?;
+        if shard.name == m.from.name {
+            tx.batch_execute("LOCK transfers, withdrawals IN SHARE ROW EXCLUSIVE MODE")
+                .await?;
+        }
+        tx.execute(
+            "UPDATE partition_map SET shard = $2 WHERE partition = ANY($1)",
+            &[&m.partitions, &m.to.name],
+        )
+        .await?;
+        let now: chrono::DateTime<chrono::Utc> = tx.query_one("SELECT now()", &[]).await?.get(0);
+        tx.commit().await?;
+        if shard.name == m.from.name {
+            fenced_at = Some(now);
+        }
+    }
+    fenced_at.context("the old shard is in the current map")
+}
+
+/// Waits until `config`'s outbox holds no row written before `at`: the relay publishes a
+/// command's messages (its events, its requests to providers, which no split stops) and writes
+/// its balances to the cache, and the copy takes no outbox row.
+async fn outbox_published(
+    config: &Config,
+    at: chrono::DateTime<chrono::Utc>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let pg = crate::postgres(config).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left: i64 = pg
+            .query_one("SELECT count(*) FROM outbox WHERE created_at <= $1", &[&at])
+            .await?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the old shard's outbox still holds {left} row(s) after {timeout:?}: are its functions running? Run the split again to go on"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Copies the moved partitions' rows, the rows of no partition and the whole tables from `old`
+/// to `new`, from one snapshot, in binary COPY; sets `new`'s identity sequences past the copied
+/// ids. Rows `new` holds already are left alone (a split run again). Returns the rows copied.
+async fn copy(old: &Config, new: &Config, partitions: &[i16]) -> anyhow::Result<u64> {
+    let mut from = crate::postgres(old).await?;
+    let mut to = crate::postgres(new).await?;
+    let read = from
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let write = to.transaction().await?;
+    let list = partitions
+        .iter()
+        .map(i16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut copied = 0;
+    // The whole tables first: a grant refers to its campaign.
+    let tables: Vec<(&str, String)> = WHOLE
+        .iter()
+        .map(|t| (*t, String::new()))
+        .chain(PARTITIONED.iter().map(|(table, unplaced)| {
+            let or_none = if *unplaced {
+                " OR partition IS NULL"
+            } else {
+                ""
+            };
+            (*table, format!("WHERE partition IN ({list}){or_none}"))
+        }))
+        .collect();
+    for (table, filter) in &tables {
+        // Into a copy of the table's shape, then what the new database lacks: a split run again
+        // after a crash finds some rows there already.
+        write
+            .batch_execute(&format!("CREATE TEMP TABLE incoming (LIKE {table})"))
+            .await?;
+        let out = read
+            .copy_out(&format!(
+                "COPY (SELECT * FROM {table} {filter}) TO STDOUT (FORMAT binary)"
+            ))
+            .await
+            .with_context(|| format!("reading {table}"))?;
+        let sink = write
+            .copy_in("COPY incoming FROM STDIN (FORMAT binary)")
+            .await?;
+        futures::pin_mut!(sink);
+        let mut out = out.map_err(anyhow::Error::from).boxed();
+        while let Some(chunk) = out.next().await {
+            sink.send(chunk?).await?;
+        }
+        sink.as_mut().finish().await?;
+        copied += write
+            .execute(
+                &format!(
+                    "INSERT INTO {table} OVERRIDING SYSTEM VALUE
+                     SELECT * FROM incoming ON CONFLICT DO NOTHING"
+                ),
+                &[],
+            )
+            .await
+            .with_context(|| format!("writing {table}"))?;
+        write.batch_execute("DROP TABLE incoming").await?;
+    }
+    // The identity columns: the new database's next ids above every id it copied.
+    for (table, column) in [("accounts", "id"), ("postings", "id"), ("outbox", "id")] {
+        let last: Option<i64> = read
+            .query_one(
+                &format!(
+                    "SELECT last_value FROM {}",
+                    sequence(&read, table, column).await?
+                ),
+                &[],
+            )
+            .await?
+            .get(0);
+        if let Some(last) = last {
+            let seq = sequence(&write, table, column).await?;
+            write
+                .execute(
+                    &format!(
+                        "SELECT setval('{seq}', greatest($1, (SELECT last_value FROM {seq})))"
+                    ),
+                    &[&last],
+                )
+                .await?;
+        }
+    }
+    // Where the balance per partition begins: the old shard's, since its entries are copied.
+    write
+        .execute(
+            "UPDATE partitioned_since SET entry = least(entry, $1)",
+            &[&read
+                .query_one("SELECT max(entry) FROM partitioned_since", &[])
+                .await?
+                .get::<_, Option<i64>>(0)
+                .unwrap_or(0)],
+        )
+        .await?;
+    read.commit().await?;
+    write.commit().await?;
+    Ok(copied)
+}
+
+/// The sequence behind `table`'s identity `column`.
+async fn sequence(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    column: &str,
+) -> anyhow::Result<String> {
+    tx.query_one("SELECT pg_get_serial_sequence($1, $2)", &[&table, &column])
+        .await?
+        .get::<_, Option<String>>(0)
+        .with_context(|| format!("{table}.{column} has no sequence"))
+}
+
+/// Deletes the moved partitions' rows from the old database, in batches (its functions run on
+/// meanwhile: none of them touches these rows). Rows of no partition stay.
+async fn prune(old: &Config, partitions: &[i16]) -> anyhow::Result<u64> {
+    let pg = crate::postgres(old).await?;
+    let mut pruned = 0;
+    // Postings before their accounts, grants' rows before nothing: no foreign keys between the
+    // partitioned tables, but a reader of the audit should never see a posting without its wallet.
+    for (table, _) in PARTITIONED.iter().rev() {
+        loop {
+            let n = pg
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(
+                             SELECT ctid FROM {table} WHERE partition = ANY($1) LIMIT $2))"
+                    ),
+                    &[&partitions, &PRUNE_BATCH],
+                )
+                .await
+                .with_context(|| format!("deleting from {table}"))?;
+            pruned += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(pruned)
+}
