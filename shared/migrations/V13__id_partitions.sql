@@ -19,26 +19,15 @@
 ALTER TABLE commands ADD COLUMN partition SMALLINT CHECK (partition BETWEEN 0 AND 255);
 ALTER TABLE grant_releases ADD COLUMN partition SMALLINT CHECK (partition BETWEEN 0 AND 255);
 
-ALTER TABLE transfers ADD COLUMN partition SMALLINT;
-UPDATE transfers SET partition = wallet_partition(user_id);
-ALTER TABLE transfers
-    ALTER COLUMN partition SET NOT NULL,
-    ADD CONSTRAINT transfers_partition_check CHECK (partition BETWEEN 0 AND 255);
-
-ALTER TABLE withdrawals ADD COLUMN partition SMALLINT;
-UPDATE withdrawals SET partition = wallet_partition(user_id);
-ALTER TABLE withdrawals
-    ALTER COLUMN partition SET NOT NULL,
-    ADD CONSTRAINT withdrawals_partition_check CHECK (partition BETWEEN 0 AND 255);
-
-ALTER TABLE withdrawal_days ADD COLUMN partition SMALLINT;
-UPDATE withdrawal_days SET partition = wallet_partition(user_id);
-ALTER TABLE withdrawal_days
-    ALTER COLUMN partition SET NOT NULL,
-    ADD CONSTRAINT withdrawal_days_partition_check CHECK (partition BETWEEN 0 AND 255);
-
-ALTER TABLE grants ADD COLUMN partition SMALLINT;
-UPDATE grants SET partition = wallet_partition(user_id);
-ALTER TABLE grants
-    ALTER COLUMN partition SET NOT NULL,
-    ADD CONSTRAINT grants_partition_check CHECK (partition BETWEEN 0 AND 255);
+DO $$
+DECLARE
+    t TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['transfers', 'withdrawals', 'withdrawal_days', 'grants'] LOOP
+        EXECUTE format('ALTER TABLE %I ADD COLUMN partition SMALLINT', t);
+        EXECUTE format('UPDATE %I SET partition = wallet_partition(user_id)', t);
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN partition SET NOT NULL,
+                            ADD CONSTRAINT %I CHECK (partition BETWEEN 0 AND 255)',
+                       t, t || '_partition_check');
+    END LOOP;
+END $$;

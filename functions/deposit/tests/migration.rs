@@ -34,34 +34,28 @@ async fn a_ledger_written_before_partitions_is_partitioned_and_deposits_go_on() 
     .await
     .unwrap();
 
-    let report = env.setup().await;
-    assert!(
-        report.iter().any(|l| l.contains("V11__ledger_partitions")),
-        "{report:?}"
-    );
-    let partitions = |sql: &'static str| {
-        let pg = &pg;
-        async move {
-            pg.query(sql, &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, i16>(1)))
-                .collect::<Vec<_>>()
-        }
-    };
+    migrate(&env, "V11__ledger_partitions").await;
+    let partitions = |sql| partitions(&pg, sql);
     // u-1 is in partition 2, u-7 in 144 (CONTRACT §3's vectors); the platform's account in 0.
     let accounts = "SELECT owner, partition FROM accounts ORDER BY owner";
     assert_eq!(
         partitions(accounts).await,
-        [("".into(), 0), ("u-1".into(), 2), ("u-7".into(), 144)]
+        [
+            ("".into(), Some(0)),
+            ("u-1".into(), Some(2)),
+            ("u-7".into(), Some(144))
+        ]
     );
     let postings = "SELECT a.owner, p.partition FROM postings p
                     JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id)
                     ORDER BY a.owner";
     assert_eq!(
         partitions(postings).await,
-        [("".into(), 0), ("u-1".into(), 2), ("u-7".into(), 144)]
+        [
+            ("".into(), Some(0)),
+            ("u-1".into(), Some(2)),
+            ("u-7".into(), Some(144))
+        ]
     );
 
     let _deposit = env.spawn("deposit", &[]);
@@ -125,22 +119,8 @@ async fn rows_keyed_by_ids_take_their_users_partitions() {
     .await
     .unwrap();
 
-    let report = env.setup().await;
-    assert!(
-        report.iter().any(|l| l.contains("V13__id_partitions")),
-        "{report:?}"
-    );
-    let partitions = |sql: &'static str| {
-        let pg = &pg;
-        async move {
-            pg.query(sql, &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, Option<i16>>(1)))
-                .collect::<Vec<_>>()
-        }
-    };
+    migrate(&env, "V13__id_partitions").await;
+    let partitions = |sql| partitions(&pg, sql);
     let id = |id: &str, p| (id.to_owned(), p);
     assert_eq!(
         partitions("SELECT id, partition FROM transfers ORDER BY id").await,
@@ -167,4 +147,20 @@ async fn rows_keyed_by_ids_take_their_users_partitions() {
         partitions("SELECT grant_id, partition FROM grant_releases").await,
         [id("g-2", None)]
     );
+}
+
+/// `walletctl setup`, which must have applied `migration`.
+async fn migrate(env: &TestEnv, migration: &str) {
+    let report = env.setup().await;
+    assert!(report.iter().any(|l| l.contains(migration)), "{report:?}");
+}
+
+/// The rows of `sql`: a name and a partition (none where it is NULL).
+async fn partitions(pg: &tokio_postgres::Client, sql: &str) -> Vec<(String, Option<i16>)> {
+    pg.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }

@@ -122,6 +122,18 @@ fn decided(want: &BTreeSet<String>) -> impl Fn(&[testkit::Received]) -> bool + '
     }
 }
 
+/// Shard `shard`'s stream of deposits (`DEPOSITS-a`), as it is now.
+async fn deposits_of(env: &TestEnv, shard: &str) -> async_nats::jetstream::stream::Info {
+    env.js
+        .get_stream(env.config.names.name(&format!("DEPOSITS-{shard}")))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone()
+}
+
 /// `users` sorted, each with `amount`: what [`mains`] reads when each holds it.
 fn holds(users: &[String], amount: &str) -> Vec<(String, Decimal)> {
     let mut want: Vec<_> = users
@@ -226,15 +238,14 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     }
     // Each shard's consumer reads its own stream, which takes its partitions, unfiltered.
     for (shard, first) in [("a", 0), ("b", 128)] {
-        let mut stream = env
+        let subjects = deposits_of(env, shard).await.config.subjects;
+        assert_eq!(subjects.len(), 128);
+        assert_eq!(subjects[0], env.subject(&format!("wallet.deposit.{first}")));
+        let consumer = env
             .js
             .get_stream(env.config.names.name(&format!("DEPOSITS-{shard}")))
             .await
-            .unwrap();
-        let subjects = stream.info().await.unwrap().config.subjects.clone();
-        assert_eq!(subjects.len(), 128);
-        assert_eq!(subjects[0], env.subject(&format!("wallet.deposit.{first}")));
-        let consumer = stream
+            .unwrap()
             .consumer_info(env.config.names.name(&format!("deposit-{shard}")))
             .await
             .unwrap();
@@ -296,16 +307,7 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         decided_b, 0,
         "shard b's deposits were decided without its database"
     );
-    let waiting = env
-        .js
-        .get_stream(env.config.names.name("DEPOSITS-b"))
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let waiting = deposits_of(env, "b").await.state.messages;
     assert_eq!(
         waiting,
         in_b.len() as u64,
@@ -580,18 +582,7 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
 
     // A load of deposits runs over the split: its commands of the moved partitions are refused
     // at the publisher while they move (it tries again), then decided on b.
-    let deposits_a = || async {
-        env.js
-            .get_stream(env.config.names.name("DEPOSITS-a"))
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .last_sequence
-    };
-    let before = deposits_a().await;
+    let before = deposits_of(env, "a").await.state.last_sequence;
     let load = std::process::Command::new(testkit::binary("walletctl"))
         .args([
             "load",
@@ -609,7 +600,7 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         .spawn()
         .unwrap();
     testkit::eventually(Duration::from_secs(30), "the load publishing", || async {
-        (deposits_a().await >= before + 200).then_some(())
+        (deposits_of(env, "a").await.state.last_sequence >= before + 200).then_some(())
     })
     .await;
     let split = std::process::Command::new(testkit::binary("walletctl"))
@@ -641,17 +632,7 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     assert_eq!(ours(&pg_b).await, holds(&in_b, "6.00"));
     // Shard a's stream of deposits takes its half; b's is made by the split.
     for (shard, first, n) in [("a", 0, 128), ("b", 128, 128)] {
-        let subjects = env
-            .js
-            .get_stream(env.config.names.name(&format!("DEPOSITS-{shard}")))
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .config
-            .subjects
-            .clone();
+        let subjects = deposits_of(env, shard).await.config.subjects;
         assert_eq!(subjects.len(), n, "{shard}");
         assert_eq!(subjects[0], env.subject(&format!("wallet.deposit.{first}")));
     }
