@@ -79,6 +79,20 @@ pub async fn split(
 
     let mut lines = Vec::new();
     crate::setup::database(&new, &mut lines).await?;
+    // Before anything stops: a database that is already another shard's is refused here, not
+    // by the setup at the end, after the copy.
+    let is: Option<String> = crate::postgres(&new)
+        .await?
+        .query_opt("SELECT name FROM shard_self", &[])
+        .await?
+        .map(|r| r.get(0));
+    if let Some(is) = is.filter(|is| *is != m.to.name) {
+        bail!(
+            "{} is shard `{is}`'s database; the new map gives it to the new shard `{}`",
+            wallet_runtime::config::redact(&new.database_url),
+            m.to.name
+        );
+    }
     say(
         &mut report,
         format!("shard {}: {}", m.to.name, lines.join("; ")),
@@ -470,4 +484,102 @@ async fn prune(old: &Config, partitions: &[i16]) -> anyhow::Result<u64> {
         }
     }
     Ok(pruned)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(shards: &[(&str, &str, &str)]) -> ShardMap {
+        let text: String = shards
+            .iter()
+            .map(|(name, db, partitions)| {
+                format!(
+                    "[[shard]]\nname = \"{name}\"\ndatabase_url = \"postgres://h/{db}\"\npartitions = \"{partitions}\"\n"
+                )
+            })
+            .collect();
+        ShardMap::parse(&text).unwrap()
+    }
+
+    fn refused(current: &ShardMap, target: &ShardMap) -> String {
+        match plan(current, target) {
+            Ok(_) => panic!("a split of {current:?} into {target:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_split_adds_one_shard_holding_partitions_of_one_shard() {
+        let current = map(&[("a", "a", "0-127"), ("b", "b", "128-255")]);
+        let target = map(&[
+            ("a", "a", "0-127"),
+            ("b", "b", "128-191"),
+            ("c", "c", "192-255"),
+        ]);
+        let m = plan(&current, &target).unwrap();
+        assert_eq!((m.from.name.as_str(), m.to.name.as_str()), ("b", "c"));
+        assert_eq!(m.partitions, (192..=255).collect::<Vec<i16>>());
+
+        for (target, said) in [
+            (current.clone(), "adds 0"),
+            (
+                map(&[
+                    ("a", "a", "0-63"),
+                    ("b", "b", "128-255"),
+                    ("c", "c", "64-100"),
+                    ("d", "d", "101-127"),
+                ]),
+                "adds 2",
+            ),
+            (
+                map(&[
+                    ("a", "a", "0-126"),
+                    ("b", "b", "127-191"),
+                    ("c", "c", "192-255"),
+                ]),
+                "moves partition 127 from shard `a` to `b`",
+            ),
+            (
+                map(&[
+                    ("a", "a", "0-100"),
+                    ("b", "b", "128-255"),
+                    ("c", "c", "101-127"),
+                ]),
+                "",
+            ),
+            (
+                map(&[
+                    ("a", "a", "0-100"),
+                    ("b", "b", "160-255"),
+                    ("c", "c", "101-159"),
+                ]),
+                "must take its partitions from one shard",
+            ),
+            (
+                map(&[
+                    ("a", "a", "0-127"),
+                    ("b", "x", "128-191"),
+                    ("c", "c", "192-255"),
+                ]),
+                "changes shard `b`'s database",
+            ),
+            (
+                map(&[
+                    ("a", "a", "0-127"),
+                    ("b", "b", "128-191"),
+                    ("c", "a", "192-255"),
+                ]),
+                "already another shard's",
+            ),
+        ] {
+            if said.is_empty() {
+                assert!(plan(&current, &target).is_ok());
+            } else {
+                let e = refused(&current, &target);
+                assert!(e.contains(said), "{e}");
+            }
+        }
+    }
 }
