@@ -449,12 +449,15 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 .shard_map()?
                 .context("SHARDS_FILE is unset: a split divides a shard of a shard map")?;
             let target = ShardMap::load(&map)?;
-            for line in
-                wallet_ops::split::split(&config, &topology, &current, &target, drain_timeout)
-                    .await?
-            {
-                println!("{line}");
-            }
+            wallet_ops::split::split(
+                &config,
+                &topology,
+                &current,
+                &target,
+                drain_timeout,
+                &mut |line| println!("{line}"),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Balance { user_id } => {

@@ -58,17 +58,17 @@ struct Move<'a> {
 }
 
 /// Splits the shard map `current` into `target`, which must be `current` with one new shard
-/// holding partitions taken from one existing shard. Returns what it did, a line per step.
+/// holding partitions taken from one existing shard. Tells `say` each step as it is done (a
+/// split may take minutes).
 pub async fn split(
     config: &Config,
     topology: &Topology,
     current: &ShardMap,
     target: &ShardMap,
     drain_timeout: Duration,
-) -> anyhow::Result<Vec<String>> {
+    say: &mut dyn FnMut(String),
+) -> anyhow::Result<()> {
     let m = plan(current, target)?;
-    let mut report = Vec::new();
-    let say = |report: &mut Vec<String>, line: String| report.push(line);
     let moved = ranges(
         &m.partitions
             .iter()
@@ -93,10 +93,7 @@ pub async fn split(
             m.to.name
         );
     }
-    say(
-        &mut report,
-        format!("shard {}: {}", m.to.name, lines.join("; ")),
-    );
+    say(format!("shard {}: {}", m.to.name, lines.join("; ")));
 
     let nats = crate::nats(config).await?;
     let js = async_nats::jetstream::new(nats);
@@ -106,55 +103,42 @@ pub async fn split(
             .await
             .with_context(|| format!("updating stream {}", want.name))?;
     }
-    say(
-        &mut report,
-        format!(
-            "shard {}: its streams no longer take partitions {moved}",
-            m.from.name
-        ),
-    );
+    say(format!(
+        "shard {}: its streams no longer take partitions {moved}",
+        m.from.name
+    ));
 
     drain(&js, config, topology, target, &m, drain_timeout).await?;
-    say(
-        &mut report,
-        format!(
-            "shard {}: its streams hold no command of partitions {moved}",
-            m.from.name
-        ),
-    );
+    say(format!(
+        "shard {}: its streams hold no command of partitions {moved}",
+        m.from.name
+    ));
 
     let fenced_at = fence(config, current, &m).await?;
     outbox_published(&old, fenced_at, drain_timeout).await?;
-    say(
-        &mut report,
-        format!(
-            "every shard's map gives partitions {moved} to shard {}; shard {}'s outbox published what it held",
-            m.to.name, m.from.name
-        ),
-    );
+    say(format!(
+        "every shard's map gives partitions {moved} to shard {}; shard {}'s outbox published what it held",
+        m.to.name, m.from.name
+    ));
 
     let copied = copy(&old, &new, &m.partitions).await?;
-    say(
-        &mut report,
-        format!(
-            "shard {}: copied {copied} row(s) of partitions {moved} and of no partition",
-            m.to.name
-        ),
-    );
+    say(format!(
+        "shard {}: copied {copied} row(s) of partitions {moved} and of no partition",
+        m.to.name
+    ));
 
     // The new shard's name and the whole map, and its streams and consumers: the moved
     // partitions' commands flow again.
-    report.extend(crate::setup::with_map(config, topology, Some(target)).await?);
+    for line in crate::setup::with_map(config, topology, Some(target)).await? {
+        say(line);
+    }
 
     let pruned = prune(&old, &m.partitions).await?;
-    say(
-        &mut report,
-        format!(
-            "shard {}: deleted {pruned} row(s) of partitions {moved}",
-            m.from.name
-        ),
-    );
-    Ok(report)
+    say(format!(
+        "shard {}: deleted {pruned} row(s) of partitions {moved}",
+        m.from.name
+    ));
+    Ok(())
 }
 
 /// Checks that `target` is `current` with one new shard taking partitions of one shard.
@@ -430,10 +414,14 @@ async fn copy(old: &Config, new: &Config, partitions: &[i16]) -> anyhow::Result<
                 .await?;
         }
     }
-    // Where the balance per partition begins: the old shard's, since its entries are copied.
+    // Where the audit's check of each entry's sums per partition begins: past the old shard's
+    // start too, since its entries came with the copy and those before V11 balance only as a
+    // whole. (Entries are transaction ids of the database that wrote them: the new shard's
+    // own first entries may fall below and go unchecked per partition; they are still checked
+    // as a whole.)
     write
         .execute(
-            "UPDATE partitioned_since SET entry = least(entry, $1)",
+            "UPDATE partitioned_since SET entry = greatest(entry, $1)",
             &[&read
                 .query_one("SELECT max(entry) FROM partitioned_since", &[])
                 .await?
