@@ -32,6 +32,12 @@ use serde::Deserialize;
 use crate::config::redact;
 use crate::partition::{PARTITIONS, Partition};
 
+/// The advisory lock (`pg_advisory_xact_lock`) that orders a shard map's change against the
+/// batches deciding commands: a batch on a shard holds it shared while it reads where its
+/// partitions are; a split holds it exclusively while it gives partitions away
+/// (`walletctl shards split`). An advisory lock needs no privilege on the map.
+pub const MAP_LOCK: i64 = 0x5741_4c4c_4d41_5053; // "WALLMAPS"
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShardsError {
     #[error("cannot read {path}: {source}")]

@@ -550,6 +550,65 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     let mut events = env.events().await;
     env.run_commands(&mut events, "deposit", deposits("d1", &users, "10.00"))
         .await;
+
+    // The runtime reads the map in each batch's transaction: with one of b's partitions given
+    // away (as a split's fence does), a deposit of that partition is not decided on a, and one
+    // of another partition is; given back, the first is decided on its next delivery.
+    // (Users of their own: the balances checked below are the u-* users'.)
+    let user_in = |half: std::ops::Range<u16>| {
+        (0..)
+            .map(|i| format!("f-{i}"))
+            .find(|u| half.contains(&Partition::of(u).get()))
+            .unwrap()
+    };
+    let (away, stays) = (&user_in(128..256), &user_in(0..128));
+    let given = |to: &'static str| {
+        let url = pg_a.url("wallet");
+        let p = Partition::of(away).as_smallint();
+        async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .execute(
+                    "UPDATE partition_map SET shard = $1 WHERE partition = $2",
+                    &[&to, &p],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    given("b").await;
+    let fenced = deposits("fenced", &[away.clone(), stays.clone()], "1.00");
+    env.run_commands(&mut events, "deposit", fenced[1..].to_vec())
+        .await;
+    env.publish_many(fenced[..1].to_vec()).await;
+    let fenced_away = format!("deposit:fenced-{away}:completed");
+    let redelivered = || async {
+        env.js
+            .get_stream(env.config.names.name("DEPOSITS-a"))
+            .await
+            .unwrap()
+            .consumer_info(env.config.names.name("deposit-a"))
+            .await
+            .unwrap()
+            .num_redelivered
+    };
+    let before = redelivered().await;
+    testkit::eventually(
+        Duration::from_secs(30),
+        "the fenced deposit redelivered",
+        || async { (redelivered().await > before).then_some(()) },
+    )
+    .await;
+    assert!(
+        !events.seen.iter().any(|r| r.msg_id == fenced_away),
+        "decided on a shard that gave its partition away"
+    );
+    given("a").await;
+    events.by_id(&fenced_away, Duration::from_secs(30)).await;
+
     env.run_commands(&mut events, "transfer", transfers(&users))
         .await;
     // Half of each side's transfers complete before the split; the rest stay pending over it.
@@ -620,6 +679,19 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         "{stdout}"
     );
     assert!(stdout.contains("shard a: deleted"), "{stdout}");
+    // bonus-grant ran on the map of one shard; on two it runs nowhere yet (step 5), and its
+    // grants wait in their stream.
+    assert!(stdout.contains("bonus-grant-a: deleted"), "{stdout}");
+    let bonus = env.config.names.name("BONUS");
+    assert!(
+        env.js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                env.config.names.name("bonus-grant-a"),
+                bonus,
+            )
+            .await
+            .is_err()
+    );
 
     // Each user's wallets are in their shard's database only, as they were (the load's users
     // are its verification's).

@@ -25,6 +25,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::stream::ConsumerErrorKind;
 use futures::{SinkExt as _, StreamExt as _, TryStreamExt as _};
 use wallet_runtime::Config;
 use wallet_runtime::shards::{Shard, ShardMap, ranges};
@@ -107,6 +109,9 @@ pub async fn split(
         "shard {}: its streams no longer take partitions {moved}",
         m.from.name
     ));
+    for line in drop_consumers(&js, config, topology, current, target).await? {
+        say(line);
+    }
 
     drain(&js, config, topology, target, &m, drain_timeout).await?;
     say(format!(
@@ -214,6 +219,49 @@ fn partition(p: u16) -> wallet_runtime::partition::Partition {
     wallet_runtime::partition::Partition::new(p).expect("below PARTITIONS")
 }
 
+/// Deletes the consumers `current` has and `target` does not: a function that is not sharded
+/// runs on a map of one shard, and on none of several (docs/sharding.md, step 5). Its commands
+/// wait in its stream. A process of it still running then fails to fetch, and what it already
+/// holds of a moved partition it does not decide (the runtime reads the map in the batch's
+/// transaction).
+async fn drop_consumers(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    topology: &Topology,
+    current: &ShardMap,
+    target: &ShardMap,
+) -> anyhow::Result<Vec<String>> {
+    let kept: BTreeSet<(String, String)> = topology
+        .consumers_in(Some(target))
+        .into_iter()
+        .map(|(c, shard)| {
+            let shard = shard.map(|s| s.name.as_str());
+            (c.stream_on(shard), c.durable(shard))
+        })
+        .collect();
+    let mut dropped = Vec::new();
+    for (c, shard) in topology.consumers_in(Some(current)) {
+        let shard = shard.map(|s| s.name.as_str());
+        let (stream, durable) = (c.stream_on(shard), c.durable(shard));
+        if kept.contains(&(stream.clone(), durable.clone())) {
+            continue;
+        }
+        let (stream, durable) = (config.names.name(&stream), config.names.name(&durable));
+        match js.delete_consumer_from_stream(&durable, &stream).await {
+            Ok(_) => dropped.push(format!(
+                "consumer {durable}: deleted: `{}` runs on no shard of {} (its commands wait in {stream})",
+                c.function,
+                target.shards().len()
+            )),
+            Err(e)
+                if matches!(e.kind(), ConsumerErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND) => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting consumer {durable}")),
+        }
+    }
+    Ok(dropped)
+}
+
 /// The streams of `shard` under `map` (each sharded function's, `DEPOSITS-a`).
 fn streams_of<'a>(
     topology: &'a Topology,
@@ -268,10 +316,13 @@ async fn drain(
     Ok(())
 }
 
-/// Gives the moved partitions to the new shard in every current shard's map. On the old shard
-/// the same transaction first waits for the sagas' sweepers (a sweep updates the due rows of
-/// `transfers` and `withdrawals`, and locks them): once it commits, no sweep touches the moved
-/// rows there. Returns the old database's time of the commit.
+/// Gives the moved partitions to the new shard in every current shard's map. Each transaction
+/// first waits for the batches deciding commands there ([`MAP_LOCK`]), and on the old shard
+/// for the sagas' sweepers (a sweep updates the due rows of `transfers` and `withdrawals`, and
+/// locks them): once it commits, neither touches the moved rows there. Returns the old
+/// database's time of the commit.
+///
+/// [`MAP_LOCK`]: wallet_runtime::shards::MAP_LOCK
 async fn fence(
     config: &Config,
     current: &ShardMap,
@@ -281,6 +332,13 @@ async fn fence(
     for shard in current.shards() {
         let mut pg = crate::postgres(&config.on_shard(shard)).await?;
         let tx = pg.transaction().await?;
+        // Waits for the batches under way there; those after it read the new owner. First:
+        // a batch holding it may yet write the sagas' tables locked next.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&wallet_runtime::shards::MAP_LOCK],
+        )
+        .await?;
         if shard.name == m.from.name {
             tx.batch_execute("LOCK transfers, withdrawals IN SHARE ROW EXCLUSIVE MODE")
                 .await?;

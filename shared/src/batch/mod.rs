@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::Message;
 use deadpool_postgres::Transaction;
 use foldhash::{HashMap, HashMapExt};
+use tokio_postgres::types::ToSql;
 
 use crate::context::Context;
 use crate::dedup::{self, Claim, Fingerprint};
@@ -73,6 +74,8 @@ struct Unit<C> {
     pub(super) command: Result<Command<C>, Event>,
     /// Its last allowed delivery: a command still undecided now is dead-lettered, not retried.
     last: bool,
+    /// What becomes of it if it fails for a reason that is not an outage ([`failed`]).
+    failed: Disposition,
     /// Its span; what it publishes carries its `traceparent`.
     trace: CommandSpan,
 }
@@ -132,6 +135,7 @@ pub async fn process<F: Function>(
                     partition,
                     command,
                     last: delivered(index) >= dead_letter_after,
+                    failed: failed(delivered(index), dead_letter_after),
                     trace: CommandSpan::start(F::NAME, &message.subject, message.headers.as_ref()),
                 });
             }
@@ -139,9 +143,6 @@ pub async fn process<F: Function>(
     }
     // Ended when the batch is decided, as the commands' spans.
     let _batch = trace::batch(F::NAME, units.iter().map(|u| &u.trace));
-    // A command that failed for a reason that is not an outage, by its delivery count.
-    let retry_or_dead_letter =
-        |unit: &Unit<F::Command>| failed(delivered(unit.index), dead_letter_after);
 
     let valid: Vec<&Unit<F::Command>> = units.iter().filter(|u| u.command.is_ok()).collect();
     let screened = screen(f, ctx, &valid).await?;
@@ -173,7 +174,7 @@ pub async fn process<F: Function>(
             }
             Err(e) => {
                 tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "command failed its screen");
-                out.dispositions[unit.index] = retry_or_dead_letter(unit);
+                out.dispositions[unit.index] = unit.failed;
             }
         }
     }
@@ -184,7 +185,7 @@ pub async fn process<F: Function>(
             Err(e) if e.is_transient() => return Err(e),
             Err(e) if pending.len() == 1 => {
                 tracing::warn!(function = F::NAME, error = %e, "command failed");
-                out.dispositions[pending[0].index] = retry_or_dead_letter(pending[0]);
+                out.dispositions[pending[0].index] = pending[0].failed;
             }
             Err(e) => {
                 tracing::warn!(function = F::NAME, error = %e, size = pending.len(), "batch failed; deciding its commands one by one");
@@ -195,7 +196,7 @@ pub async fn process<F: Function>(
                         Err(e) if e.is_transient() => return Err(e),
                         Err(e) => {
                             tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "command failed");
-                            out.dispositions[unit.index] = retry_or_dead_letter(unit);
+                            out.dispositions[unit.index] = unit.failed;
                         }
                     }
                 }
@@ -206,7 +207,7 @@ pub async fn process<F: Function>(
     for (at, e) in publish_direct(ctx, direct).await? {
         let unit = &units[at];
         tracing::warn!(function = F::NAME, id = unit.key.as_str(), error = %e, "answer not published");
-        out.dispositions[unit.index] = retry_or_dead_letter(unit);
+        out.dispositions[unit.index] = unit.failed;
     }
 
     for (index, leader) in followers {
@@ -265,12 +266,55 @@ async fn decide<F: Function>(
     Ok(decided)
 }
 
+/// The partitions among `$1` that this database's shard map gives to another shard. Read after
+/// [`MAP_LOCK`](crate::shards::MAP_LOCK) is held shared, in a statement of its own (a statement
+/// reads the snapshot it began with): a split that gives a partition away holds it exclusively
+/// while it writes the map, so it waits for the batches under way, and a batch that comes
+/// after reads the new owner.
+const ELSEWHERE: &str = "
+    SELECT partition FROM partition_map
+    WHERE partition = ANY($1) AND shard IS DISTINCT FROM (SELECT name FROM shard_self)";
+
 async fn decide_in<F: Function>(
     f: &F,
     ctx: &Context,
     tx: &Transaction<'_>,
     units: &[&Unit<F::Command>],
 ) -> Result<Decided, StepError> {
+    let mut d = Decided::default();
+    // On a shard, a command of a partition the map gives to another shard is not decided here:
+    // a split has moved it, and its wallets with it. A sharded function never meets one (its
+    // stream no longer takes the partition); a function that is not sharded may, on a map of
+    // one shard split into two.
+    let moved: Vec<i16> = if ctx.config.shard.is_some() {
+        let partitions: Vec<i16> = units
+            .iter()
+            .filter_map(|u| u.partition.map(Partition::as_smallint))
+            .collect();
+        let (lock, read): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+            ([&crate::shards::MAP_LOCK], [&partitions]);
+        let (locked, elsewhere) = futures::join!(
+            tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &lock),
+            tx.query(ELSEWHERE, &read),
+        );
+        locked?;
+        elsewhere?.iter().map(|r| r.get(0)).collect()
+    } else {
+        Vec::new()
+    };
+    let (elsewhere, units): (Vec<_>, Vec<&Unit<F::Command>>) =
+        units.iter().copied().partition(|u| {
+            u.partition
+                .is_some_and(|p| moved.contains(&p.as_smallint()))
+        });
+    for unit in elsewhere {
+        tracing::warn!(
+            function = F::NAME,
+            id = unit.key.as_str(),
+            "command of a partition moved to another shard; not decided here"
+        );
+        d.dispositions.push((unit.index, unit.failed));
+    }
     let keys: Vec<dedup::Key<'_>> = units
         .iter()
         .map(|u| dedup::Key {
@@ -280,7 +324,6 @@ async fn decide_in<F: Function>(
         })
         .collect();
     let claims = dedup::claim(tx, F::NAME, &keys).await?;
-    let mut d = Decided::default();
     let mut messages: Vec<OutboxMessage> = Vec::new();
     let mut fresh: Vec<&Unit<F::Command>> = Vec::new();
     for (unit, claim) in units.iter().zip(claims) {
