@@ -128,6 +128,27 @@ impl TestEnv {
         path.display().to_string()
     }
 
+    /// A streams file for a `walletctl` that creates streams: [`crate::topology`]'s small ones
+    /// (as `setup` makes them here), not the built-in file's, whose `max_bytes` JetStream would
+    /// reserve on a disk that many tests share. Removed with the env.
+    pub fn streams_file_small(&self) -> String {
+        let small = format!("max_bytes = {}", crate::topology().streams[0].max_bytes);
+        let text = crate::streams_text()
+            .lines()
+            .map(|l| {
+                if l.starts_with("max_bytes") {
+                    small.clone()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = self.streams_file();
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
     fn streams_file(&self) -> PathBuf {
         std::env::temp_dir().join(format!("{}.streams.toml", self.ns))
     }

@@ -666,6 +666,7 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         .args(["shards", "split"])
         .arg(&target_file)
         .envs(env.env())
+        .env("STREAMS_FILE", env.streams_file_small())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&split.stdout);
