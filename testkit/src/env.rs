@@ -112,32 +112,23 @@ impl TestEnv {
     /// A streams file for this test's binaries (`STREAMS_FILE`): the built-in one with every
     /// consumer's `dead_letter_after` set to `n`; removed with the env.
     pub fn streams_file_dead_letter_after(&self, n: i64) -> String {
-        let text = crate::streams_text()
-            .lines()
-            .map(|l| {
-                if l.starts_with("dead_letter_after") {
-                    format!("dead_letter_after = {n}")
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        let path = self.streams_file();
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
+        self.streams_file_with("dead_letter_after", n)
     }
 
     /// A streams file for a `walletctl` that creates streams: [`crate::topology`]'s small ones
     /// (as `setup` makes them here), not the built-in file's, whose `max_bytes` JetStream would
     /// reserve on a disk that many tests share. Removed with the env.
     pub fn streams_file_small(&self) -> String {
-        let small = format!("max_bytes = {}", crate::topology().streams[0].max_bytes);
+        self.streams_file_with("max_bytes", crate::topology().streams[0].max_bytes)
+    }
+
+    /// The built-in streams file with every `key` set to `value`, written for this env.
+    fn streams_file_with(&self, key: &str, value: i64) -> String {
         let text = crate::streams_text()
             .lines()
             .map(|l| {
-                if l.starts_with("max_bytes") {
-                    small.clone()
+                if l.starts_with(key) {
+                    format!("{key} = {value}")
                 } else {
                     l.to_owned()
                 }

@@ -144,13 +144,19 @@ fn holds(users: &[String], amount: &str) -> Vec<(String, Decimal)> {
     want
 }
 
-/// Each user's `main` USD balance in the shard's database.
-async fn mains(pg: &PrivatePostgres) -> Vec<(String, Decimal)> {
+/// A connection to the shard's database, as its owner.
+async fn client(pg: &PrivatePostgres) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&pg.url("wallet"), tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(conn);
     client
+}
+
+/// Each user's `main` USD balance in the shard's database.
+async fn mains(pg: &PrivatePostgres) -> Vec<(String, Decimal)> {
+    client(pg)
+        .await
         .query(
             "SELECT owner, balance FROM accounts WHERE kind = 'main' ORDER BY owner",
             &[],
@@ -399,12 +405,9 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
     }
 
     // A wallet of shard b's partition in shard a's database is a breach, named.
-    let (client, conn) = tokio_postgres::connect(&pg_a.url("wallet"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let stray = &in_b[0];
-    client
+    client(pg_a)
+        .await
         .execute(
             "INSERT INTO accounts (partition, owner, kind, currency) VALUES ($1, $2, 'bonus', 'USD')",
             &[&Partition::of(stray).as_smallint(), stray],
@@ -563,14 +566,10 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     };
     let (away, stays) = (&user_in(128..256), &user_in(0..128));
     let given = |to: &'static str| {
-        let url = pg_a.url("wallet");
         let p = Partition::of(away).as_smallint();
         async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            client(pg_a)
                 .await
-                .unwrap();
-            tokio::spawn(conn);
-            client
                 .execute(
                     "UPDATE partition_map SET shard = $1 WHERE partition = $2",
                     &[&to, &p],
