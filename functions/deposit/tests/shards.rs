@@ -608,6 +608,57 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     given("a").await;
     events.by_id(&fenced_away, Duration::from_secs(30)).await;
 
+    // The sagas' sweeper leaves alone a pending transfer of a partition given away (the split
+    // is copying it), and goes on asking about the others.
+    let sagas = [away.clone(), stays.clone()];
+    let ids: Vec<String> = sagas.iter().map(|u| format!("t-{u}")).collect();
+    let pending_transfers: Vec<commands::Msg> = sagas
+        .iter()
+        .map(|u| {
+            on_partition(
+                commands::transfer(&format!("t-{u}"), u, "alpha", "0.50", "USD"),
+                u,
+            )
+        })
+        .collect();
+    env.run_commands(&mut events, "transfer", pending_transfers)
+        .await;
+    let pg = client(pg_a).await;
+    let due = |when: &'static str| {
+        let (pg, ids) = (&pg, &ids);
+        async move {
+            pg.execute(
+                &format!("UPDATE transfers SET next_check_at = {when} WHERE id = ANY($1)"),
+                &[ids],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let checks = || async {
+        let rows = pg
+            .query(
+                "SELECT checks FROM transfers WHERE id = ANY($1) ORDER BY id = $2",
+                &[&ids, &ids[1]],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<i32>>()
+    };
+    // Not due while the map changes, so that no sweep under way can take the row after.
+    due("now() + interval '1 hour'").await;
+    given("b").await;
+    let before = checks().await;
+    due("now() - interval '1 second'").await;
+    testkit::eventually(
+        Duration::from_secs(30),
+        "the transfer that stays asked about",
+        || async { (checks().await[1] > before[1]).then_some(()) },
+    )
+    .await;
+    assert_eq!(checks().await[0], before[0], "swept a partition given away");
+    given("a").await;
+
     env.run_commands(&mut events, "transfer", transfers(&users))
         .await;
     // Half of each side's transfers complete before the split; the rest stay pending over it.
@@ -777,4 +828,96 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         audit.checks.iter().any(|c| c.name.starts_with("shard b: ")),
         "{audit}"
     );
+
+    // A split to a database that is already a shard's (a's, under another URL) is refused
+    // before anything stops: b's streams still take all of b's partitions.
+    let again = ShardMap::parse(&format!(
+        "{}[[shard]]\nname = \"c\"\ndatabase_url = \"{}?application_name=c\"\npartitions = \"192-255\"\n",
+        target.to_toml().replace("128-255", "128-191"),
+        pg_a.url("wallet")
+    ))
+    .unwrap();
+    let again_file = pg_b.write_file("again.toml", again.to_toml().as_bytes(), 0o644);
+    let refused = std::process::Command::new(testkit::binary("walletctl"))
+        .args(["shards", "split"])
+        .arg(&again_file)
+        .envs(env.env())
+        .env("STREAMS_FILE", env.streams_file_small())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is shard `a`'s database"), "{stderr}");
+    assert_eq!(deposits_of(env, "b").await.config.subjects.len(), 128);
+}
+
+/// A split waits for the old shard's outbox to publish what it held when the map changed (the
+/// copy takes no outbox row), gives up after `--drain-timeout` saying so, and, run again once
+/// that is published, goes on from where it stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_waits_for_the_old_shards_outbox_and_goes_on_when_run_again() {
+    let pg_b = PrivatePostgres::start(&[], None);
+    let s = Sharded::start(1, PrivateNats::of(pinned_nats_server(), |_| String::new())).await;
+    let (env, pg_a) = (&s.env, &s.pgs[0]);
+    // A transaction's messages that no relay has published yet (no function runs here).
+    let pg = client(pg_a).await;
+    pg.execute(
+        "INSERT INTO outbox (subjects, msg_ids, payloads, wallets)
+         VALUES ('{wallet.events.deposit.completed}', '{deposit:held:completed}', '{\\x7b7d}', '{[]}')",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let target = format!(
+        "{}[[shard]]\nname = \"b\"\ndatabase_url = \"{}\"\npartitions = \"128-255\"\n",
+        s.map.replace("0-255", "0-127"),
+        pg_b.url("wallet")
+    );
+    let target = pg_b.write_file("target.toml", target.as_bytes(), 0o644);
+    let split = || {
+        std::process::Command::new(testkit::binary("walletctl"))
+            .args(["shards", "split", "--drain-timeout", "2s"])
+            .arg(&target)
+            .envs(env.env())
+            .env("STREAMS_FILE", env.streams_file_small())
+            .output()
+            .unwrap()
+    };
+    let first = split();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the old shard's outbox still holds 1 row(s)"),
+        "{stderr}"
+    );
+    // It stopped after the fence: a gives the partitions to b, and b has no stream yet.
+    let given: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM partition_map WHERE shard = 'b' AND partition >= 128",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(given, 128);
+    assert!(
+        env.js
+            .get_stream(env.config.names.name("DEPOSITS-b"))
+            .await
+            .is_err()
+    );
+
+    // Published (the relay deletes the row): run again, it completes.
+    pg.execute("DELETE FROM outbox", &[]).await.unwrap();
+    let second = split();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(stdout.contains("shard a: deleted"), "{stdout}");
+    assert_eq!(deposits_of(env, "b").await.config.subjects.len(), 128);
+    assert_eq!(deposits_of(env, "a").await.config.subjects.len(), 128);
 }
