@@ -521,7 +521,7 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     let pg_b = PrivatePostgres::start(&[], None);
     let s = Sharded::start(1, PrivateNats::of(pinned_nats_server(), |_| String::new())).await;
     let (env, pg_a) = (&s.env, &s.pgs[0]);
-    let functions = ["deposit", "transfer-out", "provider-ack"];
+    let functions = ["deposit", "transfer-out", "provider-ack", "balance"];
     let _on_a = s.spawn(&functions).await;
 
     let users: Vec<String> = (0..60).map(|u| format!("u-{u}")).collect();
@@ -554,10 +554,12 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     env.run_commands(&mut events, "deposit", deposits("d1", &users, "10.00"))
         .await;
 
-    // The runtime reads the map in each batch's transaction: with one of b's partitions given
-    // away (as a split's fence does), a deposit of that partition is not decided on a, and one
-    // of another partition is; given back, the first is decided on its next delivery.
-    // (Users of their own: the balances checked below are the u-* users'.)
+    // A function that is not sharded (bonus-grant, on a map of one shard) reads the map in
+    // each batch's transaction: with one of b's partitions given away (as a split's fence
+    // does), a grant of that partition is not decided on a, and one of another partition is;
+    // given back, the first is decided on its next delivery. Both grants stay in the campaign
+    // over the split, each in its user's shard. (Users of their own: the balances checked
+    // below are the u-* users'.)
     let user_in = |half: std::ops::Range<u16>| {
         (0..)
             .map(|i| format!("f-{i}"))
@@ -565,6 +567,27 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
             .unwrap()
     };
     let (away, stays) = (&user_in(128..256), &user_in(0..128));
+    env.run_commands(
+        &mut events,
+        "deposit",
+        deposits("fund", &[away.clone(), stays.clone()], "1.00"),
+    )
+    .await;
+    let _bonus_on_a = s.spawn(&["bonus-grant"]).await;
+    let campaign = wallet_ops::campaign::CreateArgs {
+        id: "c1".into(),
+        currency: "USD".into(),
+        budget: "10.00".into(),
+        amount: Some("2.00".into()),
+        amount_min: None,
+        amount_max: None,
+        per_user: 1,
+        starts: None,
+        ends: None,
+    };
+    wallet_ops::campaign::create(&env.config.on_shard(&s.shards.shards()[0]), &campaign)
+        .await
+        .unwrap();
     let given = |to: &'static str| {
         let p = Partition::of(away).as_smallint();
         async move {
@@ -579,17 +602,17 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         }
     };
     given("b").await;
-    let fenced = deposits("fenced", &[away.clone(), stays.clone()], "1.00");
-    env.run_commands(&mut events, "deposit", fenced[1..].to_vec())
+    let grant = |u: &str| on_partition(commands::grant(&format!("g-{u}"), "c1", u), u);
+    env.run_commands(&mut events, "bonus", vec![grant(stays)])
         .await;
-    env.publish_many(fenced[..1].to_vec()).await;
-    let fenced_away = format!("deposit:fenced-{away}:completed");
+    env.publish_many(vec![grant(away)]).await;
+    let fenced_away = format!("bonus:g-{away}:granted");
     let redelivered = || async {
         env.js
-            .get_stream(env.config.names.name("DEPOSITS-a"))
+            .get_stream(env.config.names.name("BONUS"))
             .await
             .unwrap()
-            .consumer_info(env.config.names.name("deposit-a"))
+            .consumer_info(env.config.names.name("bonus-grant-a"))
             .await
             .unwrap()
             .num_redelivered
@@ -597,7 +620,7 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     let before = redelivered().await;
     testkit::eventually(
         Duration::from_secs(30),
-        "the fenced deposit redelivered",
+        "the fenced grant redelivered",
         || async { (redelivered().await > before).then_some(()) },
     )
     .await;
@@ -607,6 +630,12 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     );
     given("a").await;
     events.by_id(&fenced_away, Duration::from_secs(30)).await;
+    assert!(
+        events
+            .seen
+            .iter()
+            .any(|r| r.msg_id == format!("bonus:g-{stays}:granted"))
+    );
 
     // The sagas' sweeper leaves alone a pending transfer of a partition given away (the split
     // is copying it), and goes on asking about the others.
@@ -753,6 +782,47 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     };
     assert_eq!(ours(pg_a).await, holds(&in_a, "6.00"));
     assert_eq!(ours(&pg_b).await, holds(&in_b, "6.00"));
+    // The campaign's grants went with their users, and each shard counts its own.
+    for pg in [pg_a, &pg_b] {
+        let row = client(pg)
+            .await
+            .query_one("SELECT granted, grants FROM campaigns WHERE id = 'c1'", &[])
+            .await
+            .unwrap();
+        let counted: (Decimal, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            counted,
+            (Decimal::new(2, 0), 1),
+            "shard on port {}",
+            pg.port
+        );
+    }
+    // a's balance process answers a's users and leaves the moved partitions' requests alone:
+    // none is answered until b's runs.
+    let main_of = |reply: serde_json::Value| {
+        reply["wallets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["kind"] == "main")
+            .map(|w| w["balance"].clone())
+    };
+    env.uncache(&in_a[0]).await;
+    assert_eq!(main_of(env.balance(&in_a[0]).await), Some("6.00".into()));
+    let moved = env.subject(&partition::subject("wallet.balance.get", &in_b[0]));
+    let ask = || async {
+        let request = serde_json::json!({"user_id": &in_b[0]}).to_string();
+        env.nats.request(moved.clone(), request.into()).await
+    };
+    testkit::eventually(
+        Duration::from_secs(10),
+        "no responder on a moved partition",
+        || async {
+            matches!(ask().await, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders)
+                .then_some(())
+        },
+    )
+    .await;
     // Shard a's stream of deposits takes its half; b's is made by the split.
     for (shard, first, n) in [("a", 0, 128), ("b", 128, 128)] {
         let subjects = deposits_of(env, shard).await.config.subjects;
@@ -804,6 +874,8 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         .await;
     assert_eq!(ours(pg_a).await, holds(&in_a, "7.00"));
     assert_eq!(ours(&pg_b).await, holds(&in_b, "7.00"));
+    env.uncache(&in_b[0]).await;
+    assert_eq!(main_of(env.balance(&in_b[0]).await), Some("7.00".into()));
     let d1 = events
         .seen
         .iter()

@@ -351,6 +351,20 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
             ..c
         }));
     }
+    let mut pgs = Vec::new();
+    for shard in map.shards() {
+        pgs.push(crate::postgres(&config.on_shard(shard)).await?);
+    }
+    let pgs: Vec<&tokio_postgres::Client> = pgs.iter().collect();
+    let mut notes = Vec::new();
+    let check = campaign_check(config, &pgs, &mut notes).await?;
+    report
+        .notes
+        .extend(notes.into_iter().map(|n| format!("every shard: {n}")));
+    report.checks.push(Check {
+        name: format!("every shard: {}", check.name),
+        ..check
+    });
     Ok(report)
 }
 
@@ -432,9 +446,12 @@ async fn audit_database(config: &Config, shard: Option<&Shard>) -> anyhow::Resul
             .collect();
         report.checks.push(Check { name, breaches });
     }
-    report
-        .checks
-        .push(campaign_check(config, &pg, &mut report.notes).await?);
+    // With shards, the campaigns' check is one over every shard ([`audit`]).
+    if shard.is_none() {
+        report
+            .checks
+            .push(campaign_check(config, &[&pg], &mut report.notes).await?);
+    }
     if outbox == 0 {
         report.checks.push(cache_check(config, &pg, shard).await?);
     } else {
@@ -520,10 +537,12 @@ async fn cache_check(
 }
 
 /// Redis's counters of every loaded campaign equal PostgreSQL's committed grants plus the live
-/// reservations. Meaningful when no grant is in flight.
+/// reservations. Meaningful when no grant is in flight. With several shards, `pgs` are their
+/// databases: each counts the grants of its users (a split moves grants with their
+/// partitions), Redis counts the campaign's, and their sum stays within the budget.
 async fn campaign_check(
     config: &Config,
-    pg: &tokio_postgres::Client,
+    pgs: &[&tokio_postgres::Client],
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Check> {
     use wallet_campaigns::campaign::minor;
@@ -536,14 +555,17 @@ async fn campaign_check(
         config.names.clone(),
     );
     let mut breaches = Vec::new();
-    for row in pg
+    let Some(first) = pgs.first() else {
+        return Ok(Check { name, breaches });
+    };
+    for row in first
         .query(
-            "SELECT id, currency, granted FROM campaigns ORDER BY id",
+            "SELECT id, currency, budget FROM campaigns ORDER BY id",
             &[],
         )
         .await?
     {
-        let (id, currency, granted): (String, String, Decimal) =
+        let (id, currency, budget): (String, String, Decimal) =
             (row.get(0), row.get(1), row.get(2));
         let Some(currency) = config.currencies.get(&currency) else {
             continue;
@@ -554,25 +576,43 @@ async fn campaign_check(
             ));
             continue;
         };
-        let mut want_users: HashMap<String, i64> = pg
-            .query(
-                "SELECT user_id, count(*) FROM grants WHERE campaign_id = $1 GROUP BY user_id",
-                &[&id],
-            )
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let mut granted = Decimal::ZERO;
+        let mut want_users: HashMap<String, i64> = HashMap::new();
+        for pg in pgs {
+            if let Some(row) = pg
+                .query_opt("SELECT granted FROM campaigns WHERE id = $1", &[&id])
+                .await?
+            {
+                granted += row.get::<_, Decimal>(0);
+            }
+            for row in pg
+                .query(
+                    "SELECT user_id, count(*) FROM grants WHERE campaign_id = $1 GROUP BY user_id",
+                    &[&id],
+                )
+                .await?
+            {
+                *want_users.entry(row.get(0)).or_default() += row.get::<_, i64>(1);
+            }
+        }
+        if pgs.len() > 1 && granted > budget {
+            breaches.push(format!(
+                "{id}: every shard's grants sum to {granted}, above its budget {budget}"
+            ));
+        }
         let mut want = minor(granted, currency);
         let pending = reservations.pending(&id, isize::MAX).await?;
         // A reservation whose grant PostgreSQL holds is counted there already.
         let ids: Vec<&str> = pending.iter().map(|(g, _, _)| g.as_str()).collect();
-        let committed: std::collections::HashSet<String> = pg
-            .query("SELECT id FROM grants WHERE id = ANY($1)", &[&ids])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let mut committed: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for pg in pgs {
+            committed.extend(
+                pg.query("SELECT id FROM grants WHERE id = ANY($1)", &[&ids])
+                    .await?
+                    .iter()
+                    .map(|r| r.get::<_, String>(0)),
+            );
+        }
         for (grant, _, record) in pending {
             if let Some(Record::Reserved(r)) = record
                 && r.epoch == epoch

@@ -16,10 +16,12 @@
 //!    another shard; the old shard's outbox is waited for until it holds nothing written
 //!    before;
 //! 5. the partitions' rows are copied to the new database (with the rows of no partition,
-//!    which every shard keeps), and its identity sequences set above the copied ids;
+//!    which every shard keeps), its identity sequences set above the copied ids, and its
+//!    campaigns' totals counted from the grants it now holds;
 //! 6. the new shard's streams and consumers are created: the moved partitions' commands flow
 //!    again, to the new shard's functions;
-//! 7. the partitions' rows are deleted from the old database.
+//! 7. the partitions' rows are deleted from the old database, and its campaigns' totals
+//!    counted again.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -48,6 +50,15 @@ const PARTITIONED: [(&str, bool); 8] = [
 
 /// Tables every shard holds whole.
 const WHOLE: [&str; 1] = ["campaigns"];
+
+/// Each shard's campaign rows count the grants that shard holds (the budget stays the
+/// campaign's: `walletctl audit` checks the sum over every shard against it). A split moves
+/// grants with their users' partitions, so it recounts both sides.
+const CAMPAIGN_TOTALS: &str = "
+    UPDATE campaigns c SET granted = t.granted, grants = t.grants
+    FROM (SELECT c.id, coalesce(sum(g.amount), 0) AS granted, count(g.id) AS grants
+          FROM campaigns c LEFT JOIN grants g ON g.campaign_id = c.id GROUP BY c.id) t
+    WHERE c.id = t.id AND (c.granted, c.grants) IS DISTINCT FROM (t.granted, t.grants)";
 
 /// Rows deleted per statement when the old shard lets its moved partitions go.
 const PRUNE_BATCH: i64 = 10_000;
@@ -487,6 +498,7 @@ async fn copy(old: &Config, new: &Config, partitions: &[i16]) -> anyhow::Result<
                 .unwrap_or(0)],
         )
         .await?;
+    write.execute(CAMPAIGN_TOTALS, &[]).await?;
     read.commit().await?;
     write.commit().await?;
     Ok(copied)
@@ -529,6 +541,7 @@ async fn prune(old: &Config, partitions: &[i16]) -> anyhow::Result<u64> {
             }
         }
     }
+    pg.execute(CAMPAIGN_TOTALS, &[]).await?;
     Ok(pruned)
 }
 

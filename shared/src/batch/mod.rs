@@ -80,15 +80,28 @@ struct Unit<C> {
     trace: CommandSpan,
 }
 
-/// Decides `messages`, which arrived on the subjects `routing` checks; a message is delivered at
-/// most `dead_letter_after` times before it is dead-lettered. `Err` only for an outage: then nothing was decided and the caller retries the
+/// What a batch needs to know of the consumer its messages came from.
+#[derive(Debug)]
+pub struct Source {
+    /// The subjects its stream takes, and the partitions they name.
+    pub routing: Routing,
+    /// A message is delivered at most this many times before it is dead-lettered.
+    pub dead_letter_after: i64,
+    /// Whether each batch reads the shard map (see [`decide_in`]): on a shard, for a function
+    /// that is not sharded. A sharded function never meets a command of a partition a split
+    /// has moved: the split waits until the shard's streams hold none before it changes the
+    /// map, and they take no more. For it the read was pure cost (about 4 % of PostgreSQL's
+    /// CPU per deposit in `make bench`'s shards profile, docs/sharding.md).
+    pub reads_map: bool,
+}
+
+/// Decides `messages`, which arrived from `source`. `Err` only for an outage: then nothing was decided and the caller retries the
 /// whole batch later. Answers decided without a transaction ([`Function::screen`]) are published
 /// here, before any of them is acknowledged.
 pub async fn process<F: Function>(
     f: &F,
     ctx: &Context,
-    routing: &Routing,
-    dead_letter_after: i64,
+    source: &Source,
     messages: &[Message],
 ) -> Result<Processed, StepError> {
     let delivered = |index: usize| messages[index].info().map(|i| i.delivered).unwrap_or(1);
@@ -104,11 +117,11 @@ pub async fn process<F: Function>(
     for (index, message) in messages.iter().enumerate() {
         // Past its last allowed delivery: it was never settled, because it ended the process
         // that held it (or its dead letter was refused). It is not tried again.
-        if delivered(index) > dead_letter_after {
+        if delivered(index) > source.dead_letter_after {
             out.dispositions[index] = Disposition::DeadLetter(dlq::MAX_DELIVER);
             continue;
         }
-        match decode(f, ctx, routing, message) {
+        match decode(f, ctx, &source.routing, message) {
             Decoded::Malformed => out.dispositions[index] = Disposition::DeadLetter(dlq::MALFORMED),
             Decoded::WrongPartition => {
                 out.dispositions[index] = Disposition::DeadLetter(dlq::WRONG_PARTITION);
@@ -134,8 +147,8 @@ pub async fn process<F: Function>(
                     print,
                     partition,
                     command,
-                    last: delivered(index) >= dead_letter_after,
-                    failed: failed(delivered(index), dead_letter_after),
+                    last: delivered(index) >= source.dead_letter_after,
+                    failed: failed(delivered(index), source.dead_letter_after),
                     trace: CommandSpan::start(F::NAME, &message.subject, message.headers.as_ref()),
                 });
             }
@@ -180,7 +193,7 @@ pub async fn process<F: Function>(
     }
 
     if !pending.is_empty() {
-        match decide(f, ctx, &pending).await {
+        match decide(f, ctx, source.reads_map, &pending).await {
             Ok(decided) => absorb(&mut out, decided),
             Err(e) if e.is_transient() => return Err(e),
             Err(e) if pending.len() == 1 => {
@@ -191,7 +204,7 @@ pub async fn process<F: Function>(
                 tracing::warn!(function = F::NAME, error = %e, size = pending.len(), "batch failed; deciding its commands one by one");
                 metrics::batch_fallback(F::NAME);
                 for unit in &pending {
-                    match decide(f, ctx, &[unit]).await {
+                    match decide(f, ctx, source.reads_map, &[unit]).await {
                         Ok(decided) => absorb(&mut out, decided),
                         Err(e) if e.is_transient() => return Err(e),
                         Err(e) => {
@@ -253,18 +266,21 @@ fn absorb(out: &mut Processed, d: Decided) {
 async fn decide<F: Function>(
     f: &F,
     ctx: &Context,
+    reads_map: bool,
     units: &[&Unit<F::Command>],
 ) -> Result<Decided, StepError> {
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
     let started = Instant::now();
-    let decided = decide_in(f, ctx, &tx, units).await?;
+    let decided = decide_in(f, ctx, &tx, reads_map, units).await?;
     metrics::handler_seconds(F::NAME, started.elapsed().as_secs_f64());
     let committing = Instant::now();
     tx.commit().await?;
     metrics::committed(F::NAME, committing.elapsed().as_secs_f64());
     Ok(decided)
 }
+
+const SHARE_MAP_LOCK: &str = "SELECT pg_advisory_xact_lock_shared($1)";
 
 /// The partitions among `$1` that this database's shard map gives to another shard. Read after
 /// [`MAP_LOCK`](crate::shards::MAP_LOCK) is held shared, in a statement of its own (a statement
@@ -279,24 +295,26 @@ async fn decide_in<F: Function>(
     f: &F,
     ctx: &Context,
     tx: &Transaction<'_>,
+    reads_map: bool,
     units: &[&Unit<F::Command>],
 ) -> Result<Decided, StepError> {
     let mut d = Decided::default();
     // On a shard, a command of a partition the map gives to another shard is not decided here:
-    // a split has moved it, and its wallets with it. A sharded function never meets one (its
-    // stream no longer takes the partition); a function that is not sharded may, on a map of
-    // one shard split into two.
-    let moved: Vec<i16> = if ctx.config.shard.is_some() {
+    // a split has moved it, and its wallets with it. A function that is not sharded may meet
+    // one, on a map of one shard split into two ([`Source::reads_map`]).
+    let moved: Vec<i16> = if reads_map {
         let partitions: Vec<i16> = units
             .iter()
             .filter_map(|u| u.partition.map(Partition::as_smallint))
             .collect();
-        let (lock, read): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+        let (lock, read) = futures::try_join!(
+            tx.prepare_cached(SHARE_MAP_LOCK),
+            tx.prepare_cached(ELSEWHERE)
+        )?;
+        let (lock_args, read_args): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
             ([&crate::shards::MAP_LOCK], [&partitions]);
-        let (locked, elsewhere) = futures::join!(
-            tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &lock),
-            tx.query(ELSEWHERE, &read),
-        );
+        let (locked, elsewhere) =
+            futures::join!(tx.execute(&lock, &lock_args), tx.query(&read, &read_args),);
         locked?;
         elsewhere?.iter().map(|r| r.get(0)).collect()
     } else {

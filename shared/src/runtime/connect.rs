@@ -94,25 +94,7 @@ pub(super) async fn check_shard(
 ) -> Result<Option<Vec<u16>>, StartError> {
     let mut backoff = Backoff::default();
     let found = loop {
-        let read = async {
-            let row = ctx
-                .pool
-                .get()
-                .await?
-                .query_opt(
-                    "SELECT s.name, array_agg(m.partition ORDER BY m.partition)
-                            FILTER (WHERE m.partition IS NOT NULL)
-                     FROM shard_self s LEFT JOIN partition_map m ON m.shard = s.name
-                     GROUP BY s.name",
-                    &[],
-                )
-                .await?;
-            Ok::<_, StepError>(row.map(|r| {
-                let partitions: Option<Vec<i16>> = r.get(1);
-                (r.get::<_, String>(0), partitions.unwrap_or_default())
-            }))
-        };
-        match read.await {
+        match shard_of_database(ctx).await {
             Ok(found) => break found,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "postgres unavailable; retrying");
@@ -126,13 +108,7 @@ pub(super) async fn check_shard(
     let wanted = ctx.config.shard.as_deref();
     let (found, partitions) = found.unzip();
     if found.as_deref() == wanted {
-        let partitions = partitions.unwrap_or_default();
-        return Ok(Some(
-            partitions
-                .into_iter()
-                .filter_map(|p| u16::try_from(p).ok())
-                .collect(),
-        ));
+        return Ok(Some(partitions.unwrap_or_default()));
     }
     Err(StartError::Shard(match (wanted, found) {
         (Some(w), Some(f)) => format!("SHARD={w}, but DATABASE_URL is shard `{f}`'s database"),
@@ -141,6 +117,36 @@ pub(super) async fn check_shard(
         ),
         (None, Some(f)) => format!("DATABASE_URL is shard `{f}`'s database: set SHARD={f}"),
         (None, None) => unreachable!("equal"),
+    }))
+}
+
+/// The shard the database is (`shard_self`), and the partitions its map gives that shard, in
+/// order; `None` when it is no shard's.
+pub(super) async fn shard_of_database(
+    ctx: &Context,
+) -> Result<Option<(String, Vec<u16>)>, StepError> {
+    let row = ctx
+        .pool
+        .get()
+        .await?
+        .query_opt(
+            "SELECT s.name, array_agg(m.partition ORDER BY m.partition)
+                    FILTER (WHERE m.partition IS NOT NULL)
+             FROM shard_self s LEFT JOIN partition_map m ON m.shard = s.name
+             GROUP BY s.name",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        let partitions: Option<Vec<i16>> = r.get(1);
+        let partitions = partitions.unwrap_or_default();
+        (
+            r.get::<_, String>(0),
+            partitions
+                .into_iter()
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect(),
+        )
     }))
 }
 

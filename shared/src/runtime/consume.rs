@@ -39,10 +39,13 @@ pub(super) async fn consume<F: Function>(
     };
     // JetStream itself never stops delivering (the consumer's max_deliver is -1): the runtime
     // dead-letters a message on its last allowed delivery, so none is ever left behind.
-    let dead_letter_after = def.dead_letter_after;
+    let source = Arc::new(batch::Source {
+        routing,
+        dead_letter_after: def.dead_letter_after,
+        reads_map: ctx.config.shard.is_some() && !def.sharded,
+    });
     let loops = ctx.config.batches_in_flight;
-    let routing = Arc::new(routing);
-    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.durable(ctx.config.shard.as_deref())), dead_letter_after, loops, "consuming");
+    tracing::info!(function = F::NAME, consumer = %ctx.names.name(&def.durable(ctx.config.shard.as_deref())), dead_letter_after = source.dead_letter_after, loops, "consuming");
     tasks.spawn(
         "lag watcher",
         watch_lag(F::NAME, consumer.clone(), shutdown.clone()),
@@ -60,8 +63,7 @@ pub(super) async fn consume<F: Function>(
             f.clone(),
             ctx.clone(),
             consumer.clone(),
-            routing.clone(),
-            dead_letter_after,
+            source.clone(),
             events.clone(),
             shutdown.clone(),
         ));
@@ -79,8 +81,7 @@ async fn consume_loop<F: Function>(
     f: Arc<F>,
     ctx: Arc<Context>,
     consumer: PullConsumer,
-    routing: Arc<Routing>,
-    dead_letter_after: i64,
+    source: Arc<batch::Source>,
     events: mpsc::Sender<Vec<Row>>,
     shutdown: CancellationToken,
 ) {
@@ -114,7 +115,7 @@ async fn consume_loop<F: Function>(
             let attempt = async {
                 // Redis first: no effect is committed while its events could not be published.
                 ctx.cache.ping().await?;
-                batch::process(&*f, &ctx, &routing, dead_letter_after, &msgs).await
+                batch::process(&*f, &ctx, &source, &msgs).await
             };
             match attempt.instrument(span.clone()).await {
                 Ok(p) => break Some(p),

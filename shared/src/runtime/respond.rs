@@ -4,17 +4,20 @@
 //! A request may name its user's partition as one more token (`wallet.balance.get.144`), as a
 //! command may (docs/sharding.md). On one PostgreSQL a process answers the bare subject and every
 //! partition's; on a shard (`SHARD`), only its partitions', in a queue group of its shard, so
-//! that a request reaches a process whose database holds the user.
+//! that a request reaches a process whose database holds the user; the partitions a split gives
+//! to a new shard it stops answering within [`MAP_REFRESH`].
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::connect::{Backoff, pause};
+use super::connect::{self, Backoff, pause};
 use crate::context::Context;
 use crate::interface::Interface;
+use crate::shards::ranges;
 
 /// A request-reply function (core NATS, queue group `<ns>_<NAME>`, or `<ns>_<NAME>-<shard>`).
 pub trait Responder: Send + Sync + 'static {
@@ -35,16 +38,87 @@ pub trait Responder: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<u8>> + Send + 'a;
 }
 
+/// How often a shard's process reads which partitions its shard holds: a split gives some of
+/// them to a new shard (`walletctl shards split`), whose processes answer their requests from
+/// then on. A process that went on answering them would read a database that no longer holds
+/// their users.
+const MAP_REFRESH: Duration = Duration::from_secs(1);
+
 /// Answers requests until `shutdown`, then finishes the requests in flight: on `<ns>.<SUBJECT>`
 /// and `<ns>.<SUBJECT>.*` in the queue group `<ns>_<NAME>`, or with `SHARD` on
-/// `<ns>.<SUBJECT>.<p>` for each of the shard's `partitions` in `<ns>_<NAME>-<shard>`.
+/// `<ns>.<SUBJECT>.<p>` for each of the shard's `partitions` in `<ns>_<NAME>-<shard>`, which it
+/// reads again every [`MAP_REFRESH`].
 pub(super) async fn respond_loop<R: Responder>(
     r: Arc<R>,
     ctx: Arc<Context>,
-    partitions: Vec<u16>,
+    mut partitions: Vec<u16>,
     shutdown: CancellationToken,
 ) {
     const IN_FLIGHT: u32 = 256;
+    let Some(mut sub) = subscribe::<R>(&ctx, &partitions, &shutdown).await else {
+        return;
+    };
+    let mut refresh = tokio::time::interval(MAP_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT as usize));
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = refresh.tick(), if ctx.config.shard.is_some() => {
+                match connect::shard_of_database(&ctx).await {
+                    Ok(Some((_, now))) if now != partitions && !now.is_empty() => {
+                        // The new subjects first: a partition kept is never left unanswered.
+                        let Some(new) = subscribe::<R>(&ctx, &now, &shutdown).await else {
+                            break;
+                        };
+                        tracing::info!(
+                            function = R::NAME,
+                            from = %ranges(&partitions),
+                            to = %ranges(&now),
+                            "the shard's partitions changed (a split): answering its own only"
+                        );
+                        unsubscribe(std::mem::replace(&mut sub, new)).await;
+                        partitions = now;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "shard map not read; next time"),
+                }
+                continue;
+            }
+            m = sub.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (r, ctx) = (r.clone(), ctx.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let subject = ctx.names.strip(&msg.subject);
+            let answer = r.respond(&ctx, subject, &msg.payload).await;
+            if let Err(e) = ctx.nats.publish(reply, answer.into()).await {
+                tracing::debug!(error = %e, "reply not sent");
+            }
+            crate::metrics::answered(R::NAME, started.elapsed().as_secs_f64());
+            drop(permit);
+        });
+    }
+    unsubscribe(sub).await;
+    // Every permit back: every request in flight answered.
+    let _ = slots.acquire_many(IN_FLIGHT).await;
+}
+
+type Subscriptions = futures::stream::SelectAll<async_nats::Subscriber>;
+
+/// Subscribes `R` to its subjects (of `partitions` on a shard), retrying until `shutdown`
+/// (`None`).
+async fn subscribe<R: Responder>(
+    ctx: &Context,
+    partitions: &[u16],
+    shutdown: &CancellationToken,
+) -> Option<Subscriptions> {
     let (subjects, group) = match ctx.config.shard.as_deref() {
         None => (
             vec![R::SUBJECT.to_owned(), format!("{}.*", R::SUBJECT)],
@@ -72,8 +146,8 @@ pub(super) async fn respond_loop<R: Responder>(
                 Ok(s) => break subs.push(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot subscribe; retrying");
-                    if !pause(backoff.delay(), &shutdown).await {
-                        return;
+                    if !pause(backoff.delay(), shutdown).await {
+                        return None;
                     }
                 }
             }
@@ -85,34 +159,11 @@ pub(super) async fn respond_loop<R: Responder>(
         group,
         "serving"
     );
-    let mut sub = futures::stream::select_all(subs);
-    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT as usize));
-    loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => break,
-            m = sub.next() => match m { Some(m) => m, None => break },
-        };
-        let Some(reply) = msg.reply.clone() else {
-            continue;
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let (r, ctx) = (r.clone(), ctx.clone());
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let subject = ctx.names.strip(&msg.subject);
-            let answer = r.respond(&ctx, subject, &msg.payload).await;
-            if let Err(e) = ctx.nats.publish(reply, answer.into()).await {
-                tracing::debug!(error = %e, "reply not sent");
-            }
-            crate::metrics::answered(R::NAME, started.elapsed().as_secs_f64());
-            drop(permit);
-        });
-    }
-    for s in sub.iter_mut() {
+    Some(futures::stream::select_all(subs))
+}
+
+async fn unsubscribe(mut subs: Subscriptions) {
+    for s in subs.iter_mut() {
         let _ = s.unsubscribe().await;
     }
-    // Every permit back: every request in flight answered.
-    let _ = slots.acquire_many(IN_FLIGHT).await;
 }
