@@ -574,20 +574,35 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     )
     .await;
     let _bonus_on_a = s.spawn(&["bonus-grant"]).await;
-    let campaign = wallet_ops::campaign::CreateArgs {
-        id: "c1".into(),
-        currency: "USD".into(),
-        budget: "10.00".into(),
-        amount: Some("2.00".into()),
-        amount_min: None,
-        amount_max: None,
-        per_user: 1,
-        starts: None,
-        ends: None,
+    // Created where the map says (shard a's database), not in DATABASE_URL's.
+    let walletctl = |args: &[&str]| {
+        let out = std::process::Command::new(testkit::binary("walletctl"))
+            .args(args)
+            .envs(env.env())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
     };
-    wallet_ops::campaign::create(&env.config.on_shard(&s.shards.shards()[0]), &campaign)
-        .await
-        .unwrap();
+    walletctl(&[
+        "campaign",
+        "create",
+        "--id",
+        "c1",
+        "--currency",
+        "USD",
+        "--budget",
+        "10.00",
+        "--amount",
+        "2.00",
+        "--per-user",
+        "1",
+    ]);
     let given = |to: &'static str| {
         let p = Partition::of(away).as_smallint();
         async move {
@@ -838,6 +853,25 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         .find_map(|(k, v)| (k == "SHARDS_FILE").then_some(v))
         .unwrap();
     std::fs::copy(&target_file, &current).unwrap();
+    // The campaign's totals are the sums over both shards.
+    let shown: serde_json::Value =
+        serde_json::from_str(&walletctl(&["campaign", "show", "c1", "--json"])).unwrap();
+    assert_eq!(
+        (&shown["granted"], &shown["grants"], &shown["users"]),
+        (
+            &serde_json::json!("4.00"),
+            &serde_json::json!(2),
+            &serde_json::json!(2)
+        ),
+        "{shown}"
+    );
+    let listed = walletctl(&["campaign", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("c1 ") && l.contains(" 4.00 ")),
+        "{listed}"
+    );
     let target_path = target_file.to_str().unwrap().to_owned();
     let mut on_b = Vec::new();
     for f in functions {
@@ -874,6 +908,17 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         .await;
     assert_eq!(ours(pg_a).await, holds(&in_a, "7.00"));
     assert_eq!(ours(&pg_b).await, holds(&in_b, "7.00"));
+    // walletctl finds a transfer in its user's shard, whichever that is.
+    for user in [&in_a[0], &in_b[0]] {
+        let shown: serde_json::Value = serde_json::from_str(&walletctl(&[
+            "transfer",
+            "show",
+            &format!("t-{user}"),
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(shown["status"], "completed", "{shown}");
+    }
     env.uncache(&in_b[0]).await;
     assert_eq!(main_of(env.balance(&in_b[0]).await), Some("7.00".into()));
     let d1 = events

@@ -99,12 +99,8 @@ pub async fn verify(
         ));
     }
     // With a shard map, the run's wallets are spread over every shard's database.
-    let databases = match config.shard_map()? {
-        None => vec![config.clone()],
-        Some(map) => map.shards().iter().map(|s| config.on_shard(s)).collect(),
-    };
     let mut rows = Vec::new();
-    for database in &databases {
+    for database in &wallet_ops::databases(config)? {
         let pg = wallet_ops::postgres(database).await?;
         rows.extend(pg.query(RUN_WALLETS, &[&plan.run]).await?);
     }

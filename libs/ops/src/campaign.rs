@@ -1,7 +1,8 @@
 //! `walletctl campaign create|show|list`: bonus campaigns (CONTRACT §6).
 //!
 //! A campaign is created in PostgreSQL, then loaded into Redis by the same loader `bonus-grant`
-//! uses when Redis lost it, so there is one definition of the Redis state.
+//! uses when Redis lost it, so there is one definition of the Redis state. With a shard map it
+//! is created in every shard's database, and its totals are the sums over every shard.
 
 use std::fmt;
 
@@ -105,14 +106,30 @@ async fn reservations(config: &Config) -> anyhow::Result<Reservations> {
     Ok(Reservations::new(conn, config.names.clone()))
 }
 
-/// Creates the campaign (or finds it unchanged) and loads it into Redis.
+/// Creates the campaign in every database that holds campaigns (or finds it unchanged there)
+/// and loads it into Redis.
 pub async fn create(config: &Config, args: &CreateArgs) -> anyhow::Result<String> {
     let c = args.campaign(config)?;
-    let mut pg = crate::postgres(config).await?;
-    let created = campaign::create(&pg, &config.currencies, &c).await?;
+    let databases = crate::databases(config)?;
+    let mut created = false;
+    for db in &databases {
+        let pg = crate::postgres(db).await?;
+        created |= campaign::create(&pg, &config.currencies, &c).await? == Created::Created;
+    }
+    let verb = if created { "created" } else { "unchanged" };
+    // The loader reads one database's grants. On several shards Redis would have to hold
+    // their sum, and no function grants there yet (docs/sharding.md, step 5).
+    let [one] = databases.as_slice() else {
+        return Ok(format!(
+            "campaign {}: {verb} on {} shards; bonus grants run on no shard of several yet",
+            c.id,
+            databases.len()
+        ));
+    };
+    let mut pg = crate::postgres(one).await?;
     let reservations = reservations(config).await?;
     // Loaded on creation; an unchanged campaign is loaded only if Redis lost it.
-    if created == Created::Created || reservations.epoch(&c.id).await?.is_none() {
+    if created || reservations.epoch(&c.id).await?.is_none() {
         let loaded = loader::load(&mut pg, &config.currencies, &reservations, &c.id).await?;
         anyhow::ensure!(
             loaded == Loaded::Loaded,
@@ -120,10 +137,7 @@ pub async fn create(config: &Config, args: &CreateArgs) -> anyhow::Result<String
             c.id
         );
     }
-    Ok(match created {
-        Created::Created => format!("campaign {}: created", c.id),
-        Created::Unchanged => format!("campaign {}: unchanged", c.id),
-    })
+    Ok(format!("campaign {}: {verb}", c.id))
 }
 
 /// One campaign: parameters, what PostgreSQL committed, what Redis holds.
@@ -169,8 +183,10 @@ impl fmt::Display for CampaignView {
     }
 }
 
+/// The campaign, with its totals summed over every database that holds campaigns.
 pub async fn show(config: &Config, id: &str) -> anyhow::Result<CampaignView> {
-    let pg = crate::postgres(config).await?;
+    let databases = crate::databases(config)?;
+    let pg = crate::postgres(&databases[0]).await?;
     let Some(row) = pg
         .query_opt(&format!("{} WHERE id = $1", campaign::SELECT), &[&id])
         .await?
@@ -179,15 +195,27 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<CampaignView> {
     };
     let c = campaign::from_row(&row, &config.currencies)
         .ok_or_else(|| anyhow::anyhow!("campaign `{id}` has a currency no longer configured"))?;
-    let totals = pg
-        .query_one(
-            "SELECT granted, grants, redis_epoch, (SELECT count(DISTINCT user_id) FROM grants WHERE campaign_id = $1)
-             FROM campaigns WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-    let (granted, grants, epoch, users): (Decimal, i64, i64, i64) =
-        (totals.get(0), totals.get(1), totals.get(2), totals.get(3));
+    let epoch: i64 = pg
+        .query_one("SELECT redis_epoch FROM campaigns WHERE id = $1", &[&id])
+        .await?
+        .get(0);
+    let (mut granted, mut grants, mut users) = (Decimal::ZERO, 0_i64, 0_i64);
+    for db in &databases {
+        // A user's grants are all in the user's shard: the users of two shards are distinct.
+        if let Some(totals) = crate::postgres(db)
+            .await?
+            .query_opt(
+                "SELECT granted, grants, (SELECT count(DISTINCT user_id) FROM grants WHERE campaign_id = $1)
+                 FROM campaigns WHERE id = $1",
+                &[&id],
+            )
+            .await?
+        {
+            granted += totals.get::<_, Decimal>(0);
+            grants += totals.get::<_, i64>(1);
+            users += totals.get::<_, i64>(2);
+        }
+    }
     let cur = c.currency;
     let reservations = reservations(config).await?;
     let redis = match reservations.counters(id).await? {
@@ -252,15 +280,33 @@ impl fmt::Display for CampaignList {
     }
 }
 
+/// Every campaign, with its totals summed over every database that holds campaigns.
 pub async fn list(config: &Config) -> anyhow::Result<CampaignList> {
-    let pg = crate::postgres(config).await?;
+    let databases = crate::databases(config)?;
+    let mut totals: std::collections::HashMap<String, (Decimal, i64)> = Default::default();
+    for db in &databases[1..] {
+        for row in crate::postgres(db)
+            .await?
+            .query("SELECT id, granted, grants FROM campaigns", &[])
+            .await?
+        {
+            let t = totals.entry(row.get(0)).or_default();
+            t.0 += row.get::<_, Decimal>(1);
+            t.1 += row.get::<_, i64>(2);
+        }
+    }
+    let pg = crate::postgres(&databases[0]).await?;
     let rows = pg.query(campaign::LIST, &[]).await?;
     let mut out = Vec::new();
     for row in rows {
         let Some(c) = campaign::from_row(&row, &config.currencies) else {
             continue;
         };
-        let (granted, grants): (Decimal, i64) = (row.get(9), row.get(10));
+        let (elsewhere, elsewhere_n) = totals.get(&c.id).copied().unwrap_or_default();
+        let (granted, grants): (Decimal, i64) = (
+            row.get::<_, Decimal>(9) + elsewhere,
+            row.get::<_, i64>(10) + elsewhere_n,
+        );
         let amount = c
             .lines()
             .into_iter()

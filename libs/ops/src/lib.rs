@@ -47,3 +47,12 @@ pub async fn postgres(config: &Config) -> anyhow::Result<tokio_postgres::Client>
         )
     })
 }
+
+/// The ledger's databases: with a shard map (`SHARDS_FILE`) every shard's, in the map's order;
+/// otherwise `DATABASE_URL`'s.
+pub fn databases(config: &Config) -> anyhow::Result<Vec<Config>> {
+    Ok(match config.shard_map()? {
+        None => vec![config.clone()],
+        Some(map) => map.shards().iter().map(|s| config.on_shard(s)).collect(),
+    })
+}

@@ -1,4 +1,5 @@
-//! `walletctl transfer show ID`: one transfer, out or in, and its history, from PostgreSQL.
+//! `walletctl transfer show ID`: one transfer, out or in, and its history, from PostgreSQL (with
+//! a shard map, from the shard that holds it).
 
 use std::fmt;
 
@@ -20,10 +21,18 @@ const POSTINGS: &str = "
     FROM postings p JOIN accounts a ON (a.partition, a.id) = (p.partition, p.account_id)
     WHERE p.command = ANY($1) ORDER BY p.id";
 
-/// The transfer `id`; an error when there is none.
+/// The transfer `id`, from the database that holds it (with a shard map, its user's shard's);
+/// an error when there is none.
 pub async fn show(config: &Config, id: &str) -> anyhow::Result<TransferView> {
-    let pg = crate::postgres(config).await?;
-    let Some(t) = pg.query_opt(TRANSFER, &[&id]).await? else {
+    let mut found = None;
+    for database in crate::databases(config)? {
+        let pg = crate::postgres(&database).await?;
+        if let Some(t) = pg.query_opt(TRANSFER, &[&id]).await? {
+            found = Some((pg, t));
+            break;
+        }
+    }
+    let Some((pg, t)) = found else {
         bail!("no transfer `{id}` (a rejected transfer moves nothing and is not recorded)");
     };
     let (user, provider, currency, amount, status): (
