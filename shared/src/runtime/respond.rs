@@ -61,9 +61,18 @@ pub(super) async fn respond_loop<R: Responder>(
     let mut refresh = tokio::time::interval(MAP_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT as usize));
+    // The subscriptions replaced last, unsubscribed: what they had received is still answered.
+    let mut retiring: Option<Subscriptions> = None;
     loop {
         let msg = tokio::select! {
             () = shutdown.cancelled() => break,
+            m = next(&mut retiring), if retiring.is_some() => match m {
+                Some(m) => m,
+                None => {
+                    retiring = None;
+                    continue;
+                }
+            },
             _ = refresh.tick(), if ctx.config.shard.is_some() => {
                 match connect::shard_of_database(&ctx).await {
                     Ok(Some((_, now))) if now != partitions && !now.is_empty() => {
@@ -77,11 +86,13 @@ pub(super) async fn respond_loop<R: Responder>(
                             to = %ranges(&now),
                             "the shard's partitions changed (a split): answering its own only"
                         );
-                        unsubscribe(std::mem::replace(&mut sub, new)).await;
+                        let mut old = std::mem::replace(&mut sub, new);
+                        unsubscribe(&mut old).await;
+                        retiring = Some(old);
                         partitions = now;
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "shard map not read; next time"),
+                    Err(e) => tracing::warn!(error = %e, "shard map not read; next time"),
                 }
                 continue;
             }
@@ -105,7 +116,7 @@ pub(super) async fn respond_loop<R: Responder>(
             drop(permit);
         });
     }
-    unsubscribe(sub).await;
+    unsubscribe(&mut sub).await;
     // Every permit back: every request in flight answered.
     let _ = slots.acquire_many(IN_FLIGHT).await;
 }
@@ -162,8 +173,16 @@ async fn subscribe<R: Responder>(
     Some(futures::stream::select_all(subs))
 }
 
-async fn unsubscribe(mut subs: Subscriptions) {
+async fn unsubscribe(subs: &mut Subscriptions) {
     for s in subs.iter_mut() {
         let _ = s.unsubscribe().await;
+    }
+}
+
+/// The next request `retiring` holds; never, without it.
+async fn next(retiring: &mut Option<Subscriptions>) -> Option<async_nats::Message> {
+    match retiring {
+        Some(subs) => subs.next().await,
+        None => std::future::pending().await,
     }
 }
