@@ -153,6 +153,18 @@ async fn client(pg: &PrivatePostgres) -> tokio_postgres::Client {
     client
 }
 
+/// `walletctl shards split MAP` with `args` in `env`, creating testkit's small streams.
+fn split(env: &TestEnv, map: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(testkit::binary("walletctl"))
+        .args(["shards", "split"])
+        .args(args)
+        .arg(map)
+        .envs(env.env())
+        .env("STREAMS_FILE", env.streams_file_small())
+        .output()
+        .unwrap()
+}
+
 /// Each user's `main` USD balance in the shard's database.
 async fn mains(pg: &PrivatePostgres) -> Vec<(String, Decimal)> {
     client(pg)
@@ -756,18 +768,12 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         (deposits_of(env, "a").await.state.last_sequence >= before + 200).then_some(())
     })
     .await;
-    let split = std::process::Command::new(testkit::binary("walletctl"))
-        .args(["shards", "split"])
-        .arg(&target_file)
-        .envs(env.env())
-        .env("STREAMS_FILE", env.streams_file_small())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&split.stdout);
+    let done = split(env, &target_file, &[]);
+    let stdout = String::from_utf8_lossy(&done.stdout);
     assert!(
-        split.status.success(),
+        done.status.success(),
         "{stdout}{}",
-        String::from_utf8_lossy(&split.stderr)
+        String::from_utf8_lossy(&done.stderr)
     );
     assert!(
         stdout.contains("shard a: its streams no longer take partitions 128-255"),
@@ -960,13 +966,7 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     ))
     .unwrap();
     let again_file = pg_b.write_file("again.toml", again.to_toml().as_bytes(), 0o644);
-    let refused = std::process::Command::new(testkit::binary("walletctl"))
-        .args(["shards", "split"])
-        .arg(&again_file)
-        .envs(env.env())
-        .env("STREAMS_FILE", env.streams_file_small())
-        .output()
-        .unwrap();
+    let refused = split(env, &again_file, &[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is shard `a`'s database"), "{stderr}");
@@ -997,16 +997,7 @@ async fn a_split_waits_for_the_old_shards_outbox_and_goes_on_when_run_again() {
         pg_b.url("wallet")
     );
     let target = pg_b.write_file("target.toml", target.as_bytes(), 0o644);
-    let split = || {
-        std::process::Command::new(testkit::binary("walletctl"))
-            .args(["shards", "split", "--drain-timeout", "2s"])
-            .arg(&target)
-            .envs(env.env())
-            .env("STREAMS_FILE", env.streams_file_small())
-            .output()
-            .unwrap()
-    };
-    let first = split();
+    let first = split(env, &target, &["--drain-timeout", "2s"]);
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert_eq!(first.status.code(), Some(2), "{stderr}");
     assert!(
@@ -1032,7 +1023,7 @@ async fn a_split_waits_for_the_old_shards_outbox_and_goes_on_when_run_again() {
 
     // Published (the relay deletes the row): run again, it completes.
     pg.execute("DELETE FROM outbox", &[]).await.unwrap();
-    let second = split();
+    let second = split(env, &target, &["--drain-timeout", "2s"]);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert!(
         second.status.success(),

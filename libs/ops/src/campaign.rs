@@ -110,27 +110,27 @@ async fn reservations(config: &Config) -> anyhow::Result<Reservations> {
 /// and loads it into Redis.
 pub async fn create(config: &Config, args: &CreateArgs) -> anyhow::Result<String> {
     let c = args.campaign(config)?;
-    let databases = crate::databases(config)?;
+    let mut pgs = Vec::new();
     let mut created = false;
-    for db in &databases {
-        let pg = crate::postgres(db).await?;
+    for database in crate::databases(config)? {
+        let pg = crate::postgres(&database).await?;
         created |= campaign::create(&pg, &config.currencies, &c).await? == Created::Created;
+        pgs.push(pg);
     }
     let verb = if created { "created" } else { "unchanged" };
     // The loader reads one database's grants. On several shards Redis would have to hold
     // their sum, and no function grants there yet (docs/sharding.md, step 5).
-    let [one] = databases.as_slice() else {
+    let n = pgs.len();
+    let [pg] = pgs.as_mut_slice() else {
         return Ok(format!(
-            "campaign {}: {verb} on {} shards; bonus grants run on no shard of several yet",
-            c.id,
-            databases.len()
+            "campaign {}: {verb} on {n} shards; bonus grants run on no shard of several yet",
+            c.id
         ));
     };
-    let mut pg = crate::postgres(one).await?;
     let reservations = reservations(config).await?;
     // Loaded on creation; an unchanged campaign is loaded only if Redis lost it.
     if created || reservations.epoch(&c.id).await?.is_none() {
-        let loaded = loader::load(&mut pg, &config.currencies, &reservations, &c.id).await?;
+        let loaded = loader::load(pg, &config.currencies, &reservations, &c.id).await?;
         anyhow::ensure!(
             loaded == Loaded::Loaded,
             "campaign `{}` vanished while loading",
@@ -185,8 +185,11 @@ impl fmt::Display for CampaignView {
 
 /// The campaign, with its totals summed over every database that holds campaigns.
 pub async fn show(config: &Config, id: &str) -> anyhow::Result<CampaignView> {
-    let databases = crate::databases(config)?;
-    let pg = crate::postgres(&databases[0]).await?;
+    let mut pgs = Vec::new();
+    for database in crate::databases(config)? {
+        pgs.push(crate::postgres(&database).await?);
+    }
+    let pg = &pgs[0];
     let Some(row) = pg
         .query_opt(&format!("{} WHERE id = $1", campaign::SELECT), &[&id])
         .await?
@@ -200,10 +203,9 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<CampaignView> {
         .await?
         .get(0);
     let (mut granted, mut grants, mut users) = (Decimal::ZERO, 0_i64, 0_i64);
-    for db in &databases {
+    for pg in &pgs {
         // A user's grants are all in the user's shard: the users of two shards are distinct.
-        if let Some(totals) = crate::postgres(db)
-            .await?
+        if let Some(totals) = pg
             .query_opt(
                 "SELECT granted, grants, (SELECT count(DISTINCT user_id) FROM grants WHERE campaign_id = $1)
                  FROM campaigns WHERE id = $1",
