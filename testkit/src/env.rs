@@ -15,7 +15,7 @@ use wallet_runtime::streams::Topology;
 
 use crate::{
     Proc, Reader, binary, commands, eventually, free_port, http_get, namespace, nats_url,
-    postgres_server, redis_url, topology,
+    postgres_server, redis_url,
 };
 
 #[derive(Debug)]
@@ -27,6 +27,8 @@ pub struct TestEnv {
     pub js: jetstream::Context,
     /// What [`TestEnv::with_env`] was given, for the binaries it spawns.
     extra: Vec<(String, String)>,
+    /// The streams file's text: the built-in one (with the test crate's own), or `STREAMS_FILE`'s.
+    streams: String,
     procs: Mutex<Vec<u32>>,
 }
 
@@ -77,7 +79,11 @@ impl TestEnv {
         ]);
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
-        let mut topology = topology();
+        let given = vars.get("STREAMS_FILE");
+        let streams = given.map_or_else(crate::streams_text, |path| {
+            std::fs::read_to_string(path).unwrap()
+        });
+        let mut topology = crate::topology_of(&streams);
         // As `walletctl setup` reads it: a cluster's streams are replicated.
         if let Some(r) = vars.get("STREAM_REPLICAS") {
             let r = r.parse().expect("STREAM_REPLICAS is a number");
@@ -86,6 +92,7 @@ impl TestEnv {
         wallet_ops::setup::setup(&config, &topology).await.unwrap();
         let nats = wallet_ops::nats(&config).await.unwrap();
         let js = jetstream::new(nats.clone());
+        let own = given.is_none() && streams != wallet_runtime::streams::BUILT_IN;
         let mut env = Self {
             config,
             ns,
@@ -97,10 +104,11 @@ impl TestEnv {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             procs: Mutex::new(Vec::new()),
+            streams,
         };
         // A crate with streams of its own: its binaries read them from a file.
-        let streams = crate::streams_text();
-        if streams != wallet_runtime::streams::BUILT_IN {
+        if own {
+            let streams = &env.streams;
             let path = env.streams_file();
             std::fs::write(&path, streams).unwrap();
             env.extra
@@ -124,7 +132,8 @@ impl TestEnv {
 
     /// The built-in streams file with every `key` set to `value`, written for this env.
     fn streams_file_with(&self, key: &str, value: i64) -> String {
-        let text = crate::streams_text()
+        let text = self
+            .streams
             .lines()
             .map(|l| {
                 if l.starts_with(key) {
@@ -398,7 +407,7 @@ impl TestEnv {
 
     /// `walletctl setup` again: the migrations not yet applied, the roles, the streams.
     pub async fn setup(&self) -> Vec<String> {
-        wallet_ops::setup::setup(&self.config, &topology())
+        wallet_ops::setup::setup(&self.config, &crate::topology_of(&self.streams))
             .await
             .unwrap()
     }
@@ -509,6 +518,7 @@ impl Drop for TestEnv {
         }
         let _ = std::fs::remove_file(self.streams_file());
         let config = self.config.clone();
+        let topology = crate::topology_of(&self.streams);
         // Drop cannot await: clean up on a thread of its own with a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -518,7 +528,7 @@ impl Drop for TestEnv {
             rt.block_on(async move {
                 // The test crate's own streams too (the runtime's PROBES): the built-in file
                 // alone left one stream behind per probe test on the shared server.
-                if let Err(e) = wallet_ops::teardown::teardown(&config, &crate::topology()).await {
+                if let Err(e) = wallet_ops::teardown::teardown(&config, &topology).await {
                     eprintln!("test cleanup: {e:#}");
                 }
             });

@@ -75,11 +75,29 @@ pub fn streams_text() -> String {
 /// The built-in topology with small streams: JetStream reserves `max_bytes` up front, and many
 /// test namespaces live at once.
 pub fn topology() -> Topology {
-    let mut topology = Topology::parse(&streams_text()).unwrap();
+    topology_of(&streams_text())
+}
+
+/// The topology of a streams file's `text`, with small streams as [`topology`]'s.
+pub fn topology_of(text: &str) -> Topology {
+    let mut topology = Topology::parse(text).unwrap();
     for s in &mut topology.streams {
         s.max_bytes = 64 << 20;
     }
     topology
+}
+
+/// Streams file `text` with `function`'s consumer not `sharded`: how a function added without
+/// proof that it may run on several shards is deployed (docs/sharding.md), for the tests of
+/// what happens to such a function when every function of the repository is sharded.
+pub fn unsharded(text: &str, function: &str) -> String {
+    let start = text
+        .find(&format!("function = \"{function}\""))
+        .unwrap_or_else(|| panic!("no consumer of {function}"));
+    let end = text[start..].find("[[").map_or(text.len(), |i| start + i);
+    let block = text[start..end].replace("sharded = true\n", "");
+    assert_ne!(block, text[start..end], "{function} is not sharded");
+    format!("{}{block}{}", &text[..start], &text[end..])
 }
 
 /// A fresh `WALLET_NAMESPACE` for one test.

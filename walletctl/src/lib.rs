@@ -208,6 +208,13 @@ pub enum CampaignCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Move quota to the shards whose grants wait for it (docs/sharding.md, step 5): one round,
+    /// or one every --every until SIGTERM. One runs per deployment of several shards.
+    Rebalance {
+        /// Run a round this often (`1s`), until SIGTERM or SIGINT.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
+    },
     /// Every campaign.
     List {
         /// Print JSON.
@@ -422,6 +429,12 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
                 }
                 CampaignCmd::Show { id, json } => show(&campaign::show(&config, &id).await?, json)?,
                 CampaignCmd::List { json } => show(&campaign::list(&config).await?, json)?,
+                CampaignCmd::Rebalance { every } => {
+                    wallet_ops::rebalance::run(&config, every, until_signalled(), &mut |m| {
+                        println!("{m}")
+                    })
+                    .await?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -473,24 +486,30 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Cmd::ProviderSim(opts) => {
             let filter = wallet_runtime::telemetry::filter()?;
             wallet_runtime::telemetry::init_logs(filter, config.json_logs);
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) {
-                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                }
-                on_signal.cancel();
-            });
+            let shutdown = until_signalled();
             tracing::info!(?opts, "provider-sim: answering provider requests");
             let stats = provider_sim::run(&config, opts, shutdown).await?;
             println!("provider-sim: {stats}");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Cancelled on SIGTERM or SIGINT: a long-running command's way to stop.
+fn until_signalled() -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        on_signal.cancel();
+    });
+    shutdown
 }
 
 /// Exit codes, the same for every command, so that a script can tell "found a problem" from

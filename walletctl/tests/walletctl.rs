@@ -597,8 +597,8 @@ fn generated_deployments_leave_the_replica_count_to_the_autoscaler() {
 }
 
 /// With a shard map, each shard of a function is its own Deployment, reading its shard's
-/// consumer and database and scaled by that consumer's lag; a function not `sharded` in
-/// streams.toml (bonus-grant, until docs/sharding.md's step 5) runs on none of two.
+/// consumer and database and scaled by that consumer's lag (a function not `sharded` in
+/// streams.toml would run on none of two: `streams::tests` in the runtime).
 #[test]
 fn sharded_manifests_run_each_function_once_per_shard() {
     let dir = std::env::temp_dir().join(format!("shards-{}", testkit::namespace()));
@@ -639,6 +639,7 @@ fn sharded_manifests_run_each_function_once_per_shard() {
     written.sort();
     let mut want: Vec<String> = [
         "balance",
+        "bonus-grant",
         "deposit",
         "payout-ack",
         "provider-ack",
@@ -677,6 +678,6 @@ fn sharded_manifests_run_each_function_once_per_shard() {
         users.contains("MSG.NEXT.PROVIDER_ACKS-b.provider-ack-b"),
         "{users}"
     );
-    assert!(!users.contains("MSG.NEXT.BONUS"), "{users}");
+    assert!(users.contains("MSG.NEXT.BONUS-b.bonus-grant-b"), "{users}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,7 +1,12 @@
 //! The PostgreSQL side of a batch of reserved grants: one transaction locks each campaign's row
-//! once (in id order), checks the budget and the per-user limit again (the last line of
-//! defence), credits the `bonus` wallets, records the grants with their reservation's token and
-//! adds the batch's total to each campaign, one update per campaign, never per grant.
+//! once (in id order), checks the per-user limit and the shard's quota of the budget again (the
+//! last line of defence; on one PostgreSQL the quota is the budget), credits the `bonus`
+//! wallets, records the grants with their reservation's token and adds the batch's total to
+//! each campaign, one update per campaign, never per grant.
+//!
+//! A grant past the quota that the other shards' spare could still pay (`spare_elsewhere`, an
+//! upper bound: V14) waits for quota, redelivered, and leaves its amount in `wanted` for
+//! `walletctl campaign rebalance`; one past that bound is `campaign_exhausted`, with certainty.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -14,7 +19,9 @@ use wallet_runtime::partition;
 use wallet_runtime::wallet::{Kind, WalletKey};
 use wallet_runtime::{Command, Context, Event, Function, Outcome, Reason, Status, StepError};
 
-use crate::{BonusGrant, ENTITY, GrantCommand, RESERVATION_UNRESOLVED, rejection};
+use crate::{
+    BonusGrant, ENTITY, GrantCommand, QUOTA_UNAVAILABLE, RESERVATION_UNRESOLVED, rejection,
+};
 
 /// A grant the transaction credits.
 struct Granted<'a> {
@@ -29,17 +36,20 @@ struct Granted<'a> {
 /// A campaign as a grant transaction finds it, locked.
 struct Locked {
     currency: Currency,
-    budget: Decimal,
+    quota: Decimal,
+    spare_elsewhere: Decimal,
     per_user: i64,
     granted: Decimal,
     epoch: i64,
     /// Added by this batch.
     added: Decimal,
     count: i64,
+    /// Grants of this batch that wait for quota.
+    wanted: Decimal,
 }
 
 const LOCK: &str = "
-    SELECT id, currency, budget, per_user, granted, redis_epoch FROM campaigns
+    SELECT id, currency, quota, per_user, granted, redis_epoch, spare_elsewhere FROM campaigns
     WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 
 const RELEASED: &str = "SELECT grant_id, token FROM grant_releases WHERE grant_id = ANY($1)";
@@ -55,9 +65,13 @@ const RECORD: &str = "
     )";
 
 const ADD: &str = "
-    UPDATE campaigns c SET granted = c.granted + u.amount, grants = c.grants + u.n
-    FROM unnest($1::text[], $2::numeric[], $3::bigint[]) AS u (id, amount, n)
+    UPDATE campaigns c
+    SET granted = c.granted + u.amount, grants = c.grants + u.n, wanted = c.wanted + u.wanted
+    FROM unnest($1::text[], $2::numeric[], $3::bigint[], $4::numeric[]) AS u (id, amount, n, wanted)
     WHERE c.id = u.id";
+
+/// How long a grant waits for quota before it is delivered again: about the rebalancer's round.
+const QUOTA_WAIT: Duration = Duration::from_secs(1);
 
 /// Applies `commands` (grants Redis reserved) in the batch's transaction; one outcome each.
 pub(crate) async fn apply(
@@ -78,12 +92,14 @@ pub(crate) async fn apply(
         };
         let locked = Locked {
             currency,
-            budget: row.get(2),
+            quota: row.get(2),
             per_user: i64::from(row.get::<_, i32>(3)),
             granted: row.get(4),
             epoch: row.get(5),
+            spare_elsewhere: row.get(6),
             added: Decimal::ZERO,
             count: 0,
+            wanted: Decimal::ZERO,
         };
         campaigns.insert(row.get(0), locked);
     }
@@ -135,10 +151,18 @@ pub(crate) async fn apply(
         let count = per_user
             .entry((c.campaign_id.clone(), user.to_owned()))
             .or_default();
+        let rest = campaign.quota - campaign.granted - campaign.added;
         let refused = if *count + 1 > campaign.per_user {
             Some(Reason::LIMIT_REACHED)
-        } else if campaign.granted + campaign.added + amount > campaign.budget {
+        } else if amount > rest + campaign.spare_elsewhere {
             Some(Reason::CAMPAIGN_EXHAUSTED)
+        } else if amount > rest {
+            campaign.wanted += amount;
+            outcomes.push(Some(Outcome::Retry {
+                after: QUOTA_WAIT,
+                reason: QUOTA_UNAVAILABLE,
+            }));
+            continue;
         } else {
             None
         };
@@ -219,12 +243,17 @@ pub(crate) async fn apply(
             &[&ids, &campaigns_of, &users, &amounts, &tokens, &partitions],
         )
         .await?;
-        let changed: Vec<(&String, &Locked)> =
-            campaigns.iter().filter(|(_, l)| l.count > 0).collect();
+    }
+    let changed: Vec<(&String, &Locked)> = campaigns
+        .iter()
+        .filter(|(_, l)| l.count > 0 || l.wanted > Decimal::ZERO)
+        .collect();
+    if !changed.is_empty() {
         let ids: Vec<&str> = changed.iter().map(|(id, _)| id.as_str()).collect();
         let amounts: Vec<Decimal> = changed.iter().map(|(_, l)| l.added).collect();
         let counts: Vec<i64> = changed.iter().map(|(_, l)| l.count).collect();
-        tx.execute(ADD, &[&ids, &amounts, &counts]).await?;
+        let wanted: Vec<Decimal> = changed.iter().map(|(_, l)| l.wanted).collect();
+        tx.execute(ADD, &[&ids, &amounts, &counts, &wanted]).await?;
     }
     Ok(outcomes
         .into_iter()

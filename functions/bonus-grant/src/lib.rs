@@ -57,6 +57,10 @@ pub struct CampaignField {
 /// allowed delivery (Redis kept losing it): reserved again by a replay.
 pub const RESERVATION_UNRESOLVED: &str = "reservation_unresolved";
 
+/// The dead-letter reason of a grant that waited for its shard's quota on its last allowed
+/// delivery: no rebalancer moved quota to it (`walletctl campaign rebalance`, docs/sharding.md).
+pub const QUOTA_UNAVAILABLE: &str = "quota_unavailable";
+
 /// Test-only fail point: `WALLET_FAILPOINT=bonus-after-reserve` ends the process right after
 /// Redis reserved a batch and before PostgreSQL commits it (a crash at the worst line).
 const FAILPOINT: &str = "bonus-after-reserve";
@@ -81,8 +85,9 @@ pub struct GrantCommand {
 
 impl BonusGrant {
     fn reservations(&self, ctx: &Context) -> &Reservations {
-        self.reservations
-            .get_or_init(|| Reservations::new(ctx.redis.clone(), ctx.names.clone()))
+        self.reservations.get_or_init(|| {
+            Reservations::new(ctx.redis.clone(), &ctx.names, ctx.config.shard.as_deref())
+        })
     }
 }
 
@@ -115,7 +120,10 @@ impl Function for BonusGrant {
     fn interface() -> Interface {
         use Reason as R;
         Interface::of::<Self>()
-            .command::<BonusGrantCommand>("bonus.grant", &[RESERVATION_UNRESOLVED])
+            .command::<BonusGrantCommand>(
+                "bonus.grant",
+                &[RESERVATION_UNRESOLVED, QUOTA_UNAVAILABLE],
+            )
             .events::<CampaignField>(
                 &[Status::GRANTED, Status::REJECTED],
                 &[

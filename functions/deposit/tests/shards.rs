@@ -21,13 +21,14 @@ fn owner(pg: &PrivatePostgres, role: &str) -> String {
 }
 
 /// Every function that may run on several shards (`sharded` in streams.toml).
-const SHARDED: [&str; 6] = [
+const SHARDED: [&str; 7] = [
     "deposit",
     "transfer-out",
     "provider-ack",
     "transfer-in",
     "withdraw",
     "payout-ack",
+    "bonus-grant",
 ];
 
 /// `n` PostgreSQL servers, one shard each (`a`, `b`, …, the partitions split evenly), a private
@@ -42,15 +43,26 @@ struct Sharded {
 
 impl Sharded {
     async fn start(n: usize, nats: PrivateNats) -> Self {
+        Self::start_with(n, nats, None).await
+    }
+
+    /// With `unsharded` a function whose consumer is not `sharded`, as a function added
+    /// without proof that it may run on several shards is deployed.
+    async fn start_with(n: usize, nats: PrivateNats, unsharded: Option<&str>) -> Self {
         let pgs: Vec<_> = (0..n).map(|_| PrivatePostgres::start(&[], None)).collect();
         let urls: Vec<String> = pgs.iter().map(|pg| pg.url("wallet")).collect();
         let shards = ShardMap::even(&urls);
         let map = shards.to_toml();
         let file = pgs[0].write_file("shards.toml", map.as_bytes(), 0o644);
-        let vars = [
+        let mut vars = vec![
             ("NATS_URL", nats.url()),
             ("SHARDS_FILE", file.to_str().unwrap().to_owned()),
         ];
+        if let Some(function) = unsharded {
+            let text = testkit::unsharded(&testkit::streams_text(), function);
+            let streams = pgs[0].write_file("streams.toml", text.as_bytes(), 0o644);
+            vars.push(("STREAMS_FILE", streams.to_str().unwrap().to_owned()));
+        }
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let env = TestEnv::in_namespace(namespace(), &vars).await;
         Self {
@@ -182,7 +194,12 @@ async fn mains(pg: &PrivatePostgres) -> Vec<(String, Decimal)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its_own() {
-    let s = Sharded::start(2, PrivateNats::of(pinned_nats_server(), |_| String::new())).await;
+    let s = Sharded::start_with(
+        2,
+        PrivateNats::of(pinned_nats_server(), |_| String::new()),
+        Some("bonus-grant"),
+    )
+    .await;
     let (env, pg_a, pg_b, map) = (&s.env, &s.pgs[0], &s.pgs[1], &s.map);
 
     // A process pointed at the wrong database, or at a shard's without SHARD, refuses to start.
@@ -393,8 +410,9 @@ async fn deposits_commit_in_their_users_shard_and_a_shard_down_holds_up_only_its
         "the lag of both shards' consumers is sampled: {report:#}"
     );
 
-    // Bonus grants run on no shard of two (until quotas per shard): a load of them is refused
-    // before it sends anything, rather than waiting out its drain.
+    // A function that is not sharded (here bonus-grant, made so in this test's streams file)
+    // runs on no shard of two: a load of its commands is refused before it sends anything,
+    // rather than waiting out its drain.
     let refused = std::process::Command::new(testkit::binary("walletctl"))
         .args(["load", "--mix", "deposit=50,bonus=50", "--count", "10"])
         .envs(s.env.env())
@@ -478,9 +496,18 @@ async fn every_sharded_function_runs_on_four_shards_on_nats_server_2_9() {
             Some(format!("broken-{}", shard.name))
         );
     }
+    // Bonus grants too: the campaign's budget is four quotas, and its grants exhaust every
+    // shard's. The load's verification counts exactly as many grants as envelopes, so the
+    // quotas the rebalancer moved to where the grants were reached the whole budget, and no
+    // more.
+    let _rebalancer = s.env.spawn_args(
+        "walletctl",
+        &["campaign", "rebalance", "--every", "200ms"],
+        &[],
+    );
     s.load(&[
         "--mix",
-        "deposit=40,transfer=20,withdraw=15,transfer_in=10",
+        "deposit=35,transfer=20,withdraw=15,transfer_in=10,bonus=20",
         "--count",
         "1000",
         "--users",
@@ -531,7 +558,12 @@ async fn every_sharded_function_runs_on_four_shards_on_nats_server_2_9() {
 async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     // Before the env, which drops every shard's database when it goes.
     let pg_b = PrivatePostgres::start(&[], None);
-    let s = Sharded::start(1, PrivateNats::of(pinned_nats_server(), |_| String::new())).await;
+    let s = Sharded::start_with(
+        1,
+        PrivateNats::of(pinned_nats_server(), |_| String::new()),
+        Some("bonus-grant"),
+    )
+    .await;
     let (env, pg_a) = (&s.env, &s.pgs[0]);
     let functions = ["deposit", "transfer-out", "provider-ack", "balance"];
     let _on_a = s.spawn(&functions).await;
@@ -566,7 +598,8 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     env.run_commands(&mut events, "deposit", deposits("d1", &users, "10.00"))
         .await;
 
-    // A function that is not sharded (bonus-grant, on a map of one shard) reads the map in
+    // A function that is not sharded (bonus-grant in this test's streams file: a function
+    // added without proof that it may run on several shards), on a map of one shard, reads the map in
     // each batch's transaction: with one of b's partitions given away (as a split's fence
     // does), a grant of that partition is not decided on a, and one of another partition is;
     // given back, the first is decided on its next delivery. Both grants stay in the campaign
@@ -780,7 +813,7 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
         "{stdout}"
     );
     assert!(stdout.contains("shard a: deleted"), "{stdout}");
-    // bonus-grant ran on the map of one shard; on two it runs nowhere yet (step 5), and its
+    // The unsharded bonus-grant ran on the map of one shard; on two it runs nowhere, and its
     // grants wait in their stream.
     assert!(stdout.contains("bonus-grant-a: deleted"), "{stdout}");
     let bonus = env.config.names.name("BONUS");
@@ -803,17 +836,24 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     };
     assert_eq!(ours(pg_a).await, holds(&in_a, "6.00"));
     assert_eq!(ours(&pg_b).await, holds(&in_b, "6.00"));
-    // The campaign's grants went with their users, and each shard counts its own.
-    for pg in [pg_a, &pg_b] {
+    // The campaign's grants went with their users, and each shard counts its own. Its quotas
+    // still sum to the budget (10.00): b's is the grant it received, a keeps what was left
+    // (6.00), which b knows is elsewhere.
+    for (pg, quota, elsewhere) in [(pg_a, 8, 0), (&pg_b, 2, 6)] {
         let row = client(pg)
             .await
-            .query_one("SELECT granted, grants FROM campaigns WHERE id = 'c1'", &[])
+            .query_one(
+                "SELECT granted, grants, quota, spare_elsewhere FROM campaigns WHERE id = 'c1'",
+                &[],
+            )
             .await
             .unwrap();
-        let counted: (Decimal, i64) = (row.get(0), row.get(1));
+        let counted: (Decimal, i64, Decimal, Decimal) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let d = |n: i64| Decimal::new(n, 0);
         assert_eq!(
             counted,
-            (Decimal::new(2, 0), 1),
+            (d(2), 1, d(quota), d(elsewhere)),
             "shard on port {}",
             pg.port
         );
@@ -1033,4 +1073,156 @@ async fn a_split_waits_for_the_old_shards_outbox_and_goes_on_when_run_again() {
     assert!(stdout.contains("shard a: deleted"), "{stdout}");
     assert_eq!(deposits_of(env, "b").await.config.subjects.len(), 128);
     assert_eq!(deposits_of(env, "a").await.config.subjects.len(), 128);
+}
+
+/// Campaign c1's quota, granted and wanted in `pg`'s shard.
+async fn quota(pg: &PrivatePostgres) -> (Decimal, Decimal, Decimal) {
+    let row = client(pg)
+        .await
+        .query_one(
+            "SELECT quota, granted, wanted FROM campaigns WHERE id = 'c1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// A campaign on two shards (docs/sharding.md, step 5): each shard grants within its quota of
+/// the budget, grants past it wait, `walletctl campaign rebalance` moves quota to them from the
+/// other shard, and the whole budget is granted, never more: then both shards refuse
+/// `campaign_exhausted`. The audit checks that the quotas sum to the budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_campaigns_budget_is_granted_whole_over_two_shards_through_their_quotas() {
+    let s = Sharded::start(2, PrivateNats::start()).await;
+    let env = &s.env;
+    let _procs = s.spawn(&["bonus-grant"]).await;
+    let walletctl = |args: &[&str]| {
+        let out = std::process::Command::new(testkit::binary("walletctl"))
+            .args(args)
+            .envs(env.env())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let created = walletctl(&[
+        "campaign",
+        "create",
+        "--id",
+        "c1",
+        "--currency",
+        "USD",
+        "--budget",
+        "10.00",
+        "--amount",
+        "1.00",
+        "--per-user",
+        "1",
+    ]);
+    assert!(created.contains("created on 2 shards"), "{created}");
+    let d = |n: i64| Decimal::new(n, 0);
+    assert_eq!(quota(&s.pgs[0]).await, (d(5), d(0), d(0)));
+    assert_eq!(quota(&s.pgs[1]).await, (d(5), d(0), d(0)));
+
+    // Users of shard a only (partitions 0 to 127).
+    let mut users = (0..)
+        .map(|i| format!("q-{i}"))
+        .filter(|u| Partition::of(u).get() < 128);
+    let grant = |u: &str| {
+        let (subject, id, payload) = commands::grant(&format!("g-{u}"), "c1", u);
+        (partition::subject(&subject, u), id, payload)
+    };
+    let mut events = env.events().await;
+    let outcome = |seen: &[testkit::Received], u: &str| {
+        let prefix = format!("bonus:g-{u}:");
+        seen.iter()
+            .find(|r| r.msg_id.starts_with(&prefix))
+            .map(|r| r.msg_id[prefix.len()..].to_owned())
+    };
+    let first: Vec<String> = users.by_ref().take(8).collect();
+    env.publish_many(first.iter().map(|u| grant(u)).collect())
+        .await;
+    // Five fit a's quota. Three wait for quota, and shard a's row says it wants it; without
+    // a rebalancer they would wait until they were dead-lettered.
+    events
+        .until(Duration::from_secs(30), "five grants", |seen| {
+            first.iter().filter(|u| outcome(seen, u).is_some()).count() == 5
+        })
+        .await;
+    testkit::eventually(
+        Duration::from_secs(30),
+        "three grants' amounts wanted on shard a",
+        || async { (quota(&s.pgs[0]).await.2 >= d(3)).then_some(()) },
+    )
+    .await;
+    assert_eq!(quota(&s.pgs[0]).await.1, d(5));
+    let _rebalancer = env.spawn_args(
+        "walletctl",
+        &["campaign", "rebalance", "--every", "200ms"],
+        &[],
+    );
+    // Four more on a: b has two left to give, then the budget is spent.
+    let more: Vec<String> = users.by_ref().take(4).collect();
+    env.publish_many(more.iter().map(|u| grant(u)).collect())
+        .await;
+    // And one on b, which gave its quota away.
+    let on_b = (0..)
+        .map(|i| format!("q-{i}"))
+        .find(|u| Partition::of(u).get() >= 128)
+        .unwrap();
+    let all: Vec<String> = first.iter().chain(&more).cloned().collect();
+    events
+        .until(
+            Duration::from_secs(60),
+            "the first twelve grants decided",
+            |seen| all.iter().all(|u| outcome(seen, u).is_some()),
+        )
+        .await;
+    env.publish_many(vec![grant(&on_b)]).await;
+    events
+        .until(Duration::from_secs(30), "b's grant decided", |seen| {
+            outcome(seen, &on_b).is_some()
+        })
+        .await;
+    let decided = |us: &[String]| -> Vec<String> {
+        us.iter()
+            .map(|u| outcome(&events.seen, u).unwrap())
+            .collect()
+    };
+    assert_eq!(decided(&first), vec!["granted"; 8]);
+    let mut later = decided(&more);
+    later.sort();
+    assert_eq!(
+        later,
+        ["granted", "granted", "rejected", "rejected"],
+        "{more:?}"
+    );
+    assert_eq!(decided(std::slice::from_ref(&on_b)), vec!["rejected"]);
+    for r in events
+        .seen
+        .iter()
+        .filter(|r| r.msg_id.ends_with(":rejected"))
+    {
+        assert_eq!(r.body["reason"], "campaign_exhausted", "{:?}", r.body);
+    }
+    // The whole budget, on a: b's quota moved there.
+    assert_eq!(quota(&s.pgs[0]).await.0, d(10));
+    assert_eq!(quota(&s.pgs[0]).await.1, d(10));
+    assert_eq!(quota(&s.pgs[1]).await.0, d(0));
+    let shown: serde_json::Value =
+        serde_json::from_str(&walletctl(&["campaign", "show", "c1", "--json"])).unwrap();
+    assert_eq!(shown["granted"], "10.00", "{shown}");
+    let audit = env.audit().await;
+    assert!(audit.ok(), "{audit}");
+    assert!(
+        audit.checks.iter().any(|c| c.name
+            == "every shard: every campaign's quotas and quota moves in transit sum to its budget"),
+        "{audit}"
+    );
 }

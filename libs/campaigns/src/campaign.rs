@@ -124,8 +124,9 @@ impl Campaign {
 }
 
 const INSERT: &str = "
-    INSERT INTO campaigns (id, currency, budget, amount, amount_min, amount_max, per_user, starts_at, ends_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    INSERT INTO campaigns (id, currency, budget, amount, amount_min, amount_max, per_user, starts_at, ends_at,
+                           quota, spare_elsewhere)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $3::numeric - $10::numeric)
     ON CONFLICT (id) DO NOTHING";
 
 /// The columns [`from_row`] reads, in its order.
@@ -174,11 +175,14 @@ pub enum Created {
 }
 
 /// Creates `c` in PostgreSQL, or finds it with the same parameters; another campaign with this
-/// id is a [`CampaignError::Conflict`] naming what differs.
+/// id is a [`CampaignError::Conflict`] naming what differs. `quota`: the part of the budget
+/// this database may grant (the budget on one PostgreSQL; [`quotas`] on shards), the rest of
+/// the budget being, at creation, all spare elsewhere.
 pub async fn create(
     pg: &tokio_postgres::Client,
     currencies: &wallet_runtime::money::Currencies,
     c: &Campaign,
+    quota: Decimal,
 ) -> Result<Created, CampaignError> {
     c.validate()?;
     let (fixed, min, max) = match c.amount {
@@ -198,6 +202,7 @@ pub async fn create(
                 &c.per_user,
                 &c.starts,
                 &c.ends,
+                &quota,
             ],
         )
         .await?;
@@ -230,9 +235,33 @@ pub async fn create(
     })
 }
 
+/// The budget split into `shards` quotas, one per shard in order, in whole minor units: the
+/// first shards take the remainder's units, so the quotas sum to the budget exactly.
+pub fn quotas(budget: Decimal, currency: Currency, shards: usize) -> Vec<Decimal> {
+    let n = i64::try_from(shards.max(1)).unwrap_or(i64::MAX);
+    let units = minor(budget, currency);
+    (0..n)
+        .map(|i| from_minor(units / n + i64::from(i < units % n), currency))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotas_sum_to_the_budget_in_whole_minor_units() {
+        let currencies: wallet_runtime::money::Currencies = "USD:2".parse().expect("currencies");
+        let usd = currencies.get("USD").expect("USD");
+        let d = |s: &str| s.parse::<Decimal>().expect("decimal");
+        assert_eq!(quotas(d("10.00"), usd, 1), vec![d("10.00")]);
+        assert_eq!(quotas(d("10.00"), usd, 2), vec![d("5.00"), d("5.00")]);
+        assert_eq!(
+            quotas(d("0.05"), usd, 4),
+            vec![d("0.02"), d("0.01"), d("0.01"), d("0.01")]
+        );
+        assert_eq!(quotas(d("0.01"), usd, 2), vec![d("0.01"), d("0.00")]);
+    }
 
     fn campaign(budget: &str, amount: Amount) -> Campaign {
         let currencies: wallet_runtime::money::Currencies = "BTC:8".parse().expect("currencies");

@@ -18,7 +18,12 @@ use crate::campaign::{self, Amount, minor};
 use crate::reservations::{Reservations, State};
 
 const LOCK: &str = "SELECT id FROM campaigns WHERE id = $1 FOR UPDATE";
-const BUMP: &str = "UPDATE campaigns SET redis_epoch = redis_epoch + 1 WHERE id = $1 RETURNING redis_epoch, granted";
+/// What this database may still grant is its quota; what any shard may is at most its quota plus
+/// what the others had left (an upper bound, V14). Redis refuses `campaign_exhausted` past that
+/// bound, so a refusal there is certain; PostgreSQL holds each grant to the quota.
+const BUMP: &str = "
+    UPDATE campaigns SET redis_epoch = redis_epoch + 1 WHERE id = $1
+    RETURNING redis_epoch, granted, least(budget, quota + spare_elsewhere)";
 const USERS: &str = "SELECT user_id, count(*) FROM grants WHERE campaign_id = $1 GROUP BY user_id";
 
 /// Whether the campaign exists.
@@ -52,7 +57,8 @@ pub async fn load(
         ))
     })?;
     let bumped = tx.query_one(BUMP, &[&id]).await?;
-    let (epoch, granted): (i64, Decimal) = (bumped.get(0), bumped.get(1));
+    let (epoch, granted, bound): (i64, Decimal, Decimal) =
+        (bumped.get(0), bumped.get(1), bumped.get(2));
     let users: Vec<(String, i64)> = tx
         .query(USERS, &[&id])
         .await?
@@ -67,7 +73,7 @@ pub async fn load(
         starts_ms: millis(c.starts),
         ends_ms: millis(c.ends),
         per_user: c.per_user,
-        budget: minor(c.budget, cur),
+        budget: minor(bound, cur),
         amount: match c.amount {
             Amount::Fixed(a) => Ok(minor(a, cur)),
             Amount::Between(lo, hi) => Err((minor(lo, cur), minor(hi, cur))),

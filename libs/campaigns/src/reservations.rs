@@ -1,7 +1,8 @@
 //! Campaign state in Redis: what lets a flash crowd be answered without PostgreSQL.
 //!
-//! Per campaign `C` (under `<ns>:bonus:`): `c:C` a hash of its parameters (minor units, epoch
-//! milliseconds) with `reserved`, the budget taken by committed grants plus live reservations,
+//! Per campaign `C` (under `<ns>:bonus:`, or `<ns>:bonus:<shard>:` on each shard of several,
+//! where `budget` is what that shard may grant: docs/sharding.md, step 5): `c:C` a hash of its
+//! parameters (minor units, epoch milliseconds) with `reserved`, the budget taken by committed grants plus live reservations,
 //! and `epoch`; `u:C` a hash of grants per user (committed plus live); `p:C` a sorted set of live
 //! reservations by the time they were made. Per grant, `g:<grant_id>`: its record,
 //! `R|amount|token|epoch|user|campaign` (reserved, until the reconciler settles it), `C|…`
@@ -172,7 +173,8 @@ pub enum Action {
 #[derive(Clone)]
 pub struct Reservations {
     conn: ConnectionManager,
-    names: Names,
+    /// `<ns>:bonus:`, or `<ns>:bonus:<shard>:` on a shard: each shard keeps its own state.
+    prefix: String,
     reserve: redis::Script,
     load: redis::Script,
     reconcile: redis::Script,
@@ -186,10 +188,17 @@ impl std::fmt::Debug for Reservations {
 }
 
 impl Reservations {
-    pub fn new(conn: ConnectionManager, names: Names) -> Self {
+    /// The state of the one PostgreSQL (`shard` none) or of `shard`'s quotas: a shard's
+    /// campaign counts its grants against its quota (docs/sharding.md, step 5), and its
+    /// reconciler settles only its own reservations.
+    pub fn new(conn: ConnectionManager, names: &Names, shard: Option<&str>) -> Self {
+        let prefix = match shard {
+            None => names.redis_key("bonus:"),
+            Some(shard) => names.redis_key(&format!("bonus:{shard}:")),
+        };
         Self {
             conn,
-            names,
+            prefix,
             reserve: redis::Script::new(RESERVE),
             load: redis::Script::new(LOAD),
             reconcile: redis::Script::new(RECONCILE),
@@ -198,16 +207,16 @@ impl Reservations {
     }
 
     pub fn campaign_key(&self, campaign: &str) -> String {
-        self.names.redis_key(&format!("bonus:c:{campaign}"))
+        format!("{}c:{campaign}", self.prefix)
     }
     pub fn users_key(&self, campaign: &str) -> String {
-        self.names.redis_key(&format!("bonus:u:{campaign}"))
+        format!("{}u:{campaign}", self.prefix)
     }
     pub fn pending_key(&self, campaign: &str) -> String {
-        self.names.redis_key(&format!("bonus:p:{campaign}"))
+        format!("{}p:{campaign}", self.prefix)
     }
     pub fn grant_key(&self, grant: &str) -> String {
-        self.names.redis_key(&format!("bonus:g:{grant}"))
+        format!("{}g:{grant}", self.prefix)
     }
 
     /// Reserves `claims` in one round trip (a pipeline of [`RESERVE`] calls by SHA; the script

@@ -355,17 +355,48 @@ pub async fn audit(config: &Config) -> anyhow::Result<Report> {
     for shard in map.shards() {
         pgs.push(crate::postgres(&config.on_shard(shard)).await?);
     }
-    let pgs: Vec<&tokio_postgres::Client> = pgs.iter().collect();
-    let mut notes = Vec::new();
-    let check = campaign_check(config, &pgs, &mut notes).await?;
-    report
-        .notes
-        .extend(notes.into_iter().map(|n| format!("every shard: {n}")));
+    let check = quota_check(&pgs.iter().collect::<Vec<_>>()).await?;
     report.checks.push(Check {
         name: format!("every shard: {}", check.name),
         ..check
     });
     Ok(report)
+}
+
+/// Every campaign's quotas, one per shard, and the quota moves in transit sum to its budget
+/// (docs/sharding.md, step 5). Each shard's grants stay within its quota by a constraint (V14),
+/// so the campaign's grants stay within its budget. On one PostgreSQL the quota is the budget.
+async fn quota_check(pgs: &[&tokio_postgres::Client]) -> anyhow::Result<Check> {
+    let mut sums: std::collections::BTreeMap<String, (Decimal, Decimal, Decimal)> =
+        Default::default();
+    for pg in pgs {
+        for row in pg
+            .query(
+                "SELECT c.id, c.budget, c.quota + coalesce(sum(m.amount), 0), c.granted
+                 FROM campaigns c
+                 LEFT JOIN quota_moves m ON m.campaign_id = c.id AND m.outgoing AND NOT m.credited
+                 GROUP BY c.id",
+                &[],
+            )
+            .await?
+        {
+            let sum = sums.entry(row.get(0)).or_default();
+            sum.0 = row.get(1);
+            sum.1 += row.get::<_, Decimal>(2);
+            sum.2 += row.get::<_, Decimal>(3);
+        }
+    }
+    let breaches = sums
+        .into_iter()
+        .filter(|(_, (budget, quotas, granted))| quotas != budget || granted > budget)
+        .map(|(id, (budget, quotas, granted))| {
+            format!("{id}: quotas and moves in transit sum to {quotas}, granted {granted}, budget {budget}")
+        })
+        .collect();
+    Ok(Check {
+        name: "every campaign's quotas and quota moves in transit sum to its budget".to_owned(),
+        breaches,
+    })
 }
 
 /// The shard's database is `shard`'s and holds the map's partitions as `map` places them.
@@ -446,11 +477,11 @@ async fn audit_database(config: &Config, shard: Option<&Shard>) -> anyhow::Resul
             .collect();
         report.checks.push(Check { name, breaches });
     }
-    // With shards, the campaigns' check is one over every shard ([`audit`]).
+    report
+        .checks
+        .push(campaign_check(config, &pg, &mut report.notes).await?);
     if shard.is_none() {
-        report
-            .checks
-            .push(campaign_check(config, &[&pg], &mut report.notes).await?);
+        report.checks.push(quota_check(&[&pg]).await?);
     }
     if outbox == 0 {
         report.checks.push(cache_check(config, &pg, shard).await?);
@@ -537,35 +568,27 @@ async fn cache_check(
 }
 
 /// Redis's counters of every loaded campaign equal PostgreSQL's committed grants plus the live
-/// reservations. Meaningful when no grant is in flight. With several shards, `pgs` are their
-/// databases: each counts the grants of its users (a split moves grants with their
-/// partitions), Redis counts the campaign's, and their sum stays within the budget.
+/// reservations. Meaningful when no grant is in flight. On a shard, its own: each shard counts
+/// its grants against its quota, in Redis and in PostgreSQL.
 async fn campaign_check(
     config: &Config,
-    pgs: &[&tokio_postgres::Client],
+    pg: &tokio_postgres::Client,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Check> {
     use wallet_campaigns::campaign::minor;
-    use wallet_campaigns::reservations::{Record, Reservations};
+    use wallet_campaigns::reservations::Record;
     let name = "Redis campaign counters equal PostgreSQL's committed grants plus live reservations"
         .to_owned();
-    let client = wallet_runtime::cache::client(config)?;
-    let reservations = Reservations::new(
-        redis::aio::ConnectionManager::new(client).await?,
-        config.names.clone(),
-    );
+    let reservations = crate::campaign::reservations(config).await?;
     let mut breaches = Vec::new();
-    let Some(first) = pgs.first() else {
-        return Ok(Check { name, breaches });
-    };
-    for row in first
+    for row in pg
         .query(
-            "SELECT id, currency, budget FROM campaigns ORDER BY id",
+            "SELECT id, currency, granted FROM campaigns ORDER BY id",
             &[],
         )
         .await?
     {
-        let (id, currency, budget): (String, String, Decimal) =
+        let (id, currency, granted): (String, String, Decimal) =
             (row.get(0), row.get(1), row.get(2));
         let Some(currency) = config.currencies.get(&currency) else {
             continue;
@@ -576,43 +599,25 @@ async fn campaign_check(
             ));
             continue;
         };
-        let mut granted = Decimal::ZERO;
-        let mut want_users: HashMap<String, i64> = HashMap::new();
-        for pg in pgs {
-            if let Some(row) = pg
-                .query_opt("SELECT granted FROM campaigns WHERE id = $1", &[&id])
-                .await?
-            {
-                granted += row.get::<_, Decimal>(0);
-            }
-            for row in pg
-                .query(
-                    "SELECT user_id, count(*) FROM grants WHERE campaign_id = $1 GROUP BY user_id",
-                    &[&id],
-                )
-                .await?
-            {
-                *want_users.entry(row.get(0)).or_default() += row.get::<_, i64>(1);
-            }
-        }
-        if pgs.len() > 1 && granted > budget {
-            breaches.push(format!(
-                "{id}: every shard's grants sum to {granted}, above its budget {budget}"
-            ));
-        }
+        let mut want_users: HashMap<String, i64> = pg
+            .query(
+                "SELECT user_id, count(*) FROM grants WHERE campaign_id = $1 GROUP BY user_id",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         let mut want = minor(granted, currency);
         let pending = reservations.pending(&id, isize::MAX).await?;
         // A reservation whose grant PostgreSQL holds is counted there already.
         let ids: Vec<&str> = pending.iter().map(|(g, _, _)| g.as_str()).collect();
-        let mut committed: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for pg in pgs {
-            committed.extend(
-                pg.query("SELECT id FROM grants WHERE id = ANY($1)", &[&ids])
-                    .await?
-                    .iter()
-                    .map(|r| r.get::<_, String>(0)),
-            );
-        }
+        let committed: std::collections::HashSet<String> = pg
+            .query("SELECT id FROM grants WHERE id = ANY($1)", &[&ids])
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
         for (grant, _, record) in pending {
             if let Some(Record::Reserved(r)) = record
                 && r.epoch == epoch

@@ -93,7 +93,8 @@ impl CreateArgs {
     }
 }
 
-async fn reservations(config: &Config) -> anyhow::Result<Reservations> {
+/// The campaign state in Redis of `config`'s shard (or of the one PostgreSQL).
+pub(crate) async fn reservations(config: &Config) -> anyhow::Result<Reservations> {
     let client = wallet_runtime::cache::client(config)?;
     let conn = redis::aio::ConnectionManager::new(client)
         .await
@@ -103,41 +104,47 @@ async fn reservations(config: &Config) -> anyhow::Result<Reservations> {
                 wallet_runtime::config::redact(&config.redis_url)
             )
         })?;
-    Ok(Reservations::new(conn, config.names.clone()))
+    Ok(Reservations::new(
+        conn,
+        &config.names,
+        config.shard.as_deref(),
+    ))
 }
 
-/// Creates the campaign in every database that holds campaigns (or finds it unchanged there)
-/// and loads it into Redis.
+/// Creates the campaign in every database that holds campaigns (or finds it unchanged there),
+/// each shard with its quota of the budget (docs/sharding.md, step 5), and loads it into each
+/// shard's Redis state.
 pub async fn create(config: &Config, args: &CreateArgs) -> anyhow::Result<String> {
     let c = args.campaign(config)?;
+    let databases = crate::databases(config)?;
+    let quotas = campaign::quotas(c.budget, c.currency, databases.len());
     let mut pgs = Vec::new();
     let mut created = false;
-    for database in crate::databases(config)? {
-        let pg = crate::postgres(&database).await?;
-        created |= campaign::create(&pg, &config.currencies, &c).await? == Created::Created;
+    for (database, quota) in databases.iter().zip(quotas) {
+        let pg = crate::postgres(database).await?;
+        created |= campaign::create(&pg, &config.currencies, &c, quota).await? == Created::Created;
         pgs.push(pg);
     }
     let verb = if created { "created" } else { "unchanged" };
-    // The loader reads one database's grants. On several shards Redis would have to hold
-    // their sum, and no function grants there yet (docs/sharding.md, step 5).
-    let n = pgs.len();
-    let [pg] = pgs.as_mut_slice() else {
-        return Ok(format!(
-            "campaign {}: {verb} on {n} shards; bonus grants run on no shard of several yet",
-            c.id
-        ));
-    };
-    let reservations = reservations(config).await?;
-    // Loaded on creation; an unchanged campaign is loaded only if Redis lost it.
-    if created || reservations.epoch(&c.id).await?.is_none() {
-        let loaded = loader::load(pg, &config.currencies, &reservations, &c.id).await?;
-        anyhow::ensure!(
-            loaded == Loaded::Loaded,
-            "campaign `{}` vanished while loading",
-            c.id
-        );
+    for (database, pg) in databases.iter().zip(&mut pgs) {
+        let reservations = reservations(database).await?;
+        // Loaded on creation; an unchanged campaign is loaded only if Redis lost it.
+        if created || reservations.epoch(&c.id).await?.is_none() {
+            let loaded = loader::load(pg, &config.currencies, &reservations, &c.id).await?;
+            anyhow::ensure!(
+                loaded == Loaded::Loaded,
+                "campaign `{}` vanished while loading",
+                c.id
+            );
+        }
     }
-    Ok(format!("campaign {}: {verb}", c.id))
+    Ok(match pgs.len() {
+        1 => format!("campaign {}: {verb}", c.id),
+        n => format!(
+            "campaign {}: {verb} on {n} shards, each with its quota of the budget",
+            c.id
+        ),
+    })
 }
 
 /// One campaign: parameters, what PostgreSQL committed, what Redis holds.
@@ -219,7 +226,8 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<CampaignView> {
         }
     }
     let cur = c.currency;
-    let reservations = reservations(config).await?;
+    // The first shard's Redis state: each shard keeps its own.
+    let reservations = reservations(&crate::databases(config)?[0]).await?;
     let redis = match reservations.counters(id).await? {
         None => None,
         Some((redis_epoch, reserved, _)) => {

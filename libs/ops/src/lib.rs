@@ -12,6 +12,7 @@ pub mod campaign;
 pub mod catalog;
 pub mod client;
 pub mod dlq;
+pub mod rebalance;
 pub mod setup;
 pub mod split;
 pub mod status;

@@ -119,7 +119,7 @@ GRANT SELECT, UPDATE (status, provider_ref, reason, returned, taken, finished_at
 -- grants, and gives back reservations that never committed.
 -- (its counters and its Redis epoch; never its budget or rules).
 REVOKE UPDATE ON campaigns FROM wallet_bonus_grant;
-GRANT SELECT, UPDATE (granted, grants, redis_epoch) ON campaigns TO wallet_bonus_grant;
+GRANT SELECT, UPDATE (granted, grants, redis_epoch, wanted) ON campaigns TO wallet_bonus_grant;
 GRANT SELECT, INSERT ON grants TO wallet_bonus_grant;
 GRANT SELECT, INSERT ON grant_releases TO wallet_bonus_grant;
 

@@ -51,14 +51,37 @@ const PARTITIONED: [(&str, bool); 8] = [
 /// Tables every shard holds whole.
 const WHOLE: [&str; 1] = ["campaigns"];
 
-/// Each shard's campaign rows count the grants that shard holds (the budget stays the
-/// campaign's: `walletctl audit` checks the sum over every shard against it). A split moves
-/// grants with their users' partitions, so it recounts both sides.
-const CAMPAIGN_TOTALS: &str = "
-    UPDATE campaigns c SET granted = t.granted, grants = t.grants
-    FROM (SELECT c.id, coalesce(sum(g.amount), 0) AS granted, count(g.id) AS grants
-          FROM campaigns c LEFT JOIN grants g ON g.campaign_id = c.id GROUP BY c.id) t
-    WHERE c.id = t.id AND (c.granted, c.grants) IS DISTINCT FROM (t.granted, t.grants)";
+/// A campaign's grants, counted on one shard.
+macro_rules! totals {
+    () => {
+        "(SELECT c.id, coalesce(sum(g.amount), 0) AS granted, count(g.id) AS grants
+          FROM campaigns c LEFT JOIN grants g ON g.campaign_id = c.id GROUP BY c.id) t"
+    };
+}
+
+/// Each shard's campaign rows count the grants it holds, and its quota of the budget covers
+/// them (docs/sharding.md, step 5). The new shard's copied rows are the old shard's: its quota
+/// becomes exactly the grants it received, and what the old shard had left is elsewhere.
+/// Done once: a row already counted is left alone when the split runs again.
+const NEW_SHARD_CAMPAIGNS: &str = concat!(
+    "UPDATE campaigns c SET granted = t.granted, grants = t.grants, quota = t.granted, wanted = 0,
+         spare_elsewhere = c.spare_elsewhere + c.quota - c.granted
+     FROM ",
+    totals!(),
+    " WHERE c.id = t.id AND (c.granted, c.grants, c.quota) IS DISTINCT FROM (t.granted, t.grants, t.granted)"
+);
+
+/// The old shard gives up the quota of the grants that left with their partitions, so the
+/// quotas still sum to the budget. Under the campaigns' locks (taken first, in the grant
+/// batches' order), so no batch commits a grant between the count and the update.
+const OLD_SHARD_LOCK: &str = "SELECT id FROM campaigns ORDER BY id FOR UPDATE";
+const OLD_SHARD_CAMPAIGNS: &str = concat!(
+    "UPDATE campaigns c SET granted = t.granted, grants = t.grants,
+         quota = c.quota - (c.granted - t.granted)
+     FROM ",
+    totals!(),
+    " WHERE c.id = t.id AND (c.granted, c.grants) IS DISTINCT FROM (t.granted, t.grants)"
+);
 
 /// Rows deleted per statement when the old shard lets its moved partitions go.
 const PRUNE_BATCH: i64 = 10_000;
@@ -498,7 +521,7 @@ async fn copy(old: &Config, new: &Config, partitions: &[i16]) -> anyhow::Result<
                 .unwrap_or(0)],
         )
         .await?;
-    write.execute(CAMPAIGN_TOTALS, &[]).await?;
+    write.execute(NEW_SHARD_CAMPAIGNS, &[]).await?;
     read.commit().await?;
     write.commit().await?;
     Ok(copied)
@@ -519,7 +542,7 @@ async fn sequence(
 /// Deletes the moved partitions' rows from the old database, in batches (its functions run on
 /// meanwhile: none of them touches these rows). Rows of no partition stay.
 async fn prune(old: &Config, partitions: &[i16]) -> anyhow::Result<u64> {
-    let pg = crate::postgres(old).await?;
+    let mut pg = crate::postgres(old).await?;
     let mut pruned = 0;
     // Postings before their accounts, grants' rows before nothing: no foreign keys between the
     // partitioned tables, but a reader of the audit should never see a posting without its wallet.
@@ -541,7 +564,22 @@ async fn prune(old: &Config, partitions: &[i16]) -> anyhow::Result<u64> {
             }
         }
     }
-    pg.execute(CAMPAIGN_TOTALS, &[]).await?;
+    let tx = pg.transaction().await?;
+    tx.execute(OLD_SHARD_LOCK, &[]).await?;
+    tx.execute(OLD_SHARD_CAMPAIGNS, &[]).await?;
+    tx.commit().await?;
+    // Redis still counts the moved users' grants in the old shard's state: reloaded from its
+    // database (a reservation made before is made again, as after Redis lost its data).
+    let reservations = crate::campaign::reservations(old).await?;
+    let ids: Vec<String> = pg
+        .query("SELECT id FROM campaigns", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in ids {
+        wallet_campaigns::loader::load(&mut pg, &old.currencies, &reservations, &id).await?;
+    }
     Ok(pruned)
 }
 
