@@ -17,7 +17,8 @@
 //! With `--shards N` (`make chaos SHARDS=2`) the ledger is N shards, each a private PostgreSQL
 //! behind its own proxy, with every sharded function (and `balance`) run per shard; PostgreSQL's
 //! stop and a cut connection hit one shard, whose commands wait while the others' flow on.
-//! The mix then leaves out bonus grants, which run on one shard only (docs/sharding.md).
+//! Bonus grants run on every shard within their quotas, and `walletctl campaign rebalance` runs
+//! among the replicas (killed and stopped like them), moving quota to where grants wait.
 //! Then the load's verification: every command has exactly one terminal outcome and the one its
 //! command must have (so nothing transient was dead-lettered), every wallet equals its accepted
 //! commands, the campaign granted exactly its envelopes, `walletctl audit` is clean.
@@ -217,6 +218,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 replicas.push(Replica::spawn(&name, Vec::new(), e, args.logs.join(log))?);
             }
         }
+    }
+    // With shards, the campaign's quotas move between them (docs/sharding.md, step 5): the
+    // rebalancer is one of the processes faults hit, so a move it leaves in transit is finished
+    // by the next one.
+    if args.shards > 1 {
+        let every = ["campaign", "rebalance", "--every", "500ms"];
+        replicas.push(Replica::spawn(
+            "walletctl",
+            every.iter().map(|a| (*a).to_owned()).collect(),
+            env.clone(),
+            args.logs.join("rebalance.log"),
+        )?);
     }
     // The providers' side, in a process of its own like a real provider's adapter; the load
     // expects its answers (drawn from the same seed). It is not among the replicas faults hit.
@@ -462,11 +475,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn load_args(args: &Args, seed: u64) -> anyhow::Result<LoadArgs> {
-    let mix = if args.shards > 1 {
-        "deposit=55,transfer=20,withdraw=15,transfer_in=10"
-    } else {
-        "deposit=45,transfer=20,bonus=15,withdraw=10,transfer_in=10"
-    };
+    let mix = "deposit=45,transfer=20,bonus=15,withdraw=10,transfer_in=10";
     let line = format!(
         "--mix {mix} --rate {} --duration {}s \
          --users 2000 --duplicates 0.03 --malformed 0.02 --seed {seed} --drain-timeout 10m \

@@ -489,6 +489,10 @@ pub fn generate(root: &Path, topology: &Topology, check: bool) -> anyhow::Result
     crate::generated::write_or_check(root, &files, &["k8s/base/functions"], check)
 }
 
+/// `walletctl campaign rebalance`'s Deployment, for a deployment of several shards.
+const REBALANCE_FILE: &str = "campaign-rebalance.yaml";
+const REBALANCE: &str = include_str!("../k8s/campaign-rebalance.yaml");
+
 /// The function manifests of a sharded deployment, written to `out` (its own folder: they are the
 /// deployment's, not the repository's): one Deployment, budget and ScaledObject (or Service and
 /// autoscaler) per function and shard, their `kustomization.yaml`, and the NATS users'
@@ -503,6 +507,11 @@ pub fn generate_sharded(
     let specs = specs(root)?;
     check_agreement(&specs, topology)?;
     let mut files = render(&specs, topology, Some(shards), Path::new(""));
+    // The one process that reaches every shard's database: campaign quotas move with it.
+    files.insert(PathBuf::from(REBALANCE_FILE), REBALANCE.to_owned());
+    if let Some(k) = files.get_mut(Path::new("kustomization.yaml")) {
+        let _ = writeln!(k, "  - {REBALANCE_FILE}");
+    }
     files.insert(
         PathBuf::from("authorization.conf"),
         nats_authorization(&specs, topology, Some(shards)),

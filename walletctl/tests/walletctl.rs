@@ -651,6 +651,7 @@ fn sharded_manifests_run_each_function_once_per_shard() {
     .flat_map(|f| ["a", "b"].map(|s| format!("{f}-{s}.yaml")))
     .chain([
         "authorization.conf".to_owned(),
+        "campaign-rebalance.yaml".to_owned(),
         "kustomization.yaml".to_owned(),
     ])
     .collect();

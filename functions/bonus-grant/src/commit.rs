@@ -70,8 +70,13 @@ const ADD: &str = "
     FROM unnest($1::text[], $2::numeric[], $3::bigint[], $4::numeric[]) AS u (id, amount, n, wanted)
     WHERE c.id = u.id";
 
-/// How long a grant waits for quota before it is delivered again: about the rebalancer's round.
-const QUOTA_WAIT: Duration = Duration::from_secs(1);
+/// How long a grant waits for quota before it is delivered again: a rebalancer's round at
+/// first, then half of what it waited so far, up to 30 s, so that its 20 deliveries outlast a
+/// shard's outage of minutes (the quota may be there) and a quiet wait costs few deliveries.
+fn quota_wait(stored_at: std::time::SystemTime) -> Duration {
+    let waited = stored_at.elapsed().unwrap_or_default();
+    (waited / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
 
 /// Applies `commands` (grants Redis reserved) in the batch's transaction; one outcome each.
 pub(crate) async fn apply(
@@ -159,7 +164,7 @@ pub(crate) async fn apply(
         } else if amount > rest {
             campaign.wanted += amount;
             outcomes.push(Some(Outcome::Retry {
-                after: QUOTA_WAIT,
+                after: quota_wait(command.stored_at),
                 reason: QUOTA_UNAVAILABLE,
             }));
             continue;

@@ -19,8 +19,9 @@ use std::time::Duration;
 
 use wallet_runtime::{CancellationToken, Context, StepError, metrics, partition};
 
-use wallet_campaigns::loader;
+use rust_decimal::Decimal;
 use wallet_campaigns::reservations::{Action, Record, Reservations};
+use wallet_campaigns::{campaign, loader};
 
 /// Campaigns a pass could not reconcile (each is tried again on the next pass).
 const RECONCILE_ERRORS: &str = "wallet_bonus_reconcile_errors_total";
@@ -30,7 +31,11 @@ const RELEASES: &str = "wallet_bonus_reservations_released_total";
 /// Reservations looked at per campaign and pass.
 const LIMIT: isize = 1000;
 
-const CAMPAIGNS: &str = "SELECT id, redis_epoch FROM campaigns ORDER BY id";
+/// With each campaign, the bound of what this database may still grant when it is below the
+/// budget (a shard's: V14).
+const CAMPAIGNS: &str = "
+    SELECT id, redis_epoch, currency, nullif(least(budget, quota + spare_elsewhere), budget)
+    FROM campaigns ORDER BY id";
 const LOCK: &str = "SELECT redis_epoch FROM campaigns WHERE id = $1 FOR UPDATE SKIP LOCKED";
 const COMMITTED: &str = "SELECT id, token FROM grants WHERE id = ANY($1)";
 const RELEASED: &str = "SELECT grant_id, token FROM grant_releases WHERE grant_id = ANY($1)";
@@ -62,20 +67,28 @@ pub async fn run(ctx: Arc<Context>, reservations: Reservations, shutdown: Cancel
 
 /// One pass over every campaign.
 pub async fn pass(ctx: &Context, reservations: &Reservations) -> Result<(), StepError> {
-    let campaigns: Vec<(String, i64)> = ctx
+    let campaigns: Vec<(String, i64, Option<i64>)> = ctx
         .pool
         .get()
         .await?
         .query(CAMPAIGNS, &[])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| {
+            let currency = ctx.config.currencies.get(r.get::<_, &str>(2));
+            let bound = currency.zip(r.get::<_, Option<Decimal>>(3));
+            (
+                r.get(0),
+                r.get(1),
+                bound.map(|(c, b)| campaign::minor(b, c)),
+            )
+        })
         .collect();
     // Each campaign on its own: one that fails (its currency no longer configured, a record
     // that cannot be read) must not keep every later campaign's reserved budget from coming back.
     let mut first_error = None;
-    for (campaign, pg_epoch) in campaigns {
-        if let Err(e) = pass_one(ctx, reservations, &campaign, pg_epoch).await {
+    for (campaign, pg_epoch, bound) in campaigns {
+        if let Err(e) = pass_one(ctx, reservations, &campaign, pg_epoch, bound).await {
             metrics::counter(RECONCILE_ERRORS).increment(1);
             tracing::warn!(campaign, error = %e, "bonus reconciler: campaign not reconciled this pass");
             if e.is_transient() {
@@ -92,6 +105,7 @@ async fn pass_one(
     reservations: &Reservations,
     campaign: &str,
     pg_epoch: i64,
+    bound: Option<i64>,
 ) -> Result<(), StepError> {
     // A loader that died between PostgreSQL and Redis leaves Redis on an older epoch (every
     // grant would be retried forever): load again. A campaign Redis does not hold at all is
@@ -101,6 +115,10 @@ async fn pass_one(
     {
         let mut client = ctx.pool.get().await?;
         loader::load(&mut client, &ctx.config.currencies, reservations, campaign).await?;
+    }
+    // On a shard, what the others have granted since the load comes off Redis's budget too.
+    if let Some(bound) = bound {
+        reservations.lower_budget(campaign, bound).await?;
     }
     reconcile(ctx, reservations, campaign).await
 }

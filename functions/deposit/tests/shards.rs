@@ -1211,6 +1211,34 @@ async fn a_campaigns_budget_is_granted_whole_over_two_shards_through_their_quota
     {
         assert_eq!(r.body["reason"], "campaign_exhausted", "{:?}", r.body);
     }
+    // Each shard's Redis state was loaded with its quota plus the other's (10.00). b's comes
+    // down to what b may still grant, nothing, so that the spent campaign's next grants are
+    // refused there, without PostgreSQL; a's stays at a's quota.
+    let redis = redis::Client::open(testkit::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (shard, bound) in [("b", 0), ("a", 1000)] {
+        let key = env.config.names.redis_key(&format!("bonus:{shard}:c:c1"));
+        testkit::eventually(
+            Duration::from_secs(30),
+            "Redis's budget lowered to the shard's bound",
+            || {
+                let (key, mut redis) = (key.clone(), redis.clone());
+                async move {
+                    let budget: i64 = redis::cmd("HGET")
+                        .arg(&key)
+                        .arg("budget")
+                        .query_async(&mut redis)
+                        .await
+                        .unwrap();
+                    (budget == bound).then_some(())
+                }
+            },
+        )
+        .await;
+    }
     // The whole budget, on a: b's quota moved there.
     assert_eq!(quota(&s.pgs[0]).await.0, d(10));
     assert_eq!(quota(&s.pgs[0]).await.1, d(10));
@@ -1223,6 +1251,21 @@ async fn a_campaigns_budget_is_granted_whole_over_two_shards_through_their_quota
     assert!(
         audit.checks.iter().any(|c| c.name
             == "every shard: every campaign's quotas and quota moves in transit sum to its budget"),
+        "{audit}"
+    );
+    // A quota that appears from nowhere is a breach.
+    client(&s.pgs[1])
+        .await
+        .execute("UPDATE campaigns SET quota = 1 WHERE id = 'c1'", &[])
+        .await
+        .unwrap();
+    let audit = env.audit().await;
+    let breach = "c1: quotas and moves in transit sum to 11.00, granted 10.00, budget 10.00";
+    assert!(
+        audit
+            .checks
+            .iter()
+            .any(|c| c.breaches.iter().any(|b| b == breach)),
         "{audit}"
     );
 }

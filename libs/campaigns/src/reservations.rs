@@ -61,6 +61,9 @@ const RECONCILE: &str = include_str!("scripts/reconcile.lua");
 /// Marks rejections checked against PostgreSQL.
 const CONFIRM: &str = include_str!("scripts/confirm.lua");
 
+/// KEYS: campaign. ARGV: a bound of its budget. Lowers the budget to it, never raises it.
+const LOWER: &str = include_str!("scripts/lower.lua");
+
 /// A grant's record in Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -179,6 +182,7 @@ pub struct Reservations {
     load: redis::Script,
     reconcile: redis::Script,
     confirm: redis::Script,
+    lower: redis::Script,
 }
 
 impl std::fmt::Debug for Reservations {
@@ -203,6 +207,7 @@ impl Reservations {
             load: redis::Script::new(LOAD),
             reconcile: redis::Script::new(RECONCILE),
             confirm: redis::Script::new(CONFIRM),
+            lower: redis::Script::new(LOWER),
         }
     }
 
@@ -348,6 +353,20 @@ impl Reservations {
         let mut conn = self.conn.clone();
         let loaded: i64 = i.invoke_async(&mut conn).await?;
         Ok(loaded == 1)
+    }
+
+    /// Lowers a loaded campaign's budget to `bound` (minor units) if it is higher: on a shard,
+    /// the bound its database knows now (V14), lower than the one it was loaded with once the
+    /// other shards have granted, so that Redis refuses more of a spent campaign's grants.
+    pub async fn lower_budget(&self, campaign: &str, bound: i64) -> Result<bool, StepError> {
+        let mut conn = self.conn.clone();
+        let lowered: i64 = self
+            .lower
+            .key(self.campaign_key(campaign))
+            .arg(bound)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(lowered == 1)
     }
 
     /// Records `record` for a grant PostgreSQL holds committed (its record had expired or was lost).

@@ -238,29 +238,63 @@ impl Rebalancer {
     }
 }
 
-/// Rounds every `every` until `stop`, or one round without `every`; `say` hears each move.
+/// One round, or (with `every`) a round every `every` until `stop`; `say` hears each move. A
+/// round that fails (a shard down, the lock held by another rebalancer) is said once and tried
+/// again, on new connections, every `every`: a rebalancer outlives its servers' outages, and a
+/// second one waits for the first to stop.
 pub async fn run(
     config: &Config,
     every: Option<Duration>,
     stop: wallet_runtime::CancellationToken,
     say: &mut dyn FnMut(String),
 ) -> anyhow::Result<()> {
-    let mut rebalancer = Rebalancer::connect(config).await?;
+    let Some(every) = every else {
+        Rebalancer::connect(config).await?.round().await?.tell(say);
+        return Ok(());
+    };
+    let mut connected: Option<Rebalancer> = None;
+    let mut failing = false;
     loop {
-        let round = rebalancer.round().await?;
-        if round.finished > 0 {
-            say(format!(
-                "finished {} move(s) left in transit",
-                round.finished
-            ));
+        match attempt(config, &mut connected).await {
+            Ok(round) => {
+                if std::mem::take(&mut failing) {
+                    say("rebalancing again".to_owned());
+                }
+                round.tell(say);
+            }
+            Err(e) => {
+                connected = None;
+                if !std::mem::replace(&mut failing, true) {
+                    say(format!(
+                        "a round failed, trying again every {every:?}: {e:#}"
+                    ));
+                }
+            }
         }
-        round.moves.into_iter().for_each(&mut *say);
-        let Some(every) = every else {
-            return Ok(());
-        };
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+/// A round on `connected`, connecting first if it is not.
+async fn attempt(config: &Config, connected: &mut Option<Rebalancer>) -> anyhow::Result<Round> {
+    let rebalancer = match connected {
+        Some(r) => r,
+        None => connected.insert(Rebalancer::connect(config).await?),
+    };
+    rebalancer.round().await
+}
+
+impl Round {
+    fn tell(self, say: &mut dyn FnMut(String)) {
+        if self.finished > 0 {
+            say(format!(
+                "finished {} move(s) left in transit",
+                self.finished
+            ));
+        }
+        self.moves.into_iter().for_each(say);
     }
 }
