@@ -166,6 +166,43 @@ async fn client(pg: &PrivatePostgres) -> tokio_postgres::Client {
 }
 
 /// `walletctl shards split MAP` with `args` in `env`, creating testkit's small streams.
+/// `walletctl` with `args` in `env`: its stdout, once it succeeded.
+fn walletctl(env: &TestEnv, args: &[&str]) -> String {
+    let out = std::process::Command::new(testkit::binary("walletctl"))
+        .args(args)
+        .envs(env.env())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Campaign c1: a budget of 10.00 in grants of `amount`, one per user.
+fn create_c1(env: &TestEnv, amount: &str) -> String {
+    walletctl(
+        env,
+        &[
+            "campaign",
+            "create",
+            "--id",
+            "c1",
+            "--currency",
+            "USD",
+            "--budget",
+            "10.00",
+            "--amount",
+            amount,
+            "--per-user",
+            "1",
+        ],
+    )
+}
+
 fn split(env: &TestEnv, map: &std::path::Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(testkit::binary("walletctl"))
         .args(["shards", "split"])
@@ -620,34 +657,8 @@ async fn a_split_moves_partitions_with_their_wallets_ids_and_sagas() {
     .await;
     let _bonus_on_a = s.spawn(&["bonus-grant"]).await;
     // Created where the map says (shard a's database), not in DATABASE_URL's.
-    let walletctl = |args: &[&str]| {
-        let out = std::process::Command::new(testkit::binary("walletctl"))
-            .args(args)
-            .envs(env.env())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    };
-    walletctl(&[
-        "campaign",
-        "create",
-        "--id",
-        "c1",
-        "--currency",
-        "USD",
-        "--budget",
-        "10.00",
-        "--amount",
-        "2.00",
-        "--per-user",
-        "1",
-    ]);
+    let walletctl = |args: &[&str]| walletctl(env, args);
+    create_c1(env, "2.00");
     let given = |to: &'static str| {
         let p = Partition::of(away).as_smallint();
         async move {
@@ -1097,34 +1108,8 @@ async fn a_campaigns_budget_is_granted_whole_over_two_shards_through_their_quota
     let s = Sharded::start(2, PrivateNats::start()).await;
     let env = &s.env;
     let _procs = s.spawn(&["bonus-grant"]).await;
-    let walletctl = |args: &[&str]| {
-        let out = std::process::Command::new(testkit::binary("walletctl"))
-            .args(args)
-            .envs(env.env())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    };
-    let created = walletctl(&[
-        "campaign",
-        "create",
-        "--id",
-        "c1",
-        "--currency",
-        "USD",
-        "--budget",
-        "10.00",
-        "--amount",
-        "1.00",
-        "--per-user",
-        "1",
-    ]);
+    let walletctl = |args: &[&str]| walletctl(env, args);
+    let created = create_c1(env, "1.00");
     assert!(created.contains("created on 2 shards"), "{created}");
     let d = |n: i64| Decimal::new(n, 0);
     assert_eq!(quota(&s.pgs[0]).await, (d(5), d(0), d(0)));
