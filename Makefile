@@ -63,7 +63,7 @@ run: release
 	bash scripts/run.sh
 
 # The standard load profiles (raw ceiling, deposit-max, per-message, deposit-peak, mixed-peak,
-# mixed-all-peak, flash-bonus, quiet, history), then the production shape's (raw-r3, deposit-max-r3, quiet-r3,
+# mixed-all-peak, flash-bonus, quiet, history, shards, flash-bonus-shards), then the production shape's (raw-r3, deposit-max-r3, quiet-r3,
 # mixed-r3 on a 3-node cluster with fsync on every write), each on a fresh `bench` namespace;
 # writes bench/RESULTS.md. About 80 minutes (history seeds 50,000,000 commands).
 bench: release

@@ -23,7 +23,7 @@ export RUST_LOG="${RUST_LOG:-warn}"
 OUT=bench/runs
 # Results of one run only: RESULTS.md never mixes commits.
 rm -rf "$OUT"; mkdir -p "$OUT"
-ALL="raw deposit-max per-message deposit-peak mixed-peak mixed-all-peak flash-bonus quiet history shards raw-r3 deposit-max-r3 quiet-r3 mixed-r3"
+ALL="raw deposit-max per-message deposit-peak mixed-peak mixed-all-peak flash-bonus quiet history shards flash-bonus-shards raw-r3 deposit-max-r3 quiet-r3 mixed-r3"
 PROFILES="${PROFILES:-$ALL}"
 # bench/RESULTS.md is one run of every profile; a subset is rendered beside its runs.
 RESULTS=bench/RESULTS.md
@@ -231,6 +231,25 @@ for profile in $PROFILES; do
         unset SHARDS_FILE
       done
       # The namespace as the other profiles leave it (the results read its server's version).
+      fresh ;;
+    flash-bonus-shards)
+      # flash-bonus on two shards (databases of this one PostgreSQL, as in shards): each shard's
+      # bonus-grant within its quota of the budget, and the rebalancer moving quota between
+      # them (docs/sharding.md, step 5). The verification counts exactly the envelopes.
+      on_pinned
+      "$BIN/walletctl" shards even "${DATABASE_URL%/*}/wallet_bench_a" "${DATABASE_URL%/*}/wallet_bench_b" \
+        >"$OUT/shards-bonus.toml"
+      export SHARDS_FILE="$OUT/shards-bonus.toml"
+      fresh
+      for name in a b; do
+        start bonus-grant SHARD="$name" DATABASE_URL="${DATABASE_URL%/*}/wallet_bench_$name"
+        watch[${#watch[@]}-1]="bonus-grant-$name=${pids[${#pids[@]}-1]}"
+      done
+      "$BIN/walletctl" campaign rebalance --every 1s >"$OUT/rebalance.log" 2>&1 &
+      pids+=($!); watch+=(--watch "rebalance=$!")
+      load flash-bonus-shards --mix bonus=100 --count 100000 --envelopes 10000
+      "$BIN/walletctl" teardown --confirm "$WALLET_NAMESPACE" >/dev/null
+      unset SHARDS_FILE
       fresh ;;
     raw-r3)
       echo "bench: raw-r3"
