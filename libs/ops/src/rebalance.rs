@@ -16,8 +16,12 @@
 //! its grants use to refuse `campaign_exhausted` with certainty: what is left anywhere only
 //! shrinks, so a sum of values read one after another is never too small. A move keeps the bound
 //! true on its own: the source adds what it gives to its bound in the transaction that takes it.
+//! A round writes a shard's bound only while its quota is what the round read and moved, so a
+//! move it did not see cannot make the bound too low.
 //!
-//! One rebalancer runs at a time: it holds an advisory lock in the first shard's database.
+//! One rebalancer runs at a time: it holds an advisory lock in the first shard's database. One
+//! that lost its lock's connection may run a round beside its successor: each move still takes
+//! only what its source has and is added once, and neither writes a bound past the other's move.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -61,8 +65,12 @@ const ADD: &str = "
 
 const CREDITED: &str = "UPDATE quota_moves SET credited = true WHERE id = $1";
 
+/// Only while the quota is what this round read and moved: a quota another rebalancer moved
+/// meanwhile (one that lost its lock's connection) or a split changed would make the bound too
+/// low. The next round writes it.
 const BOUND: &str = "
-    UPDATE campaigns SET spare_elsewhere = $2 WHERE id = $1 AND spare_elsewhere <> $2";
+    UPDATE campaigns SET spare_elsewhere = $2
+    WHERE id = $1 AND quota = $3 AND spare_elsewhere <> $2";
 
 struct Shard {
     name: String,
@@ -72,6 +80,7 @@ struct Shard {
 /// One campaign on one shard, as a round read it.
 #[derive(Debug, Clone)]
 struct Quota {
+    quota: Decimal,
     spare: Decimal,
     wanted: Decimal,
 }
@@ -154,13 +163,16 @@ impl Rebalancer {
                     .entry(row.get(0))
                     .or_insert_with(|| (unit, vec![None; n]));
                 entry.1[i] = Some(Quota {
+                    quota,
                     spare: quota - granted,
                     wanted,
                 });
             }
         }
         for (campaign, (unit, mut quotas)) in campaigns {
-            for wanting in 0..n {
+            // A donor granted meanwhile: this round's figures are stale for the campaign.
+            let mut stale = false;
+            'wanting: for wanting in 0..n {
                 let Some(mut need) = quotas[wanting].as_ref().map(|q| q.wanted) else {
                     continue;
                 };
@@ -189,9 +201,8 @@ impl Rebalancer {
                         .execute(TAKE, &[&id, &campaign, &amount, from, to])
                         .await?;
                     if taken == 0 {
-                        // Granted meanwhile: read again next round.
-                        quotas[donor] = None;
-                        continue;
+                        stale = true;
+                        break 'wanting;
                     }
                     self.credit(&id, &campaign, amount, from, to).await?;
                     self.shards[donor].pg.execute(CREDITED, &[&id]).await?;
@@ -199,21 +210,26 @@ impl Rebalancer {
                         "campaign {campaign}: {amount} from shard {from} to {to}"
                     ));
                     if let Some(q) = quotas[donor].as_mut() {
+                        q.quota -= amount;
                         q.spare -= amount;
                     }
                     if let Some(q) = quotas[wanting].as_mut() {
+                        q.quota += amount;
                         q.spare += amount;
                         q.wanted = Decimal::ZERO;
                     }
                     need -= amount;
                 }
             }
+            if stale {
+                continue; // Read again next round.
+            }
             let total: Decimal = quotas.iter().flatten().map(|q| q.spare).sum();
             for (shard, quota) in self.shards.iter().zip(&quotas) {
                 if let Some(q) = quota {
                     shard
                         .pg
-                        .execute(BOUND, &[&campaign, &(total - q.spare)])
+                        .execute(BOUND, &[&campaign, &(total - q.spare), &q.quota])
                         .await?;
                 }
             }
