@@ -192,9 +192,10 @@ impl fmt::Display for CampaignView {
 
 /// The campaign, with its totals summed over every database that holds campaigns.
 pub async fn show(config: &Config, id: &str) -> anyhow::Result<CampaignView> {
+    let databases = crate::databases(config)?;
     let mut pgs = Vec::new();
-    for database in crate::databases(config)? {
-        pgs.push(crate::postgres(&database).await?);
+    for database in &databases {
+        pgs.push(crate::postgres(database).await?);
     }
     let pg = &pgs[0];
     let Some(row) = pg
@@ -227,7 +228,7 @@ pub async fn show(config: &Config, id: &str) -> anyhow::Result<CampaignView> {
     }
     let cur = c.currency;
     // The first shard's Redis state: each shard keeps its own.
-    let reservations = reservations(&crate::databases(config)?[0]).await?;
+    let reservations = reservations(&databases[0]).await?;
     let redis = match reservations.counters(id).await? {
         None => None,
         Some((redis_epoch, reserved, _)) => {

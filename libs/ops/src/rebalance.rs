@@ -29,6 +29,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rust_decimal::{Decimal, RoundingStrategy};
 use wallet_runtime::Config;
+use wallet_runtime::money::Currencies;
 
 /// Taken on the first shard's database for as long as a rebalancer runs.
 const LOCK: &str = "SELECT pg_try_advisory_lock(hashtext('walletctl campaign rebalance'))";
@@ -95,7 +96,7 @@ struct Round {
 /// The rebalancer over every shard of `config`'s map.
 struct Rebalancer {
     shards: Vec<Shard>,
-    minor_units: BTreeMap<String, u32>,
+    currencies: Currencies,
 }
 
 impl Rebalancer {
@@ -114,14 +115,9 @@ impl Rebalancer {
             "another `walletctl campaign rebalance` is running (it holds the lock in shard {}'s database)",
             shards[0].name
         );
-        let minor_units = config
-            .currencies
-            .iter()
-            .map(|c| (c.code().to_owned(), c.minor_unit))
-            .collect();
         Ok(Self {
             shards,
-            minor_units,
+            currencies: config.currencies.clone(),
         })
     }
 
@@ -140,9 +136,7 @@ impl Rebalancer {
             for row in source.pg.query(IN_TRANSIT, &[]).await? {
                 let (id, campaign, amount, to): (String, String, Decimal, String) =
                     (row.get(0), row.get(1), row.get(2), row.get(3));
-                self.credit(&id, &campaign, amount, &source.name, &to)
-                    .await?;
-                source.pg.execute(CREDITED, &[&id]).await?;
+                self.finish(source, &id, &campaign, amount, &to).await?;
                 round.finished += 1;
             }
         }
@@ -154,7 +148,7 @@ impl Rebalancer {
         let n = self.shards.len();
         for (i, shard) in self.shards.iter().enumerate() {
             for row in shard.pg.query(STATE, &[]).await? {
-                let Some(&unit) = self.minor_units.get(row.get::<_, &str>(1)) else {
+                let Some(unit) = self.currencies.get(row.get(1)).map(|c| c.minor_unit) else {
                     continue;
                 };
                 let (quota, granted, wanted): (Decimal, Decimal, Decimal) =
@@ -204,8 +198,8 @@ impl Rebalancer {
                         stale = true;
                         break 'wanting;
                     }
-                    self.credit(&id, &campaign, amount, from, to).await?;
-                    self.shards[donor].pg.execute(CREDITED, &[&id]).await?;
+                    self.finish(&self.shards[donor], &id, &campaign, amount, to)
+                        .await?;
                     round.moves.push(format!(
                         "campaign {campaign}: {amount} from shard {from} to {to}"
                     ));
@@ -237,19 +231,21 @@ impl Rebalancer {
         Ok(round)
     }
 
-    /// The destination's side of a move: adds it once.
-    async fn credit(
+    /// The rest of a move `source` took: the destination adds it once, then the source marks
+    /// it credited.
+    async fn finish(
         &self,
+        source: &Shard,
         id: &str,
         campaign: &str,
         amount: Decimal,
-        from: &str,
         to: &str,
     ) -> anyhow::Result<()> {
         self.shard(to)?
             .pg
-            .execute(ADD, &[&id, &campaign, &amount, &from, &to])
+            .execute(ADD, &[&id, &campaign, &amount, &source.name, &to])
             .await?;
+        source.pg.execute(CREDITED, &[&id]).await?;
         Ok(())
     }
 }
